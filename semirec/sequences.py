@@ -1,0 +1,165 @@
+"""Per-user rolling sequences: the one definition of how events become state.
+
+A user's state holds the newest ``seq_len`` complete video watches and product clicks, each
+as ``(ts_ms, item_id)`` in time order (ties broken by item_id, so the result depends only on
+the set of events, not on their arrival order), a bounded window of recently applied
+event-id digests (de-duplication) and, per source partition, the last applied offset
+(replay protection). It is stored as one packed binary value (:func:`pack` / :func:`unpack`).
+
+The ingest agent, the trainer's sample builder and evaluation all use :func:`apply`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from semirec.contracts import Domain, Event
+
+FORMAT = 1
+_HEAD = struct.Struct("<BQ")  # format, write version
+_APPLIED = struct.Struct("<Iq")  # partition, offset
+_DIGEST = struct.Struct("<Q")
+_TS = struct.Struct("<q")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Entry:
+    ts_ms: int
+    item_id: str
+
+    def hour(self, bucket_s: int = 3600) -> int:
+        return self.ts_ms // (bucket_s * 1000)
+
+
+@dataclass(slots=True)
+class UserState:
+    video: list[Entry] = field(default_factory=list)
+    product: list[Entry] = field(default_factory=list)
+    recent: list[int] = field(default_factory=list)  # event-id digests, oldest first
+    applied: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
+    version: int = 0  # bumped on every write (compare-and-set token)
+
+    def sequence(self, domain: Domain) -> list[Entry]:
+        return self.video if domain is Domain.VIDEO else self.product
+
+    def view(self, bucket_s: int = 3600) -> dict[str, list[dict[str, object]]]:
+        """``{"video": [{"item_id", "hour"}...], "product": [...]}``, oldest first."""
+        return {
+            name: [{"item_id": e.item_id, "hour": e.hour(bucket_s)} for e in seq]
+            for name, seq in (("video", self.video), ("product", self.product))
+        }
+
+
+def digest(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def apply(
+    state: UserState,
+    events: Iterable[tuple[Event, int]],
+    *,
+    partition: int = 0,
+    seq_len: int = 50,
+    dedup_window: int = 64,
+) -> bool:
+    """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
+
+    Offsets at or below the partition's last applied offset are replays and are skipped
+    (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches and
+    event_ids in the recent window change nothing. Returns whether the state changed.
+    """
+    changed = False
+    last = state.applied.get(partition, -1)
+    recent = set(state.recent)
+    for event, offset in events:
+        if offset <= last or not event.appends:
+            continue
+        d = digest(event.event_id)
+        if d in recent:
+            continue
+        seq = state.sequence(event.domain)
+        entry = Entry(event.ts_ms, event.item_id)
+        if len(seq) >= seq_len and entry <= seq[0]:
+            pass  # older than everything we keep: it would be truncated at once
+        else:
+            bisect.insort(seq, entry)
+            del seq[: max(0, len(seq) - seq_len)]
+        if dedup_window:
+            state.recent.append(d)
+            recent.add(d)
+            if len(state.recent) > dedup_window:
+                recent.discard(state.recent.pop(0))
+        state.applied[partition] = last = offset
+        changed = True
+    return changed
+
+
+def replay(events: Iterable[Event], *, seq_len: int = 50, dedup_window: int = 64) -> dict[str, UserState]:
+    """States computed straight from an event list (offline reference, sample building)."""
+    states: dict[str, UserState] = {}
+    for offset, event in enumerate(events):
+        state = states.setdefault(event.user_id, UserState())
+        apply(state, [(event, offset)], seq_len=seq_len, dedup_window=dedup_window)
+    return states
+
+
+# -- packed binary codec -------------------------------------------------------------------
+
+def _pack_entries(out: bytearray, seq: list[Entry]) -> None:
+    out.append(len(seq))
+    for e in seq:
+        raw = e.item_id.encode()
+        out += _TS.pack(e.ts_ms)
+        out.append(len(raw))
+        out += raw
+
+
+def pack(state: UserState) -> bytes:
+    out = bytearray(_HEAD.pack(FORMAT, state.version))
+    out.append(len(state.applied))
+    for part, off in sorted(state.applied.items()):
+        out += _APPLIED.pack(part, off)
+    out += struct.pack("<H", len(state.recent))
+    for d in state.recent:
+        out += _DIGEST.pack(d)
+    _pack_entries(out, state.video)
+    _pack_entries(out, state.product)
+    return bytes(out)
+
+
+def unpack(blob: bytes) -> UserState:
+    fmt, version = _HEAD.unpack_from(blob, 0)
+    if fmt != FORMAT:
+        raise ValueError(f"unknown user-state format {fmt}")
+    pos = _HEAD.size
+    applied = {}
+    for _ in range(blob[pos]):
+        part, off = _APPLIED.unpack_from(blob, pos + 1)
+        applied[part] = off
+        pos += _APPLIED.size
+    pos += 1
+    (n_recent,) = struct.unpack_from("<H", blob, pos)
+    pos += 2
+    recent = [d for (d,) in _DIGEST.iter_unpack(blob[pos : pos + 8 * n_recent])]
+    pos += 8 * n_recent
+    seqs: list[list[Entry]] = []
+    for _ in range(2):
+        seq = []
+        n = blob[pos]
+        pos += 1
+        for _ in range(n):
+            (ts,) = _TS.unpack_from(blob, pos)
+            ln = blob[pos + 8]
+            seq.append(Entry(ts, blob[pos + 9 : pos + 9 + ln].decode()))
+            pos += 9 + ln
+        seqs.append(seq)
+    return UserState(seqs[0], seqs[1], recent, applied, version)
+
+
+def version_token(blob: bytes | None) -> bytes:
+    """The compare-and-set token of a stored blob (its header); empty when absent."""
+    return b"" if blob is None else blob[: _HEAD.size]

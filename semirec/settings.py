@@ -1,0 +1,139 @@
+"""One typed settings object, read from ``SEMIREC_*`` environment variables.
+
+Every process (worker, CLI, trainer, tests) builds its view of the world from
+:func:`Settings.from_env`; nothing else reads the environment for addresses or secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """Client-side Kafka security; all optional (PLAINTEXT when nothing is set)."""
+
+    protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
+        kw: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        if self.protocol.startswith("SASL"):
+            kw.update(
+                sasl_mechanism=self.sasl_mechanism or "PLAIN",
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return kw
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    events: str = "events"
+    items: str = "items"
+    recommendations: str = "recommendations"
+    recommendation_requests: str = "recommendation-requests"
+    events_dlq: str = "events-dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: str = "127.0.0.1:9092"
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    triton_grpc: str = "127.0.0.1:8001"
+    topics: Topics = field(default_factory=Topics)
+    seq_len: int = 50
+    time_bucket_s: int = 3600
+    dedup_window: int = 64
+    event_partitions: int = 4
+    consumer_group: str = "semirec-ingest"
+    batch_max: int = 2000
+    batch_within_s: float = 0.05
+    # Kafka group timings. Production defaults; local stacks export shorter ones.
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 3.0
+    rebalance_timeout_s: float = 10.0
+    commit_interval_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        base = cls()
+
+        def get(name: str, default: Any) -> Any:
+            raw = env.get(f"SEMIREC_{name}")
+            if raw is None or raw == "":
+                return default
+            try:
+                return type(default)(raw) if default is not None else raw
+            except ValueError as exc:
+                raise SettingsError(f"SEMIREC_{name}={raw!r}: expected {type(default).__name__}") from exc
+
+        sec_defaults = KafkaSecurity()
+        security = KafkaSecurity(
+            protocol=get("KAFKA_SECURITY_PROTOCOL", sec_defaults.protocol).upper(),
+            sasl_mechanism=get("KAFKA_SASL_MECHANISM", None),
+            sasl_username=get("KAFKA_SASL_USERNAME", None),
+            sasl_password=get("KAFKA_SASL_PASSWORD", None),
+            ssl_cafile=get("KAFKA_SSL_CAFILE", None),
+            ssl_certfile=get("KAFKA_SSL_CERTFILE", None),
+            ssl_keyfile=get("KAFKA_SSL_KEYFILE", None),
+        )
+        if security.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise SettingsError(f"SEMIREC_KAFKA_SECURITY_PROTOCOL={security.protocol!r} is unknown")
+        if security.protocol.startswith("SASL") and not (
+            security.sasl_username and security.sasl_password
+        ):
+            raise SettingsError(
+                "SASL needs SEMIREC_KAFKA_SASL_USERNAME and SEMIREC_KAFKA_SASL_PASSWORD"
+            )
+        topics = Topics(
+            **{
+                f.name: get(f"TOPIC_{f.name.upper()}", getattr(base.topics, f.name))
+                for f in fields(Topics)
+            }
+        )
+        scalars = {
+            f.name: get(f.name.upper(), getattr(base, f.name))
+            for f in fields(cls)
+            if f.name not in ("security", "topics")
+        }
+        scalars["redis_url"] = get("REDIS_URL", base.redis_url)
+        settings = replace(base, security=security, topics=topics, **scalars)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 1 <= self.seq_len <= 255:
+            raise SettingsError(f"SEMIREC_SEQ_LEN must be 1..255, got {self.seq_len}")
+        if self.time_bucket_s <= 0:
+            raise SettingsError(f"SEMIREC_TIME_BUCKET_S must be > 0, got {self.time_bucket_s}")
+        if not 0 <= self.dedup_window <= 65535:
+            raise SettingsError(f"SEMIREC_DEDUP_WINDOW must be 0..65535, got {self.dedup_window}")
+        if self.event_partitions < 1:
+            raise SettingsError("SEMIREC_EVENT_PARTITIONS must be >= 1")
+
+    def kafka_kwargs(self) -> dict[str, Any]:
+        """``bootstrap_servers`` plus security options for any aiokafka client."""
+        return {"bootstrap_servers": self.kafka, **self.security.client_kwargs()}
