@@ -13,6 +13,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker_cli:worker", "Run the ingest agent (faust worker)."),
     "produce": ("semirec.produce_cli:produce", "Publish JSON-lines events to the events topic."),
     "user": ("semirec.user_cli:user", "Show a user's video and product sequences."),
+    "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -113,7 +113,7 @@ def parse_ts(value: Any) -> float:
         except ValueError as exc:
             raise ContractError(Reason.BAD_TIMESTAMP, f"ts {value!r} is not ISO-8601") from exc
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         ts = parsed.timestamp()
     else:
         raise ContractError(

@@ -65,14 +65,14 @@ def apply(
     partition: int = 0,
     seq_len: int = 50,
     dedup_window: int = 64,
-) -> bool:
+) -> int:
     """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
 
     Offsets at or below the partition's last applied offset are replays and are skipped
     (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches and
-    event_ids in the recent window change nothing. Returns whether the state changed.
+    event_ids in the recent window change nothing. Returns how many events were applied.
     """
-    changed = False
+    applied = 0
     last = state.applied.get(partition, -1)
     recent = set(state.recent)
     for event, offset in events:
@@ -94,8 +94,8 @@ def apply(
             if len(state.recent) > dedup_window:
                 recent.discard(state.recent.pop(0))
         state.applied[partition] = last = offset
-        changed = True
-    return changed
+        applied += 1
+    return applied
 
 
 def replay(events: Iterable[Event], *, seq_len: int = 50, dedup_window: int = 64) -> dict[str, UserState]:

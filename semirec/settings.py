@@ -66,6 +66,7 @@ class Settings:
     time_bucket_s: int = 3600
     dedup_window: int = 64
     event_partitions: int = 4
+    topic_replication: int = 1
     consumer_group: str = "semirec-ingest"
     batch_max: int = 2000
     batch_within_s: float = 0.05
@@ -74,6 +75,8 @@ class Settings:
     heartbeat_interval_s: float = 3.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +128,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:
             raise SettingsError(f"SEMIREC_SEQ_LEN must be 1..255, got {self.seq_len}")
         if self.time_bucket_s <= 0:

@@ -1,0 +1,3 @@
+from semirec.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""Ingest agent: events topic -> per-user video/product sequences in Redis.
+
+Per batch (``noack_take``): decode and validate every message; dead-letter the malformed
+ones and wait for the broker's ack; group the rest by user; read each user's state, apply the
+events with :func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; only
+then ack the messages, so faust commits an offset only after Redis has acknowledged the state.
+A crash between the Redis write and the commit replays the batch, and the per-partition
+applied offsets stored inside each user's state make the replay a no-op. Redis errors are
+retried with back-off forever: the agent never acks what it has not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.exceptions
+
+from semirec.contracts import ContractError, Event, parse_event
+from semirec.sequences import UserState, apply, pack, unpack
+from semirec.settings import Settings
+from semirec.store import SequenceStore
+
+log = logging.getLogger(__name__)
+
+
+class Message(Protocol):
+    """What the processor needs of a Kafka message (faust's ``Message`` fits)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+
+
+DeadLetterSink = Callable[[list[tuple[Message, ContractError]]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    messages: int = 0
+    applied_events: int = 0  # events that changed a sequence
+    users_written: int = 0
+    cas_conflicts: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
+    events: list[tuple[Message, Event]] = field(default_factory=list)  # the valid ones
+
+
+class IngestProcessor:
+    """The agent's logic, independent of faust (used by the agent, tests and benchmarks)."""
+
+    def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
+                 *, retry_max_s: float = 5.0) -> None:
+        self.settings = settings
+        self.store = store
+        self.dead_letters = dead_letters
+        self.retry_max_s = retry_max_s
+
+    async def process(self, batch: Sequence[Message]) -> BatchOutcome:
+        out = BatchOutcome(messages=len(batch))
+        bad: list[tuple[Message, ContractError]] = []
+        by_user: dict[str, list[tuple[Event, int, int]]] = defaultdict(list)
+        for msg in batch:
+            try:
+                event = parse_event(msg.value or b"", msg.key)
+            except ContractError as exc:
+                bad.append((msg, exc))
+                out.rejected[exc.reason.value] += 1
+                continue
+            out.events.append((msg, event))
+            by_user[event.user_id].append((event, msg.partition, msg.offset))
+        if bad:
+            await self.dead_letters(bad)
+        await self._retrying(self._write, by_user, out)
+        return out
+
+    async def _write(self, by_user: dict[str, list[tuple[Event, int, int]]], out: BatchOutcome) -> None:
+        pending = list(by_user)
+        while pending:
+            blobs = await self.store.load_blobs(pending)
+            writes = []
+            for uid, blob in zip(pending, blobs, strict=True):
+                state = UserState() if blob is None else unpack(blob)
+                if applied := self._apply(state, by_user[uid]):
+                    state.version += 1
+                    writes.append((uid, blob, pack(state), applied))
+            won = await self.store.compare_and_set(w[:3] for w in writes)
+            lost = []
+            for (uid, _, _, applied), ok in zip(writes, won, strict=True):
+                if ok:
+                    out.users_written += 1
+                    out.applied_events += applied
+                else:
+                    lost.append(uid)
+            out.cas_conflicts += len(lost)
+            pending = lost
+
+    def _apply(self, state: UserState, events: list[tuple[Event, int, int]]) -> int:
+        applied = 0
+        by_partition: dict[int, list[tuple[Event, int]]] = defaultdict(list)
+        for event, partition, offset in events:
+            by_partition[partition].append((event, offset))
+        for partition, pairs in by_partition.items():
+            pairs.sort(key=lambda p: p[1])
+            applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
+                             dedup_window=self.settings.dedup_window)
+        return applied
+
+    async def _retrying(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        delay = 0.05
+        while True:
+            try:
+                return await fn(*args)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    redis.exceptions.BusyLoadingError, OSError) as exc:
+                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+
+def register_ingest(app: Any, settings: Settings) -> None:
+    """Attach the ingest agent to a faust app built by :func:`streams.app.create_app`."""
+    from streams.app import raw_topic
+    from streams.dlq import dead_letter, send_dead_letters
+
+    events = raw_topic(app, settings.topics.events, settings.event_partitions)
+    dlq = raw_topic(app, settings.topics.events_dlq, settings.event_partitions)
+
+    async def to_dlq(bad: list[tuple[Message, ContractError]]) -> None:
+        letters = [(m.key, dead_letter(m, e.reason, str(e), stage="ingest")) for m, e in bad]
+        await send_dead_letters(dlq, letters)
+
+    @app.agent(events, name="ingest")
+    async def ingest(stream: Any) -> None:
+        store = SequenceStore.from_url(settings.redis_url)
+        processor = IngestProcessor(settings, store, to_dlq)
+        try:
+            async for batch in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+                await processor.process([e.message for e in batch])
+                for e in batch:
+                    await stream.ack(e)
+        finally:
+            await store.close()
+
+
+# ingest: ready

@@ -1,0 +1,49 @@
+"""``semirec worker``: run stream agents in one faust worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+
+import click
+
+from semirec.settings import Settings
+
+# agent name -> "module:register function" (register(app, settings) attaches the agent and
+# returns nothing); topics(settings) -> {topic: partitions} the agent needs.
+AGENTS: dict[str, tuple[str, str]] = {
+    "ingest": ("streams.ingest:register_ingest", "semirec.kafka:ingest_topics"),
+}
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@click.command()
+@click.option("--agent", "agents", multiple=True, type=click.Choice(sorted(AGENTS)),
+              help="Agents to run (repeatable). Default: all.")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(agents: tuple[str, ...], loglevel: str) -> None:
+    """Run stream agents (default: all) until SIGINT/SIGTERM.
+
+    Reads addresses from SEMIREC_* variables. Start more workers with the same
+    SEMIREC_CONSUMER_GROUP to share the partitions.
+    """
+    from faust.worker import Worker
+
+    from semirec.kafka import ensure_topics
+    from streams.app import create_app
+
+    settings = Settings.from_env()
+    chosen = agents or tuple(AGENTS)
+    topics: dict[str, int] = {}
+    for name in chosen:
+        topics.update(_load(AGENTS[name][1])(settings))
+    asyncio.run(ensure_topics(settings, topics))
+    app = create_app(settings)
+    for name in chosen:
+        _load(AGENTS[name][0])(app, settings)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
