@@ -130,10 +130,11 @@ def _identifier(obj: dict[str, Any], name: str) -> str:
     value = obj[name]
     if not isinstance(value, str):
         raise ContractError(Reason.BAD_TYPE, f"{name} must be a string, got {type(value).__name__}")
-    text = value
-    if not text or len(text.encode()) > MAX_ID_BYTES:
+    if not value or len(value.encode()) > MAX_ID_BYTES:
         raise ContractError(Reason.BAD_VALUE, f"{name} must be 1..{MAX_ID_BYTES} UTF-8 bytes")
-    return text
+    if not value.isprintable():
+        raise ContractError(Reason.BAD_VALUE, f"{name} must not contain control characters")
+    return value
 
 
 def validate_event(obj: Any) -> Event:

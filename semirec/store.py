@@ -9,11 +9,12 @@ caller re-reads and re-applies; the applied offsets inside the state make that i
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
 
-from semirec.sequences import UserState, unpack, version_token
+from semirec.sequences import UserState, pack, unpack, version_token
 
 USER_PREFIX = "semirec:user:"
 
@@ -35,15 +36,62 @@ def user_key(user_id: str) -> str:
 
 
 class SequenceStore:
-    """Async access to user states; batch methods use one pipeline round trip each."""
+    """Async access to user states; batch methods use one pipeline round trip each.
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    With ``cache_users > 0`` the store keeps the decoded states it last read or wrote (LRU),
+    with their compare-and-set token. A cached state that someone else has overwritten in the
+    meantime simply loses its compare-and-set and is dropped, so the cache is never trusted
+    for correctness, only for speed.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, cache_users: int = 0) -> None:
         self.client = client
         self._cas = client.register_script(_CAS)
+        self.cache_users = cache_users
+        self._cache: OrderedDict[str, tuple[bytes, UserState]] = OrderedDict()
 
     @classmethod
-    def from_url(cls, url: str) -> SequenceStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False))
+    def from_url(cls, url: str, *, cache_users: int = 0) -> SequenceStore:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), cache_users=cache_users)
+
+    async def load(self, user_ids: Sequence[str]) -> list[tuple[bytes, UserState]]:
+        """``(token, state)`` per user (token ``b""`` for a new user). Cached states are returned
+        as they are: a caller that changes one must :meth:`save` it (or :meth:`forget` it)."""
+        found: dict[str, tuple[bytes, UserState]] = {}
+        missing = []
+        for uid in user_ids:
+            if (hit := self._cache.get(uid)) is not None:
+                self._cache.move_to_end(uid)
+                found[uid] = hit
+            else:
+                missing.append(uid)
+        if missing:
+            for uid, blob in zip(missing, await self.load_blobs(missing), strict=True):
+                found[uid] = (version_token(blob), UserState() if blob is None else unpack(blob))
+        return [found[uid] for uid in user_ids]
+
+    async def save(self, writes: Sequence[tuple[str, bytes, UserState]]) -> list[bool]:
+        """Compare-and-set ``(user_id, token_read, new_state)``; returns who won their race."""
+        blobs = [pack(state) for _, _, state in writes]
+        try:
+            won = await self.compare_and_set(
+                (uid, token, blob) for (uid, token, _), blob in zip(writes, blobs, strict=True))
+        except BaseException:
+            self.forget(uid for uid, _, _ in writes)
+            raise
+        for (uid, _, state), blob, ok in zip(writes, blobs, won, strict=True):
+            if ok and self.cache_users:
+                self._cache[uid] = (version_token(blob), state)
+                self._cache.move_to_end(uid)
+            else:
+                self._cache.pop(uid, None)
+        while len(self._cache) > self.cache_users:
+            self._cache.popitem(last=False)
+        return won
+
+    def forget(self, user_ids: Iterable[str]) -> None:
+        for uid in user_ids:
+            self._cache.pop(uid, None)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -54,14 +102,14 @@ class SequenceStore:
                 pipe.get(user_key(uid))
             return await pipe.execute()
 
-    async def compare_and_set(self, writes: Iterable[tuple[str, bytes | None, bytes]]) -> list[bool]:
-        """``(user_id, blob_read_before, new_blob)`` -> whether each write won its race."""
+    async def compare_and_set(self, writes: Iterable[tuple[str, bytes, bytes]]) -> list[bool]:
+        """``(user_id, token_read, new_blob)`` -> whether each write won its race."""
         writes = list(writes)
         if not writes:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
-            for uid, old, new in writes:
-                await self._cas(keys=[user_key(uid)], args=[version_token(old), new], client=pipe)
+            for uid, token, new in writes:
+                await self._cas(keys=[user_key(uid)], args=[token, new], client=pipe)
             return [bool(r) for r in await pipe.execute()]
 
     async def get(self, user_id: str) -> UserState | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from typing import Any, Protocol
 import redis.exceptions
 
 from semirec.contracts import ContractError, Event, parse_event
-from semirec.sequences import UserState, apply, pack, unpack
+from semirec.metrics import AgentMetrics
+from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
 
@@ -56,13 +58,15 @@ class IngestProcessor:
     """The agent's logic, independent of faust (used by the agent, tests and benchmarks)."""
 
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
-                 *, retry_max_s: float = 5.0) -> None:
+                 *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
         self.dead_letters = dead_letters
         self.retry_max_s = retry_max_s
+        self.metrics = metrics or AgentMetrics("ingest")
 
     async def process(self, batch: Sequence[Message]) -> BatchOutcome:
+        started = time.perf_counter()
         out = BatchOutcome(messages=len(batch))
         bad: list[tuple[Message, ContractError]] = []
         by_user: dict[str, list[tuple[Event, int, int]]] = defaultdict(list)
@@ -76,21 +80,37 @@ class IngestProcessor:
             out.events.append((msg, event))
             by_user[event.user_id].append((event, msg.partition, msg.offset))
         if bad:
-            await self.dead_letters(bad)
+            with self.metrics.timed("dlq"):
+                await self.dead_letters(bad)
         await self._retrying(self._write, by_user, out)
+        self._observe(out, time.perf_counter() - started)
         return out
+
+    def _observe(self, out: BatchOutcome, seconds: float) -> None:
+        """Count the batch once its state is written (see semirec.metrics)."""
+        m = self.metrics
+        m.observe("batch", seconds)
+        m.batch(out.messages)
+        m.processed(len(out.events))
+        for reason, n in out.rejected.items():
+            m.rejected(reason, n)
+        m.state_written([e.ts for _, e in out.events],
+                        [msg.timestamp for msg, _ in out.events if msg.timestamp > 0])
 
     async def _write(self, by_user: dict[str, list[tuple[Event, int, int]]], out: BatchOutcome) -> None:
         pending = list(by_user)
         while pending:
-            blobs = await self.store.load_blobs(pending)
+            with self.metrics.redis("load"):
+                loaded = await self.store.load(pending)
             writes = []
-            for uid, blob in zip(pending, blobs, strict=True):
-                state = UserState() if blob is None else unpack(blob)
+            for uid, (token, state) in zip(pending, loaded, strict=True):
                 if applied := self._apply(state, by_user[uid]):
                     state.version += 1
-                    writes.append((uid, blob, pack(state), applied))
-            won = await self.store.compare_and_set(w[:3] for w in writes)
+                    writes.append((uid, token, state, applied))
+            won: list[bool] = []
+            if writes:
+                with self.metrics.redis("cas"):
+                    won = await self.store.save([w[:3] for w in writes])
             lost = []
             for (uid, _, _, applied), ok in zip(writes, won, strict=True):
                 if ok:
@@ -138,7 +158,7 @@ def register_ingest(app: Any, settings: Settings) -> None:
 
     @app.agent(events, name="ingest")
     async def ingest(stream: Any) -> None:
-        store = SequenceStore.from_url(settings.redis_url)
+        store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
         processor = IngestProcessor(settings, store, to_dlq)
         try:
             async for batch in stream.noack_take(settings.batch_max, within=settings.batch_within_s):

@@ -1,0 +1,181 @@
+"""Ingest benchmark: worker throughput relative to raw consumption, and Redis bytes per user.
+
+One run, one machine, one embedded stack (Tansu + redis-server):
+  raw_consume_per_s    aiokafka group consumer reading the events topic (no processing)
+  faust_noop_events_per_s  a faust agent that only acks (faust's own per-message ceiling)
+  worker_events_per_s  `semirec worker` validating, merging and writing to Redis, from its first
+                       write to the commit of the last offset
+  ratio                worker / raw                                  (target >= 0.2)
+  redis_bytes_per_user MEMORY USAGE of a user key with full sequences (target <= 2x packed)
+  packed_bytes_per_user len() of the packed state
+
+Usage: python benchmarks/ingest.py [--events N] [--users U] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import orjson
+import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from semirec.kafka import ensure_topics, ingest_topics, producer
+from semirec.settings import Settings, Topics
+from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.store import USER_PREFIX
+
+
+def make_events(n: int, users: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        uid = f"user-{rng.randrange(users):06d}"
+        video = rng.random() < 0.5
+        body = {"event_id": f"ev-{i:09d}", "user_id": uid,
+                "item_id": f"{'v' if video else 'p'}{rng.randrange(200_000):06d}",
+                "domain": "video" if video else "product", "action": "watch" if video else "click",
+                "ts": 1_700_000_000 + i // 10 + rng.randint(-600, 600)}
+        if video:
+            body["complete"] = rng.random() < 0.8
+        out.append((uid.encode(), orjson.dumps(body)))
+    return out
+
+
+async def produce(settings: Settings, messages) -> None:
+    await ensure_topics(settings, ingest_topics(settings))
+    prod = producer(settings)
+    await prod.start()
+    try:
+        futs = [await prod.send(settings.topics.events, v, key=k) for k, v in messages]
+        await asyncio.gather(*futs)
+    finally:
+        await prod.stop()
+
+
+async def raw_consume(settings: Settings, n: int) -> float:
+    consumer = AIOKafkaConsumer(settings.topics.events, **settings.kafka_kwargs(),
+                                group_id="bench-raw", auto_offset_reset="earliest",
+                                session_timeout_ms=2000, heartbeat_interval_ms=500,
+                                rebalance_timeout_ms=2000, max_poll_records=2000)
+    await consumer.start()
+    try:
+        seen, t0 = 0, None
+        while seen < n:
+            for recs in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                seen += len(recs)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+async def committed_total(settings: Settings) -> int:
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    try:
+        tps = [TopicPartition(settings.topics.events, p) for p in range(settings.event_partitions)]
+        got = await admin.list_consumer_group_offsets(settings.consumer_group, partitions=tps)
+        return sum(m.offset for m in got.values() if m.offset > 0)
+    finally:
+        await admin.close()
+
+
+async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path) -> float:
+    r = redis.Redis.from_url(settings.redis_url)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "semirec", "worker", "--loglevel", "warning"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = None
+        while t0 is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+            if r.dbsize() > 0:
+                t0 = time.perf_counter()
+            else:
+                time.sleep(0.005)
+        while await committed_total(settings) < n:
+            await asyncio.sleep(0.02)
+        return n / (time.perf_counter() - t0)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def faust_noop_rate(n: int, env: dict[str, str]) -> float:
+    script = Path(__file__).with_name("faust_noop.py")
+    res = subprocess.run([sys.executable, str(script)], env={**env, "BENCH_EVENTS": str(n)},
+                         capture_output=True, text=True, timeout=600)
+    # faust routes print() through its logger, so the figure may arrive on stderr
+    found = re.search(r'\{"faust_noop_events_per_s": [0-9.e+]+\}', res.stdout + res.stderr)
+    if not found:
+        raise RuntimeError(f"faust no-op run failed: {res.stderr[-2000:]}")
+    return json.loads(found.group(0))["faust_noop_events_per_s"]
+
+
+def memory_per_user(url: str) -> tuple[float, float, int]:
+    r = redis.Redis.from_url(url)
+    used, packed, users = 0, 0, 0
+    for key in r.scan_iter(match=f"{USER_PREFIX}*", count=1000):
+        used += r.memory_usage(key, samples=0)
+        packed += r.strlen(key)
+        users += 1
+    return used / users, packed / users, users
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    with EmbeddedStack(("kafka", "redis")) as stack:
+        settings = Settings.from_env({**stack.addresses.env(), **LOCAL_GROUP_TIMINGS})
+        settings = replace(settings, consumer_group="bench-worker")
+        messages = make_events(args.events, args.users)
+        await produce(settings, messages)
+        raw = await raw_consume(settings, len(messages))
+        env = {**os.environ, **stack.addresses.env(), **LOCAL_GROUP_TIMINGS,
+               "SEMIREC_CONSUMER_GROUP": settings.consumer_group, "SEMIREC_COMMIT_INTERVAL_S": "0.2"}
+        for f in fields(Topics):
+            env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
+        noop = faust_noop_rate(len(messages), env)
+        with tempfile.TemporaryDirectory() as tmp:
+            worker = await worker_rate(settings, len(messages), env, Path(tmp) / "worker.log")
+        used, packed, users = memory_per_user(settings.redis_url)
+    return {
+        "events": len(messages), "users": users,
+        "raw_consume_per_s": round(raw), "worker_events_per_s": round(worker),
+        "ratio": round(worker / raw, 3),
+        "faust_noop_events_per_s": round(noop),
+        "worker_vs_faust_noop": round(worker / noop, 3),
+        "redis_bytes_per_user": round(used), "packed_bytes_per_user": round(packed),
+        "redis_over_packed": round(used / packed, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>24}: {v}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
