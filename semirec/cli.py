@@ -9,10 +9,12 @@ import click
 # verb -> "module:attribute" of a click command or group. Loaded only when invoked,
 # so `semirec --help` and light verbs never import torch.
 VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("semirec.demo:demo", "End to end on the embedded stack: world -> Kafka -> worker -> Redis."),
     "stack": ("semirec.stack_cli:stack", "Run the embedded broker, Redis and Triton."),
     "worker": ("streams.worker_cli:worker", "Run the ingest agent (faust worker)."),
     "produce": ("semirec.produce_cli:produce", "Publish JSON-lines events to the events topic."),
     "user": ("semirec.user_cli:user", "Show a user's video and product sequences."),
+    "world": ("worlds.cli:world", "Generate the two-domain world or convert MovieLens-100k."),
     "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
 }
 
