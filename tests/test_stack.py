@@ -1,0 +1,95 @@
+"""`semirec stack up`: addresses, health, clean shutdown, no orphans, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from semirec.stack import StackError, _wait
+
+KEYS = {"kafka", "redis", "triton_grpc", "triton_http", "triton_metrics"}
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, dict]:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "semirec", "stack", "up", "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return proc, json.loads(line)
+
+
+def test_stack_up_serves_all_and_stops_cleanly(tmp_path: Path) -> None:
+    proc, addrs = start(tmp_path)
+    try:
+        assert set(addrs) == KEYS
+        host, port = addrs["kafka"].split(":")
+        socket.create_connection((host, int(port)), timeout=2).close()
+        assert redis.Redis.from_url(addrs["redis"]).ping()
+        with urllib.request.urlopen(f"http://{addrs['triton_http']}/v2/health/ready") as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://{addrs['triton_metrics']}/metrics") as r:
+            assert b"nv_" in r.read()
+        kids = children(proc.pid)
+        assert len(kids) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not [k for k in kids if alive(k)]
+    assert not list(tmp_path.glob("semirec-stack-*")), "temp dir left behind"
+
+
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    proc, _ = start(tmp_path, "--without", "triton")
+    kids = children(proc.pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.1)
+    assert not [k for k in kids if alive(k)]
+
+
+def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    res = subprocess.run([sys.executable, "-m", "semirec", "stack", "up", "--without", "triton"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "redis-server is not on PATH" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_port_that_never_opens_is_a_clear_error(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("listening soon, honest\n")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(StackError, match=r"(?s)not healthy after 1s.*listening soon"):
+            _wait("thing", lambda: False, sleeper, log, timeout=1)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
