@@ -1,0 +1,52 @@
+"""Settings from the environment: defaults, overrides, security, clear errors."""
+
+from __future__ import annotations
+
+import faust
+import pytest
+
+from semirec.settings import Settings, SettingsError
+from streams.app import broker_credentials
+
+
+def test_defaults_match_the_contract() -> None:
+    s = Settings.from_env({})
+    assert (s.topics.events, s.topics.items, s.topics.recommendations,
+            s.topics.recommendation_requests, s.topics.events_dlq) == (
+        "events", "items", "recommendations", "recommendation-requests", "events-dlq")
+    assert (s.seq_len, s.time_bucket_s) == (50, 3600)
+    assert s.kafka_kwargs() == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
+
+
+def test_overrides() -> None:
+    s = Settings.from_env({"SEMIREC_KAFKA": "k1:9092,k2:9092", "SEMIREC_REDIS_URL": "redis://r:1/2",
+                           "SEMIREC_TRITON_GRPC": "t:8001", "SEMIREC_TOPIC_EVENTS": "ev",
+                           "SEMIREC_SEQ_LEN": "20", "SEMIREC_TIME_BUCKET_S": "60",
+                           "SEMIREC_SESSION_TIMEOUT_S": "2.5"})
+    assert (s.kafka, s.redis_url, s.triton_grpc, s.topics.events) == (
+        "k1:9092,k2:9092", "redis://r:1/2", "t:8001", "ev")
+    assert (s.seq_len, s.time_bucket_s, s.session_timeout_s) == (20, 60, 2.5)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SEMIREC_SEQ_LEN": "fifty"}, "SEMIREC_SEQ_LEN='fifty': expected int"),
+    ({"SEMIREC_SEQ_LEN": "0"}, "SEMIREC_SEQ_LEN must be 1..255"),
+    ({"SEMIREC_TIME_BUCKET_S": "-1"}, "SEMIREC_TIME_BUCKET_S must be > 0"),
+    ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "is unknown"),
+    ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
+])
+def test_bad_values_are_clear_errors(env, message) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_sasl_reaches_aiokafka_and_faust_without_leaking_the_password() -> None:
+    s = Settings.from_env({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "SEMIREC_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                           "SEMIREC_KAFKA_SASL_USERNAME": "svc", "SEMIREC_KAFKA_SASL_PASSWORD": "s3cret"})
+    kw = s.kafka_kwargs()
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-512" and kw["sasl_plain_password"] == "s3cret"
+    assert "s3cret" not in repr(s)
+    creds = broker_credentials(s)
+    assert isinstance(creds, faust.SASLCredentials) and creds.username == "svc"
+    assert "s3cret" not in repr(creds)
