@@ -12,4 +12,4 @@ lint: bootstrap
 
 test: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/python -m pytest -q

@@ -36,3 +36,15 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.stamp-*
   touch "$stamp"
 fi
+
+# promtool (Prometheus rule/config checker) for the monitoring tests: taken out of Debian's
+# prometheus package without installing it (installing would start a Prometheus daemon).
+if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1 && dpkg -x prometheus_*.deb x); then
+    cp "$tmp/x/usr/bin/promtool" .venv/bin/promtool
+  else
+    echo "bootstrap: promtool unavailable; the Prometheus rule tests will be skipped" >&2
+  fi
+  rm -rf "$tmp"
+fi

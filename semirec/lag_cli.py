@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -62,13 +63,21 @@ def render(rows: Sequence[PartitionLag], now: Sample | None = None,
     return table
 
 
+def _console() -> Console:
+    """A console that never truncates the table when output goes to a pipe or file."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200
+    return console
+
+
 def _sample(rows: Sequence[PartitionLag]) -> Sample:
     return time.monotonic(), {(r.group, r.topic, r.partition): r.lag for r in rows}
 
 
 async def _watch(settings: Settings, groups: list[str], topics: list[str], every: float,
                  as_json: bool) -> None:
-    console = Console()
+    console = _console()
     before: Sample | None = None
     live = None if as_json or not console.is_terminal else Live(console=console, auto_refresh=False)
     try:
@@ -132,6 +141,7 @@ def lag(groups: tuple[str, ...], topics: tuple[str, ...], as_json: bool, watch: 
     ListOffsets. A partition the group never committed counts everything retained as lag
     (CURRENT-OFFSET shows '-').
     """
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures surface as LagError
     settings = Settings.from_env()
     chosen_groups = list(groups) or [settings.consumer_group]
     chosen_topics = list(topics) or [settings.topics.events]
@@ -145,7 +155,7 @@ def lag(groups: tuple[str, ...], topics: tuple[str, ...], as_json: bool, watch: 
             if as_json:
                 click.echo(orjson.dumps(report(rows)).decode())
             else:
-                Console().print(render(rows))
+                _console().print(render(rows))
     except LagError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:

@@ -67,7 +67,7 @@ APPEND_TO_STATE = Histogram(
 LAST_WRITE = Gauge(
     "semirec_last_state_write_timestamp_seconds", "Unix time of the last batch written.",
     ["agent"], registry=REGISTRY)
-READY = Gauge("semirec_ready", "1 while /readyz answers ready (updated on each probe).",
+READY = Gauge("semirec_ready", "1 when the readiness checks pass (evaluated on each scrape).",
               registry=REGISTRY)
 
 
@@ -90,6 +90,9 @@ class AgentMetrics:
 
     def batch(self, n_messages: int) -> None:
         self._batch.observe(n_messages)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        PROCESSING_SECONDS.labels(self.agent, stage).observe(seconds)
 
     @contextmanager
     def timed(self, stage: str = "batch") -> Iterator[None]:
@@ -160,7 +163,15 @@ def make_app(registry: CollectorRegistry = REGISTRY,
     """The aiohttp application serving ``/metrics``, ``/healthz`` and ``/readyz``."""
     health = health or Health()
 
+    async def ready() -> tuple[bool, dict[str, bool]]:
+        checks = await health.readiness()
+        ok = health.broken is None and all(checks.values())
+        if registry is REGISTRY:
+            READY.set(1 if ok else 0)
+        return ok, checks
+
     async def metrics(_: web.Request) -> web.Response:
+        await ready()  # keeps semirec_ready current for Prometheus without /readyz probes
         body = await asyncio.to_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -170,10 +181,7 @@ def make_app(registry: CollectorRegistry = REGISTRY,
         return web.json_response({"live": True})
 
     async def readyz(_: web.Request) -> web.Response:
-        checks = await health.readiness()
-        ok = health.broken is None and all(checks.values())
-        if registry is REGISTRY:
-            READY.set(1 if ok else 0)
+        ok, checks = await ready()
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
     app = web.Application()
@@ -198,20 +206,27 @@ class MetricsServer:
         await self.runner.cleanup()
 
 
-async def start_http(port: int, *, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY,
-                     health: Health | None = None) -> MetricsServer:
-    """Serve metrics and health on ``host:port`` (0: a free port) in the running loop."""
+def bind(port: int, host: str = "0.0.0.0") -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (0: a free port); fails fast and clearly."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+async def start_http(port: int = 0, *, host: str = "0.0.0.0", sock: socket.socket | None = None,
+                     registry: CollectorRegistry = REGISTRY,
+                     health: Health | None = None) -> MetricsServer:
+    """Serve metrics and health in the running loop, on ``sock`` or a new :func:`bind`."""
+    sock = sock or bind(port, host)
     runner = web.AppRunner(make_app(registry, health), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
-    return MetricsServer(runner, host, sock.getsockname()[1])
+    return MetricsServer(runner, sock.getsockname()[0], sock.getsockname()[1])
 
 
 def metric_names(registry: CollectorRegistry = REGISTRY) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from dataclasses import replace
 
 import click
 
@@ -26,7 +27,10 @@ def _load(ref: str):
               help="Agents to run (repeatable). Default: all.")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def worker(agents: tuple[str, ...], loglevel: str) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics, /healthz, /readyz on PORT. Default: SEMIREC_METRICS_PORT "
+                   "(0: off).")
+def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> None:
     """Run stream agents (default: all) until SIGINT/SIGTERM.
 
     Reads addresses from SEMIREC_* variables. Start more workers with the same
@@ -38,12 +42,21 @@ def worker(agents: tuple[str, ...], loglevel: str) -> None:
     from streams.app import create_app
 
     settings = Settings.from_env()
+    if metrics_port is not None:
+        settings = replace(settings, metrics_port=metrics_port)
     chosen = agents or tuple(AGENTS)
     topics: dict[str, int] = {}
     for name in chosen:
         topics.update(_load(AGENTS[name][1])(settings))
     asyncio.run(ensure_topics(settings, topics))
     app = create_app(settings)
+    if settings.metrics_port:
+        from streams.health import serve_health
+
+        try:
+            serve_health(app, settings)
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc
     for name in chosen:
         _load(AGENTS[name][0])(app, settings)
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -41,9 +41,10 @@ async def committed(settings: Settings, group: str, topic: str, partitions: int)
         await admin.close()
 
 
-async def wait_committed(settings: Settings, ends: dict[int, int], *, timeout: float = 60,
+async def wait_committed(settings: Settings, ends: dict[int, int] | int, *, timeout: float = 60,
                          proc=None) -> None:
-    """Wait until the ingest group has committed every partition up to ``ends``."""
+    """Wait until the ingest group has committed every partition up to ``ends``
+    (partition -> end offset), or ``ends`` messages in all when it is an int."""
     deadline = time.monotonic() + timeout
     got: dict[int, int] = {}
     while time.monotonic() < deadline:
@@ -51,7 +52,8 @@ async def wait_committed(settings: Settings, ends: dict[int, int], *, timeout: f
             raise AssertionError(f"worker exited with {proc.returncode}")
         got = await committed(settings, settings.consumer_group, settings.topics.events,
                               settings.event_partitions)
-        if all(got.get(p, 0) >= end for p, end in ends.items()):
+        if (sum(got.values()) >= ends if isinstance(ends, int)
+                else all(got.get(p, 0) >= end for p, end in ends.items())):
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"not caught up after {timeout}s: committed {got}, ends {ends}")
