@@ -39,6 +39,7 @@ class Reason(StrEnum):
     BAD_VALUE = "bad_value"
     BAD_TIMESTAMP = "bad_timestamp"
     KEY_MISMATCH = "key_mismatch"
+    BAD_IMAGE = "bad_image"  # items: an image file that is missing, unreadable or not an image
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +86,10 @@ class ContractError(ValueError):
         return Rejection(self.reason, str(self))
 
 
-def decode_body(raw: bytes) -> Any:
-    """Decode a JSON or msgpack body; raises :class:`ContractError` on failure."""
-    if len(raw) > MAX_EVENT_BYTES:
-        raise ContractError(Reason.TOO_LARGE, f"body is {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
+def decode_body(raw: bytes, *, limit: int = MAX_EVENT_BYTES) -> Any:
+    """Decode a JSON or msgpack body of at most ``limit`` bytes; raises :class:`ContractError`."""
+    if len(raw) > limit:
+        raise ContractError(Reason.TOO_LARGE, f"body is {len(raw)} bytes, limit {limit}")
     if not raw:
         raise ContractError(Reason.UNDECODABLE, "empty body")
     first = raw.lstrip()[:1]

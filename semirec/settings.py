@@ -70,6 +70,8 @@ class Settings:
     consumer_group: str = "semirec-ingest"
     batch_max: int = 2000
     batch_within_s: float = 0.05
+    encoder_checkpoint: str = ""  # item-encoder checkpoint dir; "" = the untrained fusion
+    cache_dir: str = ""  # backbone-feature cache; "" = ~/.cache/semirec
     state_cache_users: int = 20_000  # decoded user states kept by each ingest worker (LRU)
     # Kafka group timings. Production defaults; local stacks export shorter ones.
     session_timeout_s: float = 10.0

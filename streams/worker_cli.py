@@ -14,6 +14,7 @@ from semirec.settings import Settings
 # returns nothing); topics(settings) -> {topic: partitions} the agent needs.
 AGENTS: dict[str, tuple[str, str]] = {
     "ingest": ("streams.ingest:register_ingest", "semirec.kafka:ingest_topics"),
+    "catalog": ("streams.catalog:register_catalog", "streams.catalog:catalog_topics"),
 }
 
 

@@ -68,3 +68,10 @@ def test_cli_ml100k(tmp_path) -> None:
     assert (report["events"], report["users"], report["videos"]) == (100_000, 943, 1682)
     assert report["probe_auc"]["product_history"] is None  # no product domain
     assert not (tmp_path / "truth.jsonl").exists()
+
+
+def test_items_satisfy_the_item_contract(ml: World) -> None:
+    from semirec.items import validate_item
+
+    for item in ml.items:
+        assert validate_item(item).images == ()

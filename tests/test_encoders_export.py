@@ -1,0 +1,90 @@
+"""Exported encoders: ONNX matches torch, and tritonserver serves the same vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+
+from encoders.config import EncoderConfig
+from encoders.export import export_repository
+from encoders.exported import OnnxItemEncoder
+from encoders.pipeline import ItemEncoder
+from encoders.sample import sample_items
+from encoders.triton_client import TritonItemEncoder
+from encoders.triton_repo import ENGINE_VARIANT, render, specs
+from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+
+TOL = 1e-4  # float32 differences between torch, onnxruntime and the served models
+
+
+@pytest.fixture(scope="module")
+def exported(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The untrained encoder exported into the session's Triton model repository."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEMIREC_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+        mp.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
+        yield export_repository(stack.model_repository)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def items() -> list[dict]:
+    return sample_items(24, seed=5)
+
+
+def test_committed_configs_are_the_rendered_ones() -> None:
+    for spec in specs(EncoderConfig()):
+        model = DEFAULT_MODEL_REPOSITORY / spec.name
+        assert (model / "config.pbtxt").read_text() == render(spec, "python")
+        assert (model / "configs" / f"{ENGINE_VARIANT}.pbtxt").read_text() == render(
+            spec, ENGINE_VARIANT)
+        assert (model / "1" / "model.py").is_file()
+
+
+def test_onnx_matches_torch(exported: dict, stack: EmbeddedStack, items: list[dict]) -> None:
+    assert set(exported["models"]) == {"text_encoder", "image_encoder", "fusion_video",
+                                       "fusion_product"}
+    for name, model in exported["models"].items():
+        assert model["max_abs_diff"] < TOL, name
+    reference = ItemEncoder(cache=None).encode(items)
+    onnx = OnnxItemEncoder(Path(stack.model_repository), threads=1)
+    assert onnx.version == exported["encoder_version"]
+    assert np.abs(onnx.encode(items) - reference).max() < TOL
+
+
+def test_triton_serves_the_in_process_vectors(exported: dict, stack: EmbeddedStack,
+                                              items: list[dict]) -> None:
+    client = grpcclient.InferenceServerClient(stack.addresses.triton_grpc)
+    names = list(exported["models"])
+    try:
+        for name in names:
+            client.load_model(name)
+            assert client.is_model_ready(name), name
+        served = TritonItemEncoder(stack.addresses.triton_grpc, EncoderConfig(),
+                                   exported["encoder_version"])
+        got = served.encode(items)
+        reference = ItemEncoder(cache=None).encode(items)
+        assert got.shape == reference.shape
+        assert np.abs(got - reference).max() < TOL
+        # concurrent requests of several sizes: the dynamic batcher merges them, the model
+        # splits the results back per request
+        pixels = np.random.default_rng(0).normal(size=(12, 3, 64, 64)).astype(np.float32)
+        slices = [slice(0, 1), slice(1, 4), slice(4, 5), slice(5, 9), slice(9, 12)] * 2
+        with ThreadPoolExecutor(max_workers=len(slices)) as pool:
+            parts = list(pool.map(lambda sl: served.infer("image_encoder", {"pixels": pixels[sl]},
+                                                          "image_features"), slices))
+        alone = served.infer("image_encoder", {"pixels": pixels}, "image_features")
+        for sl, part in zip(slices, parts, strict=True):
+            assert np.abs(part - alone[sl]).max() < TOL
+    finally:
+        for name in names:
+            client.unload_model(name)
+        client.close()
