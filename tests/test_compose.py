@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import tomllib
 import urllib.request
 import uuid
@@ -345,12 +347,29 @@ class TritonPythonModel:
         x.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
         assert client.infer(name, [x]).as_numpy("Y").tolist() == [1.0, 2.0]
         url = f"http://{stack.addresses.triton_metrics}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
+        success = f'nv_inference_request_success{{model="{name}",version="1"}} 1'
+        deadline = time.monotonic() + 10  # Triton refreshes its metrics every ~2 s
+        while True:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+            if success in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         client.unload_model(name)
         client.close()
     exposed = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
     used = {m for e in dashboard_exprs() for m in metrics_in(e) if m.startswith("nv_")}
     assert used and used <= exposed, f"not exposed by tritonserver: {used - exposed}"
-    assert f'nv_inference_request_success{{model="{name}",version="1"}} 1' in text
+    assert success in text
+
+
+def test_compose_file_validates_against_the_official_compose_spec(tmp_path: Path) -> None:
+    """The compose-spec JSON schema vendored by check-jsonschema (works without Docker)."""
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    run = [str(checker), "--builtin-schema", "vendor.compose-spec"]
+    ok = subprocess.run([*run, str(COMPOSE)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = tmp_path / "broken.yml"
+    broken.write_text("services:\n  a:\n    imagee: x\n    deploy:\n      replicas: two\n")
+    assert subprocess.run([*run, str(broken)], capture_output=True).returncode != 0
