@@ -23,14 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.exceptions
-
 from semirec.contracts import ContractError
 from semirec.item_store import ItemStore, ItemVector
 from semirec.items import Item, parse_item
 from semirec.metrics import AgentMetrics
 from semirec.settings import Settings
-from streams.ingest import DeadLetterSink, Message
+from streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 64  # items per batch: bounds the time one encode call holds the partition
@@ -110,17 +108,11 @@ class CatalogProcessor:
         return out
 
     async def _write(self, records: list[ItemVector]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                with self.metrics.redis("put"):
-                    await self.store.put_many(records)
-                return
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                    redis.exceptions.BusyLoadingError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+        async def put() -> None:
+            with self.metrics.redis("put"):
+                await self.store.put_many(records)
+
+        await retry_while_redis_down(put, max_delay_s=self.retry_max_s)
 
     def _observe(self, out: CatalogOutcome, append_ts: list[float], seconds: float) -> None:
         m = self.metrics
@@ -142,24 +134,17 @@ def catalog_topics(settings: Settings) -> dict[str, int]:
 def register_catalog(app: Any, settings: Settings) -> None:
     """Attach the catalog agent to a faust app built by :func:`streams.app.create_app`."""
     from streams.app import raw_topic
-    from streams.dlq import dead_letter, send_dead_letters
+    from streams.dlq import dead_letter_sink
 
     items = raw_topic(app, settings.topics.items, settings.event_partitions)
-    dlq = raw_topic(app, settings.topics.events_dlq, settings.event_partitions)
-
-    async def to_dlq(bad: list[tuple[Message, ContractError]]) -> None:
-        letters = [(m.key, dead_letter(m, e.reason, str(e), stage="catalog")) for m, e in bad]
-        await send_dead_letters(dlq, letters)
+    to_dlq = dead_letter_sink(app, settings, stage="catalog")
 
     @app.agent(items, name="catalog")
     async def catalog(stream: Any) -> None:
         store = ItemStore.from_url(settings.redis_url)
         processor = CatalogProcessor(store, to_dlq)
         try:
-            async for batch in stream.noack_take(min(settings.batch_max, BATCH_MAX),
-                                                 within=settings.batch_within_s):
-                await processor.process([e.message for e in batch])
-                for e in batch:
-                    await stream.ack(e)
+            await run_batches(stream, processor.process, batch_max=min(settings.batch_max, BATCH_MAX),
+                              within_s=settings.batch_within_s)
         finally:
             await store.close()

@@ -10,6 +10,7 @@ import faust
 import orjson
 
 from semirec.contracts import Reason
+from semirec.settings import Settings
 
 
 def dead_letter(message: Any, reason: Reason | str, text: str, *, stage: str) -> bytes:
@@ -32,3 +33,16 @@ async def send_dead_letters(topic: faust.TopicT, letters: list[tuple[bytes | Non
     futures = [await topic.send(key=key, value=value) for key, value in letters]
     for fut in futures:
         await fut
+
+
+def dead_letter_sink(app: faust.App, settings: Settings, *, stage: str):
+    """A coroutine function that dead-letters ``(message, ContractError)`` pairs for ``stage``."""
+    from streams.app import raw_topic
+
+    topic = raw_topic(app, settings.topics.events_dlq, settings.event_partitions)
+
+    async def sink(bad: list) -> None:
+        await send_dead_letters(topic, [(m.key, dead_letter(m, e.reason, str(e), stage=stage))
+                                        for m, e in bad])
+
+    return sink

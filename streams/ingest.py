@@ -11,37 +11,21 @@ retried with back-off forever: the agent never acks what it has not written.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import redis.exceptions
+from typing import Any
 
 from semirec.contracts import ContractError, Event, parse_event
 from semirec.metrics import AgentMetrics
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
+from streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
 
 log = logging.getLogger(__name__)
-
-
-class Message(Protocol):
-    """What the processor needs of a Kafka message (faust's ``Message`` fits)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float
-
-
-DeadLetterSink = Callable[[list[tuple[Message, ContractError]]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -82,7 +66,7 @@ class IngestProcessor:
         if bad:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
-        await self._retrying(self._write, by_user, out)
+        await retry_while_redis_down(self._write, by_user, out, max_delay_s=self.retry_max_s)
         self._observe(out, time.perf_counter() - started)
         return out
 
@@ -132,41 +116,21 @@ class IngestProcessor:
                              dedup_window=self.settings.dedup_window)
         return applied
 
-    async def _retrying(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        delay = 0.05
-        while True:
-            try:
-                return await fn(*args)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                    redis.exceptions.BusyLoadingError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
-
 
 def register_ingest(app: Any, settings: Settings) -> None:
     """Attach the ingest agent to a faust app built by :func:`streams.app.create_app`."""
     from streams.app import raw_topic
-    from streams.dlq import dead_letter, send_dead_letters
+    from streams.dlq import dead_letter_sink
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
-    dlq = raw_topic(app, settings.topics.events_dlq, settings.event_partitions)
-
-    async def to_dlq(bad: list[tuple[Message, ContractError]]) -> None:
-        letters = [(m.key, dead_letter(m, e.reason, str(e), stage="ingest")) for m, e in bad]
-        await send_dead_letters(dlq, letters)
+    to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
     @app.agent(events, name="ingest")
     async def ingest(stream: Any) -> None:
         store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
         processor = IngestProcessor(settings, store, to_dlq)
         try:
-            async for batch in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
-                await processor.process([e.message for e in batch])
-                for e in batch:
-                    await stream.ack(e)
+            await run_batches(stream, processor.process, batch_max=settings.batch_max,
+                              within_s=settings.batch_within_s)
         finally:
             await store.close()
-
-
-# ingest: ready
