@@ -14,8 +14,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "worker": ("streams.worker_cli:worker", "Run the ingest agent (faust worker)."),
     "produce": ("semirec.produce_cli:produce", "Publish JSON-lines events to the events topic."),
     "user": ("semirec.user_cli:user", "Show a user's video and product sequences."),
+    "items": ("encoders.cli:items", "Encode catalog items (JSON lines) into vectors in Redis."),
+    "encoders": ("encoders.cli:encoders", "Pre-train, export (ONNX/Triton) and version the item encoders."),
     "world": ("worlds.cli:world", "Generate the two-domain world or convert MovieLens-100k."),
     "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
+    "evaluate": ("trainer.cli:evaluate", "Train and evaluate SEMI, CCL and the baselines offline."),
+    "train": ("trainer.cli:train", "Train one ranker; save a checkpoint (and ONNX)."),
 }
 
 

@@ -1,0 +1,132 @@
+"""Ranker benchmark: one request (one user, 500 candidates) against this core's sgemm ceiling.
+
+One run, one core (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1):
+  sgemm_gflops_1core        best of 30 1024x1024 float32 matmuls (torch, MKL/oneDNN)
+  request_flops_500         FLOPs of one 500-candidate SEMI request (matmuls, counted by
+                            torch.utils.flop_counter while it runs; elementwise ops not counted)
+  request_ms_500_torch      eager torch, user side once + 500 candidates (best of N)
+  request_ms_500_onnx       the exported ONNX graph under onnxruntime (best of N)
+  request_ms_500            the exported graph's figure (what is served)
+  flop_fraction[_torch|_onnx]  request_flops_500 / request time / sgemm FLOP/s   (target >= 0.4)
+  cost_ratio_500_vs_1[...]  time(500 candidates) / time(1 candidate)             (target <= 10)
+  request_ms_500_unshared_torch  for reference: a batch forward that re-encodes the user for
+                            every candidate (what sharing the user side avoids)
+
+Full-length sequences (50 videos, 50 products) and random weights (cost does not depend on them).
+Usage: python benchmarks/ranker.py [--repeat N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from trainer.configs import paper
+from trainer.export import (
+    INPUTS,
+    RequestGraph,
+    example_request,
+    export_onnx,
+    onnx_session,
+    run_onnx,
+    torch_scores,
+)
+from trainer.ranker import UserBatch
+from trainer.registry import build
+
+
+def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sgemm_gflops(n: int = 1024, repeat: int = 30) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeat) / 1e9
+
+
+def request_flops(model: torch.nn.Module, request: dict[str, np.ndarray]) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        RequestGraph(model)(*(torch.from_numpy(request[k]) for k in INPUTS))
+    return counter.get_total_flops()
+
+
+def unshared_forward(model: torch.nn.Module, request: dict[str, np.ndarray]) -> Callable[[], object]:
+    """The naive way: a batch of C copies of the user, each scored against one candidate."""
+    c = len(request["candidates"])
+    t = {k: torch.from_numpy(v) for k, v in request.items()}
+    user = UserBatch(*(t[k][None].expand(c, *t[k].shape) for k in INPUTS[:6]))
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(user, t["candidates"])
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    sgemm = sgemm_gflops()
+    model = build(paper("semi")).eval()
+    big = example_request(candidates=args.candidates)
+    one = example_request(candidates=1)
+    flops = request_flops(model, big)
+
+    out: dict[str, float] = {"sgemm_gflops_1core": round(sgemm, 1), "request_flops_500": flops}
+    torch_500 = best_seconds(lambda: torch_scores(model, big), args.repeat)
+    torch_1 = best_seconds(lambda: torch_scores(model, one), args.repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_session(export_onnx(model, Path(tmp) / "semi.onnx"), threads=1)
+        onnx_500 = best_seconds(lambda: run_onnx(session, big), args.repeat)
+        onnx_1 = best_seconds(lambda: run_onnx(session, one), args.repeat)
+        parity = float(np.abs(run_onnx(session, big) - torch_scores(model, big)).max())
+    unshared = best_seconds(unshared_forward(model, big), max(2, args.repeat // 10))
+
+    for name, t500, t1 in (("torch", torch_500, torch_1), ("onnx", onnx_500, onnx_1)):
+        out[f"request_ms_500_{name}"] = round(t500 * 1e3, 3)
+        out[f"request_ms_1_{name}"] = round(t1 * 1e3, 3)
+        out[f"flop_fraction_{name}"] = round(flops / t500 / (sgemm * 1e9), 3)
+        out[f"cost_ratio_500_vs_1_{name}"] = round(t500 / t1, 2)
+    out["request_ms_500"] = out["request_ms_500_onnx"]
+    out["flop_fraction"] = out["flop_fraction_onnx"]
+    out["cost_ratio_500_vs_1"] = out["cost_ratio_500_vs_1_onnx"]
+    out["request_ms_500_unshared_torch"] = round(unshared * 1e3, 1)
+    out["ideal_ms_500"] = round(flops / (sgemm * 1e9) * 1e3, 3)
+    out["onnx_max_abs_diff"] = parity
+
+    if not args.json:
+        width = max(map(len, out))
+        for key, value in out.items():
+            print(f"{key:<{width}}  {value}")
+        print(f"targets: flop_fraction >= 0.4 ({out['flop_fraction']}), "
+              f"cost_ratio_500_vs_1 <= 10 ({out['cost_ratio_500_vs_1']}); "
+              f"best-of-{args.repeat} timings on one core")
+    else:
+        print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

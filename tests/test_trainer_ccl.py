@@ -1,0 +1,177 @@
+"""CCL (Algorithm 1): InfoNCE, queue dictionaries, momentum update, gradients, SEMI init."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.ccl import CCL, info_nce, init_from_ccl
+from trainer.configs import BlockConfig, CCLConfig, TrainConfig, paper
+from trainer.ranker import UserBatch
+from trainer.registry import build
+
+D = 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-offs on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cfg(name: str = "semi_ccl", queue: int = 8, momentum: float = 0.9):
+    return replace(paper(name), block=BlockConfig(dim=D, heads=2, ffn=D),
+                   train=TrainConfig(seq_len=6),
+                   ccl=CCLConfig(batch_size=4, queue_size=queue, momentum=momentum, tau=0.7))
+
+
+def users(n: int, seed: int = 0) -> UserBatch:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, 6, dtype=torch.bool)
+    mask[0, :3] = False
+    return UserBatch(torch.randn(n, 6, D, generator=g), torch.randint(0, 50, (n, 6), generator=g),
+                     mask, torch.randn(n, 6, D, generator=g),
+                     torch.randint(0, 50, (n, 6), generator=g), mask.clone())
+
+
+def test_info_nce_hand_case() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    tau = 0.5
+    # query 0: logits (2, 0, -2), positive 0; query 1: logits (0, 2, 0), positive 1
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-2)))
+                - math.log(math.exp(2) / (1 + math.exp(2) + 1))) / 2
+    got = info_nce(q, keys, torch.tensor([0, 1]), tau)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_queue_is_a_ring_of_the_newest_keys() -> None:
+    model = CCL(cfg(queue=6))
+    a, b = torch.full((4, D), 1.0), torch.full((4, D), 2.0)
+    slots = model.enqueue(a, -a)
+    assert slots.tolist() == [0, 1, 2, 3] and int(model.pointer) == 4
+    slots = model.enqueue(b, -b)
+    assert slots.tolist() == [4, 5, 0, 1] and int(model.pointer) == 2
+    # the oldest two keys of the first batch survive, the rest were dequeued
+    assert model.queue_video[:, 0].tolist() == [2, 2, 1, 1, 2, 2]
+    assert model.queue_product[:, 0].tolist() == [-2, -2, -1, -1, -2, -2]
+    with pytest.raises(ValueError, match="larger than the dictionary"):
+        model.enqueue(torch.zeros(7, D), torch.zeros(7, D))
+
+
+def test_loss_uses_the_freshly_enqueued_positive_and_no_grads_reach_keys() -> None:
+    torch.manual_seed(0)
+    model = CCL(cfg(queue=8))
+    user = users(4)
+    loss = model.loss(user)
+    loss.backward()
+    assert all(p.grad is None for p in model.key.parameters())
+    assert all(not p.requires_grad for p in model.key.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.query.parameters())
+    # recompute Eq. 5 + 6 by hand (eval mode: no dropout): after loss() the batch's keys sit
+    # at slots 0..3 of both dictionaries and are the positives
+    model.eval()
+    model.pointer.zero_()
+    with torch.no_grad():
+        loss = model.loss(user)
+        kv, kp = model.keys(user)
+        torch.testing.assert_close(model.queue_video[:4], kv)
+        torch.testing.assert_close(model.queue_product[:4], kp)
+        qv = model.encode(model.query, "video", user)
+        qp = model.encode(model.query, "product", user)
+        target = torch.arange(4)
+        by_hand = (F.cross_entropy(qv @ model.queue_product.T / 0.7, target)
+                   + F.cross_entropy(qp @ model.queue_video.T / 0.7, target))
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_momentum_update_formula() -> None:
+    model = CCL(cfg(momentum=0.9))
+    for p in model.query.parameters():
+        p.data.add_(1.0)
+    before_k = [p.clone() for p in model.key.parameters()]
+    query = [p.clone() for p in model.query.parameters()]
+    model.momentum_update()
+    for k0, q, k1 in zip(before_k, query, model.key.parameters(), strict=True):
+        torch.testing.assert_close(k1, 0.9 * k0 + 0.1 * q)
+    for q0, q1 in zip(query, model.query.parameters(), strict=True):
+        assert torch.equal(q0, q1)  # the query side is untouched
+
+
+def test_key_encoders_start_equal_to_query_encoders() -> None:
+    model = CCL(cfg())
+    for k, q in zip(model.key.parameters(), model.query.parameters(), strict=True):
+        assert torch.equal(k, q) and k.data_ptr() != q.data_ptr()
+
+
+def test_max_pooling_ignores_padding() -> None:
+    model = CCL(cfg()).eval()
+    user = users(2)
+    with torch.no_grad():
+        a = model.encode(model.query, "video", user)
+        junk = user.video.clone()
+        junk[0, :3] = 1e3  # padded slots of user 0
+        b = model.encode(model.query, "video", UserBatch(junk, *list(vars(user).values())[1:]))
+    torch.testing.assert_close(a, b)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2))
+
+
+def test_semi_is_initialised_from_the_query_encoders() -> None:
+    torch.manual_seed(0)
+    ccl = CCL(cfg())
+    for p in ccl.query.parameters():
+        p.data.normal_()
+    for name, domains in (("semi_ccl", ("video", "product")), ("semi_video_ccl", ("video",)),
+                          ("semi_product_ccl", ("product",))):
+        semi = build(cfg(name))
+        init_from_ccl(semi, ccl)
+        assert torch.equal(semi.time.table.weight, ccl.query["time"].table.weight)
+        for d in domains:
+            for a, b in zip(semi.intra[d].parameters(), ccl.query[d].parameters(), strict=True):
+                assert torch.equal(a, b)
+
+
+def test_pretraining_aligns_the_two_domains() -> None:
+    """Pairs whose video and product sequences share a latent vector (rotated for products):
+    after CCL a video query retrieves its own product sequence among all records (random:
+    1/96), which the untrained encoders cannot."""
+    from trainer.fit import pretrain_ccl
+    from trainer.samples import SampleSet, user_batch
+
+    rng = np.random.default_rng(0)
+    n, width = 96, 6
+    latent = rng.normal(size=(n, D))
+    rotation = np.linalg.qr(rng.normal(size=(D, D)))[0]  # the domain gap: products live elsewhere
+    video = np.repeat(latent, width, axis=0)
+    product = np.repeat(latent @ rotation, width, axis=0)
+    table = np.vstack([np.zeros((1, D)), video, product])
+    table[1:] += 0.3 * rng.normal(size=(2 * n * width, D))
+    table = table.astype(np.float32)
+    rows = 1 + np.arange(2 * n * width).reshape(2, n, width).transpose(1, 0, 2)
+    zeros = np.zeros((n, width), np.int32)
+    records = SampleSet(np.array([f"u{i}" for i in range(n)], dtype=object), np.ones(n, np.int32),
+                        np.ones(n, np.float32), np.arange(n, dtype=np.float64),
+                        np.array([str(i) for i in range(n)], dtype=object),
+                        rows[:, 0].astype(np.int32), zeros, rows[:, 1].astype(np.int32), zeros)
+    c = replace(cfg(), ccl=replace(cfg().ccl, queue_size=32, batch_size=16, momentum=0.9,
+                                   epochs=15, lr=3e-3))
+    model, losses = pretrain_ccl(c, records, torch.from_numpy(table), seed=0, seq_len=width)
+    # with L2-normalised codes and tau = 0.7 the loss floor is about 2 (log(K) - 1/tau) = 4.1
+    assert losses[-1] < losses[0] - 0.5, losses
+    with torch.no_grad():
+        user = user_batch(records, np.arange(n), torch.from_numpy(table), width)
+        qv = model.encode(model.query, "video", user)
+        kp = model.encode(model.key, "product", user)
+        qp = model.encode(model.query, "product", user)
+        kv = model.encode(model.key, "video", user)
+    hits_v = ((qv @ kp.T).argmax(1) == torch.arange(n)).float().mean().item()
+    hits_p = ((qp @ kv.T).argmax(1) == torch.arange(n)).float().mean().item()
+    assert hits_v > 0.5 and hits_p > 0.5, (hits_v, hits_p)

@@ -1,0 +1,158 @@
+"""SEMI and the baselines: shapes, padding masks, empty sequences, user-side-once scoring."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.configs import MODEL_NAMES, BlockConfig, ModelConfig, TrainConfig, paper
+from trainer.layers import AttentionBlock
+from trainer.ranker import UserBatch
+from trainer.registry import build
+from trainer.semi import SEMI
+
+D = 32
+NEURAL = [m for m in MODEL_NAMES if m != "pop"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP hand-offs on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str) -> ModelConfig:
+    return replace(paper(name), block=BlockConfig(dim=D, heads=4, ffn=D),
+                   train=TrainConfig(seq_len=12))
+
+
+def batch(lengths_v: list[int], lengths_p: list[int], width: int = 12, seed: int = 0) -> UserBatch:
+    """Right-aligned sequences with the given real lengths; padded slots hold garbage on purpose."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths_v)
+
+    def domain(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = torch.arange(width)[None] >= width - torch.tensor(lengths)[:, None]
+        vec = torch.randn(b, width, D, generator=g)
+        age = torch.randint(0, 200, (b, width), generator=g)
+        return vec, age, mask
+
+    return UserBatch(*domain(lengths_v), *domain(lengths_p))
+
+
+def take(user: UserBatch, i: int, width_v: int, width_p: int) -> UserBatch:
+    """User ``i`` alone, trimmed to its newest ``width_*`` slots (less padding)."""
+    return UserBatch(user.video[i : i + 1, -width_v:], user.video_age[i : i + 1, -width_v:],
+                     user.video_mask[i : i + 1, -width_v:], user.product[i : i + 1, -width_p:],
+                     user.product_age[i : i + 1, -width_p:], user.product_mask[i : i + 1, -width_p:])
+
+
+@pytest.fixture(params=NEURAL)
+def model(request: pytest.FixtureRequest):
+    torch.manual_seed(0)
+    return build(tiny(request.param)).eval()
+
+
+def test_shapes_and_empty_sequences(model) -> None:
+    user = batch([12, 3, 0, 0], [12, 0, 5, 0])
+    cands = torch.randn(4, 7, D)
+    with torch.no_grad():
+        scores = model.score(model.encode_user(user), cands)
+        single = model(user, cands[:, 0])
+    assert scores.shape == (4, 7) and single.shape == (4,)
+    assert torch.isfinite(scores).all()
+    torch.testing.assert_close(single, scores[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_content_does_not_matter(model) -> None:
+    user = batch([5, 2, 0], [4, 0, 3])
+    noisy = UserBatch(
+        torch.where(user.video_mask[..., None], user.video, torch.randn_like(user.video) * 100),
+        torch.where(user.video_mask, user.video_age, 7), user.video_mask,
+        torch.where(user.product_mask[..., None], user.product, 50.0), user.product_age,
+        user.product_mask,
+    )
+    cands = torch.randn(3, 4, D)
+    with torch.no_grad():
+        a = model.score(model.encode_user(user), cands)
+        b = model.score(model.encode_user(noisy), cands)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_user_side_once_equals_batch_forward(model) -> None:
+    """score(encode_user(u), C candidates) == the batch forward of C (user, candidate) rows,
+    and one user scored alone (with less padding) gives the same as inside a batch."""
+    user = batch([12, 6, 1, 0], [9, 12, 0, 4])
+    cands = torch.randn(4, 5, D)
+    with torch.no_grad():
+        shared = model.score(model.encode_user(user), cands)
+        for i, (wv, wp) in enumerate([(12, 9), (6, 12), (1, 1), (1, 4)]):
+            alone = take(user, i, wv, wp)
+            rows = UserBatch(*(t.expand(5, *t.shape[1:]) for t in (
+                alone.video, alone.video_age, alone.video_mask, alone.product,
+                alone.product_age, alone.product_mask)))
+            forward = model(rows, cands[i])
+            torch.testing.assert_close(forward, shared[i], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_block_matches_torch_reference() -> None:
+    torch.manual_seed(0)
+    block = AttentionBlock(D, 4, D, dropout=0.0).eval()
+    x = torch.randn(2, 6, D)
+    mask = torch.tensor([[True] * 6, [False, False, True, True, True, True]])
+    w = torch.cat([block.q.weight, block.k.weight, block.v.weight])
+    b = torch.cat([block.q.bias, block.k.bias, block.v.bias])
+    ref, _ = F.multi_head_attention_forward(
+        x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1), D, 4, w, b, None, None, False,
+        0.0, block.out.weight, block.out.bias, training=False, key_padding_mask=~mask,
+        need_weights=False)
+    ref = block.norm1(x + ref.transpose(0, 1))
+    ref = block.norm2(ref + block.ffn(ref))
+    with torch.no_grad():
+        ours = block(x, mask)
+    torch.testing.assert_close(ours[1, 2:], ref[1, 2:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours[0], ref[0], atol=1e-5, rtol=1e-5)
+
+
+def test_semi_matches_a_direct_reading_of_the_paper() -> None:
+    """Recompute SEMI step by step from its modules (no key/value caching) and compare."""
+    torch.manual_seed(1)
+    model: SEMI = build(tiny("semi")).eval()
+    user = batch([4], [6], width=6)
+    cand = torch.randn(1, 3, D)
+    t = model.time
+    with torch.no_grad():
+        v_intra = model.intra["video"].block(user.video + t(user.video_age), user.video_mask)
+        p_intra = model.intra["product"].block(user.product + t(user.product_age),
+                                               user.product_mask)
+        joint = model.inter(torch.cat([v_intra, p_intra], 1),
+                            torch.cat([user.video_mask, user.product_mask], 1))
+        v_inter, p_inter = joint[:, :6], joint[:, 6:]
+        v_t = cand + t(torch.zeros(1, 3, dtype=torch.long))
+        outs = []
+        for name, seq, mask in (("video", v_inter, user.video_mask),
+                                ("product", p_inter, user.product_mask)):
+            outs.append(model.target[name].attend(v_t, *model.target[name].keys_values(seq, mask)))
+        direct = model.head(torch.cat([*outs, v_t], -1))
+        fast = model.score(model.encode_user(user), cand)
+    torch.testing.assert_close(fast, direct)
+
+
+def test_domains_and_dropout_after_mlp() -> None:
+    assert tiny("semi").domains == ("video", "product")
+    assert tiny("semi_video_ccl").domains == ("video",)
+    assert tiny("semi_product").domains == ("product",)
+    assert tiny("cross_bst").domains == ("video", "product")
+    assert tiny("bst").domains == ("video",)
+    model = build(tiny("semi"))
+    assert isinstance(model.head.drop, torch.nn.Dropout) and model.head.drop.p == 0.1
+    model.train()
+    user = batch([3] * 64, [3] * 64)
+    logits = model(user, torch.randn(64, D))
+    assert (logits == 0).sum() > 0  # dropout on the MLP output zeroes some logits in training

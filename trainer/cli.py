@@ -1,0 +1,185 @@
+"""``semirec evaluate`` (every model, the paper's protocol) and ``semirec train`` (one model)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trainer.configs import MODEL_NAMES
+
+DATA = ("world", "ml100k")
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    torch.set_num_interop_threads(1) if torch.get_num_interop_threads() != 1 else None
+
+
+def _load(data: str, size: str, world_seed: int, encoder: Path | None, console: Console,
+          max_rank_cases: int):
+    """World -> item vectors (cached) -> prepared samples, split and negatives."""
+    from trainer.evaluate import EvalProtocol, prepare
+    from trainer.vectors import item_vectors
+    from worlds import load_world
+
+    with console.status(f"loading {data} and its item vectors (cached after the first run)"):
+        world = (load_world("world", seed=world_seed, size=size) if data == "world"
+                 else load_world("ml100k"))
+        vectors = item_vectors(world.items, checkpoint=encoder)
+        prepared = prepare(data, world.items, world.events, vectors, world.true_prob or None,
+                           EvalProtocol(max_rank_cases=max_rank_cases),
+                           item_probs=world.item_probs)
+    return prepared
+
+
+class _Bars:
+    """rich progress: one bar for all runs, one for the current run (samples processed)."""
+
+    def __init__(self, progress: Progress, runs: int) -> None:
+        self.progress = progress
+        self.overall = progress.add_task("models", total=runs)
+        self.current: Any = None
+
+    def run_started(self, name: str, seed: int, total: int):
+        self.current = self.progress.add_task(f"{name} seed {seed}", total=total)
+        return lambda n: self.progress.advance(self.current, n)
+
+    def run_finished(self, name: str, seed: int, metrics: dict[str, Any]) -> None:
+        line = f"{name} seed {seed}: AUC {metrics['auc']:.4f}"
+        self.progress.update(self.current, completed=self.progress.tasks[self.current].total,
+                             description=line)
+        self.progress.advance(self.overall)
+        if not self.progress.console.is_terminal:  # a log file: one line per finished run
+            self.progress.console.print(f"{line} HR@3 {metrics['hr@3']:.4f} "
+                                        f"({metrics['seconds']:.0f} s)")
+
+
+def _table(result: dict[str, Any]) -> Table:
+    from trainer.evaluate import METRICS
+
+    oracle = result.get("oracle_auc")
+    table = Table(title=f"{result['data']}: mean ± std over {result['seeds']} seed(s)"
+                  + (f", oracle AUC {oracle:.4f}" if oracle is not None else ""))
+    table.add_column("model")
+    for m in METRICS:
+        table.add_column(m, justify="right")
+    table.add_column("s/run", justify="right")
+    best = {m: max(r[m] for r in result["results"]) for m in METRICS}
+    for row in result["results"]:
+        cells = []
+        for m in METRICS:
+            text = f"{row[m]:.4f} ± {row[f'{m}_std']:.4f}"
+            cells.append(f"[bold]{text}[/bold]" if row[m] == best[m] else text)
+        table.add_row(row["model"], *cells, f"{row['seconds']:.0f}")
+    return table
+
+
+@click.command()
+@click.option("--data", type=click.Choice(DATA), default="world", show_default=True)
+@click.option("--quick", is_flag=True, help="Small budgets (subset, 3 epochs, sequences of 20).")
+@click.option("--seeds", type=click.IntRange(1, 20), default=None,
+              help="Training seeds per model [default: 3, or 1 with --quick].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object last on stdout.")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write DATA[-quick].md and DATA[-quick].png into this directory.")
+@click.option("--models", default=",".join(MODEL_NAMES), show_default=True,
+              help="Comma-separated subset of the models.")
+@click.option("--size", default="demo", show_default=True, help="Generated world preset.")
+@click.option("--world-seed", type=int, default=0, show_default=True)
+@click.option("--encoder", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Item encoder checkpoint [default: $SEMIREC_ENCODER_CHECKPOINT or built-in].")
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="torch threads (1 is fastest on a shared 2-core machine).")
+def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: Path | None,
+             models: str, size: str, world_seed: int, encoder: Path | None,
+             threads: int) -> None:
+    """Train and evaluate every model on DATA with the paper's protocol.
+
+    Chronological split (last 20% of watches = test); AUC of P(complete); HR@3 against 300
+    random unwatched videos; HR@10 / NDCG@10 against 100; mean ± std over seeds; on the
+    generated world also the oracle AUC of the true completion probability.
+    """
+    from trainer.evaluate import evaluate as run_all
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        raise click.BadParameter(f"unknown model(s) {unknown}; choose from {MODEL_NAMES}",
+                                 param_hint="--models")
+    seeds = seeds or (1 if quick else 3)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _threads(threads)
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    prepared = _load(data, size, world_seed, encoder, err, 1000 if quick else 5000)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as progress:
+        result = run_all(prepared, names, seeds, quick, _Bars(progress, len(names) * seeds))
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    result["command"] = "semirec evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if report:
+        from trainer.report import write_report
+
+        for path in write_report(result, report):
+            err.print(f"wrote {path}")
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        Console().print(_table(result))
+        click.echo(f"wall time {result['wall_s']:.0f} s")
+
+
+@click.command()
+@click.option("--data", type=click.Choice(DATA), default="world", show_default=True)
+@click.option("--model", "name", type=click.Choice([m for m in MODEL_NAMES if m != "pop"]),
+              default="semi_ccl", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Checkpoint directory (model.safetensors + config.json).")
+@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also export the request graph to this ONNX file.")
+@click.option("--quick", is_flag=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", default="demo", show_default=True)
+@click.option("--world-seed", type=int, default=0, show_default=True)
+@click.option("--encoder", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True)
+def train(data: str, name: str, out: Path, onnx: Path | None, quick: bool, seed: int, size: str,
+          world_seed: int, encoder: Path | None, threads: int) -> None:
+    """Train one model on DATA's training split, save a checkpoint, optionally export ONNX."""
+    from trainer import checkpoint
+    from trainer.evaluate import model_config, run_model_trained
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    _threads(threads)
+    err = Console(stderr=True)
+    prepared = _load(data, size, world_seed, encoder, err, 1000)
+    cfg = model_config(name, prepared, quick)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err) as progress:
+        bars = _Bars(progress, 1)
+        from trainer.evaluate import work_units
+
+        tick = bars.run_started(name, seed, work_units(name, cfg, prepared))
+        model, metrics = run_model_trained(name, prepared, cfg, seed, tick)
+        bars.run_finished(name, seed, metrics)
+    checkpoint.save(out, model, cfg, {"data": data, "seed": seed, "metrics": metrics})
+    click.echo(f"saved {out}")
+    if onnx:
+        from trainer.export import export_onnx
+
+        click.echo(f"exported {export_onnx(model, onnx, cfg.block.dim)}")
+    click.echo(json.dumps({"model": name, **{k: metrics[k] for k in ("auc", "hr@3")}}))

@@ -1,0 +1,125 @@
+"""Building blocks: the multi-head attention block of Fig. 2(c), hour-block time embeddings,
+masked pooling and the prediction MLP.
+
+Attention is split in two so that a block can be used as a *target attention*: the keys and
+values of a user's sequence are projected once (:meth:`AttentionBlock.keys_values`) and any
+number of queries (candidates) attend to them (:meth:`AttentionBlock.attend`). Padding is a
+boolean mask (True = real entry); a query with no real key gets a zero attention output (never
+NaN), so empty sequences are well defined.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+NEG = -1e9  # additive mask for padded keys (finite: softmax of an all-padded row stays finite)
+
+
+class AttentionBlock(nn.Module):
+    """MultiHead(Q, K, V) (Eq. 2-3), Add & Norm, two-layer feed-forward net, Add & Norm."""
+
+    def __init__(self, dim: int = 128, heads: int = 8, ffn: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Linear(ffn, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def _split(self, x: Tensor) -> Tensor:  # [B, L, d] -> [B, H, L, dh]
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Project a sequence once: (scaled keys [B,H,dh,L], values [B,H,L,dh], key bias [B,1,1,L])."""
+        keys = (self._split(self.k(x)).transpose(-1, -2) * (1.0 / math.sqrt(self.head_dim))).contiguous()
+        bias = torch.where(mask, 0.0, NEG).to(x.dtype)[:, None, None, :]
+        return keys, self._split(self.v(x)), bias
+
+    def attend(
+        self,
+        x: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        bias: Tensor,
+        causal: bool = False,
+        with_self: bool = False,
+    ) -> Tensor:
+        """Queries ``x`` [B, Q, d] attend to projected keys/values; returns [B, Q, d].
+
+        ``with_self``: each query also attends to its own key/value (a target token appended
+        to the sequence, as in BST), still without recomputing the sequence side.
+        """
+        b, n, _ = x.shape
+        q = self._split(self.q(x))
+        h, k = self.heads, keys.shape[-1]
+        scores = torch.baddbmm(  # q @ keys + bias in one kernel, [B, H, Q, L]
+            bias.expand(b, h, 1, k).reshape(b * h, 1, k),
+            q.reshape(b * h, n, self.head_dim), keys.reshape(b * h, self.head_dim, k),
+        ).view(b, h, n, k)
+        if causal:
+            scores = scores + torch.full(
+                (n, keys.shape[-1]), NEG, dtype=x.dtype, device=x.device
+            ).triu(1)
+        if with_self:
+            own_keys = self._split(self.k(x)) * (1.0 / math.sqrt(self.head_dim))
+            scores = torch.cat([scores, (q * own_keys).sum(-1, keepdim=True)], dim=-1)
+            weights = torch.softmax(scores, dim=-1)
+            mixed = weights[..., :-1] @ values + weights[..., -1:] * self._split(self.v(x))
+            heads = mixed.transpose(1, 2).reshape(b, n, self.dim)
+        else:
+            heads = (torch.softmax(scores, dim=-1) @ values).transpose(1, 2).reshape(b, n, self.dim)
+            # a query that sees no real key (empty sequence) attends to nothing: zero output
+            heads = heads * (bias.amax(-1) == 0).to(x.dtype)
+        x = self.norm1(x + self.drop(self.out(heads)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+    def forward(self, x: Tensor, mask: Tensor, causal: bool = False) -> Tensor:
+        """Self-attention over a sequence (Query = Key = Value = ``x``)."""
+        return self.attend(x, *self.keys_values(x, mask), causal=causal)
+
+
+class TimeEmbedding(nn.Module):
+    """One learned vector per hour block, indexed by hours before the request (clipped)."""
+
+    def __init__(self, dim: int = 128, max_age_hours: int = 168) -> None:
+        super().__init__()
+        self.max_age = max_age_hours
+        self.table = nn.Embedding(max_age_hours + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, age_hours: Tensor) -> Tensor:
+        return self.table(age_hours.clamp(0, self.max_age))
+
+
+def masked_max(x: Tensor, mask: Tensor) -> Tensor:
+    """g(.): max over real positions, [B, L, d] -> [B, d]; zero for an empty sequence."""
+    pooled = x.masked_fill(~mask[..., None], NEG).amax(dim=1)
+    return pooled * mask.any(dim=1, keepdim=True)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Average over real positions, [B, L, d] -> [B, d]; zero for an empty sequence."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Head(nn.Module):
+    """The prediction MLP (input -> hidden -> 1) with dropout after it (SEMI A.1)."""
+
+    def __init__(self, dim_in: int, hidden: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.mlp(x)).squeeze(-1)

@@ -1,0 +1,59 @@
+"""The interface every neural ranker implements: user side once, candidates many times.
+
+``encode_user(UserBatch) -> Context`` runs everything that depends only on the user's
+sequences (a tuple of tensors with a leading batch axis); ``score(Context, candidates[B, C, d])
+-> logits[B, C]`` runs only what depends on the candidate. Training uses ``forward`` (one target
+per user), which is the same two calls with C = 1, so serving and training share one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+Context = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """Right-aligned (newest last) item vectors, hours-before-request and masks per domain."""
+
+    video: Tensor  # [B, Lv, d] float
+    video_age: Tensor  # [B, Lv] int64
+    video_mask: Tensor  # [B, Lv] bool, True = real entry
+    product: Tensor  # [B, Lp, d]
+    product_age: Tensor  # [B, Lp]
+    product_mask: Tensor  # [B, Lp]
+
+    def domain(self, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        if name == "video":
+            return self.video, self.video_age, self.video_mask
+        if name == "product":
+            return self.product, self.product_age, self.product_mask
+        raise ValueError(f"unknown domain {name!r}")
+
+    @property
+    def size(self) -> int:
+        return self.video.shape[0]
+
+
+class Ranker(nn.Module):
+    """Base class: logits of P(watched completely | user sequences, candidate video)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # item vectors are multiplied by this (set from the training table) so that their
+        # scale matches the learned time embeddings whatever the encoder's output norm is
+        self.register_buffer("item_scale", torch.tensor(1.0))
+
+    def encode_user(self, user: UserBatch) -> Context:
+        raise NotImplementedError
+
+    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, user: UserBatch, target: Tensor) -> Tensor:
+        """Training/AUC path: one target vector per user, [B, d] -> logits [B]."""
+        return self.score(self.encode_user(user), target[:, None, :])[:, 0]

@@ -1,0 +1,70 @@
+"""Evaluation results as a markdown table and a PNG bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer.evaluate import METRICS
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation: {result['data']}" + (" (quick)" if result.get("quick") else ""),
+        "",
+        f"seeds: {result['seeds']}; oracle AUC: {result.get('oracle_auc')}; "
+        f"stats: {result.get('stats', {})}",
+        "",
+        "| model | " + " | ".join(METRICS) + " | s/run |",
+        "|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    for row in result["results"]:
+        cells = [f"{row[m]:.4f} ± {row[f'{m}_std']:.4f}" for m in METRICS]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row['seconds']:.0f} |")
+    oracle = result.get("oracle")
+    if oracle:
+        cells = [f"{oracle[m]:.4f}" for m in METRICS]
+        lines.append("| *oracle (true P(complete))* | " + " | ".join(cells) + " | |")
+    notes = [f"- {r['model']}: {r['note']}" for r in result["results"] if r.get("note")]
+    if notes:
+        lines += ["", *notes]
+    if result.get("command"):
+        lines += ["", f"command: `{result['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    names = [r["model"] for r in rows]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 4.5), sharey=False)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        values = [r[metric] for r in rows]
+        errors = [r[f"{metric}_std"] for r in rows]
+        colors = ["tab:red" if n == "semi_ccl" else "tab:blue" for n in names]
+        ax.barh(names, values, xerr=errors, color=colors)
+        if metric == "auc" and result.get("oracle_auc") is not None:
+            ax.axvline(result["oracle_auc"], color="black", linestyle="--", label="oracle")
+            ax.legend(loc="lower right")
+        low = min(values) - 0.05 if metric == "auc" else 0.0
+        ax.set_xlim(max(0.0, low), min(1.0, max(values) * 1.1 + 0.02))
+        ax.set_title(metric)
+        ax.invert_yaxis()
+    fig.suptitle(f"{result['data']}: mean ± std over {result['seeds']} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(result: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{result['data']}{'-quick' if result.get('quick') else ''}"
+    md, png = directory / f"{stem}.md", directory / f"{stem}.png"
+    md.write_text(markdown(result))
+    bar_chart(result, png)
+    return md, png

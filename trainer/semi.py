@@ -1,0 +1,76 @@
+"""SEMI (§3.4): intra-domain encoders, an inter-domain block, target attention per domain, MLP.
+
+User side (once per request): for each domain, item vector + hour-block time embedding (one table
+shared by both domains) -> intra-domain attention block (§3.2.3) -> V_intra / P_intra; the
+concatenation [V_intra, P_intra] -> inter-domain attention block -> V_inter / P_inter, whose keys
+and values are projected for the two target-attention blocks.
+
+Candidate side (per candidate): v_t^in = item vector + time embedding of the current hour block;
+target attention (Query = v_t^in, Key = Value = V_inter or P_inter) -> u_v, u_p;
+MLP(concat[u_v, u_p, v_t^in]) -> dropout -> logit (sigmoid gives P(watched completely)).
+
+The ablations SEMI-Video / SEMI-Product are the same network on one domain (the inter block then
+attends within that domain only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from trainer.configs import ModelConfig
+from trainer.layers import AttentionBlock, Head, TimeEmbedding
+from trainer.ranker import Context, Ranker, UserBatch
+
+
+def _block(cfg: ModelConfig) -> AttentionBlock:
+    b = cfg.block
+    return AttentionBlock(b.dim, b.heads, b.ffn, b.dropout)
+
+
+class SequenceEncoder(nn.Module):
+    """§3.2.3 multi-modal sequence encoder: (vector + time embedding) -> attention block.
+
+    The time embedding is passed in, not owned, because both domains share it.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.block = _block(cfg)
+
+    def forward(self, x: Tensor, age: Tensor, mask: Tensor, time: TimeEmbedding) -> Tensor:
+        return self.block(x + time(age), mask)
+
+
+class SEMI(Ranker):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.domains = cfg.domains
+        if not self.domains or set(self.domains) - {"video", "product"}:
+            raise ValueError(f"SEMI needs video and/or product domains, got {self.domains}")
+        self.time = TimeEmbedding(cfg.block.dim, cfg.block.max_age_hours)
+        self.intra = nn.ModuleDict({d: SequenceEncoder(cfg) for d in self.domains})
+        self.inter = _block(cfg)
+        self.target = nn.ModuleDict({d: _block(cfg) for d in self.domains})
+        self.head = Head(cfg.block.dim * (len(self.domains) + 1), cfg.mlp_hidden, cfg.block.dropout)
+
+    def encode_user(self, user: UserBatch) -> Context:
+        intra, masks = [], []
+        for d in self.domains:
+            x, age, mask = user.domain(d)
+            intra.append(self.intra[d](x * self.item_scale, age, mask, self.time))
+            masks.append(mask)
+        joint = self.inter(torch.cat(intra, dim=1), torch.cat(masks, dim=1))
+        parts = joint.split([m.shape[1] for m in masks], dim=1)
+        ctx: list[Tensor] = []
+        for d, part, mask in zip(self.domains, parts, masks, strict=True):
+            ctx.extend(self.target[d].keys_values(part, mask))
+        return tuple(ctx)
+
+    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
+        query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0
+        users = [
+            self.target[d].attend(query, *ctx[3 * i : 3 * i + 3])
+            for i, d in enumerate(self.domains)
+        ]
+        return self.head(torch.cat([*users, query], dim=-1))
