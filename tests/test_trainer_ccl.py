@@ -18,13 +18,7 @@ from trainer.registry import build
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def cfg(name: str = "semi_ccl", queue: int = 8, momentum: float = 0.9):
