@@ -35,7 +35,8 @@ DASHBOARD = GRAFANA / "dashboards" / "semirec.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
 SECRETS = {"REDIS_PASSWORD": "redis-pw", "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
            "KAFKA_CLIENT_PASSWORD": "kafka-pw"}
-SERVICES = {"kafka", "redis", "triton", "ingest", "lag-exporter", "prometheus", "grafana"}
+SERVICES = {"kafka", "redis", "triton", "ingest", "catalog", "lag-exporter", "lag-exporter-catalog",
+            "prometheus", "grafana"}
 # Triton metrics the dashboard may use (checked against a real tritonserver below).
 TRITON_METRICS = {"nv_inference_request_success", "nv_inference_request_failure",
                   "nv_inference_count", "nv_inference_exec_count",
@@ -212,12 +213,14 @@ def test_prometheus_scrapes_what_compose_serves() -> None:
     assert {"semirec-ingest", "semirec-lag", "triton"} <= set(jobs)
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file()
-    dns = jobs["semirec-ingest"]["dns_sd_configs"][0]
-    assert dns["names"] == ["ingest"] and dns["type"] == "A"
-    assert dns["port"] == int(services["ingest"]["environment"]["SEMIREC_METRICS_PORT"])
-    lag_cmd = service_command(services["lag-exporter"])
+    for worker in ("ingest", "catalog"):  # every replica, through Docker's DNS
+        dns = jobs[f"semirec-{worker}"]["dns_sd_configs"][0]
+        assert dns["names"] == [worker] and dns["type"] == "A"
+        assert dns["port"] == int(services[worker]["environment"]["SEMIREC_METRICS_PORT"])
+    exporters = ("lag-exporter", "lag-exporter-catalog")
+    serve = {name: service_command(services[name]) for name in exporters}
     assert jobs["semirec-lag"]["static_configs"][0]["targets"] == [
-        f"lag-exporter:{lag_cmd[lag_cmd.index('--serve') + 1]}"]
+        f"{name}:{argv[argv.index('--serve') + 1]}" for name, argv in serve.items()]
     metrics_flag = next(c for c in services["triton"]["command"] if c.startswith("--metrics-port"))
     assert jobs["triton"]["static_configs"][0]["targets"] == [
         f"triton:{metrics_flag.split('=')[1]}"]
