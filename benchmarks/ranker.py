@@ -66,7 +66,9 @@ def request_flops(model: torch.nn.Module, request: dict[str, np.ndarray]) -> int
     return counter.get_total_flops()
 
 
-def unshared_forward(model: torch.nn.Module, request: dict[str, np.ndarray]) -> Callable[[], object]:
+def unshared_forward(
+    model: torch.nn.Module, request: dict[str, np.ndarray]
+) -> Callable[[], object]:
     """The naive way: a batch of C copies of the user, each scored against one candidate."""
     c = len(request["candidates"])
     t = {k: torch.from_numpy(v) for k, v in request.items()}

@@ -66,7 +66,8 @@ def test_semi_ccl_learns_the_toy_world(data, trained) -> None:
 def test_checkpoint_round_trip(tmp_path: Path, data, trained) -> None:
     model, cfg, _ = trained
     checkpoint.save(tmp_path / "ckpt", model, cfg, {"data": "toy"})
-    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["model"]["name"] == "semi_ccl"
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["model"]["name"] == "semi_ccl"
     loaded, cfg2, meta = checkpoint.load(tmp_path / "ckpt")
     assert cfg2 == cfg and meta == {"data": "toy"} and not loaded.training
     request = example_request(dim=D, video=9, product=14, candidates=40, video_real=4)
@@ -108,7 +109,9 @@ def test_evaluate_cli_on_the_generated_world(tmp_path: Path) -> None:
     assert result["data"] == "world" and 0.5 < result["oracle_auc"] <= 1.0
     assert [r["model"] for r in result["results"]] == ["pop", "youtubenet"]
     assert {"auc", "hr@3", "hr@10", "ndcg@10", "auc_std"} <= set(result["results"][0])
-    assert (tmp_path / "world-quick.md").read_text().count("| pop |") == 1
+    report = (tmp_path / "world-quick.md").read_text()
+    assert report.count("| pop |") == 2 and "*oracle (true P(complete))*" in report  # 2 tables
+    assert set(result["results"][1]["auc_by_video_len"]) <= {"0-1", "2-4", "5-9", "10-50"}
     assert (tmp_path / "world-quick.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -125,3 +128,15 @@ def test_train_cli_saves_a_loadable_checkpoint_and_onnx(tmp_path: Path) -> None:
     request = example_request(video_real=5, product_real=0)
     session = onnx_session(tmp_path / "ranker.onnx")
     assert np.abs(run_onnx(session, request) - torch_scores(model, request)).max() < 1e-5
+
+
+def test_ccl_without_products_reuses_the_base_model() -> None:
+    world = toy_world(users=60, events_per_user=30, dim=D, seed=2)
+    videos_only = [e for e in world.events if e.domain.value == "video"]
+    data = prepare("videos-only", world.items, videos_only, world.vectors, None,
+                   EvalProtocol(hr3_negatives=10, hr10_negatives=10, max_rank_cases=50))
+    result = evaluate(data, ["semi_video", "semi_video_ccl"], seeds=1, quick_mode=True)
+    base, ccl = result["results"]
+    assert "identical to semi_video" in ccl["note"]
+    assert {k: v for k, v in ccl.items() if k not in ("model", "note")} == \
+        {k: v for k, v in base.items() if k != "model"}

@@ -42,9 +42,10 @@ def batch(lengths_v: list[int], lengths_p: list[int], width: int = 12, seed: int
 
 def take(user: UserBatch, i: int, width_v: int, width_p: int) -> UserBatch:
     """User ``i`` alone, trimmed to its newest ``width_*`` slots (less padding)."""
-    return UserBatch(user.video[i : i + 1, -width_v:], user.video_age[i : i + 1, -width_v:],
-                     user.video_mask[i : i + 1, -width_v:], user.product[i : i + 1, -width_p:],
-                     user.product_age[i : i + 1, -width_p:], user.product_mask[i : i + 1, -width_p:])
+    v, p = slice(-width_v, None), slice(-width_p, None)
+    return UserBatch(user.video[i : i + 1, v], user.video_age[i : i + 1, v],
+                     user.video_mask[i : i + 1, v], user.product[i : i + 1, p],
+                     user.product_age[i : i + 1, p], user.product_mask[i : i + 1, p])
 
 
 @pytest.fixture(params=NEURAL)

@@ -114,7 +114,8 @@ class SASRec(Ranker):
         x, mask = user.video * self.item_scale, user.video_mask
         n = x.shape[1]
         if n > self.positions.num_embeddings:
-            raise ValueError(f"sequence length {n} exceeds SASRec's {self.positions.num_embeddings}")
+            raise ValueError(
+                f"sequence length {n} exceeds SASRec's {self.positions.num_embeddings}")
         # right-aligned: position 0 is the newest entry
         x = x + self.positions.weight[:n].flip(0)
         for block in self.blocks:

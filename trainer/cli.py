@@ -28,7 +28,7 @@ def _threads(n: int) -> None:
 
 
 def _load(data: str, size: str, world_seed: int, encoder: Path | None, console: Console,
-          max_rank_cases: int):
+          max_rank_cases: int, vectors_from: str = "encoder"):
     """World -> item vectors (cached) -> prepared samples, split and negatives."""
     from trainer.evaluate import EvalProtocol, prepare
     from trainer.vectors import item_vectors
@@ -37,7 +37,15 @@ def _load(data: str, size: str, world_seed: int, encoder: Path | None, console: 
     with console.status(f"loading {data} and its item vectors (cached after the first run)"):
         world = (load_world("world", seed=world_seed, size=size) if data == "world"
                  else load_world("ml100k"))
-        vectors = item_vectors(world.items, checkpoint=encoder)
+        if vectors_from == "truth":
+            if data != "world":
+                raise click.BadParameter("only the generated world knows its items' attributes",
+                                         param_hint="--vectors")
+            from trainer.ceiling import truth_vectors
+
+            vectors = truth_vectors(world)
+        else:
+            vectors = item_vectors(world.items, checkpoint=encoder)
         prepared = prepare(data, world.items, world.events, vectors, world.true_prob or None,
                            EvalProtocol(max_rank_cases=max_rank_cases),
                            item_probs=world.item_probs)
@@ -102,9 +110,15 @@ def _table(result: dict[str, Any]) -> Table:
               help="Item encoder checkpoint [default: $SEMIREC_ENCODER_CHECKPOINT or built-in].")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
               help="torch threads (1 is fastest on a shared 2-core machine).")
+@click.option("--train-fraction", type=click.FloatRange(0.01, 1.0), default=1.0,
+              show_default=True, help="Train on a random share of the training split.")
+@click.option("--vectors", "vectors_from", type=click.Choice(["encoder", "truth"]),
+              default="encoder", show_default=True,
+              help="Diagnostic: 'truth' = the generated items' latent attributes, not encoder "
+                   "output (separates the encoder's share of the gap to the oracle).")
 def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: Path | None,
              models: str, size: str, world_seed: int, encoder: Path | None,
-             threads: int) -> None:
+             threads: int, train_fraction: float, vectors_from: str) -> None:
     """Train and evaluate every model on DATA with the paper's protocol.
 
     Chronological split (last 20% of watches = test); AUC of P(complete); HR@3 against 300
@@ -123,12 +137,14 @@ def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: P
     _threads(threads)
     err = Console(stderr=True)
     started = time.perf_counter()
-    prepared = _load(data, size, world_seed, encoder, err, 1000 if quick else 5000)
+    prepared = _load(data, size, world_seed, encoder, err, 1000 if quick else 5000, vectors_from)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
-        result = run_all(prepared, names, seeds, quick, _Bars(progress, len(names) * seeds))
+        result = run_all(prepared, names, seeds, quick, _Bars(progress, len(names) * seeds),
+                         train_fraction)
     result["wall_s"] = round(time.perf_counter() - started, 1)
+    result["vectors"] = vectors_from
     result["command"] = "semirec evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if report:
         from trainer.report import write_report

@@ -55,7 +55,7 @@ class Prepared:
     negatives_300: np.ndarray  # [R, hr3_negatives] item rows
     negatives_100: np.ndarray  # [R, hr10_negatives] item rows
     protocol: EvalProtocol
-    oracle: dict[str, float] | None = None  # every metric of the true probability, if known
+    oracle: dict[str, Any] | None = None  # every metric of the true probability, if known
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -157,9 +157,12 @@ class Popularity:
         return self.score[candidates]
 
 
-def model_config(name: str, data: Prepared, quick_mode: bool) -> ModelConfig:
+def model_config(
+    name: str, data: Prepared, quick_mode: bool, train_fraction: float = 1.0
+) -> ModelConfig:
     """Paper settings, scaled to the data (:func:`scaled`), optionally quick; the model width
-    is the item vectors' width (SEMI adds time embeddings to the item vectors)."""
+    is the item vectors' width (SEMI adds time embeddings to the item vectors).
+    ``train_fraction`` < 1 trains on a random share of the training samples (learning curves)."""
     cfg = paper(name)
     cfg = replace(cfg, block=replace(cfg.block, dim=int(data.table.shape[1])))
     n_ccl = 0
@@ -167,7 +170,13 @@ def model_config(name: str, data: Prepared, quick_mode: bool) -> ModelConfig:
         probe = scaled(cfg, len(data.train), len(data.train))
         n_ccl = len(ccl_records(data.train, probe.ccl.min_video_len, probe.ccl.min_product_len))
     cfg = scaled(cfg, len(data.train), n_ccl)
-    return quick(cfg) if quick_mode else cfg
+    cfg = quick(cfg) if quick_mode else cfg
+    if train_fraction < 1.0:
+        limit = int(train_fraction * len(data.train))
+        if cfg.train.max_train_samples:
+            limit = min(limit, cfg.train.max_train_samples)
+        cfg = replace(cfg, train=replace(cfg.train, max_train_samples=max(1, limit)))
+    return cfg
 
 
 def train_model(
@@ -192,7 +201,7 @@ def train_model(
     return model, info
 
 
-def measure(scorer: Scorer, data: Prepared) -> dict[str, float]:
+def measure(scorer: Scorer, data: Prepared) -> dict[str, Any]:
     """AUC on every test watch; HR@3 / HR@10 / NDCG@10 on the ranking cases."""
     test = data.test
     target = scorer(test, test.target[:, None])[:, 0]
@@ -204,7 +213,23 @@ def measure(scorer: Scorer, data: Prepared) -> dict[str, float]:
         "hr@3": hit_rate(ranked3[:, 0], ranked3[:, 1:], 3),
         "hr@10": hit_rate(ranked10[:, 0], ranked10[:, 1:], 10),
         "ndcg@10": ndcg(ranked10[:, 0], ranked10[:, 1:], 10),
+        "auc_by_video_len": auc_by_group(test, target),
     }
+
+
+VIDEO_LEN_GROUPS = ((0, 1), (2, 4), (5, 9), (10, 50))
+
+
+def auc_by_group(test: SampleSet, scores: np.ndarray) -> dict[str, float]:
+    """AUC per group of users' video-sequence length at the watch (the paper's Fig. 5)."""
+    lengths = test.lengths("video")
+    out = {}
+    for lo, hi in VIDEO_LEN_GROUPS:
+        sel = (lengths >= lo) & (lengths <= hi)
+        labels = test.label[sel]
+        if labels.min(initial=1) < labels.max(initial=0):  # both classes present
+            out[f"{lo}-{hi}"] = auc(labels, scores[sel])
+    return out
 
 
 def run_model_trained(
@@ -240,10 +265,23 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         row[m] = round(float(values.mean()), 4)
         row[f"{m}_std"] = round(float(values.std()), 4)
     row["seconds"] = round(float(np.mean([r["seconds"] for r in runs])), 1)
+    for key in ("best_epoch", "epochs", "val_auc", "ccl_records", "ccl_loss_first",
+                "ccl_loss_last"):
+        if key in runs[0]:
+            row[key] = round(float(np.mean([r[key] for r in runs])), 4)
+    groups = runs[0]["auc_by_video_len"]
+    row["auc_by_video_len"] = {
+        g: round(float(np.mean([r["auc_by_video_len"][g] for r in runs])), 4) for g in groups}
     notes = {r["note"] for r in runs if "note" in r}
     if notes:
         row["note"] = "; ".join(sorted(notes))
     return row
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
 
 
 class Hooks(Protocol):
@@ -275,23 +313,36 @@ def evaluate(
     seeds: int = 3,
     quick_mode: bool = False,
     hooks: Hooks | None = None,
+    train_fraction: float = 1.0,
 ) -> dict[str, Any]:
-    """Every model x seed on one prepared data set; the result ``--json`` prints."""
+    """Every model x seed on one prepared data set; the result ``--json`` prints.
+
+    A ``*_ccl`` model whose pre-training set is empty (a data set without products) would
+    train exactly like its base model with the same seeds: the base model's runs are reused."""
     results = []
+    done: dict[str, list[dict[str, Any]]] = {}
     for name in models:
-        cfg = model_config(name, data, quick_mode)
+        cfg = model_config(name, data, quick_mode, train_fraction)
+        base = name.removesuffix("_ccl")
+        if cfg.ccl is not None and base in done and not len(
+                ccl_records(data.train, cfg.ccl.min_video_len, cfg.ccl.min_product_len)):
+            note = f"no CCL pre-training records (no product domain): identical to {base}"
+            results.append({**summarize(base, done[base]), "model": name, "note": note})
+            continue
         runs = []
         for seed in range(seeds):
             tick = hooks.run_started(name, seed, work_units(name, cfg, data)) if hooks else None
             runs.append(run_model(name, data, cfg, seed, tick))
             if hooks:
                 hooks.run_finished(name, seed, runs[-1])
+        done[name] = runs
         results.append(summarize(name, runs))
     return {
         "data": data.name,
         "oracle_auc": None if data.oracle_auc is None else round(data.oracle_auc, 4),
-        "oracle": None if data.oracle is None else {k: round(v, 4) for k, v in data.oracle.items()},
+        "oracle": None if data.oracle is None else _rounded(data.oracle),
         "quick": quick_mode,
+        "train_fraction": train_fraction,
         "seeds": seeds,
         "protocol": asdict(data.protocol),
         "stats": data.stats(),

@@ -64,8 +64,11 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     tick: Tick | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitStats:
-    """Adam on binary cross-entropy (Eq. 10); keeps the epoch with the best validation AUC."""
+    """Adam on binary cross-entropy (Eq. 10); keeps the epoch with the best validation AUC.
+
+    ``on_epoch(epoch, validation AUC)`` is called after every epoch."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -90,6 +93,8 @@ def fit(
             best_epoch, best_state = epoch, None
             continue
         score = auc(val.label, predict(model, val, val.target[:, None], table, cfg.seq_len)[:, 0])
+        if on_epoch:
+            on_epoch(epoch, score)
         if score > best_auc:
             best_auc, best_epoch, best_state, stale = score, epoch, copy.deepcopy(
                 model.state_dict()), 0

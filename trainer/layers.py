@@ -21,7 +21,9 @@ NEG = -1e9  # additive mask for padded keys (finite: softmax of an all-padded ro
 class AttentionBlock(nn.Module):
     """MultiHead(Q, K, V) (Eq. 2-3), Add & Norm, two-layer feed-forward net, Add & Norm."""
 
-    def __init__(self, dim: int = 128, heads: int = 8, ffn: int = 128, dropout: float = 0.1) -> None:
+    def __init__(
+        self, dim: int = 128, heads: int = 8, ffn: int = 128, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -40,8 +42,10 @@ class AttentionBlock(nn.Module):
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
     def keys_values(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Project a sequence once: (scaled keys [B,H,dh,L], values [B,H,L,dh], key bias [B,1,1,L])."""
-        keys = (self._split(self.k(x)).transpose(-1, -2) * (1.0 / math.sqrt(self.head_dim))).contiguous()
+        """Project a sequence once: scaled keys [B,H,dh,L], values [B,H,L,dh], key bias
+        [B,1,1,L] (0 for real entries, -1e9 for padding)."""
+        keys = self._split(self.k(x)).transpose(-1, -2) * (1.0 / math.sqrt(self.head_dim))
+        keys = keys.contiguous()
         bias = torch.where(mask, 0.0, NEG).to(x.dtype)[:, None, None, :]
         return keys, self._split(self.v(x)), bias
 

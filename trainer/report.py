@@ -25,6 +25,16 @@ def markdown(result: dict[str, Any]) -> str:
     if oracle:
         cells = [f"{oracle[m]:.4f}" for m in METRICS]
         lines.append("| *oracle (true P(complete))* | " + " | ".join(cells) + " | |")
+    groups = list(result["results"][0].get("auc_by_video_len", {}))
+    if groups:
+        lines += ["", "AUC by the user's video-sequence length at the watch (cf. Fig. 5):",
+                  "", "| model | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+        rows = [(r["model"], r["auc_by_video_len"]) for r in result["results"]]
+        if oracle and "auc_by_video_len" in oracle:
+            rows.append(("*oracle*", oracle["auc_by_video_len"]))
+        for name, by in rows:
+            lines.append(f"| {name} | " + " | ".join(f"{by.get(g, float('nan')):.4f}"
+                                                     for g in groups) + " |")
     notes = [f"- {r['model']}: {r['note']}" for r in result["results"] if r.get("note")]
     if notes:
         lines += ["", *notes]
@@ -64,6 +74,10 @@ def write_report(result: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{result['data']}{'-quick' if result.get('quick') else ''}"
+    if result.get("vectors", "encoder") != "encoder":
+        stem += f"-{result['vectors']}-vectors"
+    if result.get("train_fraction", 1.0) < 1.0:
+        stem += f"-train{result['train_fraction']:g}"
     md, png = directory / f"{stem}.md", directory / f"{stem}.png"
     md.write_text(markdown(result))
     bar_chart(result, png)

@@ -63,7 +63,8 @@ def toy_world(
             item = str(rng.choice(video_ids))
             logit = 6.0 * (taste[cats[item]] - 1.0 / categories) + quality[item] - 0.3
             p = float(1.0 / (1.0 + np.exp(-logit)))
-            events.append(Event(eid, f"u{u}", item, Domain.VIDEO, "watch", t, bool(rng.random() < p)))
+            done = bool(rng.random() < p)
+            events.append(Event(eid, f"u{u}", item, Domain.VIDEO, "watch", t, done))
             true_prob[eid] = p
     events.sort(key=lambda e: (e.ts, e.event_id))
     return ToyWorld(items, events, true_prob, np.asarray(vecs, np.float32))

@@ -1,0 +1,32 @@
+"""The generated world's diagnostics: latent-attribute vectors and the feature ceiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.ceiling import feature_ceiling, latent_catalog, truth_vectors
+from trainer.samples import build_samples, chronological_split
+from worlds import load_world
+
+
+def test_truth_vectors_and_feature_ceiling() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        world = load_world("world", size="tiny", seed=3)
+        catalog = latent_catalog(world)
+        vectors = truth_vectors(world)
+        assert vectors.shape == (len(world.items), 128) and vectors.dtype == np.float32
+        # same category -> closer than different category (one-hot part survives the rotation)
+        cat = np.concatenate([catalog.products.category, catalog.videos.category])
+        gram = vectors @ vectors.T
+        same = cat[:, None] == cat[None]
+        assert gram[same].mean() > gram[~same].mean() + 0.5
+        rows = {it["item_id"]: i + 1 for i, it in enumerate(world.items)}
+        train, _, test = chronological_split(build_samples(world.events, rows))
+        ceiling = feature_ceiling(world, train, test)
+        assert set(ceiling) == {"target_only", "video", "product", "video+product"}
+        assert ceiling["video+product"] > ceiling["target_only"]
+    finally:
+        torch.set_num_threads(threads)
