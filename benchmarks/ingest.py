@@ -3,6 +3,8 @@
 One run, one machine, one embedded stack (Tansu + redis-server):
   raw_consume_per_s    aiokafka group consumer reading the events topic (no processing)
   faust_noop_events_per_s  a faust agent that only acks (faust's own per-message ceiling)
+  batch_path_events_per_s  reference: our ingest processor fed by plain aiokafka getmany batches
+                       (no faust), writing to a separate Redis database
   worker_events_per_s  `semirec worker` validating, merging and writing to Redis, from its first
                        write to the commit of the last offset
   ratio                worker / raw                                  (target >= 0.2)
@@ -117,15 +119,16 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
         proc.wait(30)
 
 
-def faust_noop_rate(n: int, env: dict[str, str]) -> float:
-    script = Path(__file__).with_name("faust_noop.py")
-    res = subprocess.run([sys.executable, str(script)], env={**env, "BENCH_EVENTS": str(n)},
+def reference_rate(script: str, key: str, n: int, env: dict[str, str]) -> float:
+    """Run a reference consumer script; it prints ``{"<key>": events_per_s}``."""
+    path = Path(__file__).with_name(script)
+    res = subprocess.run([sys.executable, str(path)], env={**env, "BENCH_EVENTS": str(n)},
                          capture_output=True, text=True, timeout=600)
     # faust routes print() through its logger, so the figure may arrive on stderr
-    found = re.search(r'\{"faust_noop_events_per_s": [0-9.e+]+\}', res.stdout + res.stderr)
+    found = re.search(r'\{"' + re.escape(key) + r'": [0-9.e+]+\}', res.stdout + res.stderr)
     if not found:
-        raise RuntimeError(f"faust no-op run failed: {res.stderr[-2000:]}")
-    return json.loads(found.group(0))["faust_noop_events_per_s"]
+        raise RuntimeError(f"{script} failed: {res.stderr[-2000:]}")
+    return json.loads(found.group(0))[key]
 
 
 def memory_per_user(url: str) -> tuple[float, float, int]:
@@ -149,7 +152,10 @@ async def main_async(args: argparse.Namespace) -> dict:
                "SEMIREC_CONSUMER_GROUP": settings.consumer_group, "SEMIREC_COMMIT_INTERVAL_S": "0.2"}
         for f in fields(Topics):
             env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
-        noop = faust_noop_rate(len(messages), env)
+        noop = reference_rate("faust_noop.py", "faust_noop_events_per_s", len(messages), env)
+        other_db = settings.redis_url.rsplit("/", 1)[0] + "/1"
+        batch = reference_rate("batch_path.py", "batch_path_events_per_s", len(messages),
+                               {**env, "SEMIREC_REDIS_URL": other_db})
         with tempfile.TemporaryDirectory() as tmp:
             worker = await worker_rate(settings, len(messages), env, Path(tmp) / "worker.log")
         used, packed, users = memory_per_user(settings.redis_url)
@@ -159,6 +165,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "ratio": round(worker / raw, 3),
         "faust_noop_events_per_s": round(noop),
         "worker_vs_faust_noop": round(worker / noop, 3),
+        "batch_path_events_per_s": round(batch),
+        "batch_path_ratio": round(batch / raw, 3),
         "redis_bytes_per_user": round(used), "packed_bytes_per_user": round(packed),
         "redis_over_packed": round(used / packed, 3),
     }

@@ -118,11 +118,12 @@ _new_entry = partial(tuple.__new__, Entry)  # Entry from a (ts, id) pair without
 
 
 def _pack_entries(out: bytearray, seq: list[Entry]) -> None:
-    ids = _SEP.join([e.item_id for e in seq]).encode()
+    ts, ids = zip(*seq, strict=True) if seq else ((), ())
+    joined = _SEP.join(ids).encode()
     out.append(len(seq))
-    out += struct.pack(f"<{len(seq)}q", *[e.ts_ms for e in seq])
-    out += struct.pack("<I", len(ids))
-    out += ids
+    out += struct.pack(f"<{len(seq)}q", *ts)
+    out += struct.pack("<I", len(joined))
+    out += joined
 
 
 def pack(state: UserState) -> bytes:

@@ -3,8 +3,10 @@
 One user = one Redis string ``semirec:user:{<user_id>}`` holding :func:`semirec.sequences.pack`
 output. The braces make the user id the Redis Cluster hash tag, so every operation touches
 one slot. Writes go through a small Lua compare-and-set on the blob's header (format and
-write version): a lost race (e.g. a zombie worker after a rebalance) is detected and the
-caller re-reads and re-applies; the applied offsets inside the state make that idempotent.
+write version), one script call per chunk of users, each key decided on its own: a lost race
+(e.g. a zombie worker after a rebalance) is detected and the caller re-reads and re-applies;
+the applied offsets inside the state make that idempotent. The chunked script (and MGET)
+touch keys in many slots: a Redis Cluster client must group them by slot first.
 """
 
 from __future__ import annotations
@@ -17,17 +19,27 @@ import redis.asyncio as aioredis
 from semirec.sequences import UserState, pack, unpack, version_token
 
 USER_PREFIX = "semirec:user:"
+CHUNK = 500  # users per MGET / compare-and-set call: one round trip, bounded script time
 
 _CAS = """
-local cur = redis.call('GET', KEYS[1])
-local expected = ARGV[1]
-if expected == '' then
-  if cur then return 0 end
-elseif not cur or string.sub(cur, 1, #expected) ~= expected then
-  return 0
+local won = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  local expected = ARGV[2 * i - 1]
+  local ok
+  if expected == '' then
+    ok = not cur
+  else
+    ok = cur and string.sub(cur, 1, #expected) == expected
+  end
+  if ok then
+    redis.call('SET', key, ARGV[2 * i])
+    won[i] = 1
+  else
+    won[i] = 0
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
+return won
 """
 
 
@@ -97,20 +109,24 @@ class SequenceStore:
         await self.client.aclose()
 
     async def load_blobs(self, user_ids: Sequence[str]) -> list[bytes | None]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for uid in user_ids:
-                pipe.get(user_key(uid))
-            return await pipe.execute()
+        out: list[bytes | None] = []
+        for lo in range(0, len(user_ids), CHUNK):
+            out += await self.client.mget([user_key(u) for u in user_ids[lo : lo + CHUNK]])
+        return out
 
     async def compare_and_set(self, writes: Iterable[tuple[str, bytes, bytes]]) -> list[bool]:
-        """``(user_id, token_read, new_blob)`` -> whether each write won its race."""
+        """``(user_id, token_read, new_blob)`` -> whether each write won its race.
+
+        One script call per chunk of users: each key is checked and set on its own (a lost
+        race fails only that user), and the call costs one round trip."""
         writes = list(writes)
-        if not writes:
-            return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for uid, token, new in writes:
-                await self._cas(keys=[user_key(uid)], args=[token, new], client=pipe)
-            return [bool(r) for r in await pipe.execute()]
+        won: list[bool] = []
+        for lo in range(0, len(writes), CHUNK):
+            chunk = writes[lo : lo + CHUNK]
+            args = [part for _, token, new in chunk for part in (token, new)]
+            got = await self._cas(keys=[user_key(uid) for uid, _, _ in chunk], args=args)
+            won += [bool(r) for r in got]
+        return won
 
     async def get(self, user_id: str) -> UserState | None:
         blob = await self.client.get(user_key(user_id))
