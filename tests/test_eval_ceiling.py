@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from trainer.ceiling import feature_ceiling, latent_catalog, truth_vectors
+from trainer.ceiling import attribute_probe, feature_ceiling, latent_catalog, truth_vectors
 from trainer.samples import build_samples, chronological_split
 from worlds import load_world
 
@@ -28,5 +29,27 @@ def test_truth_vectors_and_feature_ceiling() -> None:
         ceiling = feature_ceiling(world, train, test)
         assert set(ceiling) == {"target_only", "video", "product", "video+product"}
         assert ceiling["video+product"] > ceiling["target_only"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_attribute_probe_and_hidden_attributes() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        world = load_world("world", size="tiny", seed=3)
+        exact = attribute_probe(world, truth_vectors(world))
+        assert min(exact.values()) > 0.99, exact  # a rotation hides nothing from a linear map
+        noise = attribute_probe(world, np.random.default_rng(0).normal(
+            size=(len(world.items), 128)).astype(np.float32))
+        assert noise["style_r2"] < 0.2 and noise["video_quality_r2"] < 0.2, noise
+        assert noise["category_accuracy"] < 0.6, noise
+        rows = {it["item_id"]: i + 1 for i, it in enumerate(world.items)}
+        train, _, test = chronological_split(build_samples(world.events, rows))
+        full = feature_ceiling(world, train, test)
+        blind = feature_ceiling(world, train, test, hide=("style", "quality"))
+        assert blind["target_only"] < full["target_only"], (blind, full)
+        with pytest.raises(ValueError, match="only style and quality"):
+            feature_ceiling(world, train, test, hide=("category",))
     finally:
         torch.set_num_threads(threads)

@@ -140,3 +140,41 @@ def test_ccl_without_products_reuses_the_base_model() -> None:
     assert "identical to semi_video" in ccl["note"]
     assert {k: v for k, v in ccl.items() if k not in ("model", "note")} == \
         {k: v for k, v in base.items() if k != "model"}
+
+
+@pytest.mark.parametrize("name", ["youtubenet", "semi_ccl"])
+def test_a_seed_fixes_the_whole_run_whatever_ran_before(data, name) -> None:
+    """--seeds N must mean N reproducible runs: the initial weights follow the run's seed, not
+    the global RNG state left by the models evaluated before (a subset must not change them)."""
+    cfg = replace(tiny(name), train=replace(tiny(name).train, epochs=1))
+    cfg = replace(cfg, ccl=replace(cfg.ccl, epochs=1)) if cfg.ccl else cfg
+    torch.manual_seed(123)
+    first, _ = train_model(name, data, cfg, seed=0)
+    torch.rand(1000)  # another model ran in between
+    second, _ = train_model(name, data, cfg, seed=0)
+    for (key, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_scoring_batches_are_bounded_and_do_not_change_scores(data, trained) -> None:
+    """predict() caps users per forward pass (SEMI's inter-domain attention is [users x heads x
+    L x L]: one batch of the whole demo test set peaked at 14 GB); the cap changes no score."""
+    from trainer.fit import predict
+
+    model, _, _ = trained
+    sizes: list[int] = []
+    encode = model.encode_user
+
+    def recording(user):
+        sizes.append(user.size)
+        return encode(user)
+
+    cands = np.hstack([data.test.target[:, None], data.test.target[::-1, None]])
+    whole = predict(model, data.test, cands, data.table)
+    model.encode_user = recording
+    try:
+        capped = predict(model, data.test, cands, data.table, max_users=37)
+    finally:
+        del model.encode_user
+    assert max(sizes) <= 37 and sum(sizes) == len(data.test)
+    np.testing.assert_allclose(capped, whole, atol=1e-5)

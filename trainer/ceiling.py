@@ -2,19 +2,22 @@
 
 The oracle scores with the world's latent truth (each user's interests, style and format taste,
 completion bias, the session's intent). A ranker only sees item vectors and the sequences of
-complete watches and clicks. Two measurements separate the causes of the gap:
+complete watches and clicks. Three measurements separate the causes of the gap:
 
 - ``truth_vectors``: item vectors made of the items' *latent attributes* (category, style,
   format, quality; randomly rotated into 128-d) instead of encoder output: the gap that
   remains is the ranker's, not the encoder's (``semirec evaluate --vectors truth``).
 - ``feature_ceiling``: a logistic regression on hand-made features of the sequences built from
   those exact attributes (category share, same-hour intent, mean style match, format share, per
-  domain): roughly what the sequences reveal at all.
+  domain): roughly what the sequences reveal at all. ``hide`` blanks attributes (e.g. the ones
+  the encoder vectors do not carry) to see what is left without them.
+- ``attribute_probe``: how much of each latent attribute a linear map of the item vectors
+  recovers on held-out items (does the encoder expose category, style, format, quality?).
 
 The latent attributes are rebuilt with :func:`worlds.catalog.build_catalog` and the seed
 derivation of :func:`worlds.generate.generate_world`; item ids are checked to match.
 
-Usage: python -m trainer.ceiling [--size demo] [--json]
+Usage: python -m trainer.ceiling [--size demo] [--encoder DIR] [--json]
 """
 
 from __future__ import annotations
@@ -113,10 +116,47 @@ def _logistic_auc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return auc(y_test, scores)
 
 
-def feature_ceiling(world: Any, train: SampleSet, test: SampleSet) -> dict[str, float]:
-    """Test AUC of a logistic regression on exact-attribute features, per set of sequences."""
+def attribute_probe(world: Any, vectors: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Ridge probes from item vectors to latent attributes, fit on 70% of the items and scored
+    on the rest: accuracy for category (all items) and format (videos), R^2 for style (mean over
+    its dimensions) and quality (videos)."""
+    a = {k: v[1:] for k, v in _attributes(world).items()}
+    x = (vectors - vectors.mean(0)) / (vectors.std(0) + 1e-8)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.7 * len(x))
+    video = a["video"] > 0
+
+    def fit_predict(rows: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        train, test = order[:cut][rows[order[:cut]]], order[cut:][rows[order[cut:]]]
+        w = np.linalg.solve(x[train].T @ x[train] + 1e-2 * np.eye(x.shape[1]), x[train].T @ y[train])
+        return x[test] @ w, y[test]
+
+    def r2(pred: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean(1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)))
+
+    everything = np.ones(len(x), bool)
+    cat_pred, cat = fit_predict(everything, np.eye(a["category"].max() + 1)[a["category"]])
+    fmt_pred, fmt = fit_predict(video, np.eye(a["format"].max() + 1)[a["format"]])
+    return {
+        "category_accuracy": round(float((cat_pred.argmax(1) == cat.argmax(1)).mean()), 3),
+        "video_format_accuracy": round(float((fmt_pred.argmax(1) == fmt.argmax(1)).mean()), 3),
+        "style_r2": round(r2(*fit_predict(everything, a["style"])), 3),
+        "video_quality_r2": round(r2(*fit_predict(video, a["quality"])), 3),
+    }
+
+
+def feature_ceiling(
+    world: Any, train: SampleSet, test: SampleSet, hide: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """Test AUC of a logistic regression on exact-attribute features, per set of sequences;
+    the attributes in ``hide`` (``style``, ``quality``) are blanked."""
     torch.manual_seed(0)
     a = _attributes(world)
+    for name in hide:
+        if name not in ("style", "quality"):
+            raise ValueError(f"only style and quality can be hidden, not {name!r}")
+        a[name] = np.zeros_like(a[name])
     out = {}
     for name, domains in (("target_only", ()), ("video", ("video",)),
                           ("product", ("product",)), ("video+product", ("video", "product"))):
@@ -129,6 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Feature ceiling of the generated world.")
     parser.add_argument("--size", default="demo")
     parser.add_argument("--world-seed", type=int, default=0)
+    parser.add_argument("--encoder", default=None,
+                        help="also probe this item-encoder checkpoint's vectors")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -139,7 +181,18 @@ def main() -> None:
     rows = {it["item_id"]: i + 1 for i, it in enumerate(world.items)}
     train, _, test = chronological_split(build_samples(world.events, rows))
     result = {"oracle_auc": round(auc(test.label, [world.true_prob[e] for e in test.event]), 4),
-              "feature_ceiling_auc": feature_ceiling(world, train, test)}
+              "feature_ceiling_auc": feature_ceiling(world, train, test),
+              "feature_ceiling_auc_without_style_quality":
+                  feature_ceiling(world, train, test, hide=("style", "quality"))}
+    if args.encoder:
+        from pathlib import Path
+
+        from trainer.vectors import item_vectors
+
+        result["probe"] = {
+            "encoder": attribute_probe(world, item_vectors(world.items,
+                                                           checkpoint=Path(args.encoder))),
+            "truth": attribute_probe(world, truth_vectors(world))}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 

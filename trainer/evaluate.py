@@ -184,6 +184,7 @@ def train_model(
 ) -> tuple[Ranker, dict[str, Any]]:
     """Build, (CCL pre-train,) and train one neural model; returns it with training facts."""
     info: dict[str, Any] = {}
+    torch.manual_seed(seed)  # initial weights follow the seed, not the models run before
     model = build(cfg)
     model.item_scale.copy_(item_scale(data.table))
     if cfg.ccl is not None:

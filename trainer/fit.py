@@ -35,12 +35,17 @@ def predict(
     table: torch.Tensor,
     seq_len: int = 50,
     chunk_pairs: int = 16384,
+    max_users: int = 1024,
 ) -> np.ndarray:
-    """Logits [S, C] of ``candidates`` (item rows [S, C]) for each sample's user context."""
+    """Logits [S, C] of ``candidates`` (item rows [S, C]) for each sample's user context.
+
+    At most ``chunk_pairs`` (user, candidate) pairs and ``max_users`` users per forward pass:
+    the user side's self-attention holds [users, heads, L, L] scores (L up to 100 for SEMI's
+    inter-domain block), so batching a whole test set at once took 14 GB."""
     model.eval()
     n, c = candidates.shape
     out = np.empty((n, c), np.float32)
-    step = max(1, chunk_pairs // max(c, 1))
+    step = max(1, min(max_users, chunk_pairs // max(c, 1)))
     for idx in length_batches(samples, np.arange(n), step, seq_len):
         ctx = model.encode_user(user_batch(samples, idx, table, seq_len))
         cands = table[torch.from_numpy(np.ascontiguousarray(candidates[idx])).long()]
