@@ -17,17 +17,8 @@ from aiokafka import AIOKafkaConsumer
 
 from semirec.settings import Settings
 from semirec.store import SequenceStore
+from streams.batches import Record
 from streams.ingest import IngestProcessor
-
-
-class Record:
-    """A ConsumerRecord seen through streams.batches.Message (timestamp in seconds)."""
-
-    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
-
-    def __init__(self, r) -> None:
-        self.key, self.value, self.topic = r.key, r.value, r.topic
-        self.partition, self.offset, self.timestamp = r.partition, r.offset, r.timestamp / 1000
 
 
 async def main(n: int) -> float:
@@ -52,7 +43,9 @@ async def main(n: int) -> float:
             if not got:
                 continue
             t0 = t0 or time.perf_counter()
-            await processor.process([Record(r) for records in got.values() for r in records])
+            batch = [Record(r.key, r.value, r.topic, r.partition, r.offset, r.timestamp / 1000)
+                     for records in got.values() for r in records]
+            await processor.process(batch)
             await consumer.commit({tp: records[-1].offset + 1 for tp, records in got.items()})
             seen += sum(len(records) for records in got.values())
         return n / (time.perf_counter() - t0)

@@ -19,7 +19,6 @@ import json
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import orjson
 
@@ -27,17 +26,8 @@ from semirec.metrics import AgentMetrics
 from semirec.settings import Settings
 from semirec.stack import EmbeddedStack
 from semirec.store import SequenceStore
+from streams.batches import Record
 from streams.ingest import IngestProcessor
-
-
-@dataclass
-class Msg:
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float
 
 
 class NoMetrics(AgentMetrics):
@@ -58,18 +48,18 @@ class NoMetrics(AgentMetrics):
         yield
 
 
-def batches(n: int, users: int, size: int, round_no: int) -> list[list[Msg]]:
+def batches(n: int, users: int, size: int, round_no: int) -> list[list[Record]]:
     now = time.time()
     msgs = []
     for i in range(n):
         uid = f"user-{i % users}"
         body = {"event_id": f"r{round_no}-{i}", "user_id": uid, "item_id": f"p{i % 5000}",
                 "domain": "product", "action": "click", "ts": now - 60 + i * 1e-4}
-        msgs.append(Msg(uid.encode(), orjson.dumps(body), "events", i % 4, round_no * n + i, now))
+        msgs.append(Record(uid.encode(), orjson.dumps(body), "events", i % 4, round_no * n + i, now))
     return [msgs[i : i + size] for i in range(0, n, size)]
 
 
-async def run(url: str, metrics: AgentMetrics, work: list[list[Msg]]) -> float:
+async def run(url: str, metrics: AgentMetrics, work: list[list[Record]]) -> float:
     store = SequenceStore.from_url(url)
 
     async def no_dlq(_: list) -> None:
@@ -108,7 +98,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             "bare_events_per_s": round(med["bare"])}
 
 
-def instrumentation_us_per_event(work: list[list[Msg]], repeat: int = 5) -> float:
+def instrumentation_us_per_event(work: list[list[Record]], repeat: int = 5) -> float:
     """The calls IngestProcessor makes per batch (one load and one CAS round trip each)."""
     m = AgentMetrics("bench-calls")
     ts = [[orjson.loads(msg.value)["ts"] for msg in batch] for batch in work]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.exceptions
@@ -27,6 +28,18 @@ class Message(Protocol):
     partition: int
     offset: int
     timestamp: float
+
+
+@dataclass(slots=True)
+class Record:
+    """A plain :class:`Message`, for callers that do not read through faust (tests, benchmarks)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float = 0.0
 
 
 DeadLetterSink = Callable[[list[tuple[Message, ContractError]]], Awaitable[None]]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from semirec import store as store_module
-from semirec.contracts import Domain, Event
+from semirec.contracts import Domain, Event, encode_event
 from semirec.sequences import UserState, pack, version_token
 from semirec.store import SequenceStore, user_key
+from streams.batches import Record
 from streams.ingest import IngestProcessor
 
 
@@ -13,12 +14,8 @@ def click(n: int, user: str = "u1") -> Event:
     return Event(f"e{n}", user, f"p{n}", Domain.PRODUCT, "click", 1_700_000_000 + n)
 
 
-class Msg:
-    def __init__(self, event: Event, offset: int) -> None:
-        from semirec.contracts import encode_event
-
-        self.key, self.value = event.user_id.encode(), encode_event(event)
-        self.topic, self.partition, self.offset, self.timestamp = "events", 0, offset, 0.0
+def message(event: Event, offset: int) -> Record:
+    return Record(event.user_id.encode(), encode_event(event), "events", 0, offset)
 
 
 async def test_compare_and_set_decides_each_key_on_its_own(settings, redis_client) -> None:
@@ -65,10 +62,10 @@ async def test_processor_rereads_after_losing_a_race(settings, redis_client) -> 
 
     processor = IngestProcessor(settings, store, no_dead_letters)
     try:
-        await processor.process([Msg(click(1), 0)])
+        await processor.process([message(click(1), 0)])
         other = UserState(product=[], version=50)  # another writer replaced the state
         redis_client.set(user_key("u1"), pack(other))
-        out = await processor.process([Msg(click(2), 1)])
+        out = await processor.process([message(click(2), 1)])
         assert out.cas_conflicts == 1 and out.users_written == 1
         state = await store.get("u1")
         assert [e.item_id for e in state.product] == ["p2"]

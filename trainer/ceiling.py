@@ -85,10 +85,11 @@ def _features(s: SampleSet, a: dict[str, np.ndarray], domains: tuple[str, ...]) 
         rows, age = getattr(s, domain), getattr(s, f"{domain}_age")
         real = rows > 0
         count = real.sum(1, keepdims=True)
-        share = (np.eye(n_cat)[a["category"][rows]] * real[..., None]).sum(1) / count.clip(1)
+        cats = np.eye(n_cat)[a["category"][rows]]
+        share = (cats * real[..., None]).sum(1) / count.clip(1)
         match = (share * target).sum(1, keepdims=True)
         now = real & (age <= 0)
-        now_share = (np.eye(n_cat)[a["category"][rows]] * now[..., None]).sum(1)
+        now_share = (cats * now[..., None]).sum(1)
         now_share /= now.sum(1, keepdims=True).clip(1)
         style = (a["style"][rows] * real[..., None]).sum(1) / count.clip(1)
         cols += [match, np.log(10 * match + 0.1), count / 50, (now_share * target).sum(1)[:, None],
