@@ -53,6 +53,9 @@ class Topics:
     recommendations: str = "recommendations"
     recommendation_requests: str = "recommendation-requests"
     events_dlq: str = "events-dlq"
+    user_updates: str = "user-updates"  # ingest -> recommendation agent: a user's state changed
+    samples: str = "samples"  # ingest -> trainer: point-in-time training samples
+    model_updates: str = "model-updates"  # trainer -> everyone: a model version was promoted
 
 
 @dataclass(frozen=True, slots=True)

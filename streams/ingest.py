@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +36,21 @@ class BatchOutcome:
     cas_conflicts: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     events: list[tuple[Message, Event]] = field(default_factory=list)  # the valid ones
+    # user_id -> (event_id, broker timestamp s) of the newest event of a user whose state was written
+    changed: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
+AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
 
 
 class IngestProcessor:
     """The agent's logic, independent of faust (used by the agent, tests and benchmarks)."""
 
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
-                 *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None) -> None:
+                 *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
+                 after_write: AfterWrite | None = None) -> None:
         self.settings = settings
+        self.after_write = after_write  # runs after Redis acknowledged, before the batch is acked
         self.store = store
         self.dead_letters = dead_letters
         self.retry_max_s = retry_max_s
@@ -67,6 +74,11 @@ class IngestProcessor:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
         await retry_while_redis_down(self._write, by_user, out, max_delay_s=self.retry_max_s)
+        for msg, event in out.events:  # the last message of each changed user, in batch order
+            if event.user_id in out.changed:
+                out.changed[event.user_id] = (event.event_id, msg.timestamp)
+        if self.after_write is not None and out.changed:
+            await self.after_write(out)
         self._observe(out, time.perf_counter() - started)
         return out
 
@@ -100,6 +112,7 @@ class IngestProcessor:
                 if ok:
                     out.users_written += 1
                     out.applied_events += applied
+                    out.changed[uid] = ("", 0.0)
                 else:
                     lost.append(uid)
             out.cas_conflicts += len(lost)
