@@ -54,7 +54,10 @@ class Event:
 
     @property
     def ts_ms(self) -> int:
-        return round(self.ts * 1000)
+        """⌊ts·1000⌋ of the exact value of ``ts`` (not of a rounded product), so that
+        ``ts_ms // (bucket_s * 1000) == ⌊ts / bucket_s⌋`` holds exactly for every bucket."""
+        num, den = self.ts.as_integer_ratio()
+        return num * 1000 // den
 
     @property
     def appends(self) -> bool:
