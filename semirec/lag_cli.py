@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from semirec.faults import classify
 from semirec.lag import LagError, LagExporter, PartitionLag, measure_lag, report, total_lag
 from semirec.settings import Settings
 
@@ -141,7 +141,6 @@ def lag(groups: tuple[str, ...], topics: tuple[str, ...], as_json: bool, watch: 
     ListOffsets. A partition the group never committed counts everything retained as lag
     (CURRENT-OFFSET shows '-').
     """
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures surface as LagError
     settings = Settings.from_env()
     chosen_groups = list(groups) or [settings.consumer_group]
     chosen_topics = list(topics) or [settings.topics.events]
@@ -156,9 +155,9 @@ def lag(groups: tuple[str, ...], topics: tuple[str, ...], as_json: bool, watch: 
                 click.echo(orjson.dumps(report(rows)).decode())
             else:
                 _console().print(render(rows))
-    except LagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
+    except (LagError, OSError) as exc:
+        if classify(exc) is not None:
+            raise  # an outage or bad credentials: one line and its exit code (semirec.cli)
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         pass
