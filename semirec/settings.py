@@ -90,6 +90,12 @@ class Settings:
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
+    # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
+    recall_candidates: int = 500  # candidates recalled (and ranked) per recommendation
+    rank_timeout_ms: int = 100  # time budget of one Triton call before falling back
+    popularity_window_hours: int = 24  # event-time window of the popularity source
+    rec_concurrency: int = 16  # recommendations ranked at once by one agent (Triton batches them)
+    publish_candidates: int = 0  # 1 = recommendations carry every candidate id (diagnostics)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -160,6 +166,11 @@ class Settings:
         if self.triton_model_config not in ("", "tensorrt"):
             raise SettingsError(
                 f"SEMIREC_TRITON_MODEL_CONFIG must be '' or 'tensorrt', got {self.triton_model_config!r}")
+        if not 1 <= self.recall_candidates <= 10_000:
+            raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
+        if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1:
+            raise SettingsError("SEMIREC_RANK_TIMEOUT_MS, SEMIREC_REC_CONCURRENCY and "
+                                "SEMIREC_POPULARITY_WINDOW_HOURS must be positive")
 
     def kafka_kwargs(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security options for any aiokafka client."""
