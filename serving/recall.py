@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -102,8 +103,9 @@ class Recall:
             for (domain, _), hits in zip(queries, found, strict=True):
                 take(f"content_{domain}", hits, cfg.quotas[f"content_{domain}"])
         take("fresh", self._fresh(mixed), cfg.quotas["fresh"])
-        popular = [i for i in self.popularity.ranked if self.catalog.is_video(i)]
-        pop_sims = self._sims(mixed, popular[: total + len(exclude)])
+        popular = list(islice((i for i in self.popularity.ranked if self.catalog.is_video(i)),
+                              total + len(exclude)))
+        pop_sims = self._sims(mixed, popular)
         take("popular", pop_sims, cfg.quotas["popular"])
         take("popular", pop_sims, total)  # fill what the other sources left
         if len(chosen) < total and mixed is not None:  # a small world: more neighbours
