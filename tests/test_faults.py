@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import settings as settings_h
 
+from benchmarks.fuzz import event_message, item_body
+from semirec.contracts import ContractError, encode_event, parse_event
 from semirec.faults import EXIT_AUTH, EXIT_CONFIG, EXIT_UNAVAILABLE
+from semirec.items import validate_item
 from semirec.stack import free_port, redis_binary
 from tests.conftest import settings_env
 from tests.event_script import encode, scripted_events
@@ -208,3 +213,41 @@ def _get(url: str, raw: bool = False):
     except urllib.error.HTTPError as exc:  # 503 when not ready
         body = exc.read().decode()
     return body if raw else json.loads(body)
+
+
+# -- the fault suite's scenarios at small loads (benchmarks/faults.py runs them at full size) ---
+
+@pytest.mark.parametrize(("name", "n"), [("kill9-worker", 3000), ("redis-restart", 2000),
+                                         ("redis-kill9", 2000), ("fuzz-events", 400)])
+async def test_fault_scenario_leaves_exact_state(settings, redis_client, tmp_path, name, n) -> None:
+    from benchmarks.faults import SCENARIOS
+
+    row = await SCENARIOS[name](settings, n, tmp_path)
+    assert row.exact, row
+    assert row.users_wrong == row.lost == row.extra == 0
+
+
+@settings_h(max_examples=300, deadline=None)
+@given(event_message())
+def test_fuzzed_events_are_accepted_or_refused_with_a_reason(message) -> None:
+    """Whatever arrives, the contract answers with an Event or a ContractError, never anything
+    else (an agent would crash on it); accepted events survive a re-encoding unchanged."""
+    key, value = message
+    try:
+        event = parse_event(value, key)
+    except ContractError as exc:
+        assert exc.reason.value and str(exc)
+        return
+    for fmt in ("json", "msgpack"):
+        assert parse_event(encode_event(event, fmt), key) == event
+
+
+@settings_h(max_examples=300, deadline=None)
+@given(item_body())
+def test_fuzzed_items_are_accepted_or_refused_with_a_reason(body) -> None:
+    try:
+        item = validate_item(body)
+    except ContractError as exc:
+        assert exc.reason.value and str(exc)
+        return
+    assert validate_item(item.to_dict()) == item
