@@ -151,7 +151,7 @@ def _classify(exc: BaseException, kafka: str, redis_url: str) -> Fault | None:
             return cur.fault
         if isinstance(cur, SettingsError):
             return Fault("config", f"configuration: {cur}")
-        if isinstance(cur, ValueError) and "Redis URL" in str(cur):
+        if isinstance(cur, ValueError) and ("Redis URL" in str(cur) or "connection URL" in str(cur)):
             return Fault("config", f"SEMIREC_REDIS_URL={redact(redis_url)!r} is not usable: {cur}")
         fault = _redis_fault(cur, redis_url) or _kafka_fault(cur, kafka)
         if fault:
