@@ -81,6 +81,10 @@ class Settings:
     heartbeat_interval_s: float = 3.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # An agent whose batch has been in flight this long reports not ready (/readyz).
+    batch_stuck_s: float = 60.0
+    # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).
+    crash_exit_delay_s: float = 15.0
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
 
