@@ -7,6 +7,14 @@ Lv, Lp and C are dynamic. The user side runs once per call, whatever C is.
 A sequence with no entries is passed as one padded slot with mask False. Inputs a model does
 not read (the product sequence of a video-only model) are absent from its graph; :func:`run_onnx`
 feeds only the inputs a session declares.
+
+The 7-day window (§4.1) is applied inside the graph: an entry is used only if
+``0 <= age <= 168`` (:func:`trainer.samples.in_window`), so the server passes the stored
+sequence (newest 50 of any age) as it is, with ``age = ts // 3600 (request) - ts // 3600
+(entry)``.
+
+A model trained with item identity (``ModelConfig.item_identity``; :mod:`trainer.identity`)
+has three more inputs, :data:`IDENTITY_INPUTS`, one value per candidate (see there).
 """
 
 from __future__ import annotations
@@ -19,9 +27,25 @@ import torch
 from torch import Tensor, nn
 
 from trainer.ranker import Ranker, UserBatch
+from trainer.samples import WINDOW_HOURS, in_window
 
 INPUTS = ("video", "video_age", "video_mask", "product", "product_age", "product_mask",
           "candidates")
+IDENTITY_INPUTS = ("candidate_bucket", "candidate_watches", "candidate_completes")
+"""Extra inputs of a model with item identity, each [C], aligned with ``candidates``:
+
+- ``candidate_bucket`` int64: ``trainer.identity.item_bucket(video_id, buckets)`` = the first
+  8 bytes of ``hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()`` as an
+  unsigned little-endian integer, modulo ``buckets`` = ``ModelConfig.id_buckets`` (2^18 =
+  262144; in the checkpoint's config.json as ``model.id_buckets``).
+- ``candidate_watches`` float32: how many watches of the video (complete or not, by anyone)
+  happened before the request.
+- ``candidate_completes`` float32: how many of those were complete.
+
+The graph smooths the two counts itself: rate = (completes + 10 * prior) / (watches + 10),
+``prior`` = the training set's completion rate (stored in the graph). An unknown video is
+bucket + zero counts: it gets no learned bias (unless its bucket collides) and the prior rate.
+"""
 OUTPUT = "score"
 OPSET = 17
 
@@ -29,15 +53,32 @@ OPSET = 17
 class RequestGraph(nn.Module):
     """A ranker wrapped for one request: sequences + candidates -> probabilities."""
 
-    def __init__(self, model: Ranker) -> None:
+    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
         super().__init__()
         self.model = model
+        self.window_hours = window_hours
 
     def forward(self, video: Tensor, video_age: Tensor, video_mask: Tensor, product: Tensor,
-                product_age: Tensor, product_mask: Tensor, candidates: Tensor) -> Tensor:
+                product_age: Tensor, product_mask: Tensor, candidates: Tensor,
+                candidate_bucket: Tensor | None = None, candidate_watches: Tensor | None = None,
+                candidate_completes: Tensor | None = None) -> Tensor:
+        video_mask = video_mask & in_window(video_age, self.window_hours)
+        product_mask = product_mask & in_window(product_age, self.window_hours)
         user = UserBatch(video[None], video_age[None], video_mask[None],
                          product[None], product_age[None], product_mask[None])
-        return torch.sigmoid(self.model.score(self.model.encode_user(user), candidates[None])[0])
+        items = None
+        if self.model.identity is not None:
+            if candidate_bucket is None or candidate_watches is None or candidate_completes is None:
+                raise ValueError(f"this model needs {IDENTITY_INPUTS}")
+            items = (candidate_bucket[None], candidate_watches[None], candidate_completes[None])
+        logits = self.model.logits(self.model.encode_user(user), candidates[None], items)
+        return torch.sigmoid(logits[0])
+
+
+def input_names(model: Ranker) -> tuple[str, ...]:
+    """The graph's inputs for ``model``: :data:`INPUTS`, plus :data:`IDENTITY_INPUTS` if it
+    uses item identity."""
+    return INPUTS + (IDENTITY_INPUTS if model.identity is not None else ())
 
 
 def example_request(
@@ -56,7 +97,10 @@ def example_request(
 
     v, p = seq(video, video_real), seq(product, product_real)
     cands = rng.normal(scale=0.09, size=(candidates, dim)).astype(np.float32)
-    return dict(zip(INPUTS, (*v, *p, cands), strict=True))
+    watches = rng.integers(0, 50, candidates).astype(np.float32)
+    identity = (rng.integers(0, 1 << 18, candidates).astype(np.int64), watches,
+                np.floor(watches * rng.random(candidates)).astype(np.float32))
+    return dict(zip(INPUTS + IDENTITY_INPUTS, (*v, *p, cands, *identity), strict=True))
 
 
 def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
@@ -64,14 +108,17 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RequestGraph(model).eval()
-    example = tuple(torch.from_numpy(a) for a in example_request(dim, 7, 9, 5).values())
+    names = input_names(model)
+    request = example_request(dim, 7, 9, 5)
+    example = tuple(torch.from_numpy(request[k]) for k in names)
     axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
             "video_mask": {0: "video_len"}, "product": {0: "product_len"},
             "product_age": {0: "product_len"}, "product_mask": {0: "product_len"},
-            "candidates": {0: "candidates"}, OUTPUT: {0: "candidates"}}
+            "candidates": {0: "candidates"}, OUTPUT: {0: "candidates"},
+            **{k: {0: "candidates"} for k in names if k in IDENTITY_INPUTS}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
-        torch.onnx.export(graph, example, str(path), input_names=list(INPUTS),
+        torch.onnx.export(graph, example, str(path), input_names=list(names),
                           output_names=[OUTPUT], dynamic_axes=axes, opset_version=OPSET,
                           dynamo=False)
     return path
@@ -94,4 +141,5 @@ def run_onnx(session, request: dict[str, np.ndarray]) -> np.ndarray:
 
 def torch_scores(model: Ranker, request: dict[str, np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
-        return RequestGraph(model).eval()(*(torch.from_numpy(request[k]) for k in INPUTS)).numpy()
+        graph = RequestGraph(model).eval()
+        return graph(*(torch.from_numpy(request[k]) for k in input_names(model))).numpy()
