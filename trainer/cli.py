@@ -78,6 +78,16 @@ class _Bars:
         self.current = None
 
 
+def _settings(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{part!r} is not key=value", param_hint="--set")
+        out[key.strip()] = float(value)
+    return out
+
+
 def _table(result: dict[str, Any]) -> Table:
     from trainer.evaluate import TABLE_METRICS as METRICS
 
@@ -116,6 +126,8 @@ def _table(result: dict[str, Any]) -> Table:
                    "item identity (hashed id bias + smoothed completion rate).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Runs (model x seed) in parallel processes, one torch thread each.")
+@click.option("--set", "settings", default="", help="Override settings for every model, e.g. "
+              "'train.weight_decay=0.1,ccl.tau=0.2' (to choose them on validation AUC).")
 @click.option("--size", default="demo", show_default=True, help="Generated world preset.")
 @click.option("--world-seed", type=int, default=0, show_default=True)
 @click.option("--encoder", type=click.Path(exists=True, path_type=Path), default=None,
@@ -129,7 +141,7 @@ def _table(result: dict[str, Any]) -> Table:
               help="Diagnostic: 'truth' = the generated items' latent attributes, not encoder "
                    "output (separates the encoder's share of the gap to the oracle).")
 def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: Path | None,
-             models: str, jobs: int, size: str, world_seed: int, encoder: Path | None,
+             models: str, jobs: int, settings: str, size: str, world_seed: int, encoder: Path | None,
              threads: int, train_fraction: float, vectors_from: str) -> None:
     """Train and evaluate every model on DATA with the paper's protocol.
 
@@ -157,7 +169,7 @@ def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: P
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
         result = run_all(prepared, names, seeds, quick, _Bars(progress, len(names) * seeds),
-                         train_fraction, jobs)
+                         train_fraction, jobs, _settings(settings))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     result["vectors"] = vectors_from
     result["command"] = "semirec evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])

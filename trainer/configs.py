@@ -151,7 +151,8 @@ def scaled(cfg: ModelConfig, n_train: int, n_ccl: int) -> ModelConfig:
     - minimum video length 10 -> 5 (our users have ~10-50 complete watches in all);
     - tau 0.7 -> ``CCL_TAU``: with L2-normalised codes 0.7 caps the logits at +-1.43;
     - ``CCL_RECORDS_PER_USER`` records per user (the user's other records are masked out as
-      negatives) instead of one;
+      negatives) instead of one, with the CCL epochs divided by as much (the same number of
+      steps as with one record per user);
     - no time embedding inside CCL: a record's two sequences share their active hours, so the
       pairing is solvable from timing alone (``trainer.ccl.time_only_accuracy``).
     """
@@ -162,7 +163,8 @@ def scaled(cfg: ModelConfig, n_train: int, n_ccl: int) -> ModelConfig:
         batch = min(64, ccl.batch_size)
         queue = max(batch, min(ccl.queue_size, (max(n_ccl, 2 * batch) // 2 // batch) * batch))
         ccl = replace(ccl, batch_size=batch, queue_size=queue, momentum=0.99, min_video_len=5,
-                      tau=CCL_TAU, records_per_user=CCL_RECORDS_PER_USER, use_time=False)
+                      tau=CCL_TAU, records_per_user=CCL_RECORDS_PER_USER, use_time=False,
+                      epochs=max(1, ccl.epochs // CCL_RECORDS_PER_USER))
     return replace(cfg, train=train, ccl=ccl)
 
 
@@ -170,5 +172,6 @@ def quick(cfg: ModelConfig) -> ModelConfig:
     """Budgets for ``--quick``: fewer epochs, shorter sequences, a training subset."""
     train = replace(cfg.train, batch_size=64, epochs=3, patience=1, max_train_samples=6000,
                     seq_len=20)
-    ccl = replace(cfg.ccl, epochs=8) if cfg.ccl is not None else None
+    ccl = (replace(cfg.ccl, epochs=max(1, 8 // cfg.ccl.records_per_user))
+           if cfg.ccl is not None else None)
     return replace(cfg, train=train, ccl=ccl, sasrec_blocks=1)

@@ -241,8 +241,26 @@ class Popularity:
         return self.score[candidates]
 
 
+def override(cfg: ModelConfig, settings: Mapping[str, float]) -> ModelConfig:
+    """``{"train.weight_decay": 0.1, "ccl.tau": 0.2}`` -> cfg with those fields replaced (for
+    choosing settings on validation; a ``ccl.*`` setting is ignored by a model without CCL)."""
+    for key, value in settings.items():
+        part, _, field = key.partition(".")
+        if part not in ("train", "ccl", "block") or not field:
+            raise ValueError(f"unknown setting {key!r} (train.*, ccl.*, block.*)")
+        sub = getattr(cfg, part)
+        if sub is None:
+            continue
+        if field not in type(sub).__dataclass_fields__:
+            raise ValueError(f"unknown setting {key!r}")
+        kind = type(getattr(sub, field))
+        cfg = replace(cfg, **{part: replace(sub, **{field: kind(value)})})
+    return cfg
+
+
 def model_config(
-    name: str, data: Prepared, quick_mode: bool, train_fraction: float = 1.0
+    name: str, data: Prepared, quick_mode: bool, train_fraction: float = 1.0,
+    settings: Mapping[str, float] | None = None,
 ) -> ModelConfig:
     """Paper settings, scaled to the data (:func:`scaled`), optionally quick; the model width
     is the item vectors' width (SEMI adds time embeddings to the item vectors).
@@ -262,7 +280,7 @@ def model_config(
         if cfg.train.max_train_samples:
             limit = min(limit, cfg.train.max_train_samples)
         cfg = replace(cfg, train=replace(cfg.train, max_train_samples=max(1, limit)))
-    return cfg
+    return override(cfg, settings or {})
 
 
 def _ccl_records(data: Prepared, cfg: ModelConfig) -> SampleSet:
@@ -456,6 +474,7 @@ def evaluate(
     hooks: Hooks | None = None,
     train_fraction: float = 1.0,
     jobs: int = 1,
+    settings: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Every model x seed on one prepared data set; the result ``--json`` prints.
 
@@ -463,7 +482,8 @@ def evaluate(
     each); a run's numbers do not depend on where it ran (each run seeds everything itself).
     A ``*_ccl`` model whose pre-training set is empty (a data set without products) would
     train exactly like its base model with the same seeds: the base model's runs are reused."""
-    configs = {name: model_config(name, data, quick_mode, train_fraction) for name in models}
+    configs = {name: model_config(name, data, quick_mode, train_fraction, settings)
+               for name in models}
     reuse: dict[str, str] = {}
     for name, cfg in configs.items():
         suffix = IDENTITY_SUFFIX if name.endswith(IDENTITY_SUFFIX) else ""
@@ -513,6 +533,7 @@ def evaluate(
         "train_fraction": train_fraction,
         "seeds": seeds,
         "jobs": jobs,
+        "settings": dict(settings or {}),
         "protocol": asdict(data.protocol),
         "stats": data.stats(),
         "results": results,
