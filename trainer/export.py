@@ -15,6 +15,13 @@ sequence (newest 50 of any age) as it is, with ``age = ts // 3600 (request) - ts
 
 A model trained with item identity (``ModelConfig.item_identity``; :mod:`trainer.identity`)
 has three more inputs, :data:`IDENTITY_INPUTS`, one value per candidate (see there).
+
+The batched graph (:func:`export_batched_onnx`, served by Triton as model ``ranker``) has the same
+input names with a leading batch axis B: ``video`` [B, Lv, d], ... , ``candidates`` [B, C, d] ->
+``score`` [B, C]. It declares every name in :data:`INPUTS` whatever the model reads (an unread
+input is fed through as ``+ 0 * x[..., first element]``), so Triton's config and a TensorRT engine
+have one tensor contract for all models (plus :data:`IDENTITY_INPUTS`, [B, C] each, for a model
+with item identity).
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ OUTPUT = "score"
 OPSET = 17
 
 
+def user_batch(feeds: dict[str, Tensor]) -> UserBatch:
+    """The user side of a batched request (leading batch axis), by input name."""
+    return UserBatch(*(feeds[k] for k in INPUTS[:6]))
+
+
 class RequestGraph(nn.Module):
     """A ranker wrapped for one request: sequences + candidates -> probabilities."""
 
@@ -79,6 +91,31 @@ def input_names(model: Ranker) -> tuple[str, ...]:
     """The graph's inputs for ``model``: :data:`INPUTS`, plus :data:`IDENTITY_INPUTS` if it
     uses item identity."""
     return INPUTS + (IDENTITY_INPUTS if model.identity is not None else ())
+
+
+class BatchedRequestGraph(nn.Module):
+    """A ranker for B users at once: inputs in :func:`input_names` order (:data:`INPUTS`, plus
+    :data:`IDENTITY_INPUTS` for a model with item identity, each [B, C]) with a batch axis ->
+    [B, C]. The 7-day window is applied as in :class:`RequestGraph`."""
+
+    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
+        super().__init__()
+        self.model = model
+        self.window_hours = window_hours
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        feeds = dict(zip(input_names(self.model), inputs, strict=True))
+        for domain in ("video", "product"):
+            feeds[f"{domain}_mask"] = feeds[f"{domain}_mask"] & in_window(
+                feeds[f"{domain}_age"], self.window_hours)
+        items = None
+        if self.model.identity is not None:
+            items = tuple(feeds[k] for k in IDENTITY_INPUTS)
+        probs = torch.sigmoid(self.model.logits(self.model.encode_user(user_batch(feeds)),
+                                                feeds["candidates"], items))
+        # every input stays in the graph (the exporter drops unread ones): + 0 * one element
+        touch = sum(x.reshape(x.shape[0], -1)[:, :1].to(probs.dtype) for x in inputs)
+        return probs + 0.0 * touch
 
 
 def example_request(
@@ -124,6 +161,42 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     return path
 
 
+def example_batch(
+    users: int = 4, dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Random batched inputs: user ``i`` has a different number of real entries per domain
+    (left-padded, newest last; user 0 has no products)."""
+    rows = [example_request(dim, video, product, candidates, seed + i,
+                            video_real=(i * 7) % (video + 1),
+                            product_real=0 if i == 0 else (i * 11) % (product + 1))
+            for i in range(users)]
+    return {k: np.stack([r[k] for r in rows]) for k in INPUTS + IDENTITY_INPUTS}
+
+
+def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
+    """Write the batched request graph of ``model`` (eval mode) to ``path`` (via ``.tmp``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = BatchedRequestGraph(model).eval()
+    names = input_names(model)
+    batch = example_batch(3, dim, 7, 9, 5)
+    example = tuple(torch.from_numpy(batch[k]) for k in names)
+    axes: dict[str, dict[int, str]] = {}
+    for name in names:
+        axes[name] = {0: "batch", 1: "candidates" if name.startswith("candidate")
+                      else f"{name.split('_')[0]}_len"}
+    axes[OUTPUT] = {0: "batch", 1: "candidates"}
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer notes
+        torch.onnx.export(graph, example, str(tmp), input_names=list(names),
+                          output_names=[OUTPUT], dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False)
+    tmp.replace(path)
+    return path
+
+
 def onnx_session(path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 
@@ -143,3 +216,10 @@ def torch_scores(model: Ranker, request: dict[str, np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         graph = RequestGraph(model).eval()
         return graph(*(torch.from_numpy(request[k]) for k in input_names(model))).numpy()
+
+
+def torch_batch_scores(model: Ranker, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """[B, C] probabilities of the batched graph, in process."""
+    with torch.inference_mode():
+        graph = BatchedRequestGraph(model).eval()
+        return graph(*(torch.from_numpy(batch[k]) for k in input_names(model))).numpy()
