@@ -169,7 +169,7 @@ def test_request_graph_applies_the_window_and_identity_inputs(tmp_path, data) ->
 
     model, _ = train_model("semi+id", data, replace(tiny("semi+id"), train=replace(
         tiny("semi+id").train, epochs=1)), seed=0)
-    request = example_request(dim=D, video=9, product=12, candidates=30)
+    request = example_request(dim=D, video=9, product=12, candidates=30, identity=True)
     request["video_age"] = np.array([400, 300, 200, 169, 168, 100, 50, 3, 0], np.int64)
     session = onnx_session(export_onnx(model, tmp_path / "id.onnx", D))
     assert [i.name for i in session.get_inputs()] == list(INPUTS + IDENTITY_INPUTS)
@@ -184,6 +184,15 @@ def test_request_graph_applies_the_window_and_identity_inputs(tmp_path, data) ->
     busy = {**request, "candidate_watches": request["candidate_watches"] + 100,
             "candidate_completes": request["candidate_completes"] + 100}
     assert (run_onnx(session, busy) > got).all()  # a higher completion rate raises every score
+    # the batched graph (Triton) takes the same inputs with a batch axis
+    from trainer.export import example_batch, export_batched_onnx, torch_batch_scores
+    batched = onnx_session(export_batched_onnx(model, tmp_path / "idb.onnx", D))
+    assert [i.name for i in batched.get_inputs()] == list(INPUTS + IDENTITY_INPUTS)
+    batch = example_batch(3, D, 8, 5, 7, identity=True)
+    ref = torch_batch_scores(model, batch)
+    assert np.abs(batched.run(["score"], batch)[0] - ref).max() < 1e-5
+    one = torch_scores(model, {k: v[1] for k, v in batch.items()})
+    np.testing.assert_allclose(ref[1], one, atol=1e-6)
 
 
 def test_parallel_runs_equal_serial_runs(data) -> None:

@@ -120,9 +120,10 @@ class BatchedRequestGraph(nn.Module):
 
 def example_request(
     dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500, seed: int = 0,
-    video_real: int | None = None, product_real: int | None = None,
+    video_real: int | None = None, product_real: int | None = None, identity: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Random inputs in the graph's format (``*_real`` = how many entries are real, newest last)."""
+    """Random inputs in the graph's format (``*_real`` = how many entries are real, newest last);
+    with ``identity`` also :data:`IDENTITY_INPUTS`."""
     rng = np.random.default_rng(seed)
 
     def seq(n: int, real: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,9 +136,10 @@ def example_request(
     v, p = seq(video, video_real), seq(product, product_real)
     cands = rng.normal(scale=0.09, size=(candidates, dim)).astype(np.float32)
     watches = rng.integers(0, 50, candidates).astype(np.float32)
-    identity = (rng.integers(0, 1 << 18, candidates).astype(np.int64), watches,
+    extra = (rng.integers(0, 1 << 18, candidates).astype(np.int64), watches,
                 np.floor(watches * rng.random(candidates)).astype(np.float32))
-    return dict(zip(INPUTS + IDENTITY_INPUTS, (*v, *p, cands, *identity), strict=True))
+    out = dict(zip(INPUTS + IDENTITY_INPUTS, (*v, *p, cands, *extra), strict=True))
+    return out if identity else {k: out[k] for k in INPUTS}
 
 
 def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
@@ -146,7 +148,7 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RequestGraph(model).eval()
     names = input_names(model)
-    request = example_request(dim, 7, 9, 5)
+    request = example_request(dim, 7, 9, 5, identity=model.identity is not None)
     example = tuple(torch.from_numpy(request[k]) for k in names)
     axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
             "video_mask": {0: "video_len"}, "product": {0: "product_len"},
@@ -163,15 +165,17 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
 
 def example_batch(
     users: int = 4, dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500,
-    seed: int = 0,
+    seed: int = 0, identity: bool = False,
 ) -> dict[str, np.ndarray]:
     """Random batched inputs: user ``i`` has a different number of real entries per domain
-    (left-padded, newest last; user 0 has no products)."""
+    (left-padded, newest last; user 0 has no products); with ``identity`` also
+    :data:`IDENTITY_INPUTS`."""
     rows = [example_request(dim, video, product, candidates, seed + i,
                             video_real=(i * 7) % (video + 1),
-                            product_real=0 if i == 0 else (i * 11) % (product + 1))
+                            product_real=0 if i == 0 else (i * 11) % (product + 1),
+                            identity=identity)
             for i in range(users)]
-    return {k: np.stack([r[k] for r in rows]) for k in INPUTS + IDENTITY_INPUTS}
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
@@ -180,7 +184,7 @@ def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = BatchedRequestGraph(model).eval()
     names = input_names(model)
-    batch = example_batch(3, dim, 7, 9, 5)
+    batch = example_batch(3, dim, 7, 9, 5, identity=model.identity is not None)
     example = tuple(torch.from_numpy(batch[k]) for k in names)
     axes: dict[str, dict[int, str]] = {}
     for name in names:
