@@ -67,6 +67,9 @@ APPEND_TO_STATE = Histogram(
 LAST_WRITE = Gauge(
     "semirec_last_state_write_timestamp_seconds", "Unix time of the last batch written.",
     ["agent"], registry=REGISTRY)
+AGENT_CRASHES = Counter(
+    "semirec_agent_crashes", "Unexpected errors that stopped an agent (the worker then exits "
+    "without acknowledging the batch; see docs/ingest.md).", ["agent"], registry=REGISTRY)
 READY = Gauge("semirec_ready", "1 when the readiness checks pass (evaluated on each scrape).",
               registry=REGISTRY)
 DEPENDENCY_UP = Gauge(
@@ -103,6 +106,9 @@ class AgentMetrics:
         self._event_age = EVENT_TO_STATE.labels(agent)
         self._append_age = APPEND_TO_STATE.labels(agent)
         self._last_write = LAST_WRITE.labels(agent)
+
+    def crashed(self) -> None:
+        AGENT_CRASHES.labels(self.agent).inc()
 
     def processed(self, n: int = 1) -> None:
         self._processed.inc(n)

@@ -113,6 +113,10 @@ class Settings:
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
+    # An agent whose batch has been in flight this long reports not ready (/readyz).
+    batch_stuck_s: float = 60.0
+    # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).
+    crash_exit_delay_s: float = 15.0
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
     # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)

@@ -42,6 +42,7 @@ class CatalogIndex:
         self._video_order: list[int] = []  # rows in the order they first became videos
         self._since_ms = 0
         self.loaded = False
+        self.generation = 0  # bumped by every upsert (callers cache what they derive from it)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -67,6 +68,7 @@ class CatalogIndex:
 
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, domains: Sequence[Domain]) -> None:
         now = time.time()
+        self.generation += 1
         fresh_videos: list[int] = []
         for item_id, vec, domain in zip(item_ids, vectors, domains, strict=True):
             row = self._row.get(item_id)
@@ -124,9 +126,18 @@ class CatalogIndex:
                 out.append(self._ids[row])
         return out
 
-    def similarity(self, query: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
-        """Cosine similarity of ``query`` [dim] to each item (0 for unknown items)."""
-        rows = np.asarray([self._row.get(i, -1) for i in item_ids], np.int64)
+    def unit(self, rows: np.ndarray) -> np.ndarray:
+        """L2-normalised vectors of ``rows`` (a copy: cache it, it does not follow upserts)."""
+        return self._unit[rows]
+
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row of each item (-1 when unknown)."""
+        return np.asarray([self._row.get(i, -1) for i in item_ids], np.int64)
+
+    def similarity(self, query: np.ndarray, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Cosine similarity of ``query`` [dim] to each item, given by id or by row (0 for
+        unknown items)."""
+        rows = item_ids if isinstance(item_ids, np.ndarray) else self.rows(item_ids)
         sims = self._unit[rows] @ _normalised(np.asarray(query, np.float32)[None])[0]
         sims[rows < 0] = 0.0
         return sims

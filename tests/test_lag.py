@@ -163,12 +163,13 @@ async def test_cli_json_and_table(settings: Settings, monkeypatch: pytest.Monkey
     result = await asyncio.to_thread(runner.invoke, lag_cli, ["--json"])
     assert result.exit_code == 0, result.output
     doc = orjson.loads(result.stdout)  # stderr notes that the group has committed nothing yet
-    assert doc["total_lag"] == 40
-    assert {p["partition"]: p["lag"] for p in doc["partitions"]} == dict(produced)
-    assert set(doc["partitions"][0]) >= {"group", "topic", "partition", "committed", "log_end",
-                                         "lag", "lag_seconds"}
-    assert all(p["group"] == settings.consumer_group and p["committed"] is None
-               for p in doc["partitions"])
+    # other tests' semirec* groups on this shared broker are listed too: look at ours
+    mine = [p for p in doc["partitions"] if p["group"] == settings.consumer_group]
+    assert sum(p["lag"] for p in mine) == 40 and doc["total_lag"] >= 40
+    assert {p["partition"]: p["lag"] for p in mine} == dict(produced)
+    assert set(mine[0]) >= {"group", "topic", "partition", "committed", "log_end",
+                            "lag", "lag_seconds"}
+    assert all(p["committed"] is None and p["topic"] == topic for p in mine)
 
     result = await asyncio.to_thread(runner.invoke, lag_cli, ["--topic", topic])
     assert result.exit_code == 0, result.output
