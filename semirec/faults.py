@@ -14,6 +14,7 @@ Exit codes (sysexits.h, so scripts and supervisors can tell them apart):
  2   usage error (click)
  67  the user asked for does not exist (``semirec user``)
  69  a service is unreachable (transient: Kafka or Redis down, refused, timed out)
+ 70  a worker agent stopped by an error nobody foresaw (streams.batches, issue 9)
  77  authentication refused (Redis password, Kafka SASL)
  78  configuration error (a SEMIREC_* value that cannot work, e.g. an ``http://`` Redis URL)
 ==== =====================================================================
