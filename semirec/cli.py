@@ -78,8 +78,8 @@ def cli(verbose: bool) -> None:
 
     Addresses and names come from SEMIREC_* environment variables (see docs/configuration.md);
     `semirec stack up` starts a local stack and prints them. Exit codes: 0 ok, 1 the verb
-    failed, 2 usage, 67 no such user, 69 a service is unreachable, 77 credentials refused,
-    78 configuration error (docs/reliability.md).
+    failed, 2 usage, 67 no such user, 69 a service is unreachable, 70 a worker agent met an
+    unexpected error, 77 credentials refused, 78 configuration error (docs/reliability.md).
     """
 
 
