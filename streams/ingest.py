@@ -1,13 +1,15 @@
 """Ingest agent: events topic -> per-user video/product sequences in Redis.
 
-Per batch (``noack_take``): decode and validate every message; dead-letter the malformed
-ones and wait for the broker's ack; group the rest by user; read each user's state, apply the
-events with :func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; only
-then ack the messages, so faust commits an offset only after Redis has acknowledged the state.
+Per batch (:class:`streams.batch_transport.BatchAgent`: one or more partition fetch slices):
+decode and validate every message; dead-letter the malformed ones and wait for the broker's
+ack; group the rest by user; read each user's state, apply the events with
+:func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; run the
+``after_write`` hook; only then ack the messages, so faust commits an offset only after Redis
+has acknowledged the state.
 A crash between the Redis write and the commit replays the batch, and the per-partition
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
-error stops the worker without acking the batch (:func:`streams.batches.guarded`).
+error stops the worker without acking the batch (:func:`streams.batches.stop_worker`).
 """
 
 from __future__ import annotations
@@ -24,14 +26,8 @@ from semirec.metrics import AgentMetrics
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
-from streams.batches import (
-    DeadLetterSink,
-    Message,
-    guarded,
-    retry_while_redis_down,
-    run_batches,
-    watch,
-)
+from streams.batch_transport import BatchAgent
+from streams.batches import DeadLetterSink, Message, retry_while_redis_down
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +167,15 @@ def register_ingest(app: Any, settings: Settings) -> None:
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
-    async def body(stream: Any) -> None:
-        store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
-        processor = IngestProcessor(settings, store, to_dlq,
-                                    after_write=announce_changes(updates, store, settings))
-        try:
-            await run_batches(stream, processor.process, batch_max=settings.batch_max,
-                              within_s=settings.batch_within_s, progress=watch("ingest"))
-        finally:
-            await store.close()
+    processors: list[IngestProcessor] = []
 
-    @app.agent(events, name="ingest")
-    async def ingest(stream: Any) -> None:
-        await guarded("ingest", body(stream), exit_delay_s=settings.crash_exit_delay_s)
+    async def handle(batch: Sequence[Message]) -> BatchOutcome:
+        if not processors:  # built in the worker's loop, on the first batch
+            store = SequenceStore.from_url(settings.redis_url,
+                                           cache_users=settings.state_cache_users)
+            processors.append(IngestProcessor(
+                settings, store, to_dlq, after_write=announce_changes(updates, store, settings)))
+        return await processors[0].process(batch)
+
+    BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,
+               exit_delay_s=settings.crash_exit_delay_s)
