@@ -68,6 +68,30 @@ class Batch:
 class BatchConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with a fetch loop that hands claimed topics over by slice."""
 
+    _in_flight: set[Batch] | None = None
+
+    @property
+    def in_flight(self) -> set[Batch]:
+        """Batches whose handler is running (strong references, unlike faust's weak set)."""
+        if self._in_flight is None:
+            self._in_flight = set()
+        return self._in_flight
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        """Before faust forgets the revoked partitions: drop the queued slices (they are read
+        again), let the batches in flight finish (bounded by the rebalance timeout), and commit
+        what they acked, whatever ``stream_wait_empty`` says."""
+        for queue in {id(q): q for q in self.batch_queues.values()}.values():
+            queue.clear()
+        deadline = time.monotonic() + self.app.conf.broker_rebalance_timeout * 0.8
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.in_flight:
+            log.warning("rebalance goes on with %d batches in flight; they will not be acked",
+                        len(self.in_flight))
+        await self.commit()
+        await super().on_partitions_revoked(revoked)
+
     @property
     def batch_queues(self) -> dict[str, Any]:
         """Topic name -> the claiming agent's queue (see :func:`claims`)."""
@@ -78,6 +102,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         partition was revoked; returns whether it was acked."""
         batch.acked = True
         self._unacked_messages.discard(batch)
+        self.in_flight.discard(batch)
         tp = batch.tp
         current = (batch.generation == self.app.consumer_generation_id
                    and tp in self.assignment())
@@ -256,7 +281,12 @@ class BatchAgent:
             else batches[0].messages
         self.progress.start(messages)
         started = time.perf_counter()
-        await self.handler(messages)
+        consumer.in_flight.update(batches)
+        try:
+            await self.handler(messages)
+        except BaseException:
+            consumer.in_flight.difference_update(batches)
+            raise
         for batch in batches:
             consumer.ack_batch(batch)
         self.progress.done()

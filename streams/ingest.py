@@ -14,6 +14,7 @@ error stops the worker without acking the batch (:func:`streams.batches.stop_wor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -21,13 +22,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from semirec.contracts import ContractError, Event, parse_event
+from semirec.contracts import ContractError, Event
 from semirec.metrics import AgentMetrics
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
 from streams.batch_transport import BatchAgent
 from streams.batches import DeadLetterSink, Message, retry_while_redis_down
+from streams.event_codec import decode_event
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class IngestProcessor:
         by_user: dict[str, list[tuple[Event, int, int]]] = defaultdict(list)
         for msg in batch:
             try:
-                event = parse_event(msg.value or b"", msg.key)
+                event = decode_event(msg.value or b"", msg.key)
             except ContractError as exc:
                 bad.append((msg, exc))
                 out.rejected[exc.reason.value] += 1
@@ -134,26 +136,29 @@ class IngestProcessor:
         return applied
 
 
-def announce_changes(updates: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
+def announce_changes(app: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
     """After a batch's state is written: count complete watches into the popularity window and
     publish one ``user-updates`` notice per changed user (awaiting the broker's acks), so the
     recommendation agent never ranks on state older than the event that triggered it."""
     from semirec.recommendations import UserUpdate, encode
     from serving.popularity import count_watches
 
+    topic = settings.topics.user_updates
+
     async def after_write(out: BatchOutcome) -> None:
         await retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
                                      settings.time_bucket_s)
         now = time.time()
+        send = app.producer.send  # the transport's producer: no per-message faust overhead
         futures = []
         for uid, newest in out.changed.items():
             if newest is None:
                 continue
             msg, event = newest
             notice = UserUpdate(uid, event.event_id, event.ts, msg.timestamp, now)
-            futures.append(await updates.send(key=uid.encode(), value=encode(notice)))
-        for fut in futures:
-            await fut
+            futures.append(await send(topic, uid.encode(), encode(notice), None, None, None))
+        if futures:
+            await asyncio.gather(*futures)
 
     return after_write
 
@@ -164,7 +169,6 @@ def register_ingest(app: Any, settings: Settings) -> None:
     from streams.dlq import dead_letter_sink
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
-    updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
     processors: list[IngestProcessor] = []
@@ -174,7 +178,7 @@ def register_ingest(app: Any, settings: Settings) -> None:
             store = SequenceStore.from_url(settings.redis_url,
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
-                settings, store, to_dlq, after_write=announce_changes(updates, store, settings)))
+                settings, store, to_dlq, after_write=announce_changes(app, store, settings)))
         return await processors[0].process(batch)
 
     BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,
