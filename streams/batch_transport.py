@@ -231,18 +231,21 @@ def use_batch_transport(app: Any) -> None:
 class BatchAgent:
     """Consumes one topic in batches: ``handler(messages)`` per batch, acked once it returned.
 
-    The handler gets up to ``batch_max`` messages: the queued slices (each one partition's fetch,
-    in order) joined. An error it raises stops the worker without acking (docs/ingest.md).
+    The handler gets the slices (each one partition's fetch, in order) that arrive within
+    ``within_s`` of the first, joined, until they hold ``batch_max`` messages (the last slice may
+    pass it). An error it raises stops the worker without acking (docs/ingest.md).
     """
 
     def __init__(self, app: Any, topic: Any, name: str, handler: BatchHandler, *,
-                 batch_max: int, exit_delay_s: float | None = None) -> None:
+                 batch_max: int, within_s: float = 0.05,
+                 exit_delay_s: float | None = None) -> None:
         use_batch_transport(app)
         self.app = app
         self.topic = topic
         self.name = name
         self.handler = handler
         self.batch_max = batch_max
+        self.within_s = within_s
         self.exit_delay_s = exit_delay_s
         self.queue = app.FlowControlQueue(maxsize=QUEUE_BATCHES, clear_on_resume=True)
         self.progress = watch(name)
@@ -260,12 +263,23 @@ class BatchAgent:
             raise TypeError(f"{self.name}: the app's consumer is {type(consumer).__name__}, "
                             "not a BatchConsumer (call use_batch_transport before it starts)")
         self.running = True
+        loop = asyncio.get_running_loop()
         try:
             while not app.should_stop:
                 batches = [await self.queue.get()]
                 size = len(batches[0].messages)
-                while size < self.batch_max and not self.queue.empty():
-                    batches.append(self.queue.get_nowait())
+                deadline = loop.time() + self.within_s
+                while size < self.batch_max:
+                    if self.queue.empty():
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            batches.append(await asyncio.wait_for(self.queue.get(), remaining))
+                        except TimeoutError:
+                            break
+                    else:
+                        batches.append(self.queue.get_nowait())
                     size += len(batches[-1].messages)
                 await self._process(consumer, batches)
                 del batches

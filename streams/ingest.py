@@ -20,6 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from semirec.contracts import ContractError, Event
@@ -47,6 +48,9 @@ class BatchOutcome:
 
 
 AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
+# user_id -> partition -> (event, offset) in offset order
+ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
+_offset = itemgetter(1)
 
 
 class IngestProcessor:
@@ -66,7 +70,8 @@ class IngestProcessor:
         started = time.perf_counter()
         out = BatchOutcome(messages=len(batch))
         bad: list[tuple[Message, ContractError]] = []
-        by_user: dict[str, list[tuple[Event, int, int]]] = defaultdict(list)
+        by_user: ByUser = defaultdict(dict)
+        events = out.events
         for msg in batch:
             try:
                 event = decode_event(msg.value or b"", msg.key)
@@ -74,8 +79,12 @@ class IngestProcessor:
                 bad.append((msg, exc))
                 out.rejected[exc.reason.value] += 1
                 continue
-            out.events.append((msg, event))
-            by_user[event.user_id].append((event, msg.partition, msg.offset))
+            events.append((msg, event))
+            parts = by_user[event.user_id]
+            pairs = parts.get(msg.partition)
+            if pairs is None:
+                parts[msg.partition] = pairs = []
+            pairs.append((event, msg.offset))
         if bad:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
@@ -99,7 +108,7 @@ class IngestProcessor:
         m.state_written([e.ts for _, e in out.events],
                         [msg.timestamp for msg, _ in out.events if msg.timestamp > 0])
 
-    async def _write(self, by_user: dict[str, list[tuple[Event, int, int]]], out: BatchOutcome) -> None:
+    async def _write(self, by_user: ByUser, out: BatchOutcome) -> None:
         pending = list(by_user)
         while pending:
             with self.metrics.redis("load"):
@@ -124,13 +133,10 @@ class IngestProcessor:
             out.cas_conflicts += len(lost)
             pending = lost
 
-    def _apply(self, state: UserState, events: list[tuple[Event, int, int]]) -> int:
+    def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]]) -> int:
         applied = 0
-        by_partition: dict[int, list[tuple[Event, int]]] = defaultdict(list)
-        for event, partition, offset in events:
-            by_partition[partition].append((event, offset))
-        for partition, pairs in by_partition.items():
-            pairs.sort(key=lambda p: p[1])
+        for partition, pairs in parts.items():
+            pairs.sort(key=_offset)  # already in offset order when read from one fetch
             applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
                              dedup_window=self.settings.dedup_window)
         return applied
@@ -182,4 +188,4 @@ def register_ingest(app: Any, settings: Settings) -> None:
         return await processors[0].process(batch)
 
     BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,
-               exit_delay_s=settings.crash_exit_delay_s)
+               within_s=settings.batch_within_s, exit_delay_s=settings.crash_exit_delay_s)
