@@ -4,6 +4,8 @@ One run, one machine, one embedded stack (Tansu + redis-server):
   raw_consume_per_s    aiokafka group consumer reading the events topic (no processing); the
                        median of RAW_PASSES passes (fresh groups), as one pass lasts ~0.2 s
   faust_noop_events_per_s  a faust agent that only acks (faust's own per-message ceiling)
+  batch_noop_events_per_s  a batch agent (streams/batch_transport.py) that only acks: the
+                       transport's ceiling
   batch_path_events_per_s  reference: our ingest processor fed by plain aiokafka getmany batches
                        (no faust), writing to a separate Redis database
   worker_events_per_s  `semirec worker --agent ingest` (batch transport) validating, merging,
@@ -186,6 +188,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         for f in fields(Topics):
             env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
         noop = reference_rate("faust_noop.py", "faust_noop_events_per_s", len(messages), env)
+        batch_noop = reference_rate("batch_noop.py", "batch_noop_events_per_s", len(messages), env)
         other_db = settings.redis_url.rsplit("/", 1)[0] + "/1"
         batch = reference_rate("batch_path.py", "batch_path_events_per_s", len(messages),
                                {**env, "SEMIREC_REDIS_URL": other_db})
@@ -205,6 +208,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "ratio": round(worker / raw, 3),
         "faust_noop_events_per_s": round(noop),
         "worker_vs_faust_noop": round(worker / noop, 3),
+        "batch_noop_events_per_s": round(batch_noop),
+        "batch_noop_ratio": round(batch_noop / raw, 3),
         "batch_path_events_per_s": round(batch),
         "batch_path_ratio": round(batch / raw, 3),
         "two_workers_events_per_s": round(two_workers),

@@ -39,7 +39,9 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.futures import notify
 
+from semirec.faults import FatalError
 from streams.batches import Message, Record, stop_worker, watch
+from streams.fatal import stop_worker as stop_on_fault
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,8 @@ class BatchAgent:
                 del batches
         except asyncio.CancelledError:
             raise
+        except FatalError as exc:  # refused credentials, broken configuration: its exit code
+            await stop_on_fault(exc.fault)
         except Exception as exc:
             await stop_worker(self.name, exc, exit_delay_s=self.exit_delay_s)
         finally:

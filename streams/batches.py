@@ -21,15 +21,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-import redis.exceptions
-
 from semirec.contracts import ContractError
+from semirec.faults import FatalError, retry_transient
 from semirec.metrics import AgentMetrics
+from streams.fatal import stop_worker as stop_on_fault
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-              redis.exceptions.BusyLoadingError, OSError)
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE: the worker stopped on an error it does not know how to handle
 
 
@@ -102,38 +100,36 @@ def describe(messages: Sequence[Message]) -> str:
 
 async def retry_while_redis_down(fn: Callable[..., Awaitable[Any]], *args: Any,
                                  max_delay_s: float = 5.0) -> Any:
-    """Call ``fn`` until Redis answers, with exponential back-off; never gives up, so an agent
-    never acks what it has not written."""
-    delay = 0.05
-    while True:
-        try:
-            return await fn(*args)
-        except REDIS_DOWN as exc:
-            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
+    """Call ``fn`` until Redis answers, with exponential back-off; never gives up on an outage,
+    so an agent never acks what it has not written. Refused credentials or a broken
+    configuration raise :class:`semirec.faults.FatalError` (see :func:`run_batches`)."""
+    return await retry_transient(fn, *args, dependency="redis", max_delay_s=max_delay_s)
 
 
 async def run_batches(stream: Any, process: Callable[[Sequence[Message]], Awaitable[Any]], *,
                       batch_max: int, within_s: float, agent: str | None = None,
                       exit_delay_s: float | None = None) -> None:
-    """Feed ``noack_take`` batches to ``process``; ack each batch only once it returned. An
-    error ``process`` raises stops the worker (:func:`stop_worker`): the batch is never acked
-    and nothing after it is processed. ``agent`` defaults to the faust agent's name."""
+    """Feed ``noack_take`` batches to ``process``; ack each batch only once it returned.
+    ``agent`` defaults to the faust agent's name.
+
+    Errors stop the worker while still inside the loop (leaving ``noack_take`` would re-enable
+    faust's automatic acks), so the batch is never acked and nothing after it is processed: a
+    fatal fault (e.g. Redis refusing the password) with its exit code
+    (:func:`streams.fatal.stop_worker`), any other error with exit 70 (:func:`stop_worker`)."""
     name = agent or getattr(stream, "prefix", "") or "agent"
     progress = watch(name)
-    try:
-        async for batch in stream.noack_take(batch_max, within=within_s):
-            messages = [e.message for e in batch]
-            progress.start(messages)
+    async for batch in stream.noack_take(batch_max, within=within_s):
+        messages = [e.message for e in batch]
+        progress.start(messages)
+        try:
             await process(messages)
-            for event in batch:
-                await stream.ack(event)
-            progress.done()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        await stop_worker(name, exc, exit_delay_s=exit_delay_s)
+        except FatalError as exc:
+            await stop_on_fault(exc.fault)
+        except Exception as exc:
+            await stop_worker(name, exc, exit_delay_s=exit_delay_s)
+        for event in batch:
+            await stream.ack(event)
+        progress.done()
 
 
 async def guarded(agent: str, body: Awaitable[None], *, exit_delay_s: float | None = None) -> None:
