@@ -34,7 +34,6 @@ from streams.batches import (
     guarded,
     retry_while_redis_down,
     run_batches,
-    watch,
 )
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,8 @@ def register_catalog(app: Any, settings: Settings) -> None:
         processor = CatalogProcessor(store, to_dlq)
         try:
             await run_batches(stream, processor.process, batch_max=min(settings.batch_max, BATCH_MAX),
-                              within_s=settings.batch_within_s, progress=watch("catalog"))
+                              within_s=settings.batch_within_s, agent="catalog",
+                              exit_delay_s=settings.crash_exit_delay_s)
         finally:
             await store.close()
 
