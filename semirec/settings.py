@@ -9,11 +9,39 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+REPO_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "triton_models"
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
+
+
+def _check_redis_url(url: str) -> None:
+    from semirec.faults import redact
+
+    shown = redact(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError as exc:
+        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: the scheme must be redis://, rediss:// "
+                            "(TLS) or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: no host")
+
+
+def _check_kafka(servers: str) -> None:
+    for server in servers.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"SEMIREC_KAFKA={servers!r}: expected host:port[,host:port...], "
+                                f"got {server.strip()!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +110,22 @@ class Settings:
     heartbeat_interval_s: float = 3.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # Triton model repository (the ranker's versions and aliases); "" = the repo's triton_models/
+    model_repository: str = ""
+    model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
+    triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
+    # An agent whose batch has been in flight this long reports not ready (/readyz).
+    batch_stuck_s: float = 60.0
+    # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).
+    crash_exit_delay_s: float = 15.0
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
+    # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
+    recall_candidates: int = 500  # candidates recalled (and ranked) per recommendation
+    rank_timeout_ms: int = 100  # time budget of one Triton call before falling back
+    popularity_window_hours: int = 24  # event-time window of the popularity source
+    rec_concurrency: int = 16  # recommendations ranked at once by one agent (Triton batches them)
+    publish_candidates: int = 0  # 1 = recommendations carry every candidate id (diagnostics)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,7 +176,13 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def model_repository_path(self) -> Path:
+        return Path(self.model_repository) if self.model_repository else REPO_MODEL_REPOSITORY
+
     def validate(self) -> None:
+        _check_redis_url(self.redis_url)
+        _check_kafka(self.kafka)
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:
@@ -148,6 +196,16 @@ class Settings:
         if self.encoder_runtime not in ("onnx", "torch"):
             raise SettingsError(
                 f"SEMIREC_ENCODER_RUNTIME must be onnx or torch, got {self.encoder_runtime!r}")
+        if self.model_keep_versions < 2:
+            raise SettingsError("SEMIREC_MODEL_KEEP_VERSIONS must be >= 2 (serving and previous)")
+        if self.triton_model_config not in ("", "tensorrt"):
+            raise SettingsError(
+                f"SEMIREC_TRITON_MODEL_CONFIG must be '' or 'tensorrt', got {self.triton_model_config!r}")
+        if not 1 <= self.recall_candidates <= 10_000:
+            raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
+        if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1:
+            raise SettingsError("SEMIREC_RANK_TIMEOUT_MS, SEMIREC_REC_CONCURRENCY and "
+                                "SEMIREC_POPULARITY_WINDOW_HOURS must be positive")
 
     def kafka_kwargs(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security options for any aiokafka client."""
