@@ -115,7 +115,8 @@ def runtime_setting() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _encoder(path: Path | None, stamp: float, batch_size: int, runtime: str) -> BaseEncoder:
+def _encoder(path: Path | None, stamp: float, batch_size: int, runtime: str,
+             cache: Path) -> BaseEncoder:  # cache: its feature cache and ONNX exports live there
     if runtime == "onnx":
         from encoders.exported import exported_encoder
 
@@ -135,7 +136,7 @@ def get_encoder(checkpoint: Path | str | None = None, batch_size: int = 64,
     if runtime not in RUNTIMES:
         raise ValueError(f"encoder runtime must be one of {RUNTIMES}, got {runtime!r}")
     path = ckpt_io.resolve(checkpoint)
-    return _encoder(path, path.stat().st_mtime if path else 0.0, batch_size, runtime)
+    return _encoder(path, path.stat().st_mtime if path else 0.0, batch_size, runtime, cache_dir())
 
 
 def encode_items(items: Sequence[Item | dict[str, Any]], *, checkpoint: Path | None = None,

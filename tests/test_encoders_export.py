@@ -101,7 +101,7 @@ def test_exported_encoder_is_exported_once_and_matches_torch(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fast = get_encoder(batch_size=16)  # the default runtime
+        fast = get_encoder()  # the default runtime, in this test's cache dir
         reference = ItemEncoder(cache=None)
         assert isinstance(fast, OnnxItemEncoder)
         assert fast.repo == tmp_path / "onnx" / reference.version
