@@ -129,7 +129,7 @@ def get_encoder(checkpoint: Path | str | None = None, batch_size: int = 64,
     """A process-wide encoder per checkpoint (reloaded when the file changes).
 
     ``runtime``: ``"onnx"`` (the exported models under onnxruntime, exported on first use;
-    about 2x faster per core, docs/encoders.md), ``"torch"`` (eager), or ``None`` for
+    1.3-1.4x less CPU per item than eager, docs/encoders.md), ``"torch"`` (eager), or ``None`` for
     ``$SEMIREC_ENCODER_RUNTIME``. Both give the same vectors within 1e-4 and the same version.
     """
     runtime = runtime or runtime_setting()
