@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -56,6 +56,9 @@ class UserState:
         }
 
 
+Observer = Callable[["UserState", Event, int], None]
+
+
 def digest(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
@@ -67,22 +70,33 @@ def apply(
     partition: int = 0,
     seq_len: int = 50,
     dedup_window: int = 64,
+    before_watch: Observer | None = None,
 ) -> int:
     """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
 
     Offsets at or below the partition's last applied offset are replays and are skipped
     (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches and
     event_ids in the recent window change nothing. Returns how many events were applied.
+    ``before_watch(state, event, offset)`` sees every video event that is not a replay or a
+    recent duplicate (complete or not) with the state exactly as it was before that event
+    (point-in-time training samples); it must not change the state.
     """
     applied = 0
     last = state.applied.get(partition, -1)
     recent = set(state.recent)
     for event, offset in events:
-        if offset <= last or not event.appends:
+        if offset <= last:
+            continue
+        if not event.appends:
+            if before_watch is not None and event.domain is Domain.VIDEO \
+                    and digest(event.event_id) not in recent:
+                before_watch(state, event, offset)
             continue
         d = digest(event.event_id)
         if d in recent:
             continue
+        if before_watch is not None and event.domain is Domain.VIDEO:
+            before_watch(state, event, offset)
         seq = state.sequence(event.domain)
         entry = Entry(event.ts_ms, event.item_id)
         if len(seq) >= seq_len and entry <= seq[0]:

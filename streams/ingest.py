@@ -20,6 +20,7 @@ from typing import Any
 
 from semirec.contracts import ContractError, Event, parse_event
 from semirec.metrics import AgentMetrics
+from semirec.samples import TrainingSample, sample_of
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
@@ -41,6 +42,8 @@ class BatchOutcome:
 
 
 AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
+# point-in-time training samples of a write attempt, awaited before the state is written
+BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
 
 
 class IngestProcessor:
@@ -48,8 +51,12 @@ class IngestProcessor:
 
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
                  *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
-                 after_write: AfterWrite | None = None) -> None:
+                 after_write: AfterWrite | None = None,
+                 before_save: BeforeSave | None = None) -> None:
         self.settings = settings
+        # sees every watch's sample before the state that makes it unrecoverable is written
+        # (a crash in between replays the batch and logs the samples again: at least once)
+        self.before_save = before_save
         self.after_write = after_write  # runs after Redis acknowledged, before the batch is acked
         self.store = store
         self.dead_letters = dead_letters
@@ -95,14 +102,19 @@ class IngestProcessor:
 
     async def _write(self, by_user: dict[str, list[tuple[Event, int, int]]], out: BatchOutcome) -> None:
         pending = list(by_user)
+        stamps = {(m.partition, m.offset): m.timestamp for m, _ in out.events} \
+            if self.before_save is not None else None
         while pending:
             with self.metrics.redis("load"):
                 loaded = await self.store.load(pending)
             writes = []
+            samples: list[TrainingSample] = []
             for uid, (token, state) in zip(pending, loaded, strict=True):
-                if applied := self._apply(state, by_user[uid]):
+                if applied := self._apply(state, by_user[uid], samples, stamps):
                     state.version += 1
                     writes.append((uid, token, state, applied))
+            if samples and self.before_save is not None:
+                await self.before_save(samples)
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
@@ -118,15 +130,21 @@ class IngestProcessor:
             out.cas_conflicts += len(lost)
             pending = lost
 
-    def _apply(self, state: UserState, events: list[tuple[Event, int, int]]) -> int:
+    def _apply(self, state: UserState, events: list[tuple[Event, int, int]],
+               samples: list[TrainingSample] | None = None,
+               stamps: dict[tuple[int, int], float] | None = None) -> int:
         applied = 0
         by_partition: dict[int, list[tuple[Event, int]]] = defaultdict(list)
         for event, partition, offset in events:
             by_partition[partition].append((event, offset))
         for partition, pairs in by_partition.items():
             pairs.sort(key=lambda p: p[1])
+            observe = None
+            if stamps is not None and samples is not None:
+                def observe(s: UserState, e: Event, o: int, p: int = partition) -> None:
+                    samples.append(sample_of(s, e, p, o, stamps.get((p, o), 0.0), time.time()))
             applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
-                             dedup_window=self.settings.dedup_window)
+                             dedup_window=self.settings.dedup_window, before_watch=observe)
         return applied
 
 
@@ -154,6 +172,19 @@ def announce_changes(updates: Any, store: SequenceStore, settings: Settings) -> 
     return after_write
 
 
+def publish_samples(topic: Any) -> BeforeSave:
+    """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
+    broker's acks, before ingest writes the state they were taken from."""
+    from semirec.samples import encode_sample
+
+    async def before_save(samples: list[TrainingSample]) -> None:
+        futures = [await topic.send(key=s.user_id.encode(), value=encode_sample(s)) for s in samples]
+        for fut in futures:
+            await fut
+
+    return before_save
+
+
 def register_ingest(app: Any, settings: Settings) -> None:
     """Attach the ingest agent to a faust app built by :func:`streams.app.create_app`."""
     from streams.app import raw_topic
@@ -161,13 +192,16 @@ def register_ingest(app: Any, settings: Settings) -> None:
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
+    samples = raw_topic(app, settings.topics.samples, settings.event_partitions) \
+        if settings.log_samples else None
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
     @app.agent(events, name="ingest")
     async def ingest(stream: Any) -> None:
         store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
         processor = IngestProcessor(settings, store, to_dlq,
-                                    after_write=announce_changes(updates, store, settings))
+                                    after_write=announce_changes(updates, store, settings),
+                                    before_save=publish_samples(samples) if samples else None)
         try:
             await run_batches(stream, processor.process, batch_max=settings.batch_max,
                               within_s=settings.batch_within_s)
