@@ -89,6 +89,8 @@ class Settings:
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
     log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
+    trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
+    trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
     # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)

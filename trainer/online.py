@@ -270,7 +270,9 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     for name, value in tensors.items():
         idx, _, key = name.partition(".")
         state.setdefault(int(idx), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g
+              for g in meta["param_groups"]]  # JSON made the tuple a list
+    return {"state": state, "param_groups": groups}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -338,3 +340,21 @@ def load_state(root: Path, online: OnlineConfig) -> tuple[Learner, dict[int, int
     learner.seen = OrderedDict((e, None) for e in body["seen"])
     learner.rounds = int(body["rounds"])
     return learner, {int(p): int(o) for p, o in body["offsets"].items()}, body
+
+
+def samples_from_events(events: Iterable[Any], seq_len: int = 50) -> list[TrainingSample]:
+    """The samples ingest would log for ``events`` (in this order, one partition): offline
+    replay through the same :func:`semirec.sequences.apply` hook (benchmarks, tests)."""
+    from semirec.samples import sample_of
+    from semirec.sequences import UserState, apply
+
+    states: dict[str, UserState] = {}
+    out: list[TrainingSample] = []
+
+    def log(state: UserState, event: Any, offset: int) -> None:
+        out.append(sample_of(state, event, 0, offset, event.ts, event.ts))
+
+    for offset, event in enumerate(events):
+        state = states.setdefault(event.user_id, UserState())
+        apply(state, [(event, offset)], seq_len=seq_len, before_watch=log)
+    return out
