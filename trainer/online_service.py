@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
 
 from semirec.contracts import ContractError
-from semirec.metrics import FRESHNESS_BUCKETS, LATENCY_BUCKETS, REGISTRY
 from semirec.samples import decode_sample
 from semirec.settings import Settings
 from trainer import checkpoint
@@ -42,32 +40,20 @@ from trainer.online import (
     sample_ids,
     save_state,
 )
+from trainer.online_metrics import (
+    EVAL,
+    FRESHNESS,
+    PROMOTION_SECONDS,
+    REJECTIONS,
+    ROUND_SECONDS,
+    ROUNDS,
+    SAMPLES,
+    SAMPLES_BAD,
+    SERVING,
+    TRAINED,
+)
 
 log = logging.getLogger(__name__)
-
-SAMPLES = Counter("semirec_trainer_samples", "Training samples consumed (new event ids).",
-                  registry=REGISTRY)
-SAMPLES_BAD = Counter("semirec_trainer_samples_malformed", "Samples that broke the contract.",
-                      registry=REGISTRY)
-TRAINED = Counter("semirec_trainer_samples_trained", "New samples trained into a candidate.",
-                  registry=REGISTRY)
-ROUNDS = Counter("semirec_trainer_rounds", "Candidate rounds by outcome.", ["result"],
-                 registry=REGISTRY)
-REJECTIONS = Counter("semirec_trainer_rejections", "Rejected candidates by reason.", ["reason"],
-                     registry=REGISTRY)
-EVAL = Gauge("semirec_trainer_last_eval", "Last held-out evaluation.", ["model", "metric"],
-             registry=REGISTRY)
-SERVING = Gauge("semirec_trainer_serving_version", "Ranker version the trainer last promoted.",
-                registry=REGISTRY)
-FRESHNESS = Histogram("semirec_trainer_model_freshness_seconds",
-                      "Kafka timestamp of a watch to a served model trained on it.",
-                      buckets=FRESHNESS_BUCKETS, registry=REGISTRY)
-ROUND_SECONDS = Histogram("semirec_trainer_round_seconds", "Fine-tune + evaluation of a round.",
-                          buckets=LATENCY_BUCKETS, registry=REGISTRY)
-PROMOTION_SECONDS = Histogram("semirec_trainer_promotion_seconds",
-                              "Triton load of a new version until it answers.",
-                              buckets=LATENCY_BUCKETS, registry=REGISTRY)
-
 
 class TrainerError(RuntimeError):
     """The trainer cannot start (no model to start from, no topic)."""
@@ -172,7 +158,9 @@ class OnlineTrainer:
         last_round = time.monotonic()
         done = 0
         while not stop.is_set() and (max_rounds is None or done < max_rounds):
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=5000)
+            # at most one round's worth per fetch: a round trains at most round_samples new ones
+            room = max(1, self.online.round_samples - len(self.learner.pending))
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=room)
             new = []
             for tp, messages in batch.items():
                 for m in messages:
@@ -221,6 +209,7 @@ class OnlineTrainer:
             log.info("candidate rejected: %s", "; ".join(verdict.reasons))
         await self._checkpoint()
         if version is not None:
+            began = time.time()
             try:
                 timings = await asyncio.to_thread(self.repo.promote, version)
             except ModelRepositoryError as exc:
@@ -229,8 +218,9 @@ class OnlineTrainer:
                 record["reasons"].append(f"promotion_failed {exc}")
             else:
                 PROMOTION_SECONDS.observe(timings["load_s"] + timings["first_answer_s"])
-                record.update(version=version, promote=timings)
-                record["freshness"] = self._observe_freshness(result)
+                record.update(version=version, promote=timings,
+                              promote_window=(began, time.time()))
+                record["freshness"], record["freshness_ages"] = self._observe_freshness(result)
                 TRAINED.inc(len(result.trained))
                 SERVING.set(version)
                 await self._announce(version, result, record)
@@ -278,15 +268,16 @@ class OnlineTrainer:
         topic = self.settings.topics.samples
         await self.consumer.commit({TopicPartition(topic, p): o for p, o in self.offsets.items()})
 
-    def _observe_freshness(self, result: RoundResult) -> dict[str, float]:
+    def _observe_freshness(self, result: RoundResult) -> tuple[dict[str, float], list[float]]:
+        """Age of each newly trained sample now that a model trained on it answers."""
         now = time.time()
-        ages = np.asarray([now - s.appended_at for s in result.trained if s.appended_at > 0])
+        ages = [now - s.appended_at for s in result.trained if s.appended_at > 0]
         for age in ages:
             FRESHNESS.observe(age)
-        if not len(ages):
-            return {}
+        if not ages:
+            return {}, []
         return {"p50_s": float(np.percentile(ages, 50)), "p95_s": float(np.percentile(ages, 95)),
-                "max_s": float(ages.max())}
+                "max_s": float(max(ages))}, ages
 
     async def _announce(self, version: int, result: RoundResult, record: dict[str, Any]) -> None:
         trained = result.trained
