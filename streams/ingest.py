@@ -8,6 +8,9 @@ A crash between the Redis write and the commit replays the batch, and the per-pa
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
 error stops the worker without acking the batch (:func:`streams.batches.guarded`).
+With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
+user's state just before it) is published to ``samples`` and acknowledged before the state write
+(docs/online-training.md).
 """
 
 from __future__ import annotations
