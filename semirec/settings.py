@@ -114,6 +114,9 @@ class Settings:
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
+    log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
+    trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
+    trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
     # An agent whose batch has been in flight this long reports not ready (/readyz).
     batch_stuck_s: float = 60.0
     # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).
