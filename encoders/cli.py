@@ -131,8 +131,9 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
                     result = encoder.encode_lenient([item for _, item in chunk])
                     bad.extend((chunk[i][0], exc) for i, exc in result.errors.items())
                     stored += await store.put_many(
-                        ItemVector(chunk[i][1].item_id, chunk[i][1].domain, vec, encoder.version)
-                        for i, vec in zip(result.ok, result.vectors, strict=True))
+                        (ItemVector(chunk[i][1].item_id, chunk[i][1].domain, vec, encoder.version)
+                         for i, vec in zip(result.ok, result.vectors, strict=True)),
+                        {chunk[i][1].item_id: chunk[i][1].title for i in result.ok})
                     progress.update(task, advance=len(chunk),
                                     status=f"stored {stored} rejected {len(bad)}")
         finally:

@@ -11,7 +11,7 @@ import click
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("semirec.demo:demo", "End to end on the embedded stack: world -> Kafka -> worker -> Redis."),
     "stack": ("semirec.stack_cli:stack", "Run the embedded broker, Redis and Triton."),
-    "worker": ("streams.worker_cli:worker", "Run the ingest agent (faust worker)."),
+    "worker": ("streams.worker_cli:worker", "Run stream agents: ingest, catalog, recommend."),
     "produce": ("semirec.produce_cli:produce", "Publish JSON-lines events to the events topic."),
     "user": ("semirec.user_cli:user", "Show a user's video and product sequences."),
     "items": ("encoders.cli:items", "Encode catalog items (JSON lines) into vectors in Redis."),
@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
     "evaluate": ("trainer.cli:evaluate", "Train and evaluate SEMI, CCL and the baselines offline."),
     "train": ("trainer.cli:train", "Train one ranker; save a checkpoint (and ONNX)."),
+    "recommend": ("serving.cli:recommend", "Ask for a user's recommendations and print them."),
+    "recommendations": ("serving.cli:recommendations", "Watch the recommendations topic."),
 }
 
 

@@ -6,7 +6,10 @@ Cluster hash tag) holding a small packed record::
     <B format=1> <B domain: 0 video, 1 product> <H dim> <q updated_ms> <B len> <version utf-8>
     <dim x float32 little-endian>
 
-Per domain, a set ``semirec:items:<domain>`` lists the item ids (candidate enumeration).
+Per domain, a set ``semirec:items:<domain>`` lists the item ids (candidate enumeration); the
+sorted set ``semirec:items:changes`` scores every item id by its last write (ms), so readers that
+keep the catalog in memory (serving's index) follow upserts by asking only for what changed; the
+hash ``semirec:items:titles`` holds titles for people (CLI, demo).
 :meth:`ItemStore.get_many` fetches any batch of ids in one pipelined round trip and returns a
 ``[N, dim]`` float32 matrix plus a found-mask; :func:`decode_many` does the same for callers
 that run their own (sync) pipeline.
@@ -26,6 +29,8 @@ from semirec.contracts import Domain
 
 ITEM_PREFIX = "semirec:item:"
 DOMAIN_SET_PREFIX = "semirec:items:"
+CHANGES_KEY = "semirec:items:changes"
+TITLES_KEY = "semirec:items:titles"
 FORMAT = 1
 _HEAD = struct.Struct("<BBHqB")  # format, domain, dim, updated_ms, version length
 _DOMAIN_CODE = {Domain.VIDEO: 0, Domain.PRODUCT: 1}
@@ -107,22 +112,37 @@ class ItemStore:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def put_many(self, records: Iterable[ItemVector]) -> int:
-        """Upsert vectors (an item that changed domain leaves its old domain's set)."""
+    async def put_many(self, records: Iterable[ItemVector], titles: dict[str, str] | None = None) -> int:
+        """Upsert vectors (an item that changed domain leaves its old domain's set) and,
+        optionally, titles."""
         now = int(time.time() * 1000)
         count = 0
         async with self.client.pipeline(transaction=False) as pipe:
             for rec in records:
                 pipe.set(item_key(rec.item_id), pack(rec.domain, rec.vector, rec.version,
                                                      rec.updated_ms or now))
+                pipe.zadd(CHANGES_KEY, {rec.item_id: now})
                 pipe.sadd(domain_set(rec.domain), rec.item_id)
                 for other in Domain:
                     if other is not rec.domain:
                         pipe.srem(domain_set(other), rec.item_id)
                 count += 1
-            if count:
+            if titles:
+                pipe.hset(TITLES_KEY, mapping=titles)
+            if count or titles:
                 await pipe.execute()
         return count
+
+    async def changed_since(self, since_ms: int) -> list[tuple[str, int]]:
+        """``(item_id, written_ms)`` of items written at or after ``since_ms``, oldest first."""
+        rows = await self.client.zrangebyscore(CHANGES_KEY, since_ms, "+inf", withscores=True)
+        return [(m.decode(), int(score)) for m, score in rows]
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        if not item_ids:
+            return {}
+        got = await self.client.hmget(TITLES_KEY, list(item_ids))
+        return {i: t.decode() for i, t in zip(item_ids, got, strict=True) if t is not None}
 
     async def get_many(self, item_ids: Sequence[str], dim: int = 128) -> ItemVectors:
         if not item_ids:

@@ -42,4 +42,14 @@ async def ensure_topics(settings: Settings, partitions: dict[str, int]) -> list[
 def ingest_topics(settings: Settings) -> dict[str, int]:
     """Topics the ingest path needs, with their partition counts."""
     return {settings.topics.events: settings.event_partitions,
-            settings.topics.events_dlq: settings.event_partitions}
+            settings.topics.events_dlq: settings.event_partitions,
+            settings.topics.user_updates: settings.event_partitions}
+
+
+def serving_topics(settings: Settings) -> dict[str, int]:
+    """Topics the recommendation agent reads and writes."""
+    t = settings.topics
+    return {t.user_updates: settings.event_partitions,
+            t.recommendation_requests: settings.event_partitions,
+            t.recommendations: settings.event_partitions,
+            t.events_dlq: settings.event_partitions}

@@ -83,6 +83,12 @@ class Settings:
     commit_interval_s: float = 1.0
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
+    # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
+    recall_candidates: int = 500  # candidates recalled (and ranked) per recommendation
+    rank_timeout_ms: int = 100  # time budget of one Triton call before falling back
+    popularity_window_hours: int = 24  # event-time window of the popularity source
+    rec_concurrency: int = 16  # recommendations ranked at once by one agent (Triton batches them)
+    publish_candidates: int = 0  # 1 = recommendations carry every candidate id (diagnostics)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +150,11 @@ class Settings:
             raise SettingsError(f"SEMIREC_DEDUP_WINDOW must be 0..65535, got {self.dedup_window}")
         if self.event_partitions < 1:
             raise SettingsError("SEMIREC_EVENT_PARTITIONS must be >= 1")
+        if not 1 <= self.recall_candidates <= 10_000:
+            raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
+        if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1:
+            raise SettingsError("SEMIREC_RANK_TIMEOUT_MS, SEMIREC_REC_CONCURRENCY and "
+                                "SEMIREC_POPULARITY_WINDOW_HOURS must be positive")
 
     def kafka_kwargs(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security options for any aiokafka client."""

@@ -101,16 +101,16 @@ class CatalogProcessor:
             for _, exc in bad:
                 out.rejected[str(exc.reason)] += 1
         if records:
-            await self._write(records)
+            await self._write(records, {pairs[i][1].item_id: pairs[i][1].title for i in result.ok})
             out.stored = len(records)
         self._observe(out, [msg.timestamp for msg, _ in latest.values() if msg.timestamp > 0],
                       time.perf_counter() - started)
         return out
 
-    async def _write(self, records: list[ItemVector]) -> None:
+    async def _write(self, records: list[ItemVector], titles: dict[str, str]) -> None:
         async def put() -> None:
             with self.metrics.redis("put"):
-                await self.store.put_many(records)
+                await self.store.put_many(records, titles)
 
         await retry_while_redis_down(put, max_delay_s=self.retry_max_s)
 

@@ -36,8 +36,8 @@ class BatchOutcome:
     cas_conflicts: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     events: list[tuple[Message, Event]] = field(default_factory=list)  # the valid ones
-    # user_id -> (event_id, broker timestamp s) of the newest event of a user whose state was written
-    changed: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # user_id -> the newest (message, event) of each user whose state was written in this batch
+    changed: dict[str, tuple[Message, Event] | None] = field(default_factory=dict)
 
 
 AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
@@ -76,7 +76,7 @@ class IngestProcessor:
         await retry_while_redis_down(self._write, by_user, out, max_delay_s=self.retry_max_s)
         for msg, event in out.events:  # the last message of each changed user, in batch order
             if event.user_id in out.changed:
-                out.changed[event.user_id] = (event.event_id, msg.timestamp)
+                out.changed[event.user_id] = (msg, event)
         if self.after_write is not None and out.changed:
             await self.after_write(out)
         self._observe(out, time.perf_counter() - started)
@@ -112,7 +112,7 @@ class IngestProcessor:
                 if ok:
                     out.users_written += 1
                     out.applied_events += applied
-                    out.changed[uid] = ("", 0.0)
+                    out.changed[uid] = None
                 else:
                     lost.append(uid)
             out.cas_conflicts += len(lost)
@@ -130,18 +130,44 @@ class IngestProcessor:
         return applied
 
 
+def announce_changes(updates: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
+    """After a batch's state is written: count complete watches into the popularity window and
+    publish one ``user-updates`` notice per changed user (awaiting the broker's acks), so the
+    recommendation agent never ranks on state older than the event that triggered it."""
+    from semirec.recommendations import UserUpdate, encode
+    from serving.popularity import count_watches
+
+    async def after_write(out: BatchOutcome) -> None:
+        await retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
+                                     settings.time_bucket_s)
+        now = time.time()
+        futures = []
+        for uid, newest in out.changed.items():
+            if newest is None:
+                continue
+            msg, event = newest
+            notice = UserUpdate(uid, event.event_id, event.ts, msg.timestamp, now)
+            futures.append(await updates.send(key=uid.encode(), value=encode(notice)))
+        for fut in futures:
+            await fut
+
+    return after_write
+
+
 def register_ingest(app: Any, settings: Settings) -> None:
     """Attach the ingest agent to a faust app built by :func:`streams.app.create_app`."""
     from streams.app import raw_topic
     from streams.dlq import dead_letter_sink
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
+    updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
     @app.agent(events, name="ingest")
     async def ingest(stream: Any) -> None:
         store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
-        processor = IngestProcessor(settings, store, to_dlq)
+        processor = IngestProcessor(settings, store, to_dlq,
+                                    after_write=announce_changes(updates, store, settings))
         try:
             await run_batches(stream, processor.process, batch_max=settings.batch_max,
                               within_s=settings.batch_within_s)

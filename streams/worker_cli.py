@@ -15,6 +15,7 @@ from semirec.settings import Settings
 AGENTS: dict[str, tuple[str, str]] = {
     "ingest": ("streams.ingest:register_ingest", "semirec.kafka:ingest_topics"),
     "catalog": ("streams.catalog:register_catalog", "streams.catalog:catalog_topics"),
+    "recommend": ("streams.recommend:register_recommend", "semirec.kafka:serving_topics"),
 }
 
 

@@ -1,0 +1,122 @@
+"""CatalogIndex - every item vector in memory, with an exact faiss index over the videos.
+
+Loaded from :class:`semirec.item_store.ItemStore` and kept current by :meth:`refresh`, which asks
+Redis only for the items written since the last call (the store's ``changes`` sorted set), so a
+catalog upsert is recallable within one refresh interval (1 s by default). Searches are exact
+inner products over L2-normalised vectors (cosine similarity, ``faiss.IndexFlatIP``); the raw
+vectors are kept for the ranker, which scales them itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+
+from semirec.contracts import Domain
+from semirec.item_store import ItemStore
+
+log = logging.getLogger(__name__)
+OVERLAP_MS = 2000  # re-read this much before the last change seen (writers' clocks differ)
+
+
+class CatalogIndex:
+    """In-memory vectors of both domains; ``search`` over videos only."""
+
+    def __init__(self, dim: int = 128) -> None:
+        self.dim = dim
+        self._row: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._vectors = np.zeros((1024, dim), np.float32)
+        self._domain: list[Domain] = []
+        self.added_at: list[float] = []  # when this index first saw each row (unix s)
+        self._videos = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._video_rows: set[int] = set()
+        self._since_ms = 0
+        self.loaded = False
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def video_count(self) -> int:
+        return len(self._video_rows)
+
+    async def refresh(self, store: ItemStore) -> int:
+        """Pull items written since the last refresh; returns how many were (re)indexed."""
+        changed = await store.changed_since(max(0, self._since_ms - OVERLAP_MS))
+        if not changed:
+            self.loaded = True
+            return 0
+        ids = [item_id for item_id, _ in changed]
+        got = await store.get_many(ids, self.dim)
+        rows = np.flatnonzero(got.found)
+        self.upsert([ids[r] for r in rows], got.vectors[rows],
+                    [got.domains[r] for r in rows])  # type: ignore[misc]
+        self._since_ms = max(self._since_ms, changed[-1][1])
+        self.loaded = True
+        return len(rows)
+
+    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, domains: Sequence[Domain]) -> None:
+        now = time.time()
+        fresh_videos: list[int] = []
+        for item_id, vec, domain in zip(item_ids, vectors, domains, strict=True):
+            row = self._row.get(item_id)
+            if row is None:
+                row = len(self._ids)
+                if row == len(self._vectors):
+                    self._vectors = np.concatenate([self._vectors, np.zeros_like(self._vectors)])
+                self._row[item_id] = row
+                self._ids.append(item_id)
+                self._domain.append(domain)
+                self.added_at.append(now)
+            elif row in self._video_rows:  # re-encoded or moved domain: drop the old entry
+                self._videos.remove_ids(np.asarray([row], np.int64))
+                self._video_rows.discard(row)
+            self._vectors[row] = vec
+            self._domain[row] = domain
+            if domain is Domain.VIDEO:
+                fresh_videos.append(row)
+        if fresh_videos:
+            rows = np.asarray(fresh_videos, np.int64)
+            self._videos.add_with_ids(_normalised(self._vectors[rows]), rows)
+            self._video_rows.update(fresh_videos)
+
+    def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``([N, dim] raw vectors, [N] found mask)``; unknown ids give zero rows."""
+        rows = np.asarray([self._row.get(i, -1) for i in item_ids], np.int64)
+        found = rows >= 0
+        out = np.zeros((len(item_ids), self.dim), np.float32)
+        out[found] = self._vectors[rows[found]]
+        return out, found
+
+    def is_video(self, item_id: str) -> bool:
+        row = self._row.get(item_id)
+        return row is not None and row in self._video_rows
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Top-``k`` videos by cosine similarity, per query row (exact)."""
+        if not self._video_rows or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        k = min(k, len(self._video_rows))
+        scores, rows = self._videos.search(_normalised(np.asarray(queries, np.float32)), k)
+        return [[(self._ids[r], float(s)) for r, s in zip(rr, ss, strict=True) if r >= 0]
+                for rr, ss in zip(rows, scores, strict=True)]
+
+    def newest_videos(self, n: int) -> list[str]:
+        """The ``n`` videos this index saw first most recently, newest first."""
+        rows = sorted(self._video_rows, key=self.added_at.__getitem__, reverse=True)[:n]
+        return [self._ids[r] for r in rows]
+
+    def similarity(self, query: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of ``query`` [dim] to each item (0 for unknown items)."""
+        vecs, _ = self.vectors(item_ids)
+        return _normalised(vecs) @ _normalised(query[None])[0]
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
