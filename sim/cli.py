@@ -49,13 +49,16 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
               help="Live sessions the audience opens per second.")
 @click.option("--new-videos", default=30, show_default=True, type=click.IntRange(0, 1000),
               help="Videos held out of the history and published mid-run.")
+@click.option("--size", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]),
+              help="World preset for the catalog and history length (tiny: tests).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (default: under the demo cache, printed at the end).")
 @click.option("--no-train", is_flag=True, help="Skip the ranker (recommendations use the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object last on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the stack and agents running until Ctrl-C.")
-def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_videos: int, seed: int,
+def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_videos: int, size: str,
+         seed: int,
          report_dir: Path | None, no_train: bool, as_json: bool, keep: bool) -> None:
     """The whole system live: stack, world, encoders, SEMI on Triton, agents, trainer, and a
     simulated audience whose online completion is measured exactly against the world's truth.
@@ -70,7 +73,7 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
 
     console = Console(stderr=True)
     opts = DemoOptions(users=users, minutes=minutes, seed=seed, rate=rate,
-                       sessions_per_s=sessions_per_s, new_videos=new_videos, train=not no_train,
+                       sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,
                        report_dir=report_dir, keep=keep)
     run = Demo(opts, console)
     try:

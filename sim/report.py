@@ -59,6 +59,7 @@ def summarize(result: Any, quality: QualityLog, audience: Any, state: Any, *, mi
         "model_versions": dict(result.model_versions),
         "unscored": dict(result.unscored),
         "audience": audience.stats(),
+        "live_started_at": result.live_started,
         "interest_shift_at": result.shift_wall,
         "new_videos_at": result.new_videos_wall,
         "missing_parts": missing,
@@ -72,6 +73,9 @@ def summarize(result: Any, quality: QualityLog, audience: Any, state: Any, *, mi
 
 
 def _marks(ax: Any, summary: dict[str, Any], t0: float) -> None:
+    if summary.get("live_started_at"):
+        ax.axvline(summary["live_started_at"] - t0, color="tab:gray", ls="-.", lw=1,
+                   label="history ends, audience starts")
     for i, p in enumerate(summary.get("promotion_log") or []):
         ax.axvline(p["at"] - t0, color="tab:red", ls="--", lw=1,
                    label="promotion" if i == 0 else None)
@@ -126,14 +130,14 @@ def write_plots(out: Path, summary: dict[str, Any], result: Any, quality: Qualit
     ax.legend(loc="upper right", fontsize=8)
     save(fig, "freshness")
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     series = quality.series(t0, 5.0)
     for policy in POLICIES:
         ax.plot(series["t"], series[policy], label=policy, lw=2 if policy == "semirec" else 1)
     _marks(ax, summary, t0)
     ax.set(xlabel="seconds since the stream started", ylabel="mean true P(complete) of top-k",
            title="Online completion per policy (5 s bins)")
-    ax.legend(loc="lower right", fontsize=8, ncol=3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=4)
     save(fig, "completion")
     return files
 
