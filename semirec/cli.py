@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
     "evaluate": ("trainer.cli:evaluate", "Train and evaluate SEMI, CCL and the baselines offline."),
     "train": ("trainer.cli:train", "Train one ranker; save a checkpoint (and ONNX)."),
+    "model": ("trainer.model_cli:model", "Ranker versions on Triton: export, list, promote, rollback."),
     "recommend": ("serving.cli:recommend", "Ask for a user's recommendations and print them."),
     "recommendations": ("serving.cli:recommendations", "Watch the recommendations topic."),
 }

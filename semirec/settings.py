@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
+
+REPO_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "triton_models"
 
 
 class SettingsError(ValueError):
@@ -81,6 +84,10 @@ class Settings:
     heartbeat_interval_s: float = 3.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # Triton model repository (the ranker's versions and aliases); "" = the repo's triton_models/
+    model_repository: str = ""
+    model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
+    triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
     # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
@@ -139,6 +146,10 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def model_repository_path(self) -> Path:
+        return Path(self.model_repository) if self.model_repository else REPO_MODEL_REPOSITORY
+
     def validate(self) -> None:
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
@@ -150,6 +161,11 @@ class Settings:
             raise SettingsError(f"SEMIREC_DEDUP_WINDOW must be 0..65535, got {self.dedup_window}")
         if self.event_partitions < 1:
             raise SettingsError("SEMIREC_EVENT_PARTITIONS must be >= 1")
+        if self.model_keep_versions < 2:
+            raise SettingsError("SEMIREC_MODEL_KEEP_VERSIONS must be >= 2 (serving and previous)")
+        if self.triton_model_config not in ("", "tensorrt"):
+            raise SettingsError(
+                f"SEMIREC_TRITON_MODEL_CONFIG must be '' or 'tensorrt', got {self.triton_model_config!r}")
         if not 1 <= self.recall_candidates <= 10_000:
             raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
         if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1:

@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,6 +169,7 @@ class EmbeddedStack:
         self.timeout = startup_timeout
         self.redis_appendonly = redis_appendonly
         self.procs: dict[str, subprocess.Popen] = {}
+        self._argv: dict[str, tuple[list[str], dict[str, str] | None, Callable[[], bool]]] = {}
         self.addresses = StackAddresses()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -210,6 +211,21 @@ class EmbeddedStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def pause(self, name: str) -> None:
+        """Stop one component (fault tests); :meth:`resume` starts it again on the same port."""
+        proc = self.procs[name]
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def resume(self, name: str) -> None:
+        argv, env, ready = self._argv[name]
+        log = self._spawn(name, argv, env)
+        _wait(name, ready, self.procs[name], log, self.timeout)
+
     def dead(self) -> list[str]:
         """Names of components whose process has exited."""
         return [name for name, p in self.procs.items() if p.poll() is not None]
@@ -236,6 +252,7 @@ class EmbeddedStack:
         argv = [str(tansu_binary()), "broker", "--listener-url", url,
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         log = self._spawn("kafka", argv, env)
+        self._argv["kafka"] = (argv, env, lambda: _port_open(port))
         _wait("Tansu broker", lambda: _port_open(port), self.procs["kafka"], log, self.timeout)
         return f"127.0.0.1:{port}"
 
@@ -253,6 +270,7 @@ class EmbeddedStack:
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
 
+        self._argv["redis"] = (argv, None, ping)
         _wait("redis-server", ping, self.procs["redis"], log, self.timeout)
         return f"redis://127.0.0.1:{port}/0"
 
@@ -302,8 +320,12 @@ class EmbeddedStack:
             "--log-verbose=0",
         ]
         log = self._spawn("triton", argv, env)
-        _wait("tritonserver", lambda: _http_ok(f"http://127.0.0.1:{http}/v2/health/ready"),
-              self.procs["triton"], log, self.timeout)
+
+        def ready() -> bool:
+            return _http_ok(f"http://127.0.0.1:{http}/v2/health/ready")
+
+        self._argv["triton"] = (argv, env, ready)
+        _wait("tritonserver", ready, self.procs["triton"], log, self.timeout)
         return {
             "triton_grpc": f"127.0.0.1:{grpc}",
             "triton_http": f"127.0.0.1:{http}",

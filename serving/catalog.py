@@ -99,7 +99,7 @@ class CatalogIndex:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Top-``k`` videos by cosine similarity, per query row (exact)."""
-        if not self._video_rows or len(queries) == 0:
+        if not self._video_rows or len(queries) == 0 or k <= 0:
             return [[] for _ in range(len(queries))]
         k = min(k, len(self._video_rows))
         scores, rows = self._videos.search(_normalised(np.asarray(queries, np.float32)), k)

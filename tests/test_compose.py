@@ -85,6 +85,8 @@ def metrics_in(expr: str) -> set[str]:
 
 
 def known_metrics() -> set[str]:
+    import serving.metrics  # noqa: F401  (registers the recommendation metrics)
+
     return metric_names() | set(LAG_METRICS) | {"up"}
 
 

@@ -7,6 +7,12 @@ Lv, Lp and C are dynamic. The user side runs once per call, whatever C is.
 A sequence with no entries is passed as one padded slot with mask False. Inputs a model does
 not read (the product sequence of a video-only model) are absent from its graph; :func:`run_onnx`
 feeds only the inputs a session declares.
+
+The batched graph (:func:`export_batched_onnx`, served by Triton as model ``ranker``) has the same
+input names with a leading batch axis B: ``video`` [B, Lv, d], ... , ``candidates`` [B, C, d] ->
+``score`` [B, C]. It declares every name in :data:`INPUTS` whatever the model reads (an unread
+input is fed through as ``+ 0 * x[..., first element]``), so Triton's config and a TensorRT engine
+have one tensor contract for all models.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ OUTPUT = "score"
 OPSET = 17
 
 
+def user_batch(feeds: dict[str, Tensor]) -> UserBatch:
+    """The user side of a batched request (leading batch axis), by input name."""
+    return UserBatch(*(feeds[k] for k in INPUTS[:6]))
+
+
 class RequestGraph(nn.Module):
     """A ranker wrapped for one request: sequences + candidates -> probabilities."""
 
@@ -38,6 +49,22 @@ class RequestGraph(nn.Module):
         user = UserBatch(video[None], video_age[None], video_mask[None],
                          product[None], product_age[None], product_mask[None])
         return torch.sigmoid(self.model.score(self.model.encode_user(user), candidates[None])[0])
+
+
+class BatchedRequestGraph(nn.Module):
+    """A ranker for B users at once: inputs in :data:`INPUTS` order with a batch axis -> [B, C]."""
+
+    def __init__(self, model: Ranker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        feeds = dict(zip(INPUTS, inputs, strict=True))
+        probs = torch.sigmoid(self.model.score(self.model.encode_user(user_batch(feeds)),
+                                               feeds["candidates"]))
+        # every input stays in the graph (the exporter drops unread ones): + 0 * one element
+        touch = sum(x.reshape(x.shape[0], -1)[:, :1].to(probs.dtype) for x in inputs)
+        return probs + 0.0 * touch
 
 
 def example_request(
@@ -77,6 +104,40 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     return path
 
 
+def example_batch(
+    users: int = 4, dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Random batched inputs: user ``i`` has a different number of real entries per domain
+    (left-padded, newest last; user 0 has no products)."""
+    rows = [example_request(dim, video, product, candidates, seed + i,
+                            video_real=(i * 7) % (video + 1),
+                            product_real=0 if i == 0 else (i * 11) % (product + 1))
+            for i in range(users)]
+    return {k: np.stack([r[k] for r in rows]) for k in INPUTS}
+
+
+def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
+    """Write the batched request graph of ``model`` (eval mode) to ``path`` (via ``.tmp``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = BatchedRequestGraph(model).eval()
+    example = tuple(torch.from_numpy(a) for a in example_batch(3, dim, 7, 9, 5).values())
+    axes: dict[str, dict[int, str]] = {}
+    for name in INPUTS:
+        axes[name] = {0: "batch", 1: "candidates" if name.startswith("candidate")
+                      else f"{name.split('_')[0]}_len"}
+    axes[OUTPUT] = {0: "batch", 1: "candidates"}
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer notes
+        torch.onnx.export(graph, example, str(tmp), input_names=list(INPUTS),
+                          output_names=[OUTPUT], dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False)
+    tmp.replace(path)
+    return path
+
+
 def onnx_session(path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 
@@ -95,3 +156,10 @@ def run_onnx(session, request: dict[str, np.ndarray]) -> np.ndarray:
 def torch_scores(model: Ranker, request: dict[str, np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         return RequestGraph(model).eval()(*(torch.from_numpy(request[k]) for k in INPUTS)).numpy()
+
+
+def torch_batch_scores(model: Ranker, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """[B, C] probabilities of the batched graph, in process."""
+    with torch.inference_mode():
+        graph = BatchedRequestGraph(model).eval()
+        return graph(*(torch.from_numpy(batch[k]) for k in INPUTS)).numpy()

@@ -1,0 +1,72 @@
+"""Test helpers for serving: toy catalog in Redis, a reader of the recommendations topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from semirec.contracts import Domain, Event, encode_event
+from semirec.item_store import ItemStore, ItemVector
+from semirec.recommendations import Recommendation, parse_recommendation
+from semirec.settings import Settings
+from trainer.toy import ToyWorld
+
+CATS = 4
+
+
+def category(item_id: str) -> int:
+    """toy_world: item ``<d><i>`` has category ``i % categories``."""
+    return int(item_id[1:]) % CATS
+
+
+async def put_catalog(redis_url: str, world: ToyWorld) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await ItemStore(client).put_many(
+            (ItemVector(it["item_id"], Domain(it["domain"]), vec, "toy")
+             for it, vec in zip(world.items, world.vectors, strict=True)),
+            {it["item_id"]: it["title"] for it in world.items})
+    finally:
+        await client.aclose()
+
+
+def clicks(user: str, products: list[str], t0: float, tag: str) -> list[tuple[bytes, bytes]]:
+    return [(user.encode(), encode_event(Event(f"{tag}-{user}-{i}", user, p, Domain.PRODUCT,
+                                              "click", t0 + 60 * i)))
+            for i, p in enumerate(products)]
+
+
+class Recommendations:
+    """Everything published on the recommendations topic since the reader started."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.kafka_kwargs(),
+                                         auto_offset_reset="earliest", enable_auto_commit=False)
+        self.seen: list[Recommendation] = []
+
+    async def __aenter__(self) -> Recommendations:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def wait(self, done: Callable[[list[Recommendation]], bool], timeout: float = 60) \
+            -> list[Recommendation]:
+        deadline = time.monotonic() + timeout
+        while not done(self.seen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met after {timeout}s; "
+                                     f"{len(self.seen)} recommendations seen")
+            for records in (await self.consumer.getmany(timeout_ms=200)).values():
+                self.seen.extend(parse_recommendation(r.value) for r in records)
+            await asyncio.sleep(0)
+        return self.seen
+
+    def latest(self, user_id: str) -> Recommendation | None:
+        mine = [r for r in self.seen if r.user_id == user_id]
+        return mine[-1] if mine else None

@@ -1,0 +1,307 @@
+"""The ranker's Triton model repository: batched graph, versions, aliases, promote/rollback,
+and a hot swap under load, against the session's real tritonserver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from tests.conftest import settings_env
+from trainer import checkpoint
+from trainer.configs import BlockConfig, TrainConfig, paper
+from trainer.evaluate import EvalProtocol, prepare, train_model
+from trainer.export import (
+    INPUTS,
+    example_batch,
+    export_batched_onnx,
+    onnx_session,
+    torch_batch_scores,
+    torch_scores,
+)
+from trainer.model_repo import (
+    ENGINE_VARIANT,
+    MODEL,
+    ModelRepository,
+    ModelRepositoryError,
+    PromotionError,
+    file_sha256,
+    render,
+)
+from trainer.registry import build
+from trainer.toy import toy_world
+
+D = 32
+TYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def tiny(name: str):
+    return replace(paper(name), block=BlockConfig(dim=D, heads=4, ffn=D),
+                   train=TrainConfig(batch_size=64, epochs=2, patience=1, seq_len=20))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two small trained SEMI checkpoints (different seeds) and an untrained video-only one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    world = toy_world(users=60, events_per_user=30, dim=D, seed=3)
+    data = prepare("toy", world.items, world.events, world.vectors, None,
+                   EvalProtocol(hr3_negatives=5, hr10_negatives=5, max_rank_cases=20))
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for seed in (0, 1):
+        model, info = train_model("semi", data, tiny("semi"), seed=seed)
+        out[f"semi{seed}"] = checkpoint.save(root / f"semi{seed}", model, tiny("semi"),
+                                             {"metrics": {"auc": info["val_auc"]}})
+    torch.manual_seed(0)
+    out["video"] = checkpoint.save(root / "video", build(tiny("semi_video")).eval(),
+                                   tiny("semi_video"))
+    torch.set_num_threads(threads)
+    return out
+
+
+def infer_inputs(batch: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name in INPUTS:
+        tensor = grpcclient.InferInput(name, list(batch[name].shape), TYPES[str(batch[name].dtype)])
+        tensor.set_data_from_numpy(batch[name])
+        inputs.append(tensor)
+    return inputs
+
+
+# -- without services ---------------------------------------------------------------------------
+
+
+def test_committed_configs_are_the_rendered_ones() -> None:
+    model = DEFAULT_MODEL_REPOSITORY / MODEL
+    assert (model / "config.pbtxt").read_text() == render(128, "python")
+    assert (model / "configs" / f"{ENGINE_VARIANT}.pbtxt").read_text() == render(128, ENGINE_VARIANT)
+    for variant in ("python", ENGINE_VARIANT):
+        cfg = text_format.Parse(render(128, variant), model_config_pb2.ModelConfig())
+        assert cfg.name == MODEL and cfg.max_batch_size > 0
+        assert [t.name for t in cfg.input] == list(INPUTS) and cfg.output[0].name == "score"
+        dims = {t.name: list(t.dims) for t in (*cfg.input, *cfg.output)}
+        assert dims["video"] == [-1, 128] and dims["video_mask"] == [-1] and dims["score"] == [-1]
+        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+
+
+def test_exported_versions_are_ignored_by_git_and_configs_are_not(repo_root: Path) -> None:
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=repo_root,
+                              check=False).returncode == 0
+
+    for path in ("triton_models/ranker/1/model.onnx", "triton_models/ranker/12/meta.json",
+                 "triton_models/ranker/aliases.json", "triton_models/ranker/.tmp-ab12/model.onnx"):
+        assert ignored(path), path
+    for path in ("triton_models/ranker/config.pbtxt", "triton_models/ranker/configs/tensorrt.pbtxt"):
+        assert not ignored(path), path
+
+
+@pytest.mark.parametrize("name", ["semi", "semi_video"])
+def test_batched_graph_declares_every_input_and_matches_torch(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model = build(tiny(name)).eval()
+    session = onnx_session(export_batched_onnx(model, tmp_path / "m.onnx", D))
+    assert [i.name for i in session.get_inputs()] == list(INPUTS)  # video-only still declares all
+    for kw in ({}, {"users": 1, "candidates": 1}, {"users": 5, "video": 1, "product": 3}):
+        batch = example_batch(dim=D, **kw)
+        ref = torch_batch_scores(model, batch)
+        assert np.abs(session.run(["score"], batch)[0] - ref).max() < 1e-5, kw
+        per_user = np.stack([torch_scores(model, {k: v[i] for k, v in batch.items()})
+                             for i in range(len(ref))])
+        np.testing.assert_allclose(per_user, ref, atol=1e-6)  # same scores as one user at a time
+
+
+def test_export_writes_numbered_immutable_versions_and_prunes(tmp_path: Path, checkpoints) -> None:
+    repo = ModelRepository(tmp_path / "models", keep=2)
+    assert repo.versions() == [] and repo.list() == [] and repo.aliases() == {}
+    first = repo.export(checkpoints["semi0"])
+    second = repo.export(checkpoints["video"], metrics={"auc": 0.61})
+    assert (first, second) == (1, 2)
+    info = repo.info(first)
+    assert info.sha256 == file_sha256(checkpoints["semi0"] / "model.safetensors")
+    assert info.model == "semi" and info.dim == D and info.metrics["auc"] > 0.5
+    assert repo.info(second).metrics == {"auc": 0.61} and repo.info(second).model == "semi_video"
+    files = {p.name for p in (repo.dir / "1").iterdir()}
+    assert {"model.onnx", "model.py", "meta.json", "checkpoint", "trtexec_args.txt"} <= files
+    assert [p.name for p in repo.dir.iterdir() if p.name.startswith(".tmp")] == []
+    _, cfg, _ = checkpoint.load(repo.checkpoint_dir(first))
+    assert cfg == tiny("semi")
+    third = repo.export(checkpoints["semi1"])
+    assert repo.versions() == [2, 3]  # keep=2: version 1 pruned, never reused
+    repo.dir.joinpath("3").rename(repo.dir / "3-gone")  # even when the newest disappears
+    assert repo.export(checkpoints["semi1"]) == third + 1
+    override = json.loads(repo.triton_config(third + 1))
+    assert override["version_policy"] == {"specific": {"versions": [str(third + 1)]}}
+    assert override["input"][0]["dims"] == ["-1", str(D)]
+    with pytest.raises(ModelRepositoryError):
+        repo.info(first)
+    with pytest.raises(FileNotFoundError):
+        repo.export(tmp_path)  # not a checkpoint
+
+
+def test_promote_needs_a_triton_address(tmp_path: Path, checkpoints) -> None:
+    repo = ModelRepository(tmp_path / "models")
+    version = repo.export(checkpoints["video"])
+    with pytest.raises(ModelRepositoryError, match="Triton"):
+        repo.promote(version)
+    with pytest.raises(ModelRepositoryError, match="previous"):
+        repo.rollback()
+    assert repo.aliases() == {}
+
+
+# -- against the session's tritonserver ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(stack: EmbeddedStack) -> ModelRepository:
+    return ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
+
+
+def test_triton_scores_equal_the_in_process_model(repo: ModelRepository, checkpoints) -> None:
+    version = repo.export(checkpoints["semi0"])
+    timings = repo.promote(version)
+    assert repo.aliases()["serving"] == version and timings["load_s"] > 0
+    model, _, _ = checkpoint.load(checkpoints["semi0"])
+    client = grpcclient.InferenceServerClient(repo.triton_grpc)
+    batch = example_batch(3, D, 50, 50, 500, seed=11)
+    result = client.infer(MODEL, infer_inputs(batch))
+    assert result.get_response().model_version == str(version)
+    np.testing.assert_allclose(result.as_numpy("score"), torch_batch_scores(model, batch), atol=1e-5)
+    # concurrent single-user requests: the dynamic batcher may merge them into one execution,
+    # each still gets its own user's scores
+    requests = [example_batch(1, D, 50, 50, 500, seed=s) for s in range(12)]
+    answers: dict[int, np.ndarray] = {}
+
+    def send(i: int) -> None:
+        c = grpcclient.InferenceServerClient(repo.triton_grpc)
+        answers[i] = c.infer(MODEL, infer_inputs(requests[i])).as_numpy("score")
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, req in enumerate(requests):
+        np.testing.assert_allclose(answers[i], torch_batch_scores(model, req), atol=1e-5)
+
+
+def test_promote_rollback_and_a_failed_promotion(repo: ModelRepository, checkpoints) -> None:
+    a, b = repo.export(checkpoints["semi0"]), repo.export(checkpoints["semi1"])
+    client = grpcclient.InferenceServerClient(repo.triton_grpc)
+    request = infer_inputs(example_batch(1, D, 5, 5, 10))
+
+    def served() -> str:
+        return client.infer(MODEL, request).get_response().model_version
+
+    repo.promote(a)
+    repo.promote(b)
+    assert repo.aliases() == {"serving": b, "previous": a} and served() == str(b)
+    assert not client.is_model_ready(MODEL, str(a))  # exactly the serving version is loaded
+    assert repo.rollback() == a
+    assert repo.aliases() == {"serving": a, "previous": b} and served() == str(a)
+    broken = repo.export(checkpoints["semi1"])
+    (repo.dir / str(broken) / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(PromotionError):
+        repo.promote(broken)
+    assert repo.aliases() == {"serving": a, "previous": b} and served() == str(a)
+    assert [r.version for r in repo.list() if "serving" in r.aliases] == [a]
+
+
+def test_hot_swap_under_load_fails_no_request(repo: ModelRepository, checkpoints) -> None:
+    """Clients keep sending while two promotions swap versions: no request fails, every answer
+    comes from the old or the new version, and the old one answers until the new one does."""
+    old, new = repo.export(checkpoints["semi0"]), repo.export(checkpoints["semi1"])
+    repo.promote(old)
+    stop = threading.Event()
+    log: list[tuple[float, float, str]] = []  # (sent, latency, version or error)
+    batch = infer_inputs(example_batch(1, D, 50, 50, 500, seed=3))
+
+    def client_loop() -> None:
+        c = grpcclient.InferenceServerClient(repo.triton_grpc)
+        while not stop.is_set():
+            sent = time.perf_counter()
+            try:
+                version = c.infer(MODEL, batch, client_timeout=10.0).get_response().model_version
+            except Exception as exc:  # counted as a failed request
+                version = f"error: {exc}"
+            log.append((sent, time.perf_counter() - sent, version))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    swap_start = time.perf_counter()
+    t1 = repo.promote(new)
+    t2 = repo.rollback()
+    swap_end = time.perf_counter()
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    errors = [v for _, _, v in log if v.startswith("error")]
+    assert errors == [] and len(log) > 50
+    assert {v for _, _, v in log} == {str(old), str(new)} and t2 == old
+    steady = [lat for s, lat, _ in log if s < swap_start]
+    during = [lat for s, lat, _ in log if swap_start <= s <= swap_end]
+    print(f"\nswap: load {t1['load_s']:.2f}s, {len(log)} requests, p99 steady "
+          f"{np.percentile(steady, 99) * 1e3:.1f} ms, during {np.percentile(during, 99) * 1e3:.1f} ms")
+
+
+def test_model_cli_export_promote_list_rollback(stack: EmbeddedStack, settings, checkpoints) -> None:
+    env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(stack.model_repository)}
+
+    def run(*args: str) -> dict | list:
+        out = subprocess.run([sys.executable, "-m", "semirec", "model", *args, "--json"],
+                             capture_output=True, text=True, env=env, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
+    before = repo.export(checkpoints["semi0"])
+    repo.promote(before)
+    exported = run("export", str(checkpoints["video"]), "--promote")
+    assert exported["model"] == "semi_video" and exported["promote"]["load_s"] > 0
+    assert exported["sha256"] == file_sha256(checkpoints["video"] / "model.safetensors")
+    rows = run("list")
+    assert rows[0]["version"] == exported["version"] and rows[0]["aliases"] == ["serving"]
+    back = run("rollback")
+    assert back["serving"] == before and back["previous"] == exported["version"]
+    bad = subprocess.run([sys.executable, "-m", "semirec", "model", "promote", "999999"],
+                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr
+
+
+def test_tensorrt_variant_builds_the_plan_before_the_version_appears(
+        tmp_path: Path, checkpoints, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our export logic around trtexec (a stand-in script here: no TensorRT on CPU machines)."""
+    fake = tmp_path / "trtexec"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) '
+                    'echo "$@" > "${a#--saveEngine=}";; esac; done\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRTEXEC", str(fake))
+    repo = ModelRepository(tmp_path / "models", variant=ENGINE_VARIANT)
+    version = repo.export(checkpoints["video"])
+    plan = (repo.dir / str(version) / "model.plan").read_text()
+    assert "--maxShapes=video:64x255x32" in plan and "/model.onnx" in plan
+    assert json.loads(repo.triton_config(version))["platform"] == "tensorrt_plan"
+    monkeypatch.setenv("TRTEXEC", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ModelRepositoryError, match="trtexec"):
+        repo.export(checkpoints["video"])
+    assert repo.versions() == [version]

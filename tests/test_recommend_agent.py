@@ -1,0 +1,89 @@
+"""The recommendation agent in a real `semirec worker` (ingest + recommend) on the real broker,
+redis-server and tritonserver with no ranker loaded: every answer comes from the fallback."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import Counter
+
+import orjson
+import pytest
+
+from semirec.kafka import ensure_topics, ingest_topics, serving_topics
+from semirec.recommendations import RecommendationRequest
+from serving.cli import ask
+from tests.kafka_utils import consume_all, produce_raw
+from tests.serving_utils import CATS, Recommendations, category, clicks, put_catalog
+from tests.workers import running_worker
+from trainer.toy import toy_world
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def world():
+    return toy_world(users=10, videos=120, products=80, categories=CATS, dim=128, seed=5)
+
+
+def products_of(cat: int, n: int) -> list[str]:
+    return [f"p{i}" for i in range(80) if category(f"p{i}") == cat][:n]
+
+
+async def test_events_trigger_recommendations_that_follow_product_clicks(
+        settings, redis_client, world, tmp_path) -> None:
+    await put_catalog(settings.redis_url, world)
+    await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
+    with running_worker(settings, tmp_path / "worker.log", "--agent", "ingest",
+                        "--agent", "recommend"):
+        async with Recommendations(settings) as recs:
+            await produce_raw(settings, clicks("alice", products_of(1, 5), T0, "a")
+                              + clicks("bob", products_of(3, 5), T0, "b"))
+            seen = await recs.wait(lambda s: {"alice", "bob"} <= {r.user_id for r in s})
+            for user, cat in (("alice", 1), ("bob", 3)):
+                rec = recs.latest(user)
+                assert rec.fallback and rec.model_version == "fallback"
+                assert rec.event_id.startswith(("a-", "b-")) and len(rec.items) == 10
+                assert rec.timings.event_to_publish_ms is not None
+                assert rec.timings.event_to_publish_ms >= rec.timings.total_ms
+                assert Counter(category(i.item_id) for i in rec.items)[cat] >= 8, rec.items
+                assert [i.score for i in rec.items] == sorted((i.score for i in rec.items),
+                                                              reverse=True)
+            # alice turns to category 2: her recommendations follow
+            n_before = len(seen)
+            await produce_raw(settings, clicks("alice", products_of(2, 10), T0 + 3600, "a2"))
+            await recs.wait(lambda s: any(r.user_id == "alice" and r.event_id.startswith("a2-")
+                                          for r in s[n_before:]))
+            rec = [r for r in recs.seen if r.user_id == "alice"][-1]
+            assert Counter(category(i.item_id) for i in rec.items)[2] >= 6, rec.items
+
+
+async def test_requests_are_answered_and_malformed_ones_dead_lettered(
+        settings, redis_client, world, tmp_path) -> None:
+    await put_catalog(settings.redis_url, world)
+    await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
+    bad = [(b"u1", b"{not json"), (b"u1", orjson.dumps({"request_id": "r", "user_id": "u1",
+                                                        "k": 0})),
+           (b"u1", orjson.dumps({"user_id": "u1"})), (b"other", orjson.dumps(
+               {"request_id": "r", "user_id": "u1"})), (b"u1", b"[1, 2]")]
+    with running_worker(settings, tmp_path / "worker.log", "--agent", "recommend"):
+        await produce_raw(settings, bad, topic=settings.topics.recommendation_requests)
+        # a user nobody has seen: popular and fresh videos, not an error
+        answer = await ask(settings, RecommendationRequest(
+            request_id=uuid.uuid4().hex, user_id="newcomer", k=7), timeout_s=60)
+        assert answer.user_id == "newcomer" and len(answer.items) == 7
+        assert {i.source for i in answer.items} <= {"popular", "fresh"}
+        # explicit candidates: unknown ids are skipped and counted
+        given = ["v1", "v2", "v3", "nope", "p1"]
+        answer = await ask(settings, RecommendationRequest(
+            request_id="r-given", user_id="newcomer", k=5, candidates=given), timeout_s=30)
+        assert {i.item_id for i in answer.items} == {"v1", "v2", "v3"}
+        assert answer.skipped_without_vector == 2 and answer.request_id == "r-given"
+        assert {i.source for i in answer.items} == {"request"}
+    letters = [orjson.loads(r.value) for r in await consume_all(settings, settings.topics.events_dlq,
+                                                                len(bad))]
+    assert len(letters) == len(bad)
+    assert Counter(r["reason"] for r in letters) == Counter(
+        ["undecodable", "bad_value", "missing_field", "key_mismatch", "not_an_object"])
+    assert {r["stage"] for r in letters} == {"recommend"}
+    assert {base64.b64decode(r["original_b64"]) for r in letters} == {v for _, v in bad}

@@ -1,0 +1,162 @@
+"""Recall against a real redis-server: the index follows the catalog, sources are tagged,
+product clicks pull videos of their category, new videos are recallable, new users served."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from semirec.contracts import Domain, Event
+from semirec.item_store import ItemStore, ItemVector
+from semirec.sequences import Entry, UserState
+from serving.catalog import CatalogIndex
+from serving.features import rank_request
+from serving.popularity import PopularitySnapshot, count_watches
+from serving.recall import SOURCES, Recall, RecallConfig
+from trainer.samples import build_samples
+from trainer.toy import toy_world
+
+DIM = 128
+CATS = 4
+
+
+@pytest.fixture(scope="module")
+def world():
+    return toy_world(users=20, videos=200, products=80, categories=CATS, dim=DIM, seed=3)
+
+
+def category(item_id: str) -> int:
+    return int(item_id[1:]) % CATS  # toy_world: item i has category i % categories
+
+
+@pytest.fixture
+async def store(stack, redis_client, world):
+    client = aioredis.Redis.from_url(stack.addresses.redis)
+    items = ItemStore(client)
+    await items.put_many(ItemVector(it["item_id"], Domain(it["domain"]), vec, "toy")
+                         for it, vec in zip(world.items, world.vectors, strict=True))
+    yield items
+    await client.aclose()
+
+
+async def loaded(store: ItemStore) -> CatalogIndex:
+    index = CatalogIndex(DIM)
+    await index.refresh(store)
+    return index
+
+
+def user(products: list[str] = (), videos: list[str] = ()) -> UserState:
+    return UserState(video=[Entry(1000 * i, v) for i, v in enumerate(videos)],
+                     product=[Entry(1000 * i, p) for i, p in enumerate(products)])
+
+
+async def test_index_loads_and_follows_upserts(store, world) -> None:
+    index = await loaded(store)
+    assert index.video_count == 200 and len(index) == 280
+    await index.refresh(store)  # re-reads only the last seconds' writes: nothing new
+    assert index.video_count == 200 and len(index) == 280
+    vec = np.random.default_rng(0).normal(size=DIM).astype(np.float32)
+    await store.put_many([ItemVector("vnew", Domain.VIDEO, vec, "toy")])
+    assert await index.refresh(store) >= 1
+    assert index.search(vec[None], 1)[0][0][0] == "vnew"
+    await store.put_many([ItemVector("vnew", Domain.VIDEO, -vec, "toy")])  # re-encoded
+    await index.refresh(store)
+    assert index.search(vec[None], 1)[0][0][0] != "vnew"
+    assert index.video_count == 201
+
+
+async def test_product_clicks_pull_videos_of_their_category(store) -> None:
+    index = await loaded(store)
+    recall = Recall(index, PopularitySnapshot(), RecallConfig(total=60, quotas={
+        "content_video": 20, "content_product": 20, "fresh": 10, "popular": 10}))
+    clicks = [f"p{i}" for i in range(80) if category(f"p{i}") == 2][:8]
+    cands = recall.candidates(user(products=clicks))
+    pulled = [c.item_id for c in cands if c.source == "content_product"]
+    assert len(pulled) >= 20  # its quota, then it fills what popularity (empty here) left
+    assert all(category(v) == 2 for v in pulled[:20])
+    assert {c.source for c in cands} <= set(SOURCES) and len(cands) == 60
+
+
+async def test_watched_videos_are_excluded_and_content_follows_them(store) -> None:
+    index = await loaded(store)
+    recall = Recall(index, PopularitySnapshot(), RecallConfig(total=40, quotas={
+        "content_video": 30, "content_product": 0, "fresh": 5, "popular": 5}))
+    watched = [f"v{i}" for i in range(0, 40, CATS)]  # category 0
+    cands = recall.candidates(user(videos=watched))
+    assert not {c.item_id for c in cands} & set(watched)
+    similar = [c.item_id for c in cands if c.source == "content_video"]
+    assert len(similar) >= 30 and all(category(v) == 0 for v in similar[:30])
+
+
+async def test_new_user_gets_popular_and_fresh_videos(stack, store) -> None:
+    client = aioredis.Redis.from_url(stack.addresses.redis)
+    watches = [Event(f"e{i}", "someone", f"v{i % 5}", Domain.VIDEO, "watch", 3600.0 * 10 + i, True)
+               for i in range(30)]
+    await count_watches(client, watches)
+    pop = PopularitySnapshot(window_hours=24)
+    await pop.refresh(client)
+    await client.aclose()
+    assert pop.ranked[:5] == sorted(pop.ranked[:5], key=lambda v: -pop.counts[v])
+    assert set(pop.ranked) == {f"v{i}" for i in range(5)} and pop.counts["v0"] == 6
+    index = await loaded(store)
+    cands = Recall(index, pop, RecallConfig(total=50, quotas={
+        "content_video": 20, "content_product": 20, "fresh": 10, "popular": 20})).candidates(None)
+    assert len(cands) == 50
+    assert [c.item_id for c in cands if c.source == "popular"][:5] == pop.ranked[:5]
+    assert {c.source for c in cands} <= {"popular", "fresh"}
+
+
+async def test_popularity_window_follows_event_time(stack, redis_client) -> None:
+    client = aioredis.Redis.from_url(stack.addresses.redis)
+    old = [Event(f"o{i}", "u", "vold", Domain.VIDEO, "watch", 3600.0 * 100, True) for i in range(9)]
+    new = [Event(f"n{i}", "u", "vnew", Domain.VIDEO, "watch", 3600.0 * 130, True) for i in range(2)]
+    incomplete = [Event("x", "u", "vx", Domain.VIDEO, "watch", 3600.0 * 130, False)]
+    await count_watches(client, old + new + incomplete)
+    pop = PopularitySnapshot(window_hours=24)
+    await pop.refresh(client)
+    await client.aclose()
+    assert pop.counts == {"vnew": 2} and pop.newest_hour == 130
+
+
+async def test_a_new_video_is_recallable_before_anyone_watched_it(store, world) -> None:
+    index = await loaded(store)
+    pop = PopularitySnapshot()
+    pop.counts = {f"v{i}": 10 for i in range(200)}  # every old video has been watched
+    pop.ranked = list(pop.counts)
+    clicks = [f"p{i}" for i in range(80) if category(f"p{i}") == 1][:6]
+    profile_vec = np.mean([world.vectors[200 + int(p[1:])] for p in clicks], axis=0)
+    await store.put_many([ItemVector("brand-new", Domain.VIDEO, profile_vec, "toy")])
+    await index.refresh(store)
+    cands = Recall(index, pop, RecallConfig(total=30, quotas={
+        "content_video": 0, "content_product": 0, "fresh": 5, "popular": 25})).candidates(
+        user(products=clicks))
+    assert ("brand-new", "fresh") in {(c.item_id, c.source) for c in cands}
+
+
+async def test_request_tensors_equal_the_trainers_point_in_time_samples(store, world) -> None:
+    """What the online ranker is fed = what the trainer's sample builder saw for that watch."""
+    from semirec.sequences import apply
+
+    index = await loaded(store)
+    uid = world.events[0].user_id
+    events = [e for e in world.events if e.user_id == uid]
+    rows = {it["item_id"]: r + 1 for r, it in enumerate(world.items)}
+    samples = build_samples(events, rows, seq_len=8)
+    table = np.vstack([np.zeros((1, DIM), np.float32), world.vectors])
+    state, watches = UserState(), 0
+    for offset, event in enumerate(events):
+        if event.domain is Domain.VIDEO:
+            req = rank_request(state, world.vectors[:3], index, at=event.ts, seq_len=8, pad_to=5)
+            t = req.tensors
+            for domain in ("video", "product"):
+                expect_rows = getattr(samples, domain)[watches]
+                np.testing.assert_array_equal(t[f"{domain}_mask"][0], expect_rows > 0)
+                np.testing.assert_allclose(t[domain][0], table[expect_rows])
+                mask = expect_rows > 0
+                np.testing.assert_array_equal(t[f"{domain}_age"][0][mask],
+                                              getattr(samples, f"{domain}_age")[watches][mask])
+            assert t["candidates"].shape == (1, 5, DIM) and req.n_candidates == 3
+            watches += 1
+        apply(state, [(event, offset)], seq_len=8)
+    assert watches == len(samples) > 5

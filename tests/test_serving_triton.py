@@ -1,0 +1,163 @@
+"""Serving through the real tritonserver: Triton's scores equal the in-process model's, product
+clicks move a user's ranked videos toward their category, the agent publishes model-ranked
+recommendations, and a stopped tritonserver means fallback, then recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+import torch
+
+from semirec.kafka import ensure_topics, ingest_topics, serving_topics
+from semirec.sequences import Entry, UserState
+from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from serving.breaker import CircuitBreaker
+from serving.features import rank_request
+from serving.ranking import OnnxRanker, TritonRanker
+from serving.recommender import Recommender
+from tests.kafka_utils import produce_raw
+from tests.serving_utils import CATS, Recommendations, category, clicks, put_catalog
+from tests.workers import running_worker
+from trainer import checkpoint
+from trainer.configs import BlockConfig, TrainConfig, paper
+from trainer.evaluate import EvalProtocol, prepare, train_model
+from trainer.export import torch_batch_scores
+from trainer.model_repo import ModelRepository
+from trainer.toy import toy_world
+
+D = 128
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def world():
+    return toy_world(users=150, videos=120, products=80, categories=CATS, dim=D,
+                     events_per_user=40, seed=7)
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = replace(paper("semi"), block=BlockConfig(dim=D, heads=4, ffn=D),
+                  train=TrainConfig(batch_size=64, epochs=4, patience=2, seq_len=20))
+    data = prepare("toy", world.items, world.events, world.vectors, None,
+                   EvalProtocol(hr3_negatives=5, hr10_negatives=5, max_rank_cases=20))
+    model, info = train_model("semi", data, cfg, seed=0)
+    torch.set_num_threads(threads)
+    path = checkpoint.save(tmp_path_factory.mktemp("ckpt") / "semi", model, cfg,
+                           {"metrics": {"auc": info["val_auc"]}})
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def served(stack, trained) -> int:
+    """The trained model exported and promoted in the session's tritonserver."""
+    repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
+    version = repo.export(trained[1])
+    repo.promote(version)
+    return version
+
+
+def state_with(products: list[str], videos: list[str] = ()) -> UserState:
+    return UserState(video=[Entry(int(T0 * 1000) - 60_000 * (len(videos) - i), v)
+                            for i, v in enumerate(videos)],
+                     product=[Entry(int(T0 * 1000) - 60_000 * (len(products) - i), p)
+                              for i, p in enumerate(products)])
+
+
+def products_of(cat: int, n: int) -> list[str]:
+    return [f"p{i}" for i in range(80) if category(f"p{i}") == cat][:n]
+
+
+async def recommender(settings, **kw) -> Recommender:
+    rec = Recommender(settings, redis_client=aioredis.Redis.from_url(settings.redis_url), **kw)
+    await rec.refresh()
+    return rec
+
+
+async def test_triton_scores_equal_the_in_process_model(settings, redis_client, world, trained,
+                                                        served, stack) -> None:
+    await put_catalog(settings.redis_url, world)
+    rec = await recommender(settings, ranker=None)
+    state = state_with(products_of(1, 6), ["v3", "v7"])
+    cands = [c.item_id for c in rec.recall.candidates(state)]
+    vecs, _ = rec.catalog.vectors(cands)
+    req = rank_request(state, vecs, rec.catalog, at=T0, seq_len=settings.seq_len, pad_to=500)
+    triton = TritonRanker(stack.addresses.triton_grpc, timeout_s=5)
+    scores, version = await triton.rank(req.tensors)
+    await triton.close()
+    onnx = OnnxRanker(Path(stack.model_repository) / "ranker" / str(served) / "model.onnx")
+    local, _ = await onnx.rank(req.tensors)
+    expected = torch_batch_scores(trained[0], req.tensors)
+    assert version == f"ranker/{served}" and scores.shape == (1, 500)
+    np.testing.assert_allclose(scores, local, atol=1e-5)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    await rec.close()
+
+
+async def test_product_clicks_move_ranked_videos_toward_their_category(
+        settings, redis_client, world, served, stack) -> None:
+    await put_catalog(settings.redis_url, world)
+    rec = await recommender(settings, ranker=TritonRanker(stack.addresses.triton_grpc, timeout_s=5))
+    top = {}
+    for cat in (0, 2):
+        answer = await rec.recommend("u", 10, at=T0, state=state_with(products_of(cat, 10)))
+        assert not answer.fallback and answer.model_version == f"ranker/{served}"
+        top[cat] = Counter(category(i.item_id) for i in answer.items)
+    assert top[0][0] > top[2][0] and top[2][2] > top[0][2], top
+    assert top[0][0] >= 5 and top[2][2] >= 5, top
+    await rec.close()
+
+
+async def test_the_agent_publishes_model_ranked_recommendations(
+        settings, redis_client, world, served, tmp_path) -> None:
+    await put_catalog(settings.redis_url, world)
+    await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
+    with running_worker(settings, tmp_path / "worker.log", "--agent", "ingest", "--agent",
+                        "recommend", SEMIREC_RANK_TIMEOUT_MS="2000"):
+        async with Recommendations(settings) as recs:
+            await produce_raw(settings, clicks("carol", products_of(3, 6), T0, "c"))
+            await recs.wait(lambda s: any(r.user_id == "carol" and not r.fallback for r in s))
+    rec = next(r for r in recs.seen if r.user_id == "carol" and not r.fallback)
+    assert rec.model_version == f"ranker/{served}" and len(rec.items) == 10
+    assert rec.timings.rank_ms > 0 and rec.timings.event_to_publish_ms is not None
+
+
+async def test_tritonserver_stopped_means_fallback_then_recovery(
+        settings, redis_client, world, trained, tmp_path) -> None:
+    """A private tritonserver (the session's keeps serving other tests) is stopped and restarted."""
+    await put_catalog(settings.redis_url, world)
+    repo_dir = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
+                    ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
+    with EmbeddedStack(["triton"], model_repository=repo_dir) as triton_stack:
+        url = triton_stack.addresses.triton_grpc
+        repo = ModelRepository(repo_dir, url)
+        repo.promote(repo.export(trained[1]))
+        rec = await recommender(replace(settings, triton_grpc=url),
+                                ranker=TritonRanker(url, timeout_s=2),
+                                breaker=CircuitBreaker(failures=1, cooldown_s=0.5))
+        state = state_with(products_of(1, 5))
+        assert not (await rec.recommend("u", 5, at=T0, state=state)).fallback
+        triton_stack.pause("triton")
+        down = [await rec.recommend("u", 5, at=T0, state=state) for _ in range(3)]
+        assert all(r.fallback and r.model_version == "fallback" and len(r.items) == 5
+                   for r in down)
+        assert rec.breaker.opened >= 1
+        triton_stack.resume("triton")
+        assert repo.load_serving() is not None  # explicit mode: the operator (or trainer) reloads
+        for _ in range(100):
+            answer = await rec.recommend("u", 5, at=T0, state=state)
+            if not answer.fallback:
+                break
+            await asyncio.sleep(0.1)
+        assert not answer.fallback and answer.model_version.startswith("ranker/")
+        await rec.close()
