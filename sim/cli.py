@@ -43,7 +43,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
               help="Users in the generated world.")
 @click.option("--minutes", default=2.0, show_default=True, type=click.FloatRange(0.1, 600),
               help="Length of the live phase (closed loop) after the history is streamed.")
-@click.option("--rate", default=400.0, show_default=True, type=click.FloatRange(1, 100_000),
+@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(1, 100_000),
               help="History events published per second.")
 @click.option("--sessions-per-s", default=3.0, show_default=True, type=click.FloatRange(0.1, 1000),
               help="Live sessions the audience opens per second.")

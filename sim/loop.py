@@ -2,7 +2,8 @@
 
 Phases:
 
-1. **history**: the world's events are published at a steady rate, their timestamps moved by one
+1. **history**: the world's events are published at a steady rate (paused while the ingest or
+   recommendation agent is more than ``max_behind_s`` seconds of events behind), their timestamps moved by one
    ``offset`` so that the history ends when streaming starts (world time = wall time - offset);
    recommendations triggered by them are scored at the triggering event's world time;
 2. **live**: the audience opens sessions at a steady rate and reacts to its recommendations;
@@ -49,9 +50,10 @@ class LoopConfig:
     sessions_per_s: float = 3.0  # live sessions opened per second
     shift_strength: float = 1.0
     k: int = 10
-    wait_s: float = 5.0  # how long a simulated user waits for a recommendation
-    drain_timeout_s: float = 90.0
-    lag_every_s: float = 1.0
+    wait_s: float = 10.0  # how long a simulated user waits for a recommendation
+    drain_timeout_s: float = 180.0
+    lag_every_s: float = 2.0
+    max_behind_s: float = 5.0  # history pauses while an agent is more than this many seconds of events behind
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class LoopResult:
     active_users: set[str] = field(default_factory=set)  # users with a sequence-changing event
     users_recommended: set[str] = field(default_factory=set)
     timeline: list[Sample] = field(default_factory=list)
+    history_paused_s: float = 0.0  # time the history waited for the agents (backpressure)
     final_ingest_lag: int | None = None
     final_recommend_lag: int | None = None
     unscored: Counter[str] = field(default_factory=Counter)
@@ -263,9 +266,15 @@ class ClosedLoop:
         events = self.world.events
         self.state.phase, self.state.history_total = "history", len(events)
         off = self.result.offset
-        start, sent = time.monotonic(), 0
+        start, sent, paused = time.monotonic(), 0, 0.0
+        limit = self.cfg.rate * self.cfg.max_behind_s
         while sent < len(events):
-            due = min(len(events), int((time.monotonic() - start) * self.cfg.rate) + 1)
+            if max(self.state.ingest_lag or 0, self.state.recommend_lag or 0) > limit:
+                self.result.history_paused_s += 0.1
+                paused += 0.1
+                await asyncio.sleep(0.1)  # backpressure: let the agents catch up
+                continue
+            due = min(len(events), int((time.monotonic() - start - paused) * self.cfg.rate) + 1)
             if due > sent:
                 chunk = events[sent:due]
                 shifted = [Event(e.event_id, e.user_id, e.item_id, e.domain, e.action, e.ts + off,

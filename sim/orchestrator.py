@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, free_port
 from sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP
 
 TRAIN_MODEL = "semi_ccl"
+RANK_TIMEOUT_MS = 1000  # the demo's Triton budget (production default 100 ms); env overrides
 
 
 class DemoError(RuntimeError):
@@ -43,7 +45,7 @@ class DemoOptions:
     users: int = 300
     minutes: float = 2.0  # length of the live phase
     seed: int = 0
-    rate: float = 400.0  # history events per second
+    rate: float = 200.0  # history events per second
     sessions_per_s: float = 3.0
     new_videos: int = 30
     size: str = "demo"
@@ -185,10 +187,20 @@ class Demo:
         self.run_dir = Path(opts.cache_dir) / "runs" / time.strftime("%Y%m%dT%H%M%S")
 
     # -- steps ---------------------------------------------------------------------------------
+    @contextmanager
+    def _step(self, message: str) -> Iterator[None]:
+        """A spinner on a terminal; a timestamped line otherwise (logs, --json runs)."""
+        if self.console.is_terminal:
+            with self.console.status(message):
+                yield
+        else:
+            self.console.print(f"{time.strftime('%H:%M:%S')} {message}")
+            yield
+
     def world(self) -> Any:
         from worlds import load_world
 
-        with self.console.status("generating the world"):
+        with self._step("generating the world"):
             return load_world("world", seed=self.opts.seed, size=self.opts.size, users=self.opts.users,
                               new_videos=self.opts.new_videos)
 
@@ -196,7 +208,7 @@ class Demo:
         from encoders import encoder_version
         from trainer.vectors import item_vectors
 
-        with self.console.status(f"encoding the catalog ({len(world.items):,} items; cached after the "
+        with self._step(f"encoding the catalog ({len(world.items):,} items; cached after the "
                                  "first run)"):
             return item_vectors(world.items), encoder_version()  # cache shared with `semirec evaluate`
 
@@ -226,7 +238,7 @@ class Demo:
                                 "(recommendations come from the fallback ranking)")
             return
         log = self.run_dir / "export.log"
-        with self.console.status("exporting the ranker to Triton and promoting it"):
+        with self._step("exporting the ranker to Triton and promoting it"):
             res = subprocess.run([sys.executable, "-m", "semirec", "model", "export", str(ckpt),
                                   "--promote", "--json"], env=env, capture_output=True, text=True,
                                  timeout=300)
@@ -249,6 +261,8 @@ class Demo:
             part_env = {**env, "SEMIREC_CONSUMER_GROUP": group, "SEMIREC_METRICS_PORT": str(port)}
             if agent == "recommend":
                 part_env["SEMIREC_PUBLISH_CANDIDATES"] = "1"  # the audience scores the same candidates
+                # one shared 2-core machine runs everything here: a wider budget per Triton call
+                part_env.setdefault("SEMIREC_RANK_TIMEOUT_MS", str(RANK_TIMEOUT_MS))
             self.parts.append(Part(agent, [sys.executable, "-m", "semirec", "worker", "--agent", agent,
                                            "--loglevel", "warning"],
                                    part_env, self.run_dir / f"{agent}.log", port))
@@ -260,7 +274,7 @@ class Demo:
                                 "(no promotions during the run)")
         for part in self.parts:
             part.start()
-        with self.console.status(f"starting {', '.join(p.name for p in self.parts)}"):
+        with self._step(f"starting {', '.join(p.name for p in self.parts)}"):
             for part in self.parts:
                 part.wait_ready(timeout=120)
 
@@ -285,13 +299,13 @@ class Demo:
         vectors, enc_version = self.vectors(world)
         models = self.run_dir / "models"
         models.mkdir(exist_ok=True)
-        with self.console.status("starting the embedded stack (Tansu, redis-server, tritonserver)"):
+        with self._step("starting the embedded stack (Tansu, redis-server, tritonserver)"):
             self.stack = EmbeddedStack(model_repository=models)
             self.stack.start()
         env = {**os.environ, **self.stack.addresses.env(), **LOCAL_GROUP_TIMINGS,
                "SEMIREC_MODEL_REPOSITORY": str(models)}
         settings = Settings.from_env(env)
-        with self.console.status("writing item vectors to Redis"):
+        with self._step("writing item vectors to Redis"):
             asyncio.run(write_vectors(settings, world.items, vectors, enc_version))
         ckpt = self.ranker(world, vectors, enc_version)
         self.export(ckpt, env)
@@ -329,8 +343,17 @@ class Demo:
 
         from sim.live import render
 
-        if not live_view:
-            await loop.run()
+        if not live_view:  # a progress line every 10 s instead of the live view
+            task = asyncio.create_task(loop.run())
+            while not task.done():
+                await asyncio.wait([task], timeout=10)
+                q = state.quality_all or {}
+                self.console.print(
+                    f"{time.strftime('%H:%M:%S')} {state.phase}: events {state.events.total:,}, "
+                    f"recommendations {state.recs.total:,}, lag {state.ingest_lag}/{state.recommend_lag}, "
+                    f"online completion semirec {q.get('semirec', '-')} popularity "
+                    f"{q.get('popularity', '-')} oracle {q.get('oracle', '-')}")
+            await task
             return
         with Live(render(state), console=self.console, refresh_per_second=2, transient=False) as view:
             task = asyncio.create_task(loop.run())

@@ -52,6 +52,7 @@ def summarize(result: Any, quality: QualityLog, audience: Any, state: Any, *, mi
         "events_ingested": ingested,
         "events_published": result.events_published,
         "history_events": result.history_events,
+        "history_paused_s": round(result.history_paused_s, 1),
         "users_active": len(result.active_users),
         "users_recommended": len(result.users_recommended & result.active_users),
         "users_without_recommendation": without[:20],
