@@ -54,12 +54,14 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (default: under the demo cache, printed at the end).")
+@click.option("--train-budget", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="The ranker's training budget (cached either way; full takes several minutes).")
 @click.option("--no-train", is_flag=True, help="Skip the ranker (recommendations use the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object last on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the stack and agents running until Ctrl-C.")
 def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_videos: int, size: str,
          seed: int,
-         report_dir: Path | None, no_train: bool, as_json: bool, keep: bool) -> None:
+         report_dir: Path | None, train_budget: str, no_train: bool, as_json: bool, keep: bool) -> None:
     """The whole system live: stack, world, encoders, SEMI on Triton, agents, trainer, and a
     simulated audience whose online completion is measured exactly against the world's truth.
 
@@ -74,7 +76,7 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
     console = Console(stderr=True)
     opts = DemoOptions(users=users, minutes=minutes, seed=seed, rate=rate,
                        sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,
-                       report_dir=report_dir, keep=keep)
+                       report_dir=report_dir, keep=keep, quick=train_budget == "quick")
     run = Demo(opts, console)
     try:
         summary = run.run(live_view=not as_json and console.is_terminal)

@@ -5,7 +5,8 @@ Phases:
 1. **history**: the world's events are published at a steady rate (paused while the ingest or
    recommendation agent is more than ``max_behind_s`` seconds of events behind), their timestamps moved by one
    ``offset`` so that the history ends when streaming starts (world time = wall time - offset);
-   recommendations triggered by them are scored at the triggering event's world time;
+   recommendations triggered by them are scored at the triggering event's world time; then the
+   agents catch up (lag 0), so the audience starts on fresh recommendations;
 2. **live**: the audience opens sessions at a steady rate and reacts to its recommendations;
    half-way, the world's interests shift and the held-out new videos are published to ``items``;
 3. **drain**: no new sessions; open ones finish; then the ingest and recommendation agents'
@@ -137,10 +138,7 @@ class ClosedLoop:
         if out.events:
             await self._send_events(out.events, [self.audience.world_ts(e.ts) for e in out.events])
             for e in out.events:
-                self._user_view(e.user_id).action = (
-                    f"clicked {self._title(e.item_id)}" if e.domain.value == "product" else
-                    f"watched {self._title(e.item_id)} {'✓ finished' if e.complete else '✗ left early'}")
-                self._user_view(e.user_id).action_at = e.ts
+                self._note_action(e)
         futures = []
         for req in out.requests:
             now = time.time()
@@ -160,6 +158,12 @@ class ClosedLoop:
         title = self.titles.get(item_id, item_id)
         short = " ".join(title.split()[:words])
         return f"{short}…" if len(title.split()) > words else short
+
+    def _note_action(self, e: Event) -> None:
+        view = self._user_view(e.user_id)
+        view.action = (f"clicked {self._title(e.item_id)}" if e.domain.value == "product" else
+                       f"watched {self._title(e.item_id)} {'✓ finished' if e.complete else '✗ left early'}")
+        view.action_at = e.ts
 
     def _user_view(self, user_id: str) -> UserView:
         view = self.state.users.get(user_id)
@@ -280,6 +284,7 @@ class ClosedLoop:
                 shifted = [Event(e.event_id, e.user_id, e.item_id, e.domain, e.action, e.ts + off,
                                  e.complete) for e in chunk]
                 await self._send_events(shifted, [e.ts for e in chunk])
+                self._note_action(shifted[-1])
                 sent = due
                 self.state.history_sent = sent
             await asyncio.sleep(0.02)
@@ -323,12 +328,10 @@ class ClosedLoop:
             self.state.notes.append(f"{time.strftime('%H:%M:%S')} {len(self.new_ids)} new videos "
                                     "published to items")
 
-    async def _drain(self) -> None:
-        self.state.phase = "drain"
+    async def _catch_up(self, phase: str) -> None:
+        """Wait (at most ``drain_timeout_s``) until the ingest and recommendation lags are 0."""
+        self.state.phase = phase
         deadline = time.time() + self.cfg.drain_timeout_s
-        while self.audience.sessions and time.time() < deadline:
-            await self._send_outbox(self.audience.tick(time.time()))
-            await asyncio.sleep(0.1)
         while time.time() < deadline:
             ingest, recommend = await self._lags()
             self.result.final_ingest_lag, self.result.final_recommend_lag = ingest, recommend
@@ -336,6 +339,14 @@ class ClosedLoop:
                 await asyncio.sleep(1.0)  # the last recommendations are on their way
                 return
             await asyncio.sleep(0.5)
+
+    async def _drain(self) -> None:
+        self.state.phase = "drain"
+        deadline = time.time() + self.cfg.drain_timeout_s
+        while self.audience.sessions and time.time() < deadline:
+            await self._send_outbox(self.audience.tick(time.time()))
+            await asyncio.sleep(0.1)
+        await self._catch_up("drain")
 
     async def run(self) -> LoopResult:
         t = self.settings.topics
@@ -375,5 +386,6 @@ class ClosedLoop:
 
     async def _phases(self) -> None:
         await self._history()
+        await self._catch_up("catching up")  # the audience starts on fresh recommendations
         await self._live()
         await self._drain()

@@ -54,6 +54,7 @@ class DemoOptions:
         os.environ.get("SEMIREC_DEMO_CACHE", Path.home() / ".cache" / "semirec" / "demo")))
     report_dir: Path | None = None
     keep: bool = False
+    quick: bool = True  # the ranker's training budget: quick (default) or the full scaled one
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -125,14 +126,15 @@ def agent_exists(name: str) -> bool:
     return name in AGENTS
 
 
-def ranker_cache_key(world_params: dict[str, Any], encoder_version: str) -> str:
+def ranker_cache_key(world_params: dict[str, Any], encoder_version: str, quick: bool = True) -> str:
     body = json.dumps({"world": world_params, "encoder": encoder_version, "model": TRAIN_MODEL,
-                       "quick": True, "seed": 0}, sort_keys=True, default=str)
+                       "quick": quick, "seed": 0}, sort_keys=True, default=str)
     return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
 
 
-def train_ranker(world: Any, vectors: Any, out: Path, tick: Callable[[int, int], None]) -> dict[str, Any]:
-    """Train SEMI (CCL pre-trained) with quick settings on the world's history; save a checkpoint.
+def train_ranker(world: Any, vectors: Any, out: Path, tick: Callable[[int, int], None],
+                 quick: bool = True) -> dict[str, Any]:
+    """Train SEMI (CCL pre-trained; quick or full budget) on the world's history; save a checkpoint.
 
     No truth is passed: the model learns from the events only."""
     import torch
@@ -142,7 +144,7 @@ def train_ranker(world: Any, vectors: Any, out: Path, tick: Callable[[int, int],
 
     torch.set_num_threads(1)
     prepared = prepare("world", world.items, world.events, vectors)
-    cfg = model_config(TRAIN_MODEL, prepared, True)
+    cfg = model_config(TRAIN_MODEL, prepared, quick)
     total = work_units(TRAIN_MODEL, cfg, prepared)
     done = 0
 
@@ -218,15 +220,19 @@ class Demo:
         if not self.opts.train:
             self.missing.append("ranker: not trained (--no-train)")
             return None
-        out = self.opts.cache_dir / "rankers" / ranker_cache_key(world.params, version)
+        out = self.opts.cache_dir / "rankers" / ranker_cache_key(world.params, version, self.opts.quick)
         if (out / "model.safetensors").is_file():
             self.console.print(f"ranker: cached checkpoint {out}")
             return out
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=self.console, transient=True) as bar:
-            task = bar.add_task(f"training {TRAIN_MODEL} (quick; cached afterwards)", total=None)
+            budget = "quick" if self.opts.quick else "full budget"
+            task = bar.add_task(f"training {TRAIN_MODEL} ({budget}; cached afterwards)", total=None)
+            if not self.console.is_terminal:
+                self.console.print(f"{time.strftime('%H:%M:%S')} training {TRAIN_MODEL} ({budget})")
             metrics = train_ranker(world, vectors, out,
-                                   lambda done, total: bar.update(task, completed=done, total=total))
+                                   lambda done, total: bar.update(task, completed=done, total=total),
+                                   quick=self.opts.quick)
         self.console.print(f"ranker trained: {metrics} -> {out}")
         return out
 
