@@ -273,7 +273,8 @@ class Demo:
                                            "--loglevel", "warning"],
                                    part_env, self.run_dir / f"{agent}.log", port))
         if verb_exists("trainer"):
-            self.parts.append(Part("trainer", [sys.executable, "-m", "semirec", "trainer", "run"],
+            self.parts.append(Part("trainer", [sys.executable, "-m", "semirec", "trainer", "run",
+                                               "--state", str(self.run_dir / "trainer-state")],
                                    env, self.run_dir / "trainer.log"))
         else:
             self.missing.append("incremental trainer: `semirec trainer run` is not built yet "

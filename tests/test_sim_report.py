@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from io import StringIO
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -113,3 +114,33 @@ def test_live_view_renders_the_state() -> None:
                    "u00007", "Love this dress", "Haul: soft sweater", "incremental trainer",
                    "17:46:58"):
         assert needle in text, needle
+
+
+def test_parts_stop_with_their_children_and_fail_clearly(tmp_path) -> None:
+    import os
+    import sys
+    import time
+
+    from sim.orchestrator import DemoError, Part
+
+    pidfile = tmp_path / "child.pid"
+    script = ("import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    part = Part("sleeper", [sys.executable, "-c", script], dict(os.environ), tmp_path / "s.log")
+    part.start()
+    part.wait_ready(5)  # no readiness port: alive is ready
+    deadline = time.time() + 10
+    while not pidfile.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    part.stop()
+    assert not part.alive()
+    time.sleep(0.3)
+    status = Path(f"/proc/{child}/status")  # gone, or a zombie waiting for init to reap it
+    assert not status.exists() or "\tZ" in status.read_text().split("State:")[1].splitlines()[0]
+
+    broken = Part("broken", [sys.executable, "-c", "print('boom: no such agent'); raise SystemExit(3)"],
+                  dict(os.environ), tmp_path / "b.log", ready_port=1)
+    broken.start()
+    with pytest.raises(DemoError, match=r"broken exited with code 3(.|\n)*boom: no such agent"):
+        broken.wait_ready(10)
