@@ -3,8 +3,16 @@
 A user's state holds the newest ``seq_len`` complete video watches and product clicks, each
 as ``(ts_ms, item_id)`` in time order (ties broken by item_id, so the result depends only on
 the set of events, not on their arrival order), a bounded window of recently applied
-event-id digests (de-duplication) and, per source partition, the last applied offset
-(replay protection). It is stored as one packed binary value (:func:`pack` / :func:`unpack`).
+event-id digests and, per source partition, the last applied offset (replay protection).
+It is stored as one packed binary value (:func:`pack` / :func:`unpack`).
+
+De-duplication (producer retries, at any delay): an event whose ``(ts_ms, item_id)`` is
+already an entry of its domain's sequence is a duplicate, however many events came between
+(a retry carries the original's item and timestamp). A retry whose original has been
+truncated away is older than everything kept and is dropped like any late event. The
+event-id window catches what the entry rule cannot see: a retry re-stamped with another
+timestamp, within the user's last ``dedup_window`` applied events. Consequence, by design:
+two distinct events with the same user, domain, item and millisecond make one entry.
 
 The ingest agent, the trainer's sample builder and evaluation all use :func:`apply`.
 """
@@ -71,8 +79,9 @@ def apply(
     """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
 
     Offsets at or below the partition's last applied offset are replays and are skipped
-    (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches and
-    event_ids in the recent window change nothing. Returns how many events were applied.
+    (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches,
+    entries already kept (same item and millisecond) and event_ids in the recent window change
+    nothing. Returns how many events were applied.
     """
     applied = 0
     last = state.applied.get(partition, -1)
@@ -85,10 +94,13 @@ def apply(
             continue
         seq = state.sequence(event.domain)
         entry = Entry(event.ts_ms, event.item_id)
-        if len(seq) >= seq_len and entry <= seq[0]:
+        at = bisect.bisect_left(seq, entry)
+        if at < len(seq) and seq[at] == entry:
+            continue  # already kept: a retry of an applied event, however late
+        if len(seq) >= seq_len and at == 0:
             pass  # older than everything we keep: it would be truncated at once
         else:
-            bisect.insort(seq, entry)
+            seq.insert(at, entry)
             del seq[: max(0, len(seq) - seq_len)]
         if dedup_window:
             state.recent.append(d)

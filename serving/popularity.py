@@ -56,9 +56,11 @@ class PopularitySnapshot:
         self.counts: dict[str, int] = {}
         self.ranked: list[str] = []  # most popular first
         self.newest_hour: int | None = None
+        self.version = 0  # bumped by every refresh (callers cache what they derive from it)
 
     async def refresh(self, client: aioredis.Redis) -> None:
         newest = await client.zrevrange(HOURS_KEY, 0, 0, withscores=True)
+        self.version += 1
         if not newest:
             self.counts, self.ranked, self.newest_hour = {}, [], None
             return

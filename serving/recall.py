@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -66,6 +67,23 @@ class Recall:
         self.catalog = catalog
         self.popularity = popularity
         self.config = config or RecallConfig()
+        self._pools_key: tuple[int, int] | None = None
+        self._popular: list[str] = []
+        self._fresh_ids: list[str] = []
+        self._fresh_unit = np.zeros((0, catalog.dim), np.float32)
+
+    def _refresh_pools(self) -> None:
+        """The popular and fresh pools change only when the snapshots do: derive them once."""
+        key = (self.catalog.generation, self.popularity.version)
+        if key == self._pools_key:
+            return
+        cfg = self.config
+        self._popular = list(islice((i for i in self.popularity.ranked if self.catalog.is_video(i)),
+                                    cfg.total + 256))  # room for excluded watches
+        self._fresh_ids = [i for i in self.catalog.newest_videos(cfg.fresh_pool)
+                       if i not in self.popularity.counts]
+        self._fresh_unit = self.catalog.unit(self.catalog.rows(self._fresh_ids))
+        self._pools_key = key
 
     def profiles(self, state: UserState | None) -> dict[str, np.ndarray | None]:
         n = self.config.profile_len
@@ -77,6 +95,7 @@ class Recall:
     def candidates(self, state: UserState | None, total: int | None = None) -> list[Candidate]:
         cfg = self.config
         total = total or cfg.total
+        self._refresh_pools()
         exclude = {e.item_id for e in state.video} if state else set()
         prof = self.profiles(state)
         both = [p for p in (prof["video"], prof["product"]) if p is not None]
@@ -102,8 +121,7 @@ class Recall:
             for (domain, _), hits in zip(queries, found, strict=True):
                 take(f"content_{domain}", hits, cfg.quotas[f"content_{domain}"])
         take("fresh", self._fresh(mixed), cfg.quotas["fresh"])
-        popular = [i for i in self.popularity.ranked if self.catalog.is_video(i)]
-        pop_sims = self._sims(mixed, popular[: total + len(exclude)])
+        pop_sims = self._sims(mixed, self._popular[: total + len(exclude)])
         take("popular", pop_sims, cfg.quotas["popular"])
         take("popular", pop_sims, total)  # fill what the other sources left
         if len(chosen) < total and mixed is not None:  # a small world: more neighbours
@@ -114,13 +132,14 @@ class Recall:
         return list(chosen.values())
 
     def _fresh(self, query: np.ndarray | None, pool: int | None = None) -> list[tuple[str, float]]:
-        unseen = [i for i in self.catalog.newest_videos(pool or self.config.fresh_pool)
-                  if i not in self.popularity.counts]
-        if query is None:
+        if pool is not None:  # a small world's last resort: any unseen video
+            unseen = [i for i in self.catalog.newest_videos(pool) if i not in self.popularity.counts]
             return [(i, 0.0) for i in unseen]
-        sims = self.catalog.similarity(query, unseen)
+        if query is None:
+            return [(i, 0.0) for i in self._fresh_ids]
+        sims = self._fresh_unit @ (query / max(float(np.linalg.norm(query)), 1e-12))
         order = np.argsort(-sims, kind="stable")
-        return [(unseen[j], float(sims[j])) for j in order]
+        return [(self._fresh_ids[j], float(sims[j])) for j in order]
 
     def _sims(self, query: np.ndarray | None, ids: list[str]) -> list[tuple[str, float]]:
         if query is None:

@@ -147,11 +147,16 @@ class Recommender:
             try:
                 scores, version = await self.ranker.rank(req.tensors)
             except RankerUnavailable as exc:
+                was = self.breaker.state
                 self.breaker.failure()
                 metrics.TRITON_ERRORS.inc()
-                log.warning("ranker unavailable, falling back: %s", exc)
+                if self.breaker.state is not was:  # log transitions, not every request
+                    log.warning("ranker unavailable (%s); circuit %s, falling back to similarity "
+                                "+ popularity", exc, self.breaker.state)
                 why = "triton_error"
             else:
+                if self.breaker.state is not State.CLOSED:
+                    log.warning("ranker answers again (%s); circuit closed", version)
                 self.breaker.success()
                 metrics.BREAKER_OPEN.set(0)
                 return np.asarray(scores, np.float32).reshape(-1)[: len(pool)], version, False

@@ -28,7 +28,14 @@ from semirec.item_store import ItemStore, ItemVector
 from semirec.items import Item, parse_item
 from semirec.metrics import AgentMetrics
 from semirec.settings import Settings
-from streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
+from streams.batches import (
+    DeadLetterSink,
+    Message,
+    guarded,
+    retry_while_redis_down,
+    run_batches,
+    watch,
+)
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 64  # items per batch: bounds the time one encode call holds the partition
@@ -139,12 +146,15 @@ def register_catalog(app: Any, settings: Settings) -> None:
     items = raw_topic(app, settings.topics.items, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="catalog")
 
-    @app.agent(items, name="catalog")
-    async def catalog(stream: Any) -> None:
+    async def body(stream: Any) -> None:
         store = ItemStore.from_url(settings.redis_url)
         processor = CatalogProcessor(store, to_dlq)
         try:
             await run_batches(stream, processor.process, batch_max=min(settings.batch_max, BATCH_MAX),
-                              within_s=settings.batch_within_s)
+                              within_s=settings.batch_within_s, progress=watch("catalog"))
         finally:
             await store.close()
+
+    @app.agent(items, name="catalog")
+    async def catalog(stream: Any) -> None:
+        await guarded("catalog", body(stream), exit_delay_s=settings.crash_exit_delay_s)

@@ -6,7 +6,8 @@ events with :func:`semirec.sequences.apply` and compare-and-set it back in one p
 then ack the messages, so faust commits an offset only after Redis has acknowledged the state.
 A crash between the Redis write and the commit replays the batch, and the per-partition
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
-retried with back-off forever: the agent never acks what it has not written.
+retried with back-off forever: the agent never acks what it has not written. Any other
+error stops the worker without acking the batch (:func:`streams.batches.guarded`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from semirec.metrics import AgentMetrics
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
-from streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
+from streams.batches import (
+    DeadLetterSink,
+    Message,
+    guarded,
+    retry_while_redis_down,
+    run_batches,
+    watch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +171,16 @@ def register_ingest(app: Any, settings: Settings) -> None:
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
-    @app.agent(events, name="ingest")
-    async def ingest(stream: Any) -> None:
+    async def body(stream: Any) -> None:
         store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
         processor = IngestProcessor(settings, store, to_dlq,
                                     after_write=announce_changes(updates, store, settings))
         try:
             await run_batches(stream, processor.process, batch_max=settings.batch_max,
-                              within_s=settings.batch_within_s)
+                              within_s=settings.batch_within_s, progress=watch("ingest"))
         finally:
             await store.close()
+
+    @app.agent(events, name="ingest")
+    async def ingest(stream: Any) -> None:
+        await guarded("ingest", body(stream), exit_delay_s=settings.crash_exit_delay_s)

@@ -63,3 +63,26 @@ def test_ndcg_hand_cases() -> None:
     expected = (1.0 + 1 / math.log2(3) + 1 / math.log2(4)) / 3
     assert ndcg(pos, negs, 10) == pytest.approx(expected)
     assert ndcg(pos, negs, 2) == pytest.approx((1.0 + 1 / math.log2(3)) / 3)
+
+
+def test_gauc_weights_users_by_their_watches_and_skips_one_class_users() -> None:
+    from trainer.metrics import gauc
+
+    users = np.array(["a", "a", "a", "a", "b", "b", "c"])
+    labels = np.array([1, 0, 1, 0, 1, 0, 1])
+    scores = np.array([0.9, 0.1, 0.2, 0.3, 0.1, 0.9, 5.0])
+    # a: pairs (0.9>0.1, 0.9>0.3, 0.2>0.1, 0.2<0.3) -> 3/4 over 4 watches; b: 0 over 2; c skipped
+    assert gauc(users, labels, scores) == pytest.approx((4 * 0.75 + 2 * 0.0) / 6)
+    # a global AUC would mix users: c's high score counts there, not in GAUC
+    assert gauc(users, labels, scores) != pytest.approx(auc(labels, scores))
+    with pytest.raises(ValueError):
+        gauc(np.array(["a", "b"]), np.array([1, 0]), np.array([0.0, 1.0]))
+
+
+def test_pairwise_auc_over_real_negatives_only() -> None:
+    from trainer.metrics import pairwise_auc
+
+    pos = np.array([0.5, 0.5, 0.5])
+    neg = np.array([[0.1, 0.9, 7.0], [0.5, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    mask = np.array([[True, True, False], [True, False, False], [False, False, False]])
+    assert pairwise_auc(pos, neg, mask) == pytest.approx((0.5 + 0.5) / 2)

@@ -163,7 +163,8 @@ async def test_worker_metrics_count_exactly_what_it_processed(settings, redis_cl
     url = f"http://127.0.0.1:{port}"
     with running_worker(settings, tmp_path / "worker.log", "--metrics-port", str(port)) as proc:
         assert await wait_ready(url, proc) == {"ready": True,
-                                               "checks": {"kafka": True, "redis": True}}
+                                               "checks": {"kafka": True, "redis": True,
+                                                          "agents": True}}
         await produce_raw(settings, messages)
         deadline = time.monotonic() + 60
         while sum(r.lag for r in await measure_lag(settings, [settings.consumer_group],

@@ -123,3 +123,45 @@ def test_batches_cover_everything_once_and_trim_padding() -> None:
         assert user.video.shape == (len(idx), longest, 32)
         assert user.video_mask.sum(1).tolist() == s.lengths("video")[idx].tolist()
         assert (user.video[~user.video_mask] == 0).all()
+
+
+def test_the_ranker_sees_the_last_seven_days_only() -> None:
+    from trainer.samples import in_window
+
+    assert in_window(np.array([0, 1, 168, 169, 5000])).tolist() == [True, True, True, False, False]
+    assert in_window(torch.tensor([168, 169])).tolist() == [True, False]
+    day = 24 * H
+    events = [
+        click("e1", "a", "p1", 0.0),  # 9 days before e4: out
+        watch("e2", "a", "v1", 1 * day, True),  # 8 days before: out
+        watch("e3", "a", "v2", 3 * day, True),  # 6 days before: in
+        watch("e4", "a", "v3", 9 * day + 10, True),
+    ]
+    s = build_samples(events, ROWS, seq_len=4, window_hours=168)
+    assert s.video[-1].tolist() == [0, 0, 0, 2] and s.video_age[-1, -1] == 144
+    assert s.video_age[-1, :-1].tolist() == [0, 0, 0] and s.product[-1].sum() == 0
+    unwindowed = build_samples(events, ROWS, seq_len=4)  # the stored sequence keeps all
+    assert unwindowed.video[-1].tolist() == [0, 0, 1, 2]
+
+
+def test_record_filter_keeps_one_video_or_five_products() -> None:
+    from trainer.samples import record_filter
+
+    events = [click(f"c{i}", "a", "p1", i * H) for i in range(5)]
+    events += [watch("w1", "a", "v1", 10 * H, True),  # 5 products before: kept
+               watch("w2", "b", "v1", 10 * H, True),  # nothing: dropped
+               watch("w3", "b", "v2", 11 * H, False)]  # one (complete) video before: kept
+    events += [click("c9", "c", "p1", 12 * H), watch("w4", "c", "v1", 13 * H, True)]  # dropped
+    s = build_samples(events, ROWS, seq_len=10)
+    assert list(s.event[record_filter(s)]) == ["w1", "w3"]
+
+
+def test_ccl_records_several_per_user() -> None:
+    world = toy_world(users=30, events_per_user=40)
+    rows = {it["item_id"]: i + 1 for i, it in enumerate(world.items)}
+    s = build_samples(world.events, rows)
+    one = ccl_records(s, min_video_len=3, min_product_len=5)
+    four = ccl_records(s, min_video_len=3, min_product_len=5, per_user=4)
+    users, counts = np.unique(four.user.astype(str), return_counts=True)
+    assert counts.max() == 4 and set(users) == set(one.user)
+    assert set(one.event) <= set(four.event)  # the best record of each user is among them

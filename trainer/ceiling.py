@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -199,3 +200,38 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def observable_item_probs(world: Any):  # -> (user_id, video_ids, ts) -> np.ndarray
+    """The generated world's truth without what no sequence or item content reveals: the
+    per-user completion bias (``bias_u``) and the item quality's noise, i.e. ``quality_v``
+    replaced by its content-visible part ``0.3 * (stars - 3)`` of the featured product's
+    review (the stars are recovered from the video's title, which quotes the review). Same
+    signature as ``world.item_probs``; the observable oracle of the protocol."""
+    from worlds.catalog import snippet_title
+    from worlds.sources import review_snippets
+    from worlds.truth import sigmoid
+
+    truth = getattr(world.item_probs, "__self__", None)
+    if truth is None:
+        raise ValueError("the world has no truth object (only generated worlds do)")
+    stars: dict[str, list[int]] = {}
+    for category in review_snippets():
+        for s in category:
+            stars.setdefault(snippet_title(s), []).append(s.rating)
+    visible = np.zeros(len(truth.videos.ids))
+    for it in world.items:
+        if it["domain"] == "video":
+            review = it["title"].split(": ", 1)[1]
+            visible[truth._video_index[it["item_id"]]] = 0.3 * (np.mean(stars[review]) - 3)
+
+    def probs(user_id: str, video_ids: Sequence[str], ts: float) -> np.ndarray:
+        u = truth._user_index[user_id]
+        v = np.array([truth._video_index[i] for i in video_ids], dtype=np.int64)
+        n = len(v)
+        raw = truth.raw_logit(np.full(n, u), v, np.full(n, float(ts)),
+                              np.full(n, truth.intent_at(u, ts)))
+        raw = raw - truth.users.bias[u] - truth.videos.quality[v] + visible[v]
+        return sigmoid(raw + truth.intercept)
+
+    return probs

@@ -15,7 +15,7 @@ from trainer.configs import ModelConfig
 from trainer.ranker import Ranker
 from trainer.registry import build
 
-FORMAT = 1
+FORMAT = 2  # 2: dropout inside the head's MLP, item identity, the 7-day window
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 

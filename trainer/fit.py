@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from trainer.ccl import CCL
 from trainer.configs import ModelConfig, TrainConfig
+from trainer.identity import ItemFeatures
 from trainer.metrics import auc
 from trainer.ranker import Ranker
 from trainer.samples import SampleSet, length_batches, user_batch
@@ -36,8 +37,10 @@ def predict(
     seq_len: int = 50,
     chunk_pairs: int = 16384,
     max_users: int = 1024,
+    items: ItemFeatures | None = None,
 ) -> np.ndarray:
-    """Logits [S, C] of ``candidates`` (item rows [S, C]) for each sample's user context.
+    """Logits [S, C] of ``candidates`` (item rows [S, C]) for each sample's user context
+    (``items``: what a model with item identity needs, counts at each sample's time).
 
     At most ``chunk_pairs`` (user, candidate) pairs and ``max_users`` users per forward pass:
     the user side's self-attention holds [users, heads, L, L] scores (L up to 100 for SEMI's
@@ -48,9 +51,24 @@ def predict(
     step = max(1, min(max_users, chunk_pairs // max(c, 1)))
     for idx in length_batches(samples, np.arange(n), step, seq_len):
         ctx = model.encode_user(user_batch(samples, idx, table, seq_len))
-        cands = table[torch.from_numpy(np.ascontiguousarray(candidates[idx])).long()]
-        out[idx] = model.score(ctx, cands).numpy()
+        rows = np.ascontiguousarray(candidates[idx])
+        cands = table[torch.from_numpy(rows).long()]
+        ident = _identity(model, items, rows, samples.ts[idx])
+        out[idx] = model.logits(ctx, cands, ident).numpy()
     return out
+
+
+def user_codes(samples: SampleSet) -> np.ndarray:
+    """int64 code per sample's user (same user, same code)."""
+    return np.unique(samples.user.astype(str), return_inverse=True)[1].astype(np.int64)
+
+
+def _identity(model: Ranker, items: ItemFeatures | None, rows: np.ndarray, ts: np.ndarray):
+    if model.identity is None:
+        return None
+    if items is None:
+        raise ValueError("a model with item identity needs ItemFeatures")
+    return items.inputs(rows, ts)
 
 
 @dataclass
@@ -70,8 +88,9 @@ def fit(
     seed: int,
     tick: Tick | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    items: ItemFeatures | None = None,
 ) -> FitStats:
-    """Adam on binary cross-entropy (Eq. 10); keeps the epoch with the best validation AUC.
+    """AdamW on binary cross-entropy (Eq. 10); keeps the epoch with the best validation AUC.
 
     ``on_epoch(epoch, validation AUC)`` is called after every epoch."""
     started = time.perf_counter()
@@ -79,7 +98,7 @@ def fit(
     rng = np.random.default_rng(seed)
     if cfg.max_train_samples and len(train) > cfg.max_train_samples:
         train = train.subset(np.sort(rng.choice(len(train), cfg.max_train_samples, replace=False)))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels = torch.from_numpy(train.label)
     best_auc, best_epoch, best_state, stale, epoch = -1.0, 0, None, 0, 0
     for epoch in range(1, cfg.epochs + 1):
@@ -88,7 +107,8 @@ def fit(
                                   rng):
             user = user_batch(train, idx, table, cfg.seq_len)
             target = table[torch.from_numpy(train.target[idx]).long()]
-            loss = F.binary_cross_entropy_with_logits(model(user, target), labels[idx])
+            ident = _identity(model, items, train.target[idx, None], train.ts[idx])
+            loss = F.binary_cross_entropy_with_logits(model(user, target, ident), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -97,7 +117,8 @@ def fit(
         if not len(val):
             best_epoch, best_state = epoch, None
             continue
-        score = auc(val.label, predict(model, val, val.target[:, None], table, cfg.seq_len)[:, 0])
+        score = auc(val.label, predict(model, val, val.target[:, None], table, cfg.seq_len,
+                                       items=items)[:, 0])
         if on_epoch:
             on_epoch(epoch, score)
         if score > best_auc:
@@ -134,12 +155,13 @@ def pretrain_ccl(
     settings = cfg.ccl
     model = CCL(cfg)
     model.item_scale.copy_(item_scale(table))
+    owners = torch.from_numpy(user_codes(records))
     # Algorithm 1 lines 2-4: fill both dictionaries with K random records' keys
     k = settings.queue_size
     draw = rng.choice(len(records), k, replace=k > len(records))
     for start in range(0, k, 1024):
-        user = user_batch(records, draw[start : start + 1024], table, seq_len)
-        model.enqueue(*model.keys(user))
+        idx = draw[start : start + 1024]
+        model.enqueue(*model.keys(user_batch(records, idx, table, seq_len)), owners[idx])
     optimizer = torch.optim.Adam(model.query.parameters(), lr=settings.lr)
     batch = min(settings.batch_size, len(records), k)
     losses = []
@@ -148,7 +170,7 @@ def pretrain_ccl(
         order, total, steps = rng.permutation(len(records)), 0.0, 0
         for start in range(0, len(order) - batch + 1, batch):  # whole mini-batches only
             idx = order[start : start + batch]
-            loss = model.loss(user_batch(records, idx, table, seq_len))
+            loss = model.loss(user_batch(records, idx, table, seq_len), owners[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

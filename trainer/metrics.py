@@ -7,6 +7,8 @@ higher and t tied, the positive's rank is g + U, U uniform on {0..t}.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -50,3 +52,38 @@ def ndcg(positive: np.ndarray, negatives: np.ndarray, k: int) -> float:
         ranks = np.arange(g, min(g + t + 1, k))
         total[i] = gains[ranks].sum() / (t + 1)
     return float(total.mean())
+
+
+def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Per-user AUC averaged with weights = the user's number of test watches, over users whose
+    watches have both labels (a user with one class has no AUC)."""
+    users = np.asarray(users).astype(str)
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1], True])
+    total = weight = 0.0
+    for a, b in itertools.pairwise(bounds):
+        idx = order[a:b]
+        y = labels[idx]
+        if y.all() or not y.any():
+            continue
+        total += len(idx) * auc(y, scores[idx])
+        weight += len(idx)
+    if not weight:
+        raise ValueError("GAUC needs a user with both labels")
+    return total / weight
+
+
+def pairwise_auc(positive: np.ndarray, negatives: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over cases (with at least one real negative) of P(positive scores above a random
+    one of its real negatives), ties counting one half; ``mask`` [R, M] marks real negatives."""
+    positive = np.asarray(positive, dtype=np.float64)[:, None]
+    negatives = np.asarray(negatives, dtype=np.float64)
+    mask = np.asarray(mask, bool)
+    wins = ((positive > negatives) + 0.5 * (positive == negatives)) * mask
+    n = mask.sum(1)
+    keep = n > 0
+    if not keep.any():
+        raise ValueError("no case has a negative")
+    return float((wins.sum(1)[keep] / n[keep]).mean())

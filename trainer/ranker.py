@@ -40,13 +40,17 @@ class UserBatch:
 
 
 class Ranker(nn.Module):
-    """Base class: logits of P(watched completely | user sequences, candidate video)."""
+    """Base class: logits of P(watched completely | user sequences, candidate video).
+
+    ``identity`` (set by :func:`trainer.registry.build` for models configured with item
+    identity) adds a per-candidate term from the item's hashed id and its completion counts."""
 
     def __init__(self) -> None:
         super().__init__()
         # item vectors are multiplied by this (set from the training table) so that their
         # scale matches the learned time embeddings whatever the encoder's output norm is
         self.register_buffer("item_scale", torch.tensor(1.0))
+        self.identity: nn.Module | None = None
 
     def encode_user(self, user: UserBatch) -> Context:
         raise NotImplementedError
@@ -54,6 +58,19 @@ class Ranker(nn.Module):
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, user: UserBatch, target: Tensor) -> Tensor:
-        """Training/AUC path: one target vector per user, [B, d] -> logits [B]."""
-        return self.score(self.encode_user(user), target[:, None, :])[:, 0]
+    def logits(self, ctx: Context, candidates: Tensor,
+               items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """``score`` plus, for a model with item identity, its per-candidate term; ``items`` =
+        (bucket, watches, completes), each [B, C] (see :mod:`trainer.identity`)."""
+        out = self.score(ctx, candidates)
+        if self.identity is not None:
+            if items is None:
+                raise ValueError("this model uses item identity: pass the items' inputs")
+            out = out + self.identity(*items)
+        return out
+
+    def forward(self, user: UserBatch, target: Tensor,
+                items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """Training/AUC path: one target vector per user, [B, d] -> logits [B] (``items``
+        [B, 1] each)."""
+        return self.logits(self.encode_user(user), target[:, None, :], items)[:, 0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trainer.baselines import BST, DIN, SASRec, YouTubeNet
 from trainer.configs import ModelConfig
+from trainer.identity import ItemIdentity
 from trainer.ranker import Ranker
 from trainer.semi import SEMI
 
@@ -25,4 +26,7 @@ NETWORKS: dict[str, type[Ranker]] = {
 def build(cfg: ModelConfig) -> Ranker:
     if cfg.name not in NETWORKS:
         raise ValueError(f"{cfg.name!r} is not a neural ranker ({', '.join(NETWORKS)})")
-    return NETWORKS[cfg.name](cfg)
+    model = NETWORKS[cfg.name](cfg)
+    if cfg.item_identity:
+        model.identity = ItemIdentity(cfg.id_buckets, cfg.rate_prior_strength)
+    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer.evaluate import METRICS
+from trainer.evaluate import TABLE_METRICS as METRICS
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -13,18 +13,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Evaluation: {result['data']}" + (" (quick)" if result.get("quick") else ""),
         "",
         f"seeds: {result['seeds']}; oracle AUC: {result.get('oracle_auc')}; "
+        f"observable oracle AUC: {result.get('observable_oracle_auc')}; "
         f"stats: {result.get('stats', {})}",
         "",
         "| model | " + " | ".join(METRICS) + " | s/run |",
         "|---|" + "---|" * (len(METRICS) + 1),
     ]
     for row in result["results"]:
-        cells = [f"{row[m]:.4f} ± {row[f'{m}_std']:.4f}" for m in METRICS]
+        cells = [f"{row[m]:.4f} ± {row[f'{m}_std']:.4f}" if m in row else "-" for m in METRICS]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row['seconds']:.0f} |")
     oracle = result.get("oracle")
     if oracle:
-        cells = [f"{oracle[m]:.4f}" for m in METRICS]
-        lines.append("| *oracle (true P(complete))* | " + " | ".join(cells) + " | |")
+        for label, truth in (("*oracle (true P(complete))*", oracle),
+                             ("*observable oracle*", result.get("observable_oracle"))):
+            if truth:
+                cells = [f"{truth[m]:.4f}" if m in truth else "-" for m in METRICS]
+                lines.append(f"| {label} | " + " | ".join(cells) + " | |")
     groups = list(result["results"][0].get("auc_by_video_len", {}))
     if groups:
         lines += ["", "AUC by the user's video-sequence length at the watch (cf. Fig. 5):",
@@ -53,8 +57,8 @@ def bar_chart(result: dict[str, Any], path: Path) -> None:
     names = [r["model"] for r in rows]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 4.5), sharey=False)
     for ax, metric in zip(axes, METRICS, strict=True):
-        values = [r[metric] for r in rows]
-        errors = [r[f"{metric}_std"] for r in rows]
+        values = [r.get(metric, 0.0) for r in rows]
+        errors = [r.get(f"{metric}_std", 0.0) for r in rows]
         colors = ["tab:red" if n == "semi_ccl" else "tab:blue" for n in names]
         ax.barh(names, values, xerr=errors, color=colors)
         if metric == "auc" and result.get("oracle_auc") is not None:

@@ -4,6 +4,11 @@ Events are replayed in time order through :func:`semirec.sequences.apply` (the c
 agent runs), and each watch is snapshotted before it is applied, so a sample sees exactly what
 the online ranker would have seen in Redis at that moment. Sequences are stored right-aligned
 (newest last) as rows of an item table (row 0 = padding) plus hours-before-the-request.
+
+The ranker sees only the last 7 days (§4.1): :func:`in_window` is the rule, a pure function of
+an entry's age in hours, applied here to every snapshot and inside the exported request graph,
+so serving applies the same rule to the stored sequence (which keeps its newest 50 of any age).
+:func:`record_filter` is §4.1's record filter.
 """
 
 from __future__ import annotations
@@ -41,6 +46,16 @@ class SampleSet:
         return (getattr(self, domain) > 0).sum(axis=1)
 
 
+WINDOW_HOURS = 168  # 7 days
+
+
+def in_window(age_hours: np.ndarray | torch.Tensor, window_hours: int = WINDOW_HOURS):
+    """True for entries the ranker sees: ``0 <= age <= window_hours``, with ``age = hour(request)
+    - hour(entry)`` and ``hour(ts) = ts // 3600`` (the buckets of ``semirec.sequences.Entry``).
+    An entry up to 168 hour buckets old is in; one of 169 is out. Works on numpy and torch."""
+    return (age_hours >= 0) & (age_hours <= window_hours)
+
+
 def _snapshot(seq: list[Entry], rows: Mapping[str, int], hour: int, bucket_s: int,
               out_rows: np.ndarray, out_age: np.ndarray) -> None:
     n = len(seq)
@@ -59,10 +74,13 @@ def build_samples(
     *,
     seq_len: int = 50,
     bucket_s: int = 3600,
+    window_hours: int | None = None,
 ) -> SampleSet:
     """Replay ``events`` (sorted by ts) and snapshot the user's state before every watch.
 
-    ``rows`` maps item_id -> row in the item table (rows start at 1; 0 is padding).
+    ``rows`` maps item_id -> row in the item table (rows start at 1; 0 is padding). With
+    ``window_hours``, entries outside :func:`in_window` are blanked (row 0, age 0): they are
+    the oldest, so the rest stays right-aligned.
     """
     states: dict[str, UserState] = {}
     cols: dict[str, list] = {k: [] for k in ("user", "target", "label", "ts", "event")}
@@ -89,6 +107,11 @@ def build_samples(
     for i, (video, product, hour) in enumerate(seqs):
         _snapshot(video, rows, hour, bucket_s, arrays["video"][i], arrays["video_age"][i])
         _snapshot(product, rows, hour, bucket_s, arrays["product"][i], arrays["product_age"][i])
+    if window_hours is not None:
+        for domain in ("video", "product"):
+            out = (arrays[domain] > 0) & ~in_window(arrays[f"{domain}_age"], window_hours)
+            arrays[domain][out] = 0
+            arrays[f"{domain}_age"][out] = 0
     return SampleSet(
         user=np.asarray(cols["user"], dtype=object),
         target=np.asarray(cols["target"], np.int32),
@@ -97,6 +120,13 @@ def build_samples(
         event=np.asarray(cols["event"], dtype=object),
         **arrays,
     )
+
+
+def record_filter(samples: SampleSet, min_videos: int = 1, min_products: int = 5) -> np.ndarray:
+    """§4.1: indices of the records with at least ``min_videos`` watched videos or
+    ``min_products`` clicked products in their (windowed) sequences."""
+    keep = (samples.lengths("video") >= min_videos) | (samples.lengths("product") >= min_products)
+    return np.flatnonzero(keep)
 
 
 def chronological_split(
@@ -157,16 +187,15 @@ def length_batches(
     return out
 
 
-def ccl_records(train: SampleSet, min_video_len: int, min_product_len: int) -> SampleSet:
+def ccl_records(train: SampleSet, min_video_len: int, min_product_len: int,
+                per_user: int = 1) -> SampleSet:
     """§4.1: training records whose video sequence is longer than ``min_video_len`` (and product
-    sequence at least ``min_product_len``), one per user: the one with the longest average length
-    of the two sequences (the latest on ties)."""
+    sequence at least ``min_product_len``); per user the ``per_user`` records with the longest
+    average length of the two sequences (the latest first on ties). The paper keeps one."""
     lv, lp = train.lengths("video"), train.lengths("product")
     keep = np.flatnonzero((lv > min_video_len) & (lp >= min_product_len))
-    best: dict[str, tuple[float, float, int]] = {}
+    best: dict[str, list[tuple[float, float, int]]] = {}
     for i in keep:
-        key = ((lv[i] + lp[i]) / 2, train.ts[i], int(i))
-        u = str(train.user[i])
-        if u not in best or key > best[u]:
-            best[u] = key
-    return train.subset(np.array(sorted(v[2] for v in best.values()), dtype=np.int64))
+        best.setdefault(str(train.user[i]), []).append(((lv[i] + lp[i]) / 2, train.ts[i], int(i)))
+    chosen = [k[2] for keys in best.values() for k in sorted(keys, reverse=True)[:per_user]]
+    return train.subset(np.array(sorted(chosen), dtype=np.int64))

@@ -30,7 +30,10 @@ def toy_world(
     dim: int = 32,
     events_per_user: int = 40,
     seed: int = 0,
+    quality_scale: float = 0.5,
 ) -> ToyWorld:
+    """``quality_scale``: std of each item's own quality (in the completion logit), which the
+    item vectors do not carry."""
     rng = np.random.default_rng(seed)
     centroids = rng.normal(size=(categories, dim))
     items: list[dict] = []
@@ -43,7 +46,7 @@ def toy_world(
             items.append({"item_id": item_id, "domain": domain, "title": f"{domain} {i}",
                           "tags": [f"c{cat}"], "category": f"c{cat}", "images": []})
             cats[item_id] = cat
-            quality[item_id] = float(rng.normal(scale=0.5))
+            quality[item_id] = float(rng.normal(scale=quality_scale))
             vecs.append(centroids[cat] + 0.5 * rng.normal(size=dim))
     video_ids = [it["item_id"] for it in items if it["domain"] == "video"]
     product_ids = [it["item_id"] for it in items if it["domain"] == "product"]

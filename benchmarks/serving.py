@@ -1,0 +1,277 @@
+"""Serving benchmark, all in one run on this machine with the whole embedded stack on it.
+
+  rank_c{1,2,4}_{triton,inproc}_{p50,p99}_ms, _per_s
+                     one user, full sequences (50 + 50), 500 candidates: the SEMI request graph
+                     through Triton (python backend + onnxruntime, async gRPC) and the same ONNX
+                     file under onnxruntime in this process, at 1, 2 and 4 requests in flight
+  p50_ms, p99_ms     Triton at concurrency 2                             (target p99 <= 15)
+  throughput_ratio   Triton requests/s / in-process requests/s at concurrency 2  (target >= 0.8)
+  freshness_p50_ms, freshness_p99_ms
+                     a product click produced -> its recommendation received by a subscriber, at
+                     100 sequence-changing events/s through a real `semirec worker` (ingest +
+                     recommend agents)                                   (target p99 <= 100)
+  recs_per_s         the highest rate of triggered recommendations delivered with freshness p99
+                     under 100 ms (rates stepped up until it fails)      (target >= 150)
+  recall_ms_10k, recall_ms_100k
+                     median time of one user's 500-candidate recall over 10k / 100k videos
+                     (faiss exact inner product + popularity + fresh)    (target 100k <= 5)
+
+Weights are random (cost does not depend on them). Usage:
+  python benchmarks/serving.py [--seconds S] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# this file's name shadows the `serving` package when run as a script: import from the repo root
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import suppress
+from dataclasses import replace
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from semirec.contracts import Domain, Event, encode_event
+from semirec.item_store import ItemStore, ItemVector
+from semirec.kafka import ensure_topics, ingest_topics, producer, serving_topics
+from semirec.recommendations import parse_recommendation
+from semirec.sequences import Entry, UserState
+from semirec.settings import Settings
+from semirec.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
+from serving.catalog import CatalogIndex
+from serving.popularity import PopularitySnapshot
+from serving.ranking import OnnxRanker, TritonRanker
+from serving.recall import Recall
+from trainer.export import example_request
+
+DIM = 128
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+# -- ranking: Triton vs in-process ---------------------------------------------------------
+
+async def closed_loop(rank, tensors, concurrency: int, seconds: float) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            await rank(tensors)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies, len(latencies) / (time.perf_counter() - started)
+
+
+async def bench_rank(triton_url: str, onnx_path: Path, seconds: float) -> dict:
+    one = example_request(DIM, 50, 50, 500, seed=1)
+    tensors = {k: v[None] for k, v in one.items()}
+    triton = TritonRanker(triton_url, timeout_s=5)
+    inproc = OnnxRanker(onnx_path, threads=1)
+    out: dict = {}
+    for _ in range(20):  # warm both paths
+        await triton.rank(tensors)
+        inproc.rank_sync(tensors)
+    for c in (1, 2, 4):
+        for name, fn in (("triton", triton.rank), ("inproc", inproc.rank)):
+            lat, rate = await closed_loop(fn, tensors, c, seconds)
+            out[f"rank_c{c}_{name}_p50_ms"] = round(percentile(lat, 50), 3)
+            out[f"rank_c{c}_{name}_p99_ms"] = round(percentile(lat, 99), 3)
+            out[f"rank_c{c}_{name}_per_s"] = round(rate, 1)
+    await triton.close()
+    out["p50_ms"], out["p99_ms"] = out["rank_c2_triton_p50_ms"], out["rank_c2_triton_p99_ms"]
+    out["throughput_ratio"] = round(out["rank_c2_triton_per_s"] / out["rank_c2_inproc_per_s"], 3)
+    return out
+
+
+# -- recall ---------------------------------------------------------------------------------
+
+def bench_recall(n_videos: int, repeat: int = 50) -> float:
+    rng = np.random.default_rng(0)
+    index = CatalogIndex(DIM)
+    videos = [f"v{i}" for i in range(n_videos)]
+    products = [f"p{i}" for i in range(2000)]
+    index.upsert(videos, rng.normal(size=(n_videos, DIM)).astype(np.float32), [Domain.VIDEO] * n_videos)
+    index.upsert(products, rng.normal(size=(2000, DIM)).astype(np.float32), [Domain.PRODUCT] * 2000)
+    pop = PopularitySnapshot()
+    pop.counts = {v: int(c) for v, c in zip(videos[:5000], rng.zipf(1.5, 5000), strict=True)}
+    pop.ranked = sorted(pop.counts, key=lambda v: -pop.counts[v])
+    recall = Recall(index, pop)
+    state = UserState(video=[Entry(i, videos[int(j)]) for i, j in enumerate(rng.integers(0, n_videos, 50))],
+                      product=[Entry(i, products[int(j)]) for i, j in enumerate(rng.integers(0, 2000, 50))])
+    recall.candidates(state)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        got = recall.candidates(state)
+        times.append((time.perf_counter() - t) * 1000)
+    assert len(got) == 500
+    return round(float(np.median(times)), 3)
+
+
+# -- freshness through the real worker ------------------------------------------------------
+
+async def put_catalog(redis_url: str, n_videos: int, n_products: int) -> None:
+    rng = np.random.default_rng(1)
+    client = aioredis.Redis.from_url(redis_url)
+    store = ItemStore(client)
+    for domain, n in ((Domain.VIDEO, n_videos), (Domain.PRODUCT, n_products)):
+        vecs = rng.normal(size=(n, DIM)).astype(np.float32)
+        for lo in range(0, n, 2000):
+            await store.put_many(ItemVector(f"{domain.value[0]}{i}", domain, vecs[i], "bench")
+                                 for i in range(lo, min(n, lo + 2000)))
+    await client.aclose()
+
+
+async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str) -> dict:
+    """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.kafka_kwargs(),
+                                auto_offset_reset="latest", enable_auto_commit=False)
+    await consumer.start()
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    fallbacks = 0
+    prod = producer(settings, linger_ms=0)
+    await prod.start()
+    rng = np.random.default_rng(int(rate))
+
+    async def receive(until: float) -> None:
+        nonlocal fallbacks
+        while time.monotonic() < until:
+            for records in (await consumer.getmany(timeout_ms=20)).values():
+                now = time.time()
+                for r in records:
+                    rec = parse_recommendation(r.value)
+                    if rec.event_id in sent and rec.event_id not in got:
+                        got[rec.event_id] = now
+                        fallbacks += rec.fallback
+
+    n = int(rate * seconds)
+    receiver = asyncio.create_task(receive(time.monotonic() + seconds + 3.0))
+    start = time.monotonic()
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        user = f"bu{(i * 7919) % users}"
+        event = Event(f"{tag}-{i}", user, f"p{int(rng.integers(0, 2000))}", Domain.PRODUCT, "click",
+                      time.time())
+        sent[event.event_id] = time.time()
+        await prod.send(settings.topics.events, encode_event(event), key=user.encode())
+    await prod.flush()
+    await receiver
+    await prod.stop()
+    await consumer.stop()
+    fresh = [(got[e] - sent[e]) * 1000 for e in got]
+    return {"rate": rate, "sent": n, "received": len(got), "fallbacks": fallbacks,
+            "delivered_per_s": round(len(got) / seconds, 1),
+            "p50_ms": round(percentile(fresh, 50), 1) if fresh else None,
+            "p99_ms": round(percentile(fresh, 99), 1) if fresh else None}
+
+
+def sustained(run: dict) -> bool:
+    """Every recommendation delivered (99%) with freshness p99 under 100 ms."""
+    return run["p99_ms"] is not None and run["p99_ms"] <= 100 and run["received"] >= 0.99 * run["sent"]
+
+
+async def bench_freshness(settings: Settings, seconds: float, log: Path) -> dict:
+    from tests.conftest import settings_env  # the child's environment, as the tests build it
+
+    await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
+    env = {**settings_env(settings), "SEMIREC_RANK_TIMEOUT_MS": "1000"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "semirec", "worker", "--agent", "ingest",
+                                 "--agent", "recommend"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        await paced_run(settings, 20, 5, 5000, "warm")  # joins groups, loads the index
+        steady = await paced_run(settings, 100, seconds, 5000, "steady")
+        steps = []
+        for rate in (150, 200, 300, 400, 600):
+            r = await paced_run(settings, rate, max(4.0, seconds / 2), 5000, f"r{rate}")
+            steps.append(r)
+            if not sustained(r):
+                break
+        ok = [s for s in [steady, *steps] if sustained(s)]
+        return {"freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
+                "freshness_steady": steady, "rate_steps": steps,
+                "recs_per_s": max((s["delivered_per_s"] for s in ok), default=0.0)}
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    from trainer import checkpoint
+    from trainer.configs import paper
+    from trainer.model_repo import ModelRepository
+    from trainer.registry import build
+
+    work = Path(tempfile.mkdtemp(prefix="semirec-bench-serving-"))
+    repo_dir = work / "models"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
+                    ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
+    result: dict = {"machine": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    try:
+        with EmbeddedStack(model_repository=repo_dir, directory=work / "stack") as stack:
+            import torch
+
+            torch.manual_seed(0)
+            cfg = paper("semi")
+            ckpt = checkpoint.save(work / "ckpt", build(cfg).eval(), cfg)
+            repo = ModelRepository(repo_dir, stack.addresses.triton_grpc)
+            version = repo.export(ckpt)
+            repo.promote(version)
+            result.update(await bench_rank(stack.addresses.triton_grpc,
+                                           repo_dir / "ranker" / str(version) / "model.onnx",
+                                           args.seconds))
+            result["recall_ms_10k"] = bench_recall(10_000)
+            result["recall_ms_100k"] = bench_recall(100_000)
+            settings = replace(Settings.from_env({**stack.addresses.env(), **LOCAL_GROUP_TIMINGS}),
+                               consumer_group="bench-serving")
+            await put_catalog(settings.redis_url, 10_000, 2000)
+            result.update(await bench_freshness(settings, args.seconds * 2, work / "worker.log"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="per ranking measurement")
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:32} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
