@@ -127,8 +127,12 @@ def agent_exists(name: str) -> bool:
 
 
 def ranker_cache_key(world_params: dict[str, Any], encoder_version: str, quick: bool = True) -> str:
+    """Cache key of the demo's ranker: the world, the encoder, the budget, the checkpoint format."""
+    from trainer.checkpoint import FORMAT
+
     body = json.dumps({"world": world_params, "encoder": encoder_version, "model": TRAIN_MODEL,
-                       "quick": quick, "seed": 0}, sort_keys=True, default=str)
+                       "quick": quick, "seed": 0, "checkpoint_format": FORMAT},
+                      sort_keys=True, default=str)
     return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
 
 
