@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -251,14 +252,19 @@ class ClosedLoop:
         return out[0], out[1]
 
     async def _monitor(self) -> None:
+        seen = 0
         while True:
             ingest, recommend = await self._lags()
             now = time.time()
             s = self.state
             s.ingest_lag, s.recommend_lag = ingest, recommend
             s.quality, s.quality_all = self.quality.recent(300), self.quality.overall()
-            self.result.timeline.append(Sample(now, s.events.total, s.recs.total, ingest, recommend,
-                                               s.freshness(50), s.freshness(99)))
+            fresh = self.result.freshness_ms[seen:]  # received since the previous sample
+            seen = len(self.result.freshness_ms)
+            self.result.timeline.append(Sample(
+                now, s.events.total, s.recs.total, ingest, recommend,
+                float(np.percentile(fresh, 50)) if fresh else None,
+                float(np.percentile(fresh, 99)) if fresh else None))
             dead = self.alive()
             if dead:
                 self.crashed = dead

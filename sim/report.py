@@ -127,7 +127,7 @@ def write_plots(out: Path, summary: dict[str, Any], result: Any, quality: Qualit
         ax.plot(t, [np.nan if getattr(s, attr) is None else getattr(s, attr) for s in tl], label=label)
     _marks(ax, summary, t0)
     ax.set(xlabel="seconds since the stream started", ylabel="ms",
-           title="Freshness: event appended -> recommendation published (last 2,000)")
+           title="Freshness: event appended -> recommendation published (per sample interval)")
     ax.legend(loc="upper right", fontsize=8)
     save(fig, "freshness")
 
