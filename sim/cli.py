@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.option("--size", default="demo", show_default=True, type=click.Choice(["tiny", "demo"]),
               help="World preset for the catalog and history length (tiny: tests).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--encoder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Item-encoder checkpoint (semirec encoders pretrain) for the catalog, the ranker "
+                   "and the catalog agent [SEMIREC_ENCODER_CHECKPOINT]; default: the untrained fusion.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (default: under the demo cache, printed at the end).")
 @click.option("--train-budget", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
@@ -60,7 +64,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object last on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the stack and agents running until Ctrl-C.")
 def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_videos: int, size: str,
-         seed: int,
+         seed: int, encoder: Path | None,
          report_dir: Path | None, train_budget: str, no_train: bool, as_json: bool, keep: bool) -> None:
     """The whole system live: stack, world, encoders, SEMI on Triton, agents, trainer, and a
     simulated audience whose online completion is measured exactly against the world's truth.
@@ -73,6 +77,8 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
     from semirec.stack import StackError
     from sim.orchestrator import Demo, DemoError
 
+    if encoder is not None:  # read by the encoders here and inherited by every part
+        os.environ["SEMIREC_ENCODER_CHECKPOINT"] = str(encoder.resolve())
     console = Console(stderr=True)
     opts = DemoOptions(users=users, minutes=minutes, seed=seed, rate=rate,
                        sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,

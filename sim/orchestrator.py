@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, free_port
 from sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP
 
 TRAIN_MODEL = "semi_ccl"
+KEEP_RUNS = 5  # run folders kept under the demo cache
 RANK_TIMEOUT_MS = 1000  # the demo's Triton budget (production default 100 ms); env overrides
 
 
@@ -180,6 +182,15 @@ async def write_vectors(settings: Settings, items: list[dict[str, Any]], vectors
         await store.close()
 
 
+def prune_runs(runs: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` run folders (logs, model repository, report)."""
+    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.name)
+    gone = folders[:-keep] if keep else folders
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    return gone
+
+
 class Demo:
     """One run of the demo; :meth:`run` returns the summary (see :mod:`sim.report`)."""
 
@@ -305,6 +316,7 @@ class Demo:
         from worlds.live import LiveWorld
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        prune_runs(self.run_dir.parent, keep=KEEP_RUNS)
         started = time.time()
         world = self.world()
         vectors, enc_version = self.vectors(world)
