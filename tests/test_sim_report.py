@@ -144,3 +144,13 @@ def test_parts_stop_with_their_children_and_fail_clearly(tmp_path) -> None:
     broken.start()
     with pytest.raises(DemoError, match=r"broken exited with code 3(.|\n)*boom: no such agent"):
         broken.wait_ready(10)
+
+
+def test_prune_runs_keeps_the_newest(tmp_path) -> None:
+    from sim.orchestrator import prune_runs
+
+    for name in ("20260101T000000", "20260102T000000", "20260103T000000"):
+        (tmp_path / name / "models").mkdir(parents=True)
+    gone = prune_runs(tmp_path, keep=2)
+    assert [p.name for p in gone] == ["20260101T000000"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20260102T000000", "20260103T000000"]
