@@ -12,7 +12,7 @@ import click
 # verb -> "module:attribute" of a click command or group. Loaded only when invoked,
 # so `semirec --help` and light verbs never import torch.
 VERBS: dict[str, tuple[str, str]] = {
-    "demo": ("semirec.demo:demo", "End to end on the embedded stack: world -> Kafka -> worker -> Redis."),
+    "demo": ("sim.cli:demo", "The whole system live with a simulated audience, measured against the truth."),
     "stack": ("semirec.stack_cli:stack", "Run the embedded broker, Redis and Triton."),
     "worker": ("streams.worker_cli:worker", "Run stream agents: ingest, catalog, recommend."),
     "produce": ("semirec.produce_cli:produce", "Publish JSON-lines events to the events topic."),
