@@ -131,6 +131,7 @@ class OnlineTrainer:
         if self.serving_version is not None and \
                 self.repo.aliases().get("serving") != self.serving_version:
             await self._finish_promotion()
+        await asyncio.to_thread(self.repo.ensure_serving)  # e.g. Triton restarted meanwhile
         if self.serving_version is not None:
             SERVING.set(self.serving_version)
 
