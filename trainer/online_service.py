@@ -267,7 +267,9 @@ class OnlineTrainer:
         from aiokafka import TopicPartition
 
         topic = self.settings.topics.samples
-        await self.consumer.commit({TopicPartition(topic, p): o for p, o in self.offsets.items()})
+        if self.offsets:
+            await self.consumer.commit({TopicPartition(topic, p): o
+                                        for p, o in self.offsets.items()})
 
     def _observe_freshness(self, result: RoundResult) -> tuple[dict[str, float], list[float]]:
         """Age of each newly trained sample now that a model trained on it answers."""
