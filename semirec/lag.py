@@ -132,8 +132,8 @@ async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Seq
                           timeout_s: float = 10.0) -> list[GroupTarget]:
     """Which groups on which topics, as ``kafka-consumer-groups --describe`` decides:
 
-    - ``topics`` given: each named group on those topics; without named groups,
-      SEMIREC_CONSUMER_GROUP and those of our groups that committed offsets on them;
+    - ``topics`` given: each group on those topics (with no ``groups``: SEMIREC_CONSUMER_GROUP
+      and those of our other groups that have committed offsets there);
     - only ``groups``: each group on every topic it has committed offsets for (none: the
       group does not exist);
     - neither: our own groups (SEMIREC_CONSUMER_GROUP and any group the broker lists whose
@@ -158,12 +158,10 @@ async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Seq
         for group in chosen:
             found = await _group_topics(admin, group, scope)
             exists = bool(found) or group in listed
-            if topics and (groups or found or group == settings.consumer_group):
-                # our other groups only where they consumed: a group that never read the
-                # topic has no lag on it (kafka-consumer-groups does not list it either)
+            if topics and not groups and group != settings.consumer_group and not found:
+                continue  # --topic alone: our other groups only where they consume it
+            if topics:
                 out.append(GroupTarget(group, list(topics), exists))
-            elif topics:
-                continue
             elif found:
                 out.append(GroupTarget(group, found, exists))
             elif not groups and group == settings.consumer_group:
