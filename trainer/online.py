@@ -156,6 +156,9 @@ class Learner:
 
     def __init__(self, model: Ranker, cfg: ModelConfig, online: OnlineConfig,
                  optimizer_state: dict[str, Any] | None = None) -> None:
+        if getattr(model, "identity", None) is not None:
+            raise ValueError("online fine-tuning of a model with item identity is not supported "
+                             "yet (it needs the items' counts at each sample's time)")
         self.cfg = cfg
         self.online = online
         self.model = model.eval()
