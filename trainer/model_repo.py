@@ -388,6 +388,24 @@ class ModelRepository:
             self.promote(serving)
         return serving
 
+    def ensure_serving(self) -> int | None:
+        """Make Triton serve exactly the ``serving`` version when it does not (a restarted
+        tritonserver, or one that loaded another version from ``config.pbtxt``); no-op when it
+        does. Returns the serving version (None when unset)."""
+        serving = self.aliases().get("serving")
+        if serving is None:
+            return None
+        client = self._client()
+        try:
+            index = client.get_model_repository_index(as_json=True).get("models", [])
+            ready = {m.get("version") for m in index
+                     if m.get("name") == MODEL and m.get("state") == "READY"}
+        except Exception:  # server not answering: promote() reports it
+            ready = set()
+        if ready != {str(serving)}:
+            self.promote(serving)
+        return serving
+
     def list(self) -> list[VersionInfo]:
         """Every kept version, newest first."""
         return [self.info(v) for v in reversed(self.versions())]
