@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
+import traceback
 
 import click
 
 # verb -> "module:attribute" of a click command or group. Loaded only when invoked,
 # so `semirec --help` and light verbs never import torch.
 VERBS: dict[str, tuple[str, str]] = {
-    "demo": ("semirec.demo:demo", "End to end on the embedded stack: world -> Kafka -> worker -> Redis."),
+    "demo": ("sim.cli:demo", "The whole system live with a simulated audience, measured against the truth."),
     "stack": ("semirec.stack_cli:stack", "Run the embedded broker, Redis and Triton."),
     "worker": ("streams.worker_cli:worker", "Run stream agents: ingest, catalog, recommend."),
     "produce": ("semirec.produce_cli:produce", "Publish JSON-lines events to the events topic."),
@@ -20,10 +23,14 @@ VERBS: dict[str, tuple[str, str]] = {
     "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
     "evaluate": ("trainer.cli:evaluate", "Train and evaluate SEMI, CCL and the baselines offline."),
     "train": ("trainer.cli:train", "Train one ranker; save a checkpoint (and ONNX)."),
+    "trainer": ("trainer.online_cli:trainer", "Incremental trainer: samples topic -> gated promotions."),
     "model": ("trainer.model_cli:model", "Ranker versions on Triton: export, list, promote, rollback."),
     "recommend": ("serving.cli:recommend", "Ask for a user's recommendations and print them."),
     "recommendations": ("serving.cli:recommendations", "Watch the recommendations topic."),
 }
+
+# verbs that run as services and keep their libraries' logs (faust configures them)
+LOGGING_VERBS = {"worker"}
 
 
 class LazyGroup(click.Group):
@@ -36,6 +43,27 @@ class LazyGroup(click.Group):
         module, _, attr = VERBS[name][0].partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the verb; a connection, authentication or configuration failure becomes one
+        line on stderr and its exit code (semirec.faults); ``semirec -v`` adds the traceback."""
+        if ctx.invoked_subcommand not in LOGGING_VERBS and not ctx.params.get("verbose"):
+            # client libraries log each failed connection attempt; the one line below says it
+            logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            from semirec.faults import classify
+
+            fault = classify(exc)
+            if fault is None:
+                raise  # not a fault of the environment: a bug, whose traceback must show
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            print(f"Error: {fault.message}", file=sys.stderr)
+            ctx.exit(fault.exit_code)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, VERBS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
@@ -44,11 +72,15 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semirec")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="On a connection, authentication or configuration failure, also print the traceback.")
+def cli(verbose: bool) -> None:
     """semirec: streaming SEMI recommendations for e-commerce micro-videos.
 
     Addresses and names come from SEMIREC_* environment variables (see docs/configuration.md);
-    `semirec stack up` starts a local stack and prints them.
+    `semirec stack up` starts a local stack and prints them. Exit codes: 0 ok, 1 the verb
+    failed, 2 usage, 67 no such user, 69 a service is unreachable, 70 a worker agent met an
+    unexpected error, 77 credentials refused, 78 configuration error (docs/reliability.md).
     """
 
 

@@ -8,6 +8,7 @@ map with 0x80-0x8f, 0xde or 0xdf).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,6 +19,12 @@ import orjson
 
 MAX_ID_BYTES = 255
 MAX_EVENT_BYTES = 64 * 1024
+# The id rule (event_id, user_id, item_id): 1..MAX_ID_BYTES UTF-8 bytes and no control character,
+# i.e. nothing of Unicode category Cc (U+0000-U+001F, U+007F-U+009F). Every other character is
+# allowed, invisible ones included (U+00A0 no-break space, U+200B zero-width space). The same
+# rule as a regular expression for schema-driven decoders: ``ID_PATTERN``.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f]+$"
 
 
 class Domain(StrEnum):
@@ -54,7 +61,10 @@ class Event:
 
     @property
     def ts_ms(self) -> int:
-        return round(self.ts * 1000)
+        """⌊ts·1000⌋ of the exact value of ``ts`` (not of a rounded product), so that
+        ``ts_ms // (bucket_s * 1000) == ⌊ts / bucket_s⌋`` holds exactly for every bucket."""
+        num, den = self.ts.as_integer_ratio()
+        return num * 1000 // den
 
     @property
     def appends(self) -> bool:
@@ -131,11 +141,22 @@ def _identifier(obj: dict[str, Any], name: str) -> str:
     value = obj[name]
     if not isinstance(value, str):
         raise ContractError(Reason.BAD_TYPE, f"{name} must be a string, got {type(value).__name__}")
-    if not value or len(value.encode()) > MAX_ID_BYTES:
-        raise ContractError(Reason.BAD_VALUE, f"{name} must be 1..{MAX_ID_BYTES} UTF-8 bytes")
-    if not value.isprintable():
-        raise ContractError(Reason.BAD_VALUE, f"{name} must not contain control characters")
+    if problem := id_problem(name, value):
+        raise ContractError(Reason.BAD_VALUE, problem)
     return value
+
+
+def id_problem(name: str, value: str) -> str | None:
+    """Why ``value`` breaks the id rule (see ``CONTROL_CHARACTER``), or ``None``."""
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate: not representable in UTF-8
+        return f"{name} must be valid UTF-8"
+    if not 1 <= size <= MAX_ID_BYTES:
+        return f"{name} must be 1..{MAX_ID_BYTES} UTF-8 bytes"
+    if found := CONTROL_CHARACTER.search(value):
+        return f"{name} must not contain control characters (U+{ord(found.group()):04X})"
+    return None
 
 
 def validate_event(obj: Any) -> Event:

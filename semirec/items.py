@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from semirec.contracts import MAX_ID_BYTES, ContractError, Domain, Reason, decode_body
+from semirec.contracts import ContractError, Domain, Reason, decode_body, id_problem
 
 MAX_ITEM_BYTES = 1024 * 1024  # Kafka's default message.max.bytes
 MAX_TITLE_CHARS = 1000
@@ -161,8 +161,8 @@ def validate_item(obj: Any, *, base_dir: Path | None = None) -> Item:
         raise ItemError(Reason.MISSING_FIELD, "missing field 'item_id'")
     if not isinstance(item_id, str):
         raise ItemError(Reason.BAD_TYPE, f"item_id must be a string, got {type(item_id).__name__}")
-    if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
-        raise ItemError(Reason.BAD_VALUE, f"item_id must be 1..{MAX_ID_BYTES} UTF-8 bytes")
+    if problem := id_problem("item_id", item_id):
+        raise ItemError(Reason.BAD_VALUE, problem)
     if obj.get("domain") is None:
         raise ItemError(Reason.MISSING_FIELD, "missing field 'domain'")
     try:

@@ -109,6 +109,80 @@ async def _probe(consumer: AIOKafkaConsumer, start: dict[TopicPartition, int],
     return highwater, first_ts
 
 
+async def _all_partitions(admin: AIOKafkaAdminClient) -> list[TopicPartition]:
+    topics = sorted(t for t in await admin.list_topics() if not t.startswith("__"))
+    return await _partitions(admin, topics) if topics else []
+
+
+async def _group_topics(admin: AIOKafkaAdminClient, group: str,
+                        tps: list[TopicPartition]) -> list[str]:
+    """The topics among ``tps`` on which ``group`` has a committed offset."""
+    committed = await _committed(admin, group, tps) if tps else {}
+    return sorted({tp.topic for tp, off in committed.items() if off is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTarget:
+    group: str
+    topics: list[str]
+    exists: bool  # the group has committed offsets (or the broker lists it)
+
+
+async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Sequence[str], *,
+                          timeout_s: float = 10.0) -> list[GroupTarget]:
+    """Which groups on which topics, as ``kafka-consumer-groups --describe`` decides:
+
+    - ``topics`` given: each group on those topics (with no ``groups``: SEMIREC_CONSUMER_GROUP
+      and those of our other groups that have committed offsets there);
+    - only ``groups``: each group on every topic it has committed offsets for (none: the
+      group does not exist);
+    - neither: our own groups (SEMIREC_CONSUMER_GROUP and any group the broker lists whose
+      name starts with ``semirec``), each on its topics; SEMIREC_CONSUMER_GROUP before its
+      first commit is shown on the events topic (everything there is its backlog).
+    """
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs(), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except Exception as exc:
+        await admin.close()
+        raise LagError(f"cannot reach Kafka at {settings.kafka}: {exc!r}") from exc
+    try:
+        try:
+            listed = {g for g, *_ in await admin.list_consumer_groups()}
+        except Exception:  # not every broker answers ListGroups (Tansu); offsets still tell
+            listed = set()
+        ours = sorted(g for g in listed if g.startswith("semirec") and g != settings.consumer_group)
+        chosen = list(groups) or [settings.consumer_group, *ours]
+        scope = await (_partitions(admin, topics) if topics else _all_partitions(admin))
+        out = []
+        for group in chosen:
+            found = await _group_topics(admin, group, scope)
+            exists = bool(found) or group in listed
+            if topics and not groups and group != settings.consumer_group and not found:
+                continue  # --topic alone: our other groups only where they consume it
+            if topics:
+                out.append(GroupTarget(group, list(topics), exists))
+            elif found:
+                out.append(GroupTarget(group, found, exists))
+            elif not groups and group == settings.consumer_group:
+                out.append(GroupTarget(group, [settings.topics.events], exists))
+            else:
+                out.append(GroupTarget(group, [], exists))
+        return out
+    finally:
+        await admin.close()
+
+
+async def measure_targets(settings: Settings, targets: Sequence[GroupTarget], *,
+                          timeout_s: float = 10.0) -> list[PartitionLag]:
+    """Lag rows of every target with topics, ordered by group/topic/partition."""
+    rows: list[PartitionLag] = []
+    for target in targets:
+        if target.topics:
+            rows += await measure_lag(settings, [target.group], target.topics, timeout_s=timeout_s)
+    return rows
+
+
 async def measure_lag(settings: Settings, groups: Sequence[str], topics: Sequence[str], *,
                       timeout_s: float = 10.0) -> list[PartitionLag]:
     """Lag of each group on each partition of ``topics``, ordered by group/topic/partition."""
@@ -208,7 +282,8 @@ class LagExporter:
 
     async def refresh(self) -> None:
         try:
-            rows = await measure_lag(self.settings, self.groups, self.topics)
+            targets = await resolve_targets(self.settings, self.groups, self.topics)
+            rows = await measure_targets(self.settings, targets)
         except Exception as exc:  # keep serving; the up gauge says it failed
             self.collector.up = 0
             self.last_error = str(exc)

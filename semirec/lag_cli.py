@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +13,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from semirec.lag import LagError, LagExporter, PartitionLag, measure_lag, report, total_lag
+from semirec.faults import classify
+from semirec.lag import (
+    GroupTarget,
+    LagError,
+    LagExporter,
+    PartitionLag,
+    measure_targets,
+    report,
+    resolve_targets,
+    total_lag,
+)
 from semirec.settings import Settings
 
 Key = tuple[str, str, int]
@@ -75,6 +84,17 @@ def _sample(rows: Sequence[PartitionLag]) -> Sample:
     return time.monotonic(), {(r.group, r.topic, r.partition): r.lag for r in rows}
 
 
+async def _measure(settings: Settings, groups: list[str],
+                   topics: list[str]) -> tuple[list[GroupTarget], list[PartitionLag]]:
+    targets = await resolve_targets(settings, groups, topics)
+    return targets, await measure_targets(settings, targets)
+
+
+def _document(targets: Sequence[GroupTarget], rows: Sequence[PartitionLag]) -> dict[str, object]:
+    return {**report(rows), "groups": [{"group": t.group, "topics": t.topics, "exists": t.exists}
+                                       for t in targets]}
+
+
 async def _watch(settings: Settings, groups: list[str], topics: list[str], every: float,
                  as_json: bool) -> None:
     console = _console()
@@ -84,10 +104,11 @@ async def _watch(settings: Settings, groups: list[str], topics: list[str], every
         if live:
             live.start()
         while True:
-            rows = await measure_lag(settings, groups, topics)
+            targets, rows = await _measure(settings, groups, topics)
             now = _sample(rows)
             if as_json:
-                sys.stdout.write(orjson.dumps({"ts": time.time(), **report(rows)}).decode() + "\n")
+                doc = {"ts": time.time(), **_document(targets, rows)}
+                sys.stdout.write(orjson.dumps(doc).decode() + "\n")
                 sys.stdout.flush()
             elif live:
                 live.update(render(rows, now, before), refresh=True)
@@ -112,8 +133,9 @@ async def _serve(settings: Settings, groups: list[str], topics: list[str], port:
     health = Health()
     health.add_check("lag", lambda: exporter.collector.up == 1)
     server = await start_http(port, registry=registry, health=health)
-    click.echo(f"lag exporter: {server.url}/metrics (groups {', '.join(groups)}; "
-               f"topics {', '.join(topics)}; every {every:g}s)", err=True)
+    click.echo(f"lag exporter: {server.url}/metrics (groups {', '.join(groups) or 'ours'}; "
+               f"topics {', '.join(topics) or 'those of each group'}; every {every:g}s)",
+               err=True)
     try:
         await exporter.run()
     finally:
@@ -122,9 +144,11 @@ async def _serve(settings: Settings, groups: list[str], topics: list[str], port:
 
 @click.command()
 @click.option("--group", "-g", "groups", multiple=True, metavar="G",
-              help="Consumer group (repeatable). Default: SEMIREC_CONSUMER_GROUP.")
+              help="Consumer group (repeatable). Default: our groups (SEMIREC_CONSUMER_GROUP and "
+                   "any group named semirec* that the broker lists).")
 @click.option("--topic", "-t", "topics", multiple=True, metavar="T",
-              help="Topic (repeatable). Default: the events topic (SEMIREC_TOPIC_EVENTS).")
+              help="Topic (repeatable). Default: every topic the group has committed offsets for "
+                   "(for SEMIREC_CONSUMER_GROUP before its first commit: the events topic).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"partitions": [...], "total_lag": N}; one line per sample with --watch.')
 @click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
@@ -141,24 +165,30 @@ def lag(groups: tuple[str, ...], topics: tuple[str, ...], as_json: bool, watch: 
     ListOffsets. A partition the group never committed counts everything retained as lag
     (CURRENT-OFFSET shows '-').
     """
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures surface as LagError
     settings = Settings.from_env()
-    chosen_groups = list(groups) or [settings.consumer_group]
-    chosen_topics = list(topics) or [settings.topics.events]
+    chosen_groups, chosen_topics = list(groups), list(topics)
     try:
         if serve is not None:
             asyncio.run(_serve(settings, chosen_groups, chosen_topics, serve, watch or 15.0))
         elif watch:
             asyncio.run(_watch(settings, chosen_groups, chosen_topics, watch, as_json))
         else:
-            rows = asyncio.run(measure_lag(settings, chosen_groups, chosen_topics))
+            targets, rows = asyncio.run(_measure(settings, chosen_groups, chosen_topics))
             if as_json:
-                click.echo(orjson.dumps(report(rows)).decode())
-            else:
+                click.echo(orjson.dumps(_document(targets, rows)).decode())
+            elif rows:
                 _console().print(render(rows))
-    except LagError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
+            for t in targets:
+                if not t.exists and t.topics:
+                    click.echo(f"Note: consumer group '{t.group}' has committed nothing yet: its lag "
+                               "counts everything retained.", err=True)
+            absent = [t.group for t in targets if not t.exists and not t.topics]
+            if absent:
+                raise click.ClickException("; ".join(f"consumer group '{g}' does not exist"
+                                                     for g in absent))
+    except (LagError, OSError) as exc:
+        if classify(exc) is not None:
+            raise  # an outage or bad credentials: one line and its exit code (semirec.cli)
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         pass

@@ -12,9 +12,11 @@ only names defined here or by the lag exporter (:mod:`semirec.lag`).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
 import socket
 import time
+from collections import Counter as Counter_
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,8 +69,33 @@ APPEND_TO_STATE = Histogram(
 LAST_WRITE = Gauge(
     "semirec_last_state_write_timestamp_seconds", "Unix time of the last batch written.",
     ["agent"], registry=REGISTRY)
+AGENT_CRASHES = Counter(
+    "semirec_agent_crashes", "Unexpected errors that stopped an agent (the worker then exits "
+    "without acknowledging the batch; see docs/ingest.md).", ["agent"], registry=REGISTRY)
 READY = Gauge("semirec_ready", "1 when the readiness checks pass (evaluated on each scrape).",
               registry=REGISTRY)
+DEPENDENCY_UP = Gauge(
+    "semirec_dependency_up", "0 while calls to a dependency (redis, kafka) are being retried "
+    "because it does not answer (a transient outage), 1 once it answers again.", ["dependency"],
+    registry=REGISTRY)
+DEPENDENCY_RETRIES = Counter(
+    "semirec_dependency_retries", "Calls retried with back-off because a dependency did not answer.",
+    ["dependency"], registry=REGISTRY)
+
+# dependency -> the last error of an outage under way (what /readyz shows); process-wide
+OUTAGES: dict[str, str] = {}
+
+
+def outage_started(dependency: str, error: str) -> None:
+    """A call to ``dependency`` failed transiently and will be retried."""
+    OUTAGES[dependency] = error
+    DEPENDENCY_UP.labels(dependency).set(0)
+    DEPENDENCY_RETRIES.labels(dependency).inc()
+
+
+def outage_ended(dependency: str) -> None:
+    if OUTAGES.pop(dependency, None) is not None:
+        DEPENDENCY_UP.labels(dependency).set(1)
 
 
 class AgentMetrics:
@@ -81,6 +108,9 @@ class AgentMetrics:
         self._event_age = EVENT_TO_STATE.labels(agent)
         self._append_age = APPEND_TO_STATE.labels(agent)
         self._last_write = LAST_WRITE.labels(agent)
+
+    def crashed(self) -> None:
+        AGENT_CRASHES.labels(self.agent).inc()
 
     def processed(self, n: int = 1) -> None:
         self._processed.inc(n)
@@ -114,11 +144,25 @@ class AgentMetrics:
         timestamps; both unix seconds. Negative ages (clock skew) count as 0.
         """
         now = time.time() if now is None else now
-        for ts in event_ts:
-            self._event_age.observe(max(0.0, now - ts))
-        for ts in append_ts:
-            self._append_age.observe(max(0.0, now - ts))
+        observe_many(self._event_age, [now - ts for ts in event_ts])
+        observe_many(self._append_age, [now - ts for ts in append_ts])
         self._last_write.set(now)
+
+
+def observe_many(histogram: Histogram, amounts: list[float]) -> None:
+    """``histogram.observe`` for many amounts (negative ones count as 0) at once: one bucket
+    search each in C and one increment per touched bucket, instead of a locked update per
+    amount (what lets agents keep their per-event histograms at per-batch cost). Uses the
+    client's bucket layout (``_upper_bounds``, ``_buckets``, ``_sum``), checked by
+    tests/test_metrics.py against ``observe``."""
+    if not amounts:
+        return
+    bounds = histogram._upper_bounds  # sorted, ends with +Inf
+    counts = Counter_(bisect.bisect_left(bounds, a) for a in amounts)
+    buckets = histogram._buckets
+    for index, n in counts.items():
+        buckets[index].inc(n)
+    histogram._sum.inc(sum(a for a in amounts if a > 0))
 
 
 Check = Callable[[], bool | Awaitable[bool]]
@@ -165,7 +209,7 @@ def make_app(registry: CollectorRegistry = REGISTRY,
 
     async def ready() -> tuple[bool, dict[str, bool]]:
         checks = await health.readiness()
-        ok = health.broken is None and all(checks.values())
+        ok = health.broken is None and all(checks.values()) and not OUTAGES
         if registry is REGISTRY:
             READY.set(1 if ok else 0)
         return ok, checks
@@ -182,7 +226,10 @@ def make_app(registry: CollectorRegistry = REGISTRY,
 
     async def readyz(_: web.Request) -> web.Response:
         ok, checks = await ready()
-        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+        body: dict[str, object] = {"ready": ok, "checks": checks}
+        if OUTAGES:  # retried outages under way, e.g. {"redis": "Error 111 connecting to ..."}
+            body["outages"] = dict(OUTAGES)
+        return web.json_response(body, status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

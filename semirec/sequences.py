@@ -3,8 +3,16 @@
 A user's state holds the newest ``seq_len`` complete video watches and product clicks, each
 as ``(ts_ms, item_id)`` in time order (ties broken by item_id, so the result depends only on
 the set of events, not on their arrival order), a bounded window of recently applied
-event-id digests (de-duplication) and, per source partition, the last applied offset
-(replay protection). It is stored as one packed binary value (:func:`pack` / :func:`unpack`).
+event-id digests and, per source partition, the last applied offset (replay protection).
+It is stored as one packed binary value (:func:`pack` / :func:`unpack`).
+
+De-duplication (producer retries, at any delay): an event whose ``(ts_ms, item_id)`` is
+already an entry of its domain's sequence is a duplicate, however many events came between
+(a retry carries the original's item and timestamp). A retry whose original has been
+truncated away is older than everything kept and is dropped like any late event. The
+event-id window catches what the entry rule cannot see: a retry re-stamped with another
+timestamp, within the user's last ``dedup_window`` applied events. Consequence, by design:
+two distinct events with the same user, domain, item and millisecond make one entry.
 
 The ingest agent, the trainer's sample builder and evaluation all use :func:`apply`.
 """
@@ -14,7 +22,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -56,6 +64,9 @@ class UserState:
         }
 
 
+Observer = Callable[["UserState", Event, int], None]
+
+
 def digest(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
@@ -67,28 +78,43 @@ def apply(
     partition: int = 0,
     seq_len: int = 50,
     dedup_window: int = 64,
+    before_watch: Observer | None = None,
 ) -> int:
     """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
 
     Offsets at or below the partition's last applied offset are replays and are skipped
-    (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches and
-    event_ids in the recent window change nothing. Returns how many events were applied.
+    (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches,
+    entries already kept (same item and millisecond) and event_ids in the recent window change
+    nothing. Returns how many events were applied.
+    ``before_watch(state, event, offset)`` sees every video event that is not a replay, a
+    recent duplicate or an entry already kept (complete or not) with the state exactly as it
+    was before that event (point-in-time training samples); it must not change the state.
     """
     applied = 0
     last = state.applied.get(partition, -1)
     recent = set(state.recent)
     for event, offset in events:
-        if offset <= last or not event.appends:
+        if offset <= last:
+            continue
+        if not event.appends:
+            if before_watch is not None and event.domain is Domain.VIDEO \
+                    and digest(event.event_id) not in recent:
+                before_watch(state, event, offset)
             continue
         d = digest(event.event_id)
         if d in recent:
             continue
         seq = state.sequence(event.domain)
         entry = Entry(event.ts_ms, event.item_id)
-        if len(seq) >= seq_len and entry <= seq[0]:
+        at = bisect.bisect_left(seq, entry)
+        if at < len(seq) and seq[at] == entry:
+            continue  # already kept: a retry of an applied event, however late
+        if before_watch is not None and event.domain is Domain.VIDEO:
+            before_watch(state, event, offset)
+        if len(seq) >= seq_len and at == 0:
             pass  # older than everything we keep: it would be truncated at once
         else:
-            bisect.insort(seq, entry)
+            seq.insert(at, entry)
             del seq[: max(0, len(seq) - seq_len)]
         if dedup_window:
             state.recent.append(d)

@@ -11,12 +11,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "triton_models"
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
+
+
+def _check_redis_url(url: str) -> None:
+    from semirec.faults import redact
+
+    shown = redact(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range or not a number
+    except ValueError as exc:
+        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: the scheme must be redis://, rediss:// "
+                            "(TLS) or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: no host")
+
+
+def _check_kafka(servers: str) -> None:
+    for server in servers.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"SEMIREC_KAFKA={servers!r}: expected host:port[,host:port...], "
+                                f"got {server.strip()!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +102,7 @@ class Settings:
     batch_max: int = 2000
     batch_within_s: float = 0.05
     encoder_checkpoint: str = ""  # item-encoder checkpoint dir; "" = the untrained fusion
+    encoder_runtime: str = "onnx"  # "onnx" (exported models, onnxruntime) or "torch" (eager)
     cache_dir: str = ""  # backbone-feature cache; "" = ~/.cache/semirec
     state_cache_users: int = 20_000  # decoded user states kept by each ingest worker (LRU)
     # Kafka group timings. Production defaults; local stacks export shorter ones.
@@ -88,6 +114,13 @@ class Settings:
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
+    log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
+    trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
+    trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
+    # An agent whose batch has been in flight this long reports not ready (/readyz).
+    batch_stuck_s: float = 60.0
+    # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).
+    crash_exit_delay_s: float = 15.0
     # Port of a worker's /metrics, /healthz, /readyz; 0 = not served (containers set 9400).
     metrics_port: int = 0
     # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
@@ -151,6 +184,8 @@ class Settings:
         return Path(self.model_repository) if self.model_repository else REPO_MODEL_REPOSITORY
 
     def validate(self) -> None:
+        _check_redis_url(self.redis_url)
+        _check_kafka(self.kafka)
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:
@@ -161,6 +196,9 @@ class Settings:
             raise SettingsError(f"SEMIREC_DEDUP_WINDOW must be 0..65535, got {self.dedup_window}")
         if self.event_partitions < 1:
             raise SettingsError("SEMIREC_EVENT_PARTITIONS must be >= 1")
+        if self.encoder_runtime not in ("onnx", "torch"):
+            raise SettingsError(
+                f"SEMIREC_ENCODER_RUNTIME must be onnx or torch, got {self.encoder_runtime!r}")
         if self.model_keep_versions < 2:
             raise SettingsError("SEMIREC_MODEL_KEEP_VERSIONS must be >= 2 (serving and previous)")
         if self.triton_model_config not in ("", "tensorrt"):

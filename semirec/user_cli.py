@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 import click
 
+from semirec.faults import EXIT_NOT_FOUND
 from semirec.sequences import UserState
 from semirec.settings import Settings
 from semirec.store import SequenceStore
@@ -24,20 +26,26 @@ async def fetch(settings: Settings, user_id: str) -> UserState | None:
 @click.argument("user_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def user(user_id: str, as_json: bool) -> None:
-    """Show USER_ID's video and product sequences (oldest first, hour buckets)."""
+    """Show USER_ID's video and product sequences (oldest first, hour buckets).
+
+    A user with no state exits with 67 (``"found": false`` with --json).
+    """
     settings = Settings.from_env()
     state = asyncio.run(fetch(settings, user_id))
     view = (state or UserState()).view(settings.time_bucket_s)
     if as_json:
-        print(json.dumps({"user_id": user_id, **view}))
+        print(json.dumps({"user_id": user_id, "found": state is not None, **view}))
+        if state is None:
+            sys.exit(EXIT_NOT_FOUND)
         return
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if state is None:
-        console.print(f"[yellow]no state for user {user_id!r}[/] (no complete watch or click yet)")
-        return
+        Console(stderr=True).print(f"[yellow]no state for user {user_id!r}[/] "
+                                   "(no complete watch or click yet)")
+        sys.exit(EXIT_NOT_FOUND)
     for name, seq in view.items():
         table = Table(title=f"{user_id}: {name} ({len(seq)})", title_justify="left")
         table.add_column("#", justify="right")

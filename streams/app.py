@@ -36,6 +36,11 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.batch_max,
         consumer_auto_offset_reset="earliest",
+        # Do not wait for in-flight batches on stop or rebalance: a batch retrying an outage may
+        # never finish, and SIGTERM must stop the worker within seconds. Nothing is lost: agents
+        # ack a batch only after writing it, only acked offsets are committed, and a replay of
+        # an unacked batch is a no-op (applied offsets in the state, compare-and-set writes).
+        stream_wait_empty=False,
         producer_acks=-1,
         topic_partitions=settings.event_partitions,
         topic_replication_factor=settings.topic_replication,

@@ -8,8 +8,9 @@ the vectors with the encoder version in one Redis pipeline (retried while Redis 
 only then ack, so an offset is committed only once its item is stored or dead-lettered.
 Upserts are idempotent, so a replay after a crash rewrites the same vectors.
 
-The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion) is loaded on the
-first batch, so a worker that sees no items never loads torch. Dead letters go to the
+The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion; onnxruntime
+unless ``SEMIREC_ENCODER_RUNTIME=torch``) is loaded on the first batch, so a worker that sees
+no items never loads it. Dead letters go to the
 project's DLQ topic (``SEMIREC_TOPIC_EVENTS_DLQ``) with ``stage: "catalog"``.
 """
 
@@ -28,7 +29,13 @@ from semirec.item_store import ItemStore, ItemVector
 from semirec.items import Item, parse_item
 from semirec.metrics import AgentMetrics
 from semirec.settings import Settings
-from streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
+from streams.batches import (
+    DeadLetterSink,
+    Message,
+    guarded,
+    retry_while_redis_down,
+    run_batches,
+)
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 64  # items per batch: bounds the time one encode call holds the partition
@@ -44,7 +51,8 @@ class CatalogOutcome:
 
 
 def default_encoder() -> Any:
-    """The in-process torch encoder for ``$SEMIREC_ENCODER_CHECKPOINT`` (or untrained)."""
+    """The encoder for ``$SEMIREC_ENCODER_CHECKPOINT`` (or untrained) in
+    ``$SEMIREC_ENCODER_RUNTIME`` (default: the exported models under onnxruntime, 1 thread)."""
     import torch
 
     from encoders.pipeline import get_encoder
@@ -139,12 +147,16 @@ def register_catalog(app: Any, settings: Settings) -> None:
     items = raw_topic(app, settings.topics.items, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="catalog")
 
-    @app.agent(items, name="catalog")
-    async def catalog(stream: Any) -> None:
+    async def body(stream: Any) -> None:
         store = ItemStore.from_url(settings.redis_url)
         processor = CatalogProcessor(store, to_dlq)
         try:
             await run_batches(stream, processor.process, batch_max=min(settings.batch_max, BATCH_MAX),
-                              within_s=settings.batch_within_s)
+                              within_s=settings.batch_within_s, agent="catalog",
+                              exit_delay_s=settings.crash_exit_delay_s)
         finally:
             await store.close()
+
+    @app.agent(items, name="catalog")
+    async def catalog(stream: Any) -> None:
+        await guarded("catalog", body(stream), exit_delay_s=settings.crash_exit_delay_s)

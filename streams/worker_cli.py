@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from dataclasses import replace
 
 import click
@@ -42,6 +43,7 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
 
     from semirec.kafka import ensure_topics
     from streams.app import create_app
+    from streams.fatal import fatal_fault
 
     settings = Settings.from_env()
     if metrics_port is not None:
@@ -61,4 +63,9 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
             raise click.ClickException(str(exc)) from exc
     for name in chosen:
         _load(AGENTS[name][0])(app, settings)
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    try:
+        Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        if (fault := fatal_fault()) is not None:  # an agent stopped the worker (streams.fatal)
+            click.echo(f"Error: {fault.message}", err=True)
+            sys.exit(fault.exit_code)

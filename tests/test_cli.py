@@ -68,5 +68,10 @@ async def test_produce_then_user(settings, redis_client, tmp_path) -> None:
 
     human = run(settings, "user", "alice")
     assert "alice: video (50)" in human.stdout
+    assert json.loads(res.stdout)["found"] is True
     nobody = run(settings, "user", "nobody", "--json")
-    assert json.loads(nobody.stdout) == {"user_id": "nobody", "video": [], "product": []}
+    assert nobody.returncode == 67  # EX_NOUSER: distinguishable from a user with state
+    assert json.loads(nobody.stdout) == {"user_id": "nobody", "found": False, "video": [],
+                                         "product": []}
+    human = run(settings, "user", "nobody")
+    assert human.returncode == 67 and "no state for user 'nobody'" in human.stderr

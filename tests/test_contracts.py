@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from semirec.contracts import ContractError, Domain, encode_event, parse_event, parse_ts
+from semirec.items import validate_item
 from tests.event_script import BASE_TS, MALFORMED
 
 WATCH = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "domain": "video",
@@ -54,3 +55,32 @@ def test_encode_round_trip() -> None:
     event = parse_event(orjson.dumps(WATCH), b"u1")
     for fmt in ("json", "msgpack"):
         assert parse_event(encode_event(event, fmt), b"u1") == event
+
+
+@pytest.mark.parametrize("text", ["a\u00a0b", "zero\u200bwidth", "emoji-\U0001f600", "tab-free é"])
+def test_ids_allow_every_character_but_control_characters(text) -> None:
+    body = {**WATCH, "user_id": text, "item_id": text, "event_id": text}
+    assert parse_event(orjson.dumps(body), text.encode()).item_id == text
+    assert validate_item({"item_id": text, "domain": "video", "title": "t",
+                          "images": []}).item_id == text
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1f", "\x7f", "\x85", "\x9f", "\n"])
+def test_ids_with_control_characters_are_refused(char) -> None:
+    with pytest.raises(ContractError, match="control characters") as info:
+        parse_event(orjson.dumps({**WATCH, "item_id": f"v{char}1"}), b"u1")
+    assert info.value.reason.value == "bad_value"
+    with pytest.raises(ContractError, match="control characters"):
+        validate_item({"item_id": f"v{char}1", "domain": "video", "title": "t",
+                       "images": []})
+
+
+def test_recommendation_requests_follow_the_same_id_rule() -> None:
+    from semirec.recommendations import parse_request
+
+    ok = parse_request(orjson.dumps({"request_id": "r\u00a01", "user_id": "u\u200b"}),
+                       "u\u200b".encode())
+    assert ok.user_id == "u\u200b"
+    with pytest.raises(ContractError, match="control characters") as info:
+        parse_request(orjson.dumps({"request_id": "r\x85", "user_id": "u"}), b"u")
+    assert info.value.reason.value == "bad_value"

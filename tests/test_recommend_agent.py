@@ -4,6 +4,9 @@ redis-server and tritonserver with no ranker loaded: every answer comes from the
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 import uuid
 from collections import Counter
 
@@ -13,6 +16,7 @@ import pytest
 from semirec.kafka import ensure_topics, ingest_topics, serving_topics
 from semirec.recommendations import RecommendationRequest
 from serving.cli import ask
+from tests.conftest import settings_env
 from tests.kafka_utils import consume_all, produce_raw
 from tests.serving_utils import CATS, Recommendations, category, clicks, put_catalog
 from tests.workers import running_worker
@@ -87,3 +91,33 @@ async def test_requests_are_answered_and_malformed_ones_dead_lettered(
         ["undecodable", "bad_value", "missing_field", "key_mismatch", "not_an_object"])
     assert {r["stage"] for r in letters} == {"recommend"}
     assert {base64.b64decode(r["original_b64"]) for r in letters} == {v for _, v in bad}
+
+
+def test_cli_recommend_and_watch(settings, redis_client, world, tmp_path) -> None:
+    """What a person types: `semirec recommend` (table with titles, or --json) and
+    `semirec recommendations` (what subscribers receive)."""
+    import asyncio
+
+    asyncio.run(put_catalog(settings.redis_url, world))
+    asyncio.run(ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)}))
+    env = settings_env(settings)
+
+    def semirec(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "semirec", *args], env=env, text=True,
+                              capture_output=True, timeout=120)
+
+    with running_worker(settings, tmp_path / "worker.log", "--agent", "recommend"):
+        machine = semirec("recommend", "dana", "--k", "4", "--json", "--timeout", "60")
+        assert machine.returncode == 0, machine.stderr
+        answer = json.loads(machine.stdout)
+        assert answer["user_id"] == "dana" and len(answer["items"]) == 4
+        assert answer["request_id"].startswith("cli-") and answer["fallback"] is True
+        person = semirec("recommend", "dana", "--k", "3")
+        assert person.returncode == 0, person.stderr
+        assert "dana: 3 videos" in person.stdout and "video " in person.stdout  # toy titles
+    watched = semirec("recommendations", "--user", "dana", "--json")
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert [r["request_id"] for r in lines] == [answer["request_id"], lines[1]["request_id"]]
+    silent = semirec("recommend", "dana", "--timeout", "1")  # no agent running now
+    assert silent.returncode == 1 and "is a recommendation agent running" in silent.stderr
