@@ -10,6 +10,9 @@ A crash between the Redis write and the commit replays the batch, and the per-pa
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
 error stops the worker without acking the batch (:func:`streams.batches.stop_worker`).
+With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
+user's state just before it) is published to ``samples`` and acknowledged before the state write
+(docs/online-training.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from semirec.contracts import ContractError, Event
 from semirec.metrics import AgentMetrics
+from semirec.samples import TrainingSample, sample_of
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
@@ -51,6 +55,8 @@ AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
 # user_id -> partition -> (event, offset) in offset order
 ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
 _offset = itemgetter(1)
+# point-in-time training samples of a write attempt, awaited before the state is written
+BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
 
 
 class IngestProcessor:
@@ -58,8 +64,12 @@ class IngestProcessor:
 
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
                  *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
-                 after_write: AfterWrite | None = None) -> None:
+                 after_write: AfterWrite | None = None,
+                 before_save: BeforeSave | None = None) -> None:
         self.settings = settings
+        # sees every watch's sample before the state that makes it unrecoverable is written
+        # (a crash in between replays the batch and logs the samples again: at least once)
+        self.before_save = before_save
         self.after_write = after_write  # runs after Redis acknowledged, before the batch is acked
         self.store = store
         self.dead_letters = dead_letters
@@ -110,14 +120,19 @@ class IngestProcessor:
 
     async def _write(self, by_user: ByUser, out: BatchOutcome) -> None:
         pending = list(by_user)
+        stamps = {(m.partition, m.offset): m.timestamp for m, _ in out.events} \
+            if self.before_save is not None else None
         while pending:
             with self.metrics.redis("load"):
                 loaded = await self.store.load(pending)
             writes = []
+            samples: list[TrainingSample] = []
             for uid, (token, state) in zip(pending, loaded, strict=True):
-                if applied := self._apply(state, by_user[uid]):
+                if applied := self._apply(state, by_user[uid], samples, stamps):
                     state.version += 1
                     writes.append((uid, token, state, applied))
+            if samples and self.before_save is not None:
+                await self.before_save(samples)
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
@@ -133,12 +148,18 @@ class IngestProcessor:
             out.cas_conflicts += len(lost)
             pending = lost
 
-    def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]]) -> int:
+    def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]],
+               samples: list[TrainingSample] | None = None,
+               stamps: dict[tuple[int, int], float] | None = None) -> int:
         applied = 0
         for partition, pairs in parts.items():
             pairs.sort(key=_offset)  # already in offset order when read from one fetch
+            observe = None
+            if stamps is not None and samples is not None:
+                def observe(s: UserState, e: Event, o: int, p: int = partition) -> None:
+                    samples.append(sample_of(s, e, p, o, stamps.get((p, o), 0.0), time.time()))
             applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
-                             dedup_window=self.settings.dedup_window)
+                             dedup_window=self.settings.dedup_window, before_watch=observe)
         return applied
 
 
@@ -169,6 +190,23 @@ def announce_changes(app: Any, store: SequenceStore, settings: Settings) -> Afte
     return after_write
 
 
+def publish_samples(app: Any, settings: Settings) -> BeforeSave:
+    """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
+    broker's acks, before ingest writes the state they were taken from."""
+    from semirec.samples import encode_sample
+
+    topic = settings.topics.samples
+
+    async def before_save(samples: list[TrainingSample]) -> None:
+        send = app.producer.send  # the transport's producer: no per-message faust overhead
+        futures = [await send(topic, s.user_id.encode(), encode_sample(s), None, None, None)
+                   for s in samples]
+        if futures:
+            await asyncio.gather(*futures)
+
+    return before_save
+
+
 def register_ingest(app: Any, settings: Settings) -> None:
     """Attach the ingest agent to a faust app built by :func:`streams.app.create_app`."""
     from streams.app import raw_topic
@@ -184,7 +222,8 @@ def register_ingest(app: Any, settings: Settings) -> None:
             store = SequenceStore.from_url(settings.redis_url,
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
-                settings, store, to_dlq, after_write=announce_changes(app, store, settings)))
+                settings, store, to_dlq, after_write=announce_changes(app, store, settings),
+                before_save=publish_samples(app, settings) if settings.log_samples else None))
         return await processors[0].process(batch)
 
     BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,

@@ -23,6 +23,7 @@ class WorldConfig:
     style_dims: int = 8  # within-category image style dimensions that users care about
     complete_rate: float = 0.5  # calibrated mean completion probability of a watch
     start_ts: int = START_TS
+    new_videos: int = 0  # videos held out of the history and the initial catalog (World.new_items)
 
     def __post_init__(self) -> None:
         for name in ("users", "videos", "products", "days", "frames", "style_dims"):
@@ -37,6 +38,8 @@ class WorldConfig:
             raise ValueError(f"complete_rate must be in (0, 1), got {self.complete_rate}")
         if min(self.sessions_per_day, self.clicks_per_session, self.watches_per_session) < 0:
             raise ValueError("session rates must be >= 0")
+        if not 0 <= self.new_videos <= self.videos - 10:
+            raise ValueError(f"new_videos must be in 0..videos - 10, got {self.new_videos}")
         if self.start_ts % 3600:
             raise ValueError("start_ts must be on an hour boundary")
 

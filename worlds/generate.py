@@ -10,6 +10,8 @@ carries information about video completion that the (sparse) video sequence does
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from semirec.contracts import Domain, Event
@@ -60,6 +62,15 @@ def _by_style(side: Side, cats: np.ndarray, taste: np.ndarray, rng: np.random.Ge
     return out
 
 
+def _without_new(videos: Side, new: int) -> Side:
+    """The videos with the last ``new`` ones never exposed (zero weight) in the history."""
+    if not new:
+        return videos
+    log_pop = videos.log_pop.copy()
+    log_pop[len(log_pop) - new:] = -np.inf  # the first 10 videos cover every category
+    return replace(videos, log_pop=log_pop)
+
+
 def _sessions(cfg: WorldConfig, users: Population, rng: np.random.Generator):
     """Per session: user, hour slot, start ts, click and watch counts."""
     slots = cfg.days * 24
@@ -90,7 +101,7 @@ def generate_world(cfg: WorldConfig, seed: int = 0) -> World:
     users = build_population(cfg, rng_users)
     rng = rng_sessions
     s_user, s_slot, s_start, clicks, watches = _sessions(cfg, users, rng)
-    truth = Truth(cfg, users, catalog.videos, {})
+    truth = Truth(cfg, users, catalog.videos, {}, products=catalog.products)
     s_intent = _categorical(truth.product_interest(s_user, s_start.astype(float)), rng)
     keys = zip(s_user.tolist(), s_slot.tolist(), strict=True)
     truth.intents = dict(zip(keys, s_intent.tolist(), strict=True))
@@ -120,7 +131,7 @@ def generate_world(cfg: WorldConfig, seed: int = 0) -> World:
     mode = rng.choice(3, size=len(wi), p=EXPOSURE_MIX)
     cat = np.where(mode == 0, _categorical(truth.video_interest(e_user[wi], e_ts[wi]), rng),
                    np.where(mode == 1, e_intent[wi], ANY))
-    shown = _by_popularity(catalog.videos, cat, rng)
+    shown = _by_popularity(_without_new(catalog.videos, cfg.new_videos), cat, rng)
     raw = truth.raw_logit(e_user[wi], shown, e_ts[wi], e_intent[wi])
     truth.intercept = calibrate_intercept(raw, cfg.complete_rate)
     prob = sigmoid(raw + truth.intercept)
@@ -146,4 +157,7 @@ def generate_world(cfg: WorldConfig, seed: int = 0) -> World:
             events.append(Event(event_id, uid, p_ids[item[i]], Domain.PRODUCT, "click", ts))
     params = {"seed": seed, **cfg.to_dict(), "intercept": truth.intercept,
               "categories": [c.slug for c in CATEGORIES]}
-    return World("world", catalog.items, events, true_prob, truth.item_probs, params)
+    new_ids = set(v_ids[len(v_ids) - cfg.new_videos:]) if cfg.new_videos else set()
+    items = [it for it in catalog.items if it["item_id"] not in new_ids]
+    new_items = [it for it in catalog.items if it["item_id"] in new_ids]
+    return World("world", items, events, true_prob, truth.item_probs, params, new_items, truth)

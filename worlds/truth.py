@@ -7,7 +7,8 @@
         + 1.0 * [cat_v == intent of u's session at t]          short-term intent (shows in clicks)
         + quality_v + bias_u
 
-with ``product_interest_u(t) = (1 - r) * early + r * late``, ``r = drift * t / horizon`` and
+with ``product_interest_u(t) = (1 - r) * early + r * late``, ``r = drift * t / horizon`` (after a
+scheduled interest shift at ``shift_ts``: ``r + shift * (1 - r)``, see :meth:`Truth.schedule_shift`) and
 ``video_interest_u(t) = link * product_interest_u(t) + (1 - link) * video_own_u``. The
 intercept ``b`` is calibrated so the mean probability over the generated watches equals
 ``complete_rate``.
@@ -15,6 +16,7 @@ intercept ``b`` is calibrated so the mean probability over the generated watches
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,6 +54,9 @@ class Truth:
     videos: Side
     intents: dict[tuple[int, int], int]  # (user index, hour slot) -> the session's intent category
     intercept: float = 0.0
+    products: Side | None = None  # the product side, for live clicks (worlds.live)
+    shift: float = 0.0  # share of the way to the late interests added at shift_ts (live runs)
+    shift_ts: float = math.inf
     _user_index: dict[str, int] = field(init=False, repr=False)
     _video_index: dict[str, int] = field(init=False, repr=False)
 
@@ -62,7 +67,18 @@ class Truth:
     def product_interest(self, u: np.ndarray, ts: np.ndarray) -> np.ndarray:
         horizon = self.cfg.days * 86400
         r = self.cfg.drift * np.clip((ts - self.cfg.start_ts) / horizon, 0.0, 1.0)[:, None]
+        r = np.where(ts[:, None] >= self.shift_ts, r + self.shift * (1 - r), r)
         return (1 - r) * self.users.product_interest[u] + r * self.users.product_interest_late[u]
+
+    def schedule_shift(self, ts: float, strength: float = 1.0) -> None:
+        """From ``ts`` on, interests move a further ``strength`` share of the way to the late draw.
+
+        For live runs past the history (the generator never calls it); history-time truths are
+        unchanged as long as ``ts`` is after the last event.
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"shift strength must be in [0, 1], got {strength}")
+        self.shift, self.shift_ts = strength, float(ts)
 
     def video_interest(self, u: np.ndarray, ts: np.ndarray) -> np.ndarray:
         link = self.cfg.link
@@ -83,6 +99,15 @@ class Truth:
     def intent_at(self, u: int, ts: float) -> int:
         """The intent of ``u``'s session in the hour of ``ts`` (NO_INTENT outside sessions)."""
         return self.intents.get((u, int((ts - self.cfg.start_ts) // 3600)), NO_INTENT)
+
+    def user_index(self, user_id: str) -> int:
+        if user_id not in self._user_index:
+            raise KeyError(f"unknown user {user_id!r}")
+        return self._user_index[user_id]
+
+    def set_intent(self, u: int, ts: float, category: int) -> int:
+        """Give ``u`` a session intent in the hour of ``ts`` (an existing one is kept); returns it."""
+        return self.intents.setdefault((u, int((ts - self.cfg.start_ts) // 3600)), category)
 
     def item_probs(self, user_id: str, video_ids: Sequence[str], ts: float) -> np.ndarray:
         """True completion probabilities of ``video_ids`` for ``user_id`` at ``ts`` (float64)."""

@@ -22,6 +22,10 @@ class World:
     # item_probs(user_id, video_ids, ts) -> true P(complete) per candidate video; generated only
     item_probs: ItemProbs | None = None
     params: dict[str, Any] = field(default_factory=dict)  # how it was made (seed, sizes, source)
+    # videos with no history that a live run publishes later (WorldConfig.new_videos); generated only
+    new_items: list[dict[str, Any]] = field(default_factory=list)
+    # the generator's latent state (worlds.truth.Truth), for simulated users and evaluation only
+    truth: Any = None
 
     def item_ids(self, domain: str) -> list[str]:
         return [item["item_id"] for item in self.items if item["domain"] == domain]
