@@ -34,7 +34,7 @@ def sample_of(state: UserState, event: Event, partition: int, offset: int, appen
     """The sample of ``event`` from ``state`` as it is before the event is applied."""
     return TrainingSample(
         event.event_id, event.user_id, event.item_id, bool(event.complete), event.ts,
-        [tuple(e) for e in state.video], [tuple(e) for e in state.product], partition, offset,
+        list(state.video), list(state.product), partition, offset,  # Entry is a (ts_ms, id) tuple
         appended_at, logged_at)
 
 

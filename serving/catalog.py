@@ -41,6 +41,7 @@ class CatalogIndex:
         self._video_rows: set[int] = set()
         self._video_order: list[int] = []  # rows in the order they first became videos
         self._since_ms = 0
+        self._written: dict[str, int] = {}  # item -> the write (ms) this index holds
         self.loaded = False
         self.generation = 0  # bumped by every upsert (callers cache what they derive from it)
 
@@ -54,6 +55,10 @@ class CatalogIndex:
     async def refresh(self, store: ItemStore) -> int:
         """Pull items written since the last refresh; returns how many were (re)indexed."""
         changed = await store.changed_since(max(0, self._since_ms - OVERLAP_MS))
+        if changed:
+            self._since_ms = max(self._since_ms, changed[-1][1])
+        # the overlap re-reads the last seconds' writes: fetch only what we do not hold yet
+        changed = [(i, ms) for i, ms in changed if ms > self._written.get(i, -1)]
         if not changed:
             self.loaded = True
             return 0
@@ -62,7 +67,8 @@ class CatalogIndex:
         rows = np.flatnonzero(got.found)
         self.upsert([ids[r] for r in rows], got.vectors[rows],
                     [got.domains[r] for r in rows])  # type: ignore[misc]
-        self._since_ms = max(self._since_ms, changed[-1][1])
+        for item_id, ms in changed:
+            self._written[item_id] = ms
         self.loaded = True
         return len(rows)
 
@@ -70,6 +76,7 @@ class CatalogIndex:
         now = time.time()
         self.generation += 1
         fresh_videos: list[int] = []
+        stale: list[int] = []
         for item_id, vec, domain in zip(item_ids, vectors, domains, strict=True):
             row = self._row.get(item_id)
             if row is None:
@@ -82,13 +89,15 @@ class CatalogIndex:
                 self._domain.append(domain)
                 self.added_at.append(now)
             elif row in self._video_rows:  # re-encoded or moved domain: drop the old entry
-                self._videos.remove_ids(np.asarray([row], np.int64))
+                stale.append(row)
                 self._video_rows.discard(row)
             self._vectors[row] = vec
             self._unit[row] = vec / max(float(np.linalg.norm(vec)), 1e-12)
             self._domain[row] = domain
             if domain is Domain.VIDEO:
                 fresh_videos.append(row)
+        if stale:  # one pass over the flat index for all of them
+            self._videos.remove_ids(np.asarray(stale, np.int64))
         if fresh_videos:
             self._video_order += [r for r in fresh_videos if r not in self._video_rows]
             rows = np.asarray(fresh_videos, np.int64)

@@ -36,7 +36,7 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 SECRETS = {"REDIS_PASSWORD": "redis-pw", "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
            "KAFKA_CLIENT_PASSWORD": "kafka-pw"}
 SERVICES = {"kafka", "redis", "triton", "ingest", "catalog", "lag-exporter", "lag-exporter-catalog",
-            "prometheus", "grafana"}
+            "trainer", "prometheus", "grafana"}
 # Triton metrics the dashboard may use (checked against a real tritonserver below).
 TRITON_METRICS = {"nv_inference_request_success", "nv_inference_request_failure",
                   "nv_inference_count", "nv_inference_exec_count",
@@ -194,7 +194,7 @@ def test_compose_semirec_services_run_real_commands_with_valid_settings() -> Non
     services = compose()["services"]
     names = {f"SEMIREC_{f.name.upper()}" for f in fields(Settings)} | {
         f"SEMIREC_TOPIC_{f.name.upper()}" for f in fields(Topics)}
-    for name in ("ingest", "lag-exporter"):
+    for name in ("ingest", "lag-exporter", "trainer"):
         svc = services[name]
         assert svc["build"] == "." and (ROOT / "Dockerfile").is_file()
         env = {k: str(v) for k, v in svc["environment"].items()}
@@ -216,7 +216,7 @@ def test_prometheus_scrapes_what_compose_serves() -> None:
     assert {"semirec-ingest", "semirec-lag", "triton"} <= set(jobs)
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file()
-    for worker in ("ingest", "catalog"):  # every replica, through Docker's DNS
+    for worker in ("ingest", "catalog", "trainer"):  # every replica, through Docker's DNS
         dns = jobs[f"semirec-{worker}"]["dns_sd_configs"][0]
         assert dns["names"] == [worker] and dns["type"] == "A"
         assert dns["port"] == int(services[worker]["environment"]["SEMIREC_METRICS_PORT"])

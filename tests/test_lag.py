@@ -203,7 +203,8 @@ async def test_watch_prints_samples_with_a_trend(settings: Settings) -> None:
     topic = settings.topics.events
     await create_topic(settings, topic)
     await produce(settings, topic, 30)
-    proc = _spawn_lag(settings, "--watch", "0.3", "--json")
+    # --topic: this test's group only (without it, every semirec* group on the shared broker)
+    proc = _spawn_lag(settings, "--watch", "0.3", "--json", "--topic", topic)
     try:
         samples = [orjson.loads(await asyncio.to_thread(proc.stdout.readline)) for _ in range(2)]
         assert [s["total_lag"] for s in samples] == [30, 30]
@@ -211,7 +212,7 @@ async def test_watch_prints_samples_with_a_trend(settings: Settings) -> None:
     finally:
         _stop(proc)
     await produce(settings, topic, 8, start=30)
-    proc = _spawn_lag(settings, "--watch", "0.3")
+    proc = _spawn_lag(settings, "--watch", "0.3", "--topic", topic)
     try:
         out = ""
         while out.count("TREND") < 3:  # two complete tables

@@ -221,6 +221,12 @@ def test_promote_rollback_and_a_failed_promotion(repo: ModelRepository, checkpoi
         repo.promote(broken)
     assert repo.aliases() == {"serving": a, "previous": b} and served() == str(a)
     assert [r.version for r in repo.list() if "serving" in r.aliases] == [a]
+    client.unload_model(MODEL)  # as after a tritonserver restart in explicit mode
+    deadline = time.monotonic() + 30
+    while client.is_model_ready(MODEL) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert repo.ensure_serving() == a and served() == str(a)
+    assert repo.ensure_serving() == a  # already serving: nothing to do
 
 
 def test_hot_swap_under_load_fails_no_request(repo: ModelRepository, checkpoints) -> None:

@@ -66,6 +66,11 @@ def window_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> 
     return out
 
 
+def finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """``metrics`` with nan as None, for JSON (meta.json, ``model-updates``)."""
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
+
+
 def judge(serving: Mapping[str, float], candidate: Mapping[str, float],
           config: GateConfig | None = None) -> Verdict:
     """Promote unless the slice is too small or the candidate is worse by more than a margin.

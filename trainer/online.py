@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from semirec.samples import TrainingSample
 from trainer import checkpoint
 from trainer.configs import ModelConfig
-from trainer.fit import item_scale, predict
+from trainer.fit import predict
 from trainer.gate import GateConfig, Verdict, judge, window_metrics
 from trainer.ranker import Ranker
 from trainer.samples import SampleSet, length_batches, user_batch
@@ -156,6 +156,9 @@ class Learner:
 
     def __init__(self, model: Ranker, cfg: ModelConfig, online: OnlineConfig,
                  optimizer_state: dict[str, Any] | None = None) -> None:
+        if getattr(model, "identity", None) is not None:
+            raise ValueError("online fine-tuning of a model with item identity is not supported "
+                             "yet (it needs the items' counts at each sample's time)")
         self.cfg = cfg
         self.online = online
         self.model = model.eval()
@@ -187,9 +190,8 @@ class Learner:
 
     def fine_tune(self, train: SampleSet, table: torch.Tensor) -> tuple[Ranker, torch.optim.Optimizer]:
         """A copy of the serving model (and optimizer) trained on ``train``."""
-        model = copy.deepcopy(self.model)
+        model = copy.deepcopy(self.model)  # item_scale stays the offline model's
         opt = self._optimizer(model, copy.deepcopy(self.optimizer.state_dict()))
-        model.item_scale.copy_(item_scale(table))
         labels = torch.from_numpy(train.label)
         model.train()
         for _ in range(self.online.passes):
@@ -220,8 +222,8 @@ class Learner:
         n_hold = int(len(usable) * self.online.holdout_fraction)
         train, holdout = usable[:len(usable) - n_hold], usable[len(usable) - n_hold:]
         draw = min(len(self.replay), int(len(train) * self.online.replay_ratio))
-        replayed = [self.replay[i] for i in self.rng.choice(len(self.replay), draw, replace=False)] \
-            if draw else []
+        buffer = list(self.replay) if draw else []
+        replayed = [buffer[i] for i in self.rng.choice(len(buffer), draw, replace=False)]
         rows, seq_len, bucket = table.rows, self.online.seq_len, self.online.bucket_s
         fit_set = to_sample_set(train + [s for s in replayed if s.item_id in rows], rows, seq_len,
                                 bucket)

@@ -30,6 +30,7 @@ from semirec.contracts import ContractError
 from semirec.samples import decode_sample
 from semirec.settings import Settings
 from trainer import checkpoint
+from trainer.gate import finite
 from trainer.model_repo import ModelRepository, ModelRepositoryError
 from trainer.online import (
     ItemTable,
@@ -131,6 +132,7 @@ class OnlineTrainer:
         if self.serving_version is not None and \
                 self.repo.aliases().get("serving") != self.serving_version:
             await self._finish_promotion()
+        await asyncio.to_thread(self.repo.ensure_serving)  # e.g. Triton restarted meanwhile
         if self.serving_version is not None:
             SERVING.set(self.serving_version)
 
@@ -194,8 +196,8 @@ class OnlineTrainer:
                     EVAL.labels(name, metric).set(metrics[metric])
         record: dict[str, Any] = {"trained": len(result.trained), "holdout": len(result.holdout),
                                   "skipped_without_vector": result.skipped_without_vector,
-                                  "serving": dict(verdict.serving),
-                                  "candidate": dict(verdict.candidate),
+                                  "serving": finite(verdict.serving),
+                                  "candidate": finite(verdict.candidate),
                                   "reasons": list(verdict.reasons), "seconds": result.seconds}
         version = None
         if verdict.promote:
@@ -254,9 +256,9 @@ class OnlineTrainer:
     def _export(self, result: RoundResult) -> int:
         with tempfile.TemporaryDirectory(prefix="semirec-candidate-") as tmp:
             assert self.learner is not None
-            checkpoint.save(Path(tmp), result.candidate, self.learner.cfg,
-                            {"metrics": dict(result.verdict.candidate)})
-            return self.repo.export(Path(tmp), metrics=dict(result.verdict.candidate))
+            metrics = finite(result.verdict.candidate)
+            checkpoint.save(Path(tmp), result.candidate, self.learner.cfg, {"metrics": metrics})
+            return self.repo.export(Path(tmp), metrics=metrics)
 
     async def _checkpoint(self) -> None:
         assert self.learner is not None
@@ -266,7 +268,9 @@ class OnlineTrainer:
         from aiokafka import TopicPartition
 
         topic = self.settings.topics.samples
-        await self.consumer.commit({TopicPartition(topic, p): o for p, o in self.offsets.items()})
+        if self.offsets:
+            await self.consumer.commit({TopicPartition(topic, p): o
+                                        for p, o in self.offsets.items()})
 
     def _observe_freshness(self, result: RoundResult) -> tuple[dict[str, float], list[float]]:
         """Age of each newly trained sample now that a model trained on it answers."""
@@ -284,8 +288,8 @@ class OnlineTrainer:
         body = {
             "model": "ranker", "version": version, "model_version": f"ranker/{version}",
             "previous_version": self.repo.aliases().get("previous"),
-            "metrics": dict(result.verdict.candidate),
-            "serving_metrics": dict(result.verdict.serving),
+            "metrics": finite(result.verdict.candidate),
+            "serving_metrics": finite(result.verdict.serving),
             "samples_trained": len(trained),
             "data_through": {
                 "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
