@@ -140,6 +140,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if not records or self.should_stop:
                     continue
                 generation = self.app.consumer_generation_id
+                if not self.flow_active:  # as faust's getmany: fetched during a stop, read again
+                    await self.perform_seek()
+                    continue
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break

@@ -17,7 +17,6 @@ user's state just before it) is published to ``samples`` and acknowledged before
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -35,6 +34,7 @@ from semirec.store import SequenceStore
 from streams.batch_transport import BatchAgent
 from streams.batches import DeadLetterSink, Message, retry_while_redis_down
 from streams.event_codec import decode_event
+from streams.publish import publish_many
 
 log = logging.getLogger(__name__)
 
@@ -176,16 +176,11 @@ def announce_changes(app: Any, store: SequenceStore, settings: Settings) -> Afte
         await retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
                                      settings.time_bucket_s)
         now = time.time()
-        send = app.producer.send  # the transport's producer: no per-message faust overhead
-        futures = []
-        for uid, newest in out.changed.items():
-            if newest is None:
-                continue
-            msg, event = newest
-            notice = UserUpdate(uid, event.event_id, event.ts, msg.timestamp, now)
-            futures.append(await send(topic, uid.encode(), encode(notice), None, None, None))
-        if futures:
-            await asyncio.gather(*futures)
+        notices = [(uid.encode(), encode(UserUpdate(uid, event.event_id, event.ts, msg.timestamp,
+                                                    now)))
+                   for uid, newest in out.changed.items() if newest is not None
+                   for msg, event in (newest,)]
+        await publish_many(app.producer._ensure_producer(), topic, notices)
 
     return after_write
 
@@ -198,11 +193,8 @@ def publish_samples(app: Any, settings: Settings) -> BeforeSave:
     topic = settings.topics.samples
 
     async def before_save(samples: list[TrainingSample]) -> None:
-        send = app.producer.send  # the transport's producer: no per-message faust overhead
-        futures = [await send(topic, s.user_id.encode(), encode_sample(s), None, None, None)
-                   for s in samples]
-        if futures:
-            await asyncio.gather(*futures)
+        await publish_many(app.producer._ensure_producer(), topic,
+                           [(s.user_id.encode(), encode_sample(s)) for s in samples])
 
     return before_save
 

@@ -1,0 +1,36 @@
+"""Publish many keyed records at once and wait for the broker: one record batch per partition
+instead of one ``send`` per record (what an agent that announces per-user changes needs at
+volume: the ingest agent's user-update notices and training samples).
+
+Records go to the partition a keyed ``send`` would choose (the producer's own partitioner over
+the topic's partitions), in the given order within each partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+
+async def publish_many(producer: Any, topic: str,
+                       records: Sequence[tuple[bytes, bytes]]) -> None:
+    """Send ``(key, value)`` records to ``topic`` with an aiokafka producer (``AIOKafkaProducer``;
+    in a faust worker ``app.producer._ensure_producer()``) and wait for every acknowledgement."""
+    if not records:
+        return
+    await producer.partitions_for(topic)  # metadata for the partitioner
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in records:
+        p = producer._partition(topic, None, key, value, key, value)
+        by_partition.setdefault(p, []).append((key, value))
+    futures = []
+    for partition, part in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in part:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*futures)
