@@ -237,11 +237,13 @@ class Demo:
                 items = self.run_dir / "items.jsonl"
                 items.write_text("".join(json.dumps(it) + "\n" for it in world.items))
                 log = self.run_dir / "encoder-pretrain.log"
-                with self._step(f"pre-training the item encoder on {len(world.items):,} items "
-                                "(cached afterwards; a few minutes)"), open(log, "wb") as out:
+                self.console.print(f"{time.strftime('%H:%M:%S')} pre-training the item encoder on "
+                                   f"{len(world.items):,} items (cached afterwards; a few minutes)")
+                with open(log, "wb") as out:  # on a terminal its own progress bars show
                     res = subprocess.run([sys.executable, "-m", "semirec", "encoders", "pretrain",
                                           "--items", str(items), "--out", str(ckpt), "--json"],
-                                         stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+                                         stdout=out, timeout=1800,
+                                         stderr=None if self.console.is_terminal else subprocess.STDOUT)
                 if res.returncode != 0:
                     raise DemoError(f"encoder pre-training failed (code {res.returncode}); log {log}:\n"
                                     f"{_tail(log)}")
