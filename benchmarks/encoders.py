@@ -1,11 +1,21 @@
 """Item encoding throughput: eager torch vs the exported ONNX models (onnxruntime), in one run.
 
-Both paths run the full pipeline (tokenise, decode images, text + image backbones, fusion)
+All paths run the full pipeline (tokenise, decode images, text + image backbones, fusion)
 with the feature cache off, on the same generated-world items, alternating rounds so that
-load from other processes hits both alike; the best round of each counts. Also reports the
-cached path (backbone features from the cache, fusion only) and the max |torch - onnx|.
+load from other processes hits them alike; the best round of each counts:
 
-    .venv/bin/python benchmarks/encoders.py [--items 256] [--rounds 3] [--threads 1] [--json]
+- ``exported``: onnxruntime, titles in length groups (what the catalog agent and
+  ``semirec items encode`` use);
+- ``eager``: torch, the same length groups (like for like);
+- ``eager_padded``: torch, titles in input order padded to the longest of each batch of 64
+  (every path before length groups).
+
+Rates are given per wall second and per CPU second of this process (``cpu_``: items per
+core-second, the steadier figure on a shared machine), with the CPU seconds of each stage in
+the best round. Also: the cached path (fusion only), max |torch - onnx|, the machine (CPU
+model, instruction-set flags, load average) and the onnxruntime session settings.
+
+    python benchmarks/encoders.py [--items 256] [--rounds 3] [--threads 1] [--json]
         [--image-sizes 32,64,96,128]   # also: EfficientNet-Lite0 speed/quality per input side
 
 Last stdout line with --json: {"items_per_s_eager", "items_per_s_exported", "ratio", ...}.
@@ -13,10 +23,14 @@ Last stdout line with --json: {"items_per_s_eager", "items_per_s_exported", "rat
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -25,6 +39,55 @@ import orjson
 # Run as a script, this folder is sys.path[0] and this file would shadow the encoders package.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
+         "amx_bf16")
+PATHS = ("eager_padded", "eager", "exported")
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, the instruction-set flags that matter for the GEMM kernels, load."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    import torch
+
+    return {
+        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_vendor": info.get("vendor_id", ""),
+        "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+        "cpu_mhz": info.get("cpu MHz", ""),
+        "cpus": os.cpu_count(),
+        "isa_flags": [f for f in FLAGS if f in flags],
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+class Stages:
+    """CPU seconds per stage (text, image, fusion) of one encoder, reset per round."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.seconds: dict[str, float] = {}
+        ex = encoder.extractor
+        ex.text_fn = self._wrap("text", ex.text_fn)
+        ex.image_fn = self._wrap("image", ex.image_fn)
+        encoder.fuse_features = self._wrap("fusion", encoder.fuse_features)
+
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any) -> Any:
+            start = time.process_time()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.process_time() - start
+        return timed
 
 
 def image_size_sweep(sizes: list[int], n: int) -> dict[str, dict[str, float]]:
@@ -62,10 +125,11 @@ def image_size_sweep(sizes: list[int], n: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def timed(fn, items) -> tuple[float, np.ndarray]:
-    start = time.perf_counter()
+def timed(fn: Callable[[Any], np.ndarray], items: list) -> tuple[float, float, np.ndarray]:
+    """Wall seconds, CPU seconds of this process, result."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn(items)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
 @click.command()
@@ -89,31 +153,48 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
 
     torch.set_num_threads(threads)
     items = sample_items(n_items, seed)[:n_items]
+    at_start = machine()
     with tempfile.TemporaryDirectory(prefix="semirec-bench-enc-") as tmp:
         repo = Path(tmp) / "models"
+        export_cpu = time.process_time()
         export_repository(repo, checkpoint)
-        eager = ItemEncoder(checkpoint, cache=None)
-        exported = OnnxItemEncoder(repo, threads=threads)
-        warm = items[:8]
-        eager.encode(warm)
-        exported.encode(warm)
-        t_eager, t_onnx = [], []
+        export_cpu = time.process_time() - export_cpu
+        encoders = {"eager_padded": ItemEncoder(checkpoint, cache=None),
+                    "eager": ItemEncoder(checkpoint, cache=None),
+                    "exported": OnnxItemEncoder(repo, threads=threads)}
+        encoders["eager_padded"].extractor.text_backbone.max_padding = None
+        stages = {name: Stages(enc) for name, enc in encoders.items()}
+        for enc in encoders.values():
+            enc.encode(items[:8])  # warm-up
+        runs: dict[str, list[tuple[float, float, dict[str, float]]]] = {p: [] for p in PATHS}
+        vectors: dict[str, np.ndarray] = {}
         for _ in range(rounds):
-            dt, v_eager = timed(eager.encode, items)
-            t_eager.append(dt)
-            dt, v_onnx = timed(exported.encode, items)
-            t_onnx.append(dt)
+            for name in PATHS:
+                stages[name].seconds = {}
+                wall, cpu, vectors[name] = timed(encoders[name].encode, items)
+                runs[name].append((wall, cpu, stages[name].seconds))
         cached = ItemEncoder(checkpoint, cache=FeatureCache(Path(tmp) / "features.sqlite"))
         cached.encode(items)  # fill the cache
-        t_cached, _ = timed(cached.encode, items)
-    summary = {
-        "items": len(items), "rounds": rounds, "threads": threads,
-        "items_per_s_eager": round(len(items) / min(t_eager), 1),
-        "items_per_s_exported": round(len(items) / min(t_onnx), 1),
-        "ratio": round(min(t_eager) / min(t_onnx), 2),
-        "items_per_s_cached": round(len(items) / t_cached, 1),
-        "max_abs_diff": float(np.abs(v_eager - v_onnx).max()),
-        "encoder_version": eager.version,
+        t_cached, _, _ = timed(cached.encode, items)
+    n = len(items)
+    best_wall = {p: min(r[0] for r in runs[p]) for p in PATHS}
+    best_cpu = {p: min(runs[p], key=lambda r: r[1]) for p in PATHS}
+    summary: dict[str, Any] = {
+        "items": n, "rounds": rounds, "threads": threads,
+        **{f"items_per_s_{p}": round(n / best_wall[p], 1) for p in PATHS},
+        "ratio": round(best_wall["eager"] / best_wall["exported"], 2),
+        "ratio_vs_eager_padded": round(best_wall["eager_padded"] / best_wall["exported"], 2),
+        **{f"cpu_items_per_s_{p}": round(n / best_cpu[p][1], 1) for p in PATHS},
+        "cpu_ratio": round(best_cpu["eager"][1] / best_cpu["exported"][1], 2),
+        "cpu_ratio_vs_eager_padded": round(best_cpu["eager_padded"][1] / best_cpu["exported"][1], 2),
+        "stage_cpu_s": {p: {k: round(v, 3) for k, v in best_cpu[p][2].items()} for p in PATHS},
+        "items_per_s_cached": round(n / t_cached, 1),
+        "max_abs_diff": float(np.abs(vectors["eager"] - vectors["exported"]).max()),
+        "max_abs_diff_padded": float(np.abs(vectors["eager_padded"] - vectors["exported"]).max()),
+        "export_cpu_s": round(export_cpu, 1),
+        "encoder_version": encoders["eager"].version,
+        "machine": {**at_start, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "onnxruntime_session": encoders["exported"].settings,
     }
     if image_sizes:
         summary["image_size_sweep"] = image_size_sweep(

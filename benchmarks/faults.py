@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from semirec.contracts import ContractError, Event, encode_event, parse_event, validate_event
 from semirec.faults import EXIT_AUTH, EXIT_UNAVAILABLE
 from semirec.kafka import ensure_topics, ingest_topics, producer
-from semirec.sequences import UserState, replay
+from semirec.sequences import UserState, replay, unpack
 from semirec.settings import Settings, Topics
 from semirec.stack import LOCAL_GROUP_TIMINGS, free_port, redis_binary
 from semirec.store import SequenceStore
@@ -171,8 +171,8 @@ async def stored_states(url: str) -> dict[str, UserState]:
     store = SequenceStore.from_url(url)
     try:
         ids = await store.user_ids()
-        return {uid: state for uid, state in zip(ids, await asyncio.gather(
-            *(store.get(u) for u in ids)), strict=True) if state is not None}
+        blobs = await store.load_blobs(ids)  # MGET per chunk of users
+        return {uid: unpack(blob) for uid, blob in zip(ids, blobs, strict=True) if blob}
     finally:
         await store.close()
 
@@ -219,7 +219,7 @@ class RedisServer:
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
         deadline = time.monotonic() + 30
         while True:
             try:

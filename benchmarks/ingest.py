@@ -4,11 +4,16 @@ One run, one machine, one embedded stack (Tansu + redis-server):
   raw_consume_per_s    aiokafka group consumer reading the events topic (no processing); the
                        median of RAW_PASSES passes (fresh groups), as one pass lasts ~0.2 s
   faust_noop_events_per_s  a faust agent that only acks (faust's own per-message ceiling)
+  batch_noop_events_per_s  a batch agent (streams/batch_transport.py) that only acks: the
+                       transport's ceiling
   batch_path_events_per_s  reference: our ingest processor fed by plain aiokafka getmany batches
                        (no faust), writing to a separate Redis database
-  worker_events_per_s  `semirec worker` validating, merging and writing to Redis, from its first
+  worker_events_per_s  `semirec worker --agent ingest` (batch transport) validating, merging,
+                       writing to Redis and publishing user-update notices, from its first
                        write to the commit of the last offset
   ratio                worker / raw                                  (target >= 0.2)
+  two_workers_events_per_s  the same with two worker processes in one group (4 partitions)
+  costs_us_per_event   the ingest path's per-event cost by stage (benchmarks/ingest_costs.py)
   redis_bytes_per_user MEMORY USAGE of a user key with full sequences (target <= 2x packed)
   packed_bytes_per_user len() of the packed state
 
@@ -102,16 +107,26 @@ async def committed_total(settings: Settings) -> int:
         await admin.close()
 
 
-async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path) -> float:
+async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path,
+                      workers: int = 1) -> float:
+    """``workers`` `semirec worker` processes in one group, from the first Redis write to the
+    commit of the last offset."""
     r = redis.Redis.from_url(settings.redis_url)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "semirec", "worker", "--loglevel", "warning"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**env, "SEMIREC_REDIS_URL": settings.redis_url,
+           "SEMIREC_CONSUMER_GROUP": settings.consumer_group}
+    procs = []
+    for i in range(workers):
+        with open(log.with_suffix(f".{i}.log"), "wb") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "semirec", "worker", "--agent", "ingest", "--loglevel",
+                 os.environ.get("BENCH_WORKER_LOGLEVEL", "warning")],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
     try:
         t0 = None
         while t0 is None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
             if r.dbsize() > 0:
                 t0 = time.perf_counter()
             else:
@@ -120,8 +135,10 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
             await asyncio.sleep(0.02)
         return n / (time.perf_counter() - t0)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
 
 
 def reference_rate(script: str, key: str, n: int, env: dict[str, str]) -> float:
@@ -134,6 +151,17 @@ def reference_rate(script: str, key: str, n: int, env: dict[str, str]) -> float:
     if not found:
         raise RuntimeError(f"{script} failed: {res.stderr[-2000:]}")
     return json.loads(found.group(0))[key]
+
+
+def reference_costs(n: int, env: dict[str, str]) -> dict[str, float]:
+    """Per-event cost by stage (benchmarks/ingest_costs.py), in its own process."""
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("ingest_costs.py"))],
+                         env={**env, "BENCH_EVENTS": str(min(n, 40_000))}, capture_output=True,
+                         text=True, timeout=600)
+    found = re.search(r'\{"costs_us_per_event": \{[^}]*\}\}', res.stdout)
+    if not found:
+        raise RuntimeError(f"ingest_costs.py failed: {res.stderr[-2000:]}")
+    return json.loads(found.group(0))["costs_us_per_event"]
 
 
 def memory_per_user(url: str) -> tuple[float, float, int]:
@@ -160,12 +188,19 @@ async def main_async(args: argparse.Namespace) -> dict:
         for f in fields(Topics):
             env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
         noop = reference_rate("faust_noop.py", "faust_noop_events_per_s", len(messages), env)
+        batch_noop = reference_rate("batch_noop.py", "batch_noop_events_per_s", len(messages), env)
         other_db = settings.redis_url.rsplit("/", 1)[0] + "/1"
         batch = reference_rate("batch_path.py", "batch_path_events_per_s", len(messages),
                                {**env, "SEMIREC_REDIS_URL": other_db})
         with tempfile.TemporaryDirectory() as tmp:
             worker = await worker_rate(settings, len(messages), env, Path(tmp) / "worker.log")
-        used, packed, users = memory_per_user(settings.redis_url)
+            used, packed, users = memory_per_user(settings.redis_url)
+            two = replace(settings, consumer_group="bench-two-workers",
+                          redis_url=settings.redis_url.rsplit("/", 1)[0] + "/2")
+            two_workers = await worker_rate(two, len(messages), env, Path(tmp) / "two.log",
+                                            workers=2)
+        costs = reference_costs(len(messages), {**env, "SEMIREC_REDIS_URL": settings.redis_url
+                                                .rsplit("/", 1)[0] + "/3"})
     return {
         "events": len(messages), "users": users,
         "raw_consume_per_s": round(raw), "raw_consume_passes": [round(p) for p in passes],
@@ -173,8 +208,13 @@ async def main_async(args: argparse.Namespace) -> dict:
         "ratio": round(worker / raw, 3),
         "faust_noop_events_per_s": round(noop),
         "worker_vs_faust_noop": round(worker / noop, 3),
+        "batch_noop_events_per_s": round(batch_noop),
+        "batch_noop_ratio": round(batch_noop / raw, 3),
         "batch_path_events_per_s": round(batch),
         "batch_path_ratio": round(batch / raw, 3),
+        "two_workers_events_per_s": round(two_workers),
+        "two_workers_ratio": round(two_workers / raw, 3),
+        "costs_us_per_event": costs,
         "redis_bytes_per_user": round(used), "packed_bytes_per_user": round(packed),
         "redis_over_packed": round(used / packed, 3),
     }

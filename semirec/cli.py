@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "lag": ("semirec.lag_cli:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
     "evaluate": ("trainer.cli:evaluate", "Train and evaluate SEMI, CCL and the baselines offline."),
     "train": ("trainer.cli:train", "Train one ranker; save a checkpoint (and ONNX)."),
+    "trainer": ("trainer.online_cli:trainer", "Incremental trainer: samples topic -> gated promotions."),
     "model": ("trainer.model_cli:model", "Ranker versions on Triton: export, list, promote, rollback."),
     "recommend": ("serving.cli:recommend", "Ask for a user's recommendations and print them."),
     "recommendations": ("serving.cli:recommendations", "Watch the recommendations topic."),
@@ -78,8 +79,8 @@ def cli(verbose: bool) -> None:
 
     Addresses and names come from SEMIREC_* environment variables (see docs/configuration.md);
     `semirec stack up` starts a local stack and prints them. Exit codes: 0 ok, 1 the verb
-    failed, 2 usage, 67 no such user, 69 a service is unreachable, 77 credentials refused,
-    78 configuration error (docs/reliability.md).
+    failed, 2 usage, 67 no such user, 69 a service is unreachable, 70 a worker agent met an
+    unexpected error, 77 credentials refused, 78 configuration error (docs/reliability.md).
     """
 
 

@@ -14,6 +14,7 @@ Exit codes (sysexits.h, so scripts and supervisors can tell them apart):
  2   usage error (click)
  67  the user asked for does not exist (``semirec user``)
  69  a service is unreachable (transient: Kafka or Redis down, refused, timed out)
+ 70  a worker agent stopped by an error nobody foresaw (streams.batches, issue 9)
  77  authentication refused (Redis password, Kafka SASL)
  78  configuration error (a SEMIREC_* value that cannot work, e.g. an ``http://`` Redis URL)
 ==== =====================================================================
@@ -151,7 +152,7 @@ def _classify(exc: BaseException, kafka: str, redis_url: str) -> Fault | None:
             return cur.fault
         if isinstance(cur, SettingsError):
             return Fault("config", f"configuration: {cur}")
-        if isinstance(cur, ValueError) and "Redis URL" in str(cur):
+        if isinstance(cur, ValueError) and ("Redis URL" in str(cur) or "connection URL" in str(cur)):
             return Fault("config", f"SEMIREC_REDIS_URL={redact(redis_url)!r} is not usable: {cur}")
         fault = _redis_fault(cur, redis_url) or _kafka_fault(cur, kafka)
         if fault:

@@ -43,7 +43,8 @@ def ingest_topics(settings: Settings) -> dict[str, int]:
     """Topics the ingest path needs, with their partition counts."""
     return {settings.topics.events: settings.event_partitions,
             settings.topics.events_dlq: settings.event_partitions,
-            settings.topics.user_updates: settings.event_partitions}
+            settings.topics.user_updates: settings.event_partitions,
+            **({settings.topics.samples: settings.event_partitions} if settings.log_samples else {})}
 
 
 def serving_topics(settings: Settings) -> dict[str, int]:

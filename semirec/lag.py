@@ -132,7 +132,8 @@ async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Seq
                           timeout_s: float = 10.0) -> list[GroupTarget]:
     """Which groups on which topics, as ``kafka-consumer-groups --describe`` decides:
 
-    - ``topics`` given: each group on those topics;
+    - ``topics`` given: each group on those topics (with no ``groups``: SEMIREC_CONSUMER_GROUP
+      and those of our other groups that have committed offsets there);
     - only ``groups``: each group on every topic it has committed offsets for (none: the
       group does not exist);
     - neither: our own groups (SEMIREC_CONSUMER_GROUP and any group the broker lists whose
@@ -157,6 +158,8 @@ async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Seq
         for group in chosen:
             found = await _group_topics(admin, group, scope)
             exists = bool(found) or group in listed
+            if topics and not groups and group != settings.consumer_group and not found:
+                continue  # --topic alone: our other groups only where they consume it
             if topics:
                 out.append(GroupTarget(group, list(topics), exists))
             elif found:

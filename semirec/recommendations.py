@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from semirec.contracts import MAX_ID_BYTES, ContractError, Reason
+from semirec.contracts import ContractError, Reason, id_problem
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_K = 100
@@ -92,10 +92,9 @@ def _reason(exc: msgspec.ValidationError) -> Reason:
 
 
 def _check_id(name: str, value: str) -> None:
-    if len(value.encode()) > MAX_ID_BYTES:
-        raise ContractError(Reason.BAD_VALUE, f"{name} must be 1..{MAX_ID_BYTES} UTF-8 bytes")
-    if not value.isprintable():
-        raise ContractError(Reason.BAD_VALUE, f"{name} must not contain control characters")
+    """The events' id rule (semirec.contracts): only control characters are refused."""
+    if problem := id_problem(name, value):
+        raise ContractError(Reason.BAD_VALUE, problem)
 
 
 def parse_request(raw: bytes, key: bytes | None) -> RecommendationRequest:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -64,6 +64,9 @@ class UserState:
         }
 
 
+Observer = Callable[["UserState", Event, int], None]
+
+
 def digest(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
@@ -75,6 +78,7 @@ def apply(
     partition: int = 0,
     seq_len: int = 50,
     dedup_window: int = 64,
+    before_watch: Observer | None = None,
 ) -> int:
     """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
 
@@ -82,12 +86,20 @@ def apply(
     (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches,
     entries already kept (same item and millisecond) and event_ids in the recent window change
     nothing. Returns how many events were applied.
+    ``before_watch(state, event, offset)`` sees every video event that is not a replay, a
+    recent duplicate or an entry already kept (complete or not) with the state exactly as it
+    was before that event (point-in-time training samples); it must not change the state.
     """
     applied = 0
     last = state.applied.get(partition, -1)
     recent = set(state.recent)
     for event, offset in events:
-        if offset <= last or not event.appends:
+        if offset <= last:
+            continue
+        if not event.appends:
+            if before_watch is not None and event.domain is Domain.VIDEO \
+                    and digest(event.event_id) not in recent:
+                before_watch(state, event, offset)
             continue
         d = digest(event.event_id)
         if d in recent:
@@ -97,6 +109,8 @@ def apply(
         at = bisect.bisect_left(seq, entry)
         if at < len(seq) and seq[at] == entry:
             continue  # already kept: a retry of an applied event, however late
+        if before_watch is not None and event.domain is Domain.VIDEO:
+            before_watch(state, event, offset)
         if len(seq) >= seq_len and at == 0:
             pass  # older than everything we keep: it would be truncated at once
         else:

@@ -102,6 +102,7 @@ class Settings:
     batch_max: int = 2000
     batch_within_s: float = 0.05
     encoder_checkpoint: str = ""  # item-encoder checkpoint dir; "" = the untrained fusion
+    encoder_runtime: str = "onnx"  # "onnx" (exported models, onnxruntime) or "torch" (eager)
     cache_dir: str = ""  # backbone-feature cache; "" = ~/.cache/semirec
     state_cache_users: int = 20_000  # decoded user states kept by each ingest worker (LRU)
     # Kafka group timings. Production defaults; local stacks export shorter ones.
@@ -113,6 +114,9 @@ class Settings:
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
+    log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
+    trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
+    trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
     # An agent whose batch has been in flight this long reports not ready (/readyz).
     batch_stuck_s: float = 60.0
     # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).
@@ -192,6 +196,9 @@ class Settings:
             raise SettingsError(f"SEMIREC_DEDUP_WINDOW must be 0..65535, got {self.dedup_window}")
         if self.event_partitions < 1:
             raise SettingsError("SEMIREC_EVENT_PARTITIONS must be >= 1")
+        if self.encoder_runtime not in ("onnx", "torch"):
+            raise SettingsError(
+                f"SEMIREC_ENCODER_RUNTIME must be onnx or torch, got {self.encoder_runtime!r}")
         if self.model_keep_versions < 2:
             raise SettingsError("SEMIREC_MODEL_KEEP_VERSIONS must be >= 2 (serving and previous)")
         if self.triton_model_config not in ("", "tensorrt"):

@@ -74,6 +74,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -169,7 +179,9 @@ class EmbeddedStack:
         self.timeout = startup_timeout
         self.redis_appendonly = redis_appendonly
         self.procs: dict[str, subprocess.Popen] = {}
-        self._argv: dict[str, tuple[list[str], dict[str, str] | None, Callable[[], bool]]] = {}
+        # how to start each component again: argv, env, readiness check, the ports it binds
+        self._argv: dict[str, tuple[list[str], dict[str, str] | None, Callable[[], bool],
+                                    list[int]]] = {}
         self.addresses = StackAddresses()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -222,9 +234,21 @@ class EmbeddedStack:
             proc.wait()
 
     def resume(self, name: str) -> None:
-        argv, env, ready = self._argv[name]
-        log = self._spawn(name, argv, env)
-        _wait(name, ready, self.procs[name], log, self.timeout)
+        argv, env, ready, ports = self._argv[name]
+        deadline = time.monotonic() + self.timeout
+        while not all(_port_free(p) for p in ports):  # children (Triton's stubs) may hold them
+            if time.monotonic() > deadline:
+                raise StackError(f"{name}: ports {ports} still in use after {self.timeout:.0f}s")
+            time.sleep(0.1)
+        for attempt in range(3):  # a restart right after a stop can abort while ports settle
+            log = self._spawn(name, argv, env)
+            try:
+                _wait(name, ready, self.procs[name], log, self.timeout)
+                return
+            except StackError:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
 
     def dead(self) -> list[str]:
         """Names of components whose process has exited."""
@@ -252,7 +276,7 @@ class EmbeddedStack:
         argv = [str(tansu_binary()), "broker", "--listener-url", url,
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         log = self._spawn("kafka", argv, env)
-        self._argv["kafka"] = (argv, env, lambda: _port_open(port))
+        self._argv["kafka"] = (argv, env, lambda: _port_open(port), [port])
         _wait("Tansu broker", lambda: _port_open(port), self.procs["kafka"], log, self.timeout)
         return f"127.0.0.1:{port}"
 
@@ -270,7 +294,7 @@ class EmbeddedStack:
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
 
-        self._argv["redis"] = (argv, None, ping)
+        self._argv["redis"] = (argv, None, ping, [port])
         _wait("redis-server", ping, self.procs["redis"], log, self.timeout)
         return f"redis://127.0.0.1:{port}/0"
 
@@ -324,7 +348,7 @@ class EmbeddedStack:
         def ready() -> bool:
             return _http_ok(f"http://127.0.0.1:{http}/v2/health/ready")
 
-        self._argv["triton"] = (argv, env, ready)
+        self._argv["triton"] = (argv, env, ready, [http, grpc, metrics])
         _wait("tritonserver", ready, self.procs["triton"], log, self.timeout)
         return {
             "triton_grpc": f"127.0.0.1:{grpc}",

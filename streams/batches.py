@@ -107,27 +107,32 @@ async def retry_while_redis_down(fn: Callable[..., Awaitable[Any]], *args: Any,
 
 
 async def run_batches(stream: Any, process: Callable[[Sequence[Message]], Awaitable[Any]], *,
-                      batch_max: int, within_s: float, progress: BatchWatch | None = None) -> None:
+                      batch_max: int, within_s: float, agent: str | None = None,
+                      exit_delay_s: float | None = None) -> None:
     """Feed ``noack_take`` batches to ``process``; ack each batch only once it returned.
+    ``agent`` defaults to the faust agent's name.
 
-    A fatal fault (e.g. Redis refusing the password) stops the whole worker with its exit
-    code (:func:`streams.fatal.stop_worker`); the batch is never acked, so never committed.
-    Any other error propagates to :func:`guarded`, which stops the worker (exit 70)."""
-    progress = progress or BatchWatch("")
+    Errors stop the worker while still inside the loop (leaving ``noack_take`` would re-enable
+    faust's automatic acks), so the batch is never acked and nothing after it is processed: a
+    fatal fault (e.g. Redis refusing the password) with its exit code
+    (:func:`streams.fatal.stop_worker`), any other error with exit 70 (:func:`stop_worker`)."""
+    name = agent or getattr(stream, "prefix", "") or "agent"
+    progress = watch(name)
     async for batch in stream.noack_take(batch_max, within=within_s):
         messages = [e.message for e in batch]
         progress.start(messages)
         try:
             await process(messages)
         except FatalError as exc:
-            # wait inside the loop: leaving noack_take would re-enable faust's automatic acks
             await stop_on_fault(exc.fault)
+        except Exception as exc:
+            await stop_worker(name, exc, exit_delay_s=exit_delay_s)
         for event in batch:
             await stream.ack(event)
         progress.done()
 
 
-async def guarded(agent: str, body: Awaitable[None], *, exit_delay_s: float) -> None:
+async def guarded(agent: str, body: Awaitable[None], *, exit_delay_s: float | None = None) -> None:
     """Run an agent's body; an error it did not handle stops the worker (:func:`stop_worker`)
     instead of letting faust restart the agent past the unacknowledged batch."""
     try:
@@ -138,7 +143,8 @@ async def guarded(agent: str, body: Awaitable[None], *, exit_delay_s: float) -> 
         await stop_worker(agent, exc, exit_delay_s=exit_delay_s)
 
 
-async def stop_worker(agent: str, exc: BaseException, *, exit_delay_s: float) -> NoReturn:
+async def stop_worker(agent: str, exc: BaseException, *,
+                      exit_delay_s: float | None = None) -> NoReturn:
     """Count the crash, fail health, log one clear line, keep ``/metrics`` up for
     ``exit_delay_s`` (one scrape sees the crash), then exit with :data:`EXIT_UNEXPECTED`.
 
@@ -147,6 +153,10 @@ async def stop_worker(agent: str, exc: BaseException, *, exit_delay_s: float) ->
     graceful stop would run other shutdown work we do not need, and a kill -9 at this point is
     the path the replay tests prove safe.
     """
+    if exit_delay_s is None:
+        from semirec.settings import Settings
+
+        exit_delay_s = Settings.from_env().crash_exit_delay_s
     progress = watch(agent)
     progress.failed = f"{type(exc).__name__}: {exc}"[:500]
     AgentMetrics(agent).crashed()

@@ -8,8 +8,9 @@ the vectors with the encoder version in one Redis pipeline (retried while Redis 
 only then ack, so an offset is committed only once its item is stored or dead-lettered.
 Upserts are idempotent, so a replay after a crash rewrites the same vectors.
 
-The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion) is loaded on the
-first batch, so a worker that sees no items never loads torch. Dead letters go to the
+The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion; onnxruntime
+unless ``SEMIREC_ENCODER_RUNTIME=torch``) is loaded on the first batch, so a worker that sees
+no items never loads it. Dead letters go to the
 project's DLQ topic (``SEMIREC_TOPIC_EVENTS_DLQ``) with ``stage: "catalog"``.
 """
 
@@ -34,7 +35,6 @@ from streams.batches import (
     guarded,
     retry_while_redis_down,
     run_batches,
-    watch,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ class CatalogOutcome:
 
 
 def default_encoder() -> Any:
-    """The in-process torch encoder for ``$SEMIREC_ENCODER_CHECKPOINT`` (or untrained)."""
+    """The encoder for ``$SEMIREC_ENCODER_CHECKPOINT`` (or untrained) in
+    ``$SEMIREC_ENCODER_RUNTIME`` (default: the exported models under onnxruntime, 1 thread)."""
     import torch
 
     from encoders.pipeline import get_encoder
@@ -151,7 +152,8 @@ def register_catalog(app: Any, settings: Settings) -> None:
         processor = CatalogProcessor(store, to_dlq)
         try:
             await run_batches(stream, processor.process, batch_max=min(settings.batch_max, BATCH_MAX),
-                              within_s=settings.batch_within_s, progress=watch("catalog"))
+                              within_s=settings.batch_within_s, agent="catalog",
+                              exit_delay_s=settings.crash_exit_delay_s)
         finally:
             await store.close()
 

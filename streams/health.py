@@ -18,13 +18,18 @@ from streams.batches import FATAL_HOOKS, WATCHES
 
 
 def agents_running(app: Any, stuck_after_s: float) -> bool:
-    """Every agent has live actors (none crashed, i.e. none waiting for faust's restart), none
-    was stopped by an unexpected error, and none has had a batch in flight too long."""
+    """Every faust agent has live actors (none crashed, i.e. none waiting for faust's restart),
+    every batch agent runs, none was stopped by an unexpected error, and none has had a batch
+    in flight too long."""
     for agent in app.agents.values():
         # the supervisor's current actors (a crashed one is replaced there when restarted)
         actors = list(getattr(agent.supervisor, "_services", None) or ())
         if not actors or any(a.crashed or not a.started for a in actors):
             return False
+    from streams.batch_transport import AGENTS
+
+    if not all(a.running for a in AGENTS if a.app is app):
+        return False
     return all(w.failed is None and w.stuck_for() < stuck_after_s for w in WATCHES.values())
 
 

@@ -1,37 +1,40 @@
 """Ingest agent: events topic -> per-user video/product sequences in Redis.
 
-Per batch (``noack_take``): decode and validate every message; dead-letter the malformed
-ones and wait for the broker's ack; group the rest by user; read each user's state, apply the
-events with :func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; only
-then ack the messages, so faust commits an offset only after Redis has acknowledged the state.
+Per batch (:class:`streams.batch_transport.BatchAgent`: one or more partition fetch slices):
+decode and validate every message; dead-letter the malformed ones and wait for the broker's
+ack; group the rest by user; read each user's state, apply the events with
+:func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; run the
+``after_write`` hook; only then ack the messages, so faust commits an offset only after Redis
+has acknowledged the state.
 A crash between the Redis write and the commit replays the batch, and the per-partition
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
-error stops the worker without acking the batch (:func:`streams.batches.guarded`).
+error stops the worker without acking the batch (:func:`streams.batches.stop_worker`).
+With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
+user's state just before it) is published to ``samples`` and acknowledged before the state write
+(docs/online-training.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
-from semirec.contracts import ContractError, Event, parse_event
+from semirec.contracts import ContractError, Event
 from semirec.metrics import AgentMetrics
+from semirec.samples import TrainingSample, sample_of
 from semirec.sequences import UserState, apply
 from semirec.settings import Settings
 from semirec.store import SequenceStore
-from streams.batches import (
-    DeadLetterSink,
-    Message,
-    guarded,
-    retry_while_redis_down,
-    run_batches,
-    watch,
-)
+from streams.batch_transport import BatchAgent
+from streams.batches import DeadLetterSink, Message, retry_while_redis_down
+from streams.event_codec import decode_event
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ class BatchOutcome:
 
 
 AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
+# user_id -> partition -> (event, offset) in offset order
+ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
+_offset = itemgetter(1)
+# point-in-time training samples of a write attempt, awaited before the state is written
+BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
 
 
 class IngestProcessor:
@@ -56,8 +64,12 @@ class IngestProcessor:
 
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
                  *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
-                 after_write: AfterWrite | None = None) -> None:
+                 after_write: AfterWrite | None = None,
+                 before_save: BeforeSave | None = None) -> None:
         self.settings = settings
+        # sees every watch's sample before the state that makes it unrecoverable is written
+        # (a crash in between replays the batch and logs the samples again: at least once)
+        self.before_save = before_save
         self.after_write = after_write  # runs after Redis acknowledged, before the batch is acked
         self.store = store
         self.dead_letters = dead_letters
@@ -68,16 +80,21 @@ class IngestProcessor:
         started = time.perf_counter()
         out = BatchOutcome(messages=len(batch))
         bad: list[tuple[Message, ContractError]] = []
-        by_user: dict[str, list[tuple[Event, int, int]]] = defaultdict(list)
+        by_user: ByUser = defaultdict(dict)
+        events = out.events
         for msg in batch:
             try:
-                event = parse_event(msg.value or b"", msg.key)
+                event = decode_event(msg.value or b"", msg.key)
             except ContractError as exc:
                 bad.append((msg, exc))
                 out.rejected[exc.reason.value] += 1
                 continue
-            out.events.append((msg, event))
-            by_user[event.user_id].append((event, msg.partition, msg.offset))
+            events.append((msg, event))
+            parts = by_user[event.user_id]
+            pairs = parts.get(msg.partition)
+            if pairs is None:
+                parts[msg.partition] = pairs = []
+            pairs.append((event, msg.offset))
         if bad:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
@@ -101,16 +118,21 @@ class IngestProcessor:
         m.state_written([e.ts for _, e in out.events],
                         [msg.timestamp for msg, _ in out.events if msg.timestamp > 0])
 
-    async def _write(self, by_user: dict[str, list[tuple[Event, int, int]]], out: BatchOutcome) -> None:
+    async def _write(self, by_user: ByUser, out: BatchOutcome) -> None:
         pending = list(by_user)
+        stamps = {(m.partition, m.offset): m.timestamp for m, _ in out.events} \
+            if self.before_save is not None else None
         while pending:
             with self.metrics.redis("load"):
                 loaded = await self.store.load(pending)
             writes = []
+            samples: list[TrainingSample] = []
             for uid, (token, state) in zip(pending, loaded, strict=True):
-                if applied := self._apply(state, by_user[uid]):
+                if applied := self._apply(state, by_user[uid], samples, stamps):
                     state.version += 1
                     writes.append((uid, token, state, applied))
+            if samples and self.before_save is not None:
+                await self.before_save(samples)
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
@@ -126,40 +148,63 @@ class IngestProcessor:
             out.cas_conflicts += len(lost)
             pending = lost
 
-    def _apply(self, state: UserState, events: list[tuple[Event, int, int]]) -> int:
+    def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]],
+               samples: list[TrainingSample] | None = None,
+               stamps: dict[tuple[int, int], float] | None = None) -> int:
         applied = 0
-        by_partition: dict[int, list[tuple[Event, int]]] = defaultdict(list)
-        for event, partition, offset in events:
-            by_partition[partition].append((event, offset))
-        for partition, pairs in by_partition.items():
-            pairs.sort(key=lambda p: p[1])
+        for partition, pairs in parts.items():
+            pairs.sort(key=_offset)  # already in offset order when read from one fetch
+            observe = None
+            if stamps is not None and samples is not None:
+                def observe(s: UserState, e: Event, o: int, p: int = partition) -> None:
+                    samples.append(sample_of(s, e, p, o, stamps.get((p, o), 0.0), time.time()))
             applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
-                             dedup_window=self.settings.dedup_window)
+                             dedup_window=self.settings.dedup_window, before_watch=observe)
         return applied
 
 
-def announce_changes(updates: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
+def announce_changes(app: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
     """After a batch's state is written: count complete watches into the popularity window and
     publish one ``user-updates`` notice per changed user (awaiting the broker's acks), so the
     recommendation agent never ranks on state older than the event that triggered it."""
     from semirec.recommendations import UserUpdate, encode
     from serving.popularity import count_watches
 
+    topic = settings.topics.user_updates
+
     async def after_write(out: BatchOutcome) -> None:
         await retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
                                      settings.time_bucket_s)
         now = time.time()
+        send = app.producer.send  # the transport's producer: no per-message faust overhead
         futures = []
         for uid, newest in out.changed.items():
             if newest is None:
                 continue
             msg, event = newest
             notice = UserUpdate(uid, event.event_id, event.ts, msg.timestamp, now)
-            futures.append(await updates.send(key=uid.encode(), value=encode(notice)))
-        for fut in futures:
-            await fut
+            futures.append(await send(topic, uid.encode(), encode(notice), None, None, None))
+        if futures:
+            await asyncio.gather(*futures)
 
     return after_write
+
+
+def publish_samples(app: Any, settings: Settings) -> BeforeSave:
+    """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
+    broker's acks, before ingest writes the state they were taken from."""
+    from semirec.samples import encode_sample
+
+    topic = settings.topics.samples
+
+    async def before_save(samples: list[TrainingSample]) -> None:
+        send = app.producer.send  # the transport's producer: no per-message faust overhead
+        futures = [await send(topic, s.user_id.encode(), encode_sample(s), None, None, None)
+                   for s in samples]
+        if futures:
+            await asyncio.gather(*futures)
+
+    return before_save
 
 
 def register_ingest(app: Any, settings: Settings) -> None:
@@ -168,19 +213,18 @@ def register_ingest(app: Any, settings: Settings) -> None:
     from streams.dlq import dead_letter_sink
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
-    updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
-    async def body(stream: Any) -> None:
-        store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
-        processor = IngestProcessor(settings, store, to_dlq,
-                                    after_write=announce_changes(updates, store, settings))
-        try:
-            await run_batches(stream, processor.process, batch_max=settings.batch_max,
-                              within_s=settings.batch_within_s, progress=watch("ingest"))
-        finally:
-            await store.close()
+    processors: list[IngestProcessor] = []
 
-    @app.agent(events, name="ingest")
-    async def ingest(stream: Any) -> None:
-        await guarded("ingest", body(stream), exit_delay_s=settings.crash_exit_delay_s)
+    async def handle(batch: Sequence[Message]) -> BatchOutcome:
+        if not processors:  # built in the worker's loop, on the first batch
+            store = SequenceStore.from_url(settings.redis_url,
+                                           cache_users=settings.state_cache_users)
+            processors.append(IngestProcessor(
+                settings, store, to_dlq, after_write=announce_changes(app, store, settings),
+                before_save=publish_samples(app, settings) if settings.log_samples else None))
+        return await processors[0].process(batch)
+
+    BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,
+               within_s=settings.batch_within_s, exit_delay_s=settings.crash_exit_delay_s)

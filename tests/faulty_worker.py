@@ -22,7 +22,8 @@ real_write = IngestProcessor._write
 async def faulty_write(self, by_user, out) -> None:
     flag = Path(os.environ["FAULT_FLAG"])
     marker = os.environ["FAULT_EVENT_ID"]
-    hit = any(e.event_id == marker for events in by_user.values() for e, _, _ in events)
+    hit = any(e.event_id == marker for parts in by_user.values() for pairs in parts.values()
+              for e, _ in pairs)
     if not hit or flag.exists():
         return await real_write(self, by_user, out)
     users = sorted(by_user)

@@ -86,6 +86,7 @@ def metrics_in(expr: str) -> set[str]:
 
 def known_metrics() -> set[str]:
     import serving.metrics  # noqa: F401  (registers the recommendation metrics)
+    import trainer.online_metrics  # noqa: F401  (and the incremental trainer's)
 
     return metric_names() | set(LAG_METRICS) | {"up"}
 

@@ -73,3 +73,14 @@ def test_ids_with_control_characters_are_refused(char) -> None:
     with pytest.raises(ContractError, match="control characters"):
         validate_item({"item_id": f"v{char}1", "domain": "video", "title": "t",
                        "images": []})
+
+
+def test_recommendation_requests_follow_the_same_id_rule() -> None:
+    from semirec.recommendations import parse_request
+
+    ok = parse_request(orjson.dumps({"request_id": "r\u00a01", "user_id": "u\u200b"}),
+                       "u\u200b".encode())
+    assert ok.user_id == "u\u200b"
+    with pytest.raises(ContractError, match="control characters") as info:
+        parse_request(orjson.dumps({"request_id": "r\x85", "user_id": "u"}), b"u")
+    assert info.value.reason.value == "bad_value"

@@ -18,6 +18,7 @@ from encoders.cache import FeatureCache
 from encoders.config import EncoderConfig
 from encoders.pipeline import ItemEncoder, encode_items, encoder_version
 from encoders.sample import sample_items
+from encoders.text import length_groups
 from semirec.cli import cli
 from semirec.contracts import Reason
 from semirec.items import ItemError, as_item
@@ -54,6 +55,29 @@ def test_vectors_are_deterministic_normalised_and_distinct(items: list[dict], tm
     assert np.abs(first - fresh[0]).max() < 1e-5
     assert encode_items([as_item(i) for i in items]).shape == (len(items), 128)
     assert encoder_version().startswith("init-")
+
+
+def test_length_groups_cover_every_row_once_within_the_padding_bound() -> None:
+    lengths = [12, 40, 7, 7, 33, 12, 64, 9, 40, 11, 30]
+    for max_padding in (0.0, 0.1, 0.5):
+        groups = length_groups(lengths, max_padding)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        flat = [lengths[i] for g in groups for i in g]
+        assert flat == sorted(flat)  # shortest first
+        for g in groups:
+            real = sum(lengths[i] for i in g)
+            assert max(lengths[i] for i in g) * len(g) <= (1 + max_padding) * real
+    assert len(length_groups(lengths, 0.0)) == len(set(lengths))
+    assert len(length_groups(lengths, 10.0)) == 1
+    assert length_groups([], 0.1) == []
+
+
+def test_length_groups_give_the_padded_vectors(items: list[dict]) -> None:
+    grouped = ItemEncoder(cache=None)
+    padded = ItemEncoder(cache=None)
+    padded.extractor.text_backbone.max_padding = None  # one batch per call, input order
+    assert len(grouped.extractor.text_backbone.batches([i["title"] for i in items])) > 1
+    assert np.abs(grouped.encode(items) - padded.encode(items)).max() < 1e-5
 
 
 def test_bad_items_are_reported_per_index(items: list[dict], tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
+from encoders import export as export_module
 from encoders.config import EncoderConfig
 from encoders.export import export_repository
-from encoders.exported import OnnxItemEncoder
-from encoders.pipeline import ItemEncoder
+from encoders.exported import OnnxItemEncoder, ensure_exported, exported_encoder
+from encoders.pipeline import ItemEncoder, get_encoder
 from encoders.sample import sample_items
 from encoders.triton_client import TritonItemEncoder
 from encoders.triton_repo import ENGINE_VARIANT, render, specs
@@ -88,3 +89,33 @@ def test_triton_serves_the_in_process_vectors(exported: dict, stack: EmbeddedSta
         for name in names:
             client.unload_model(name)
         client.close()
+
+
+def test_exported_encoder_is_exported_once_and_matches_torch(
+        items: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the catalog agent and ``items encode`` use: ONNX exported into the cache dir on
+    first use, reused afterwards, same vectors and version as eager torch."""
+    monkeypatch.setenv("SEMIREC_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
+    monkeypatch.delenv("SEMIREC_ENCODER_RUNTIME", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fast = get_encoder()  # the default runtime, in this test's cache dir
+        reference = ItemEncoder(cache=None)
+        assert isinstance(fast, OnnxItemEncoder)
+        assert fast.repo == tmp_path / "onnx" / reference.version
+        assert fast.version == reference.version
+        assert fast.settings["graph_optimization_level"] == "ORT_ENABLE_ALL"
+        assert np.abs(fast.encode(items) - reference.encode(items)).max() < TOL
+        assert [p.name for p in (tmp_path / "onnx").iterdir()] == [reference.version]
+
+        def no_second_export(*args: object, **kwargs: object) -> None:
+            raise AssertionError("exported again")
+
+        monkeypatch.setattr(export_module, "export_repository", no_second_export)
+        assert ensure_exported() == fast.repo
+        again = exported_encoder(cache=None).encode(items[:5])
+        assert np.abs(again - reference.encode(items[:5])).max() < TOL
+    finally:
+        torch.set_num_threads(threads)

@@ -40,7 +40,7 @@ def redis_with_password(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     proc = subprocess.Popen([str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", str(data),
                              "--requirepass", PASSWORD], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port, password=PASSWORD)
+    client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -251,3 +251,74 @@ def test_fuzzed_items_are_accepted_or_refused_with_a_reason(body) -> None:
         assert exc.reason.value and str(exc)
         return
     assert validate_item(item.to_dict()) == item
+
+
+# -- Redis over TLS ---------------------------------------------------------------------------
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """redis-server with TLS only (a throwaway CA and a certificate for 127.0.0.1);
+    yields ``host:port`` and the CA file."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("redis-tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=semirec-test-ca", cwd=d)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+             cwd=d)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+    port = free_port()
+    proc = subprocess.Popen([str(redis_binary()), "--port", "0", "--tls-port", str(port),
+                             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(d), "--tls-cert-file", "server.pem",
+                             "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem",
+                             "--tls-auth-clients", "no"], cwd=d, stdout=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(d / "ca.pem"))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert proc.poll() is None and time.monotonic() < deadline, "redis TLS did not start"
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}", d / "ca.pem"
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_redis_over_tls_end_to_end_and_an_untrusted_certificate(settings, redis_tls,
+                                                                     tmp_path) -> None:
+    from semirec.sequences import replay
+    from tests.kafka_utils import wait_committed
+    from tests.test_ingest import comparable, stored_states
+
+    address, ca = redis_tls
+    tls = replace(settings, redis_url=f"rediss://{address}/0?ssl_ca_certs={ca}")
+    redis.Redis.from_url(tls.redis_url).flushdb()
+    events = scripted_events(users=5, per_user=30)
+    ends = await produce_raw(settings, encode(events))
+    proc = start_worker(tls, tmp_path / "worker.log", "--agent", "ingest")
+    try:
+        await wait_committed(settings, ends, proc=proc)
+    finally:
+        assert stop(proc) == 0
+    want = {u: s for u, s in replay(events).items() if s.video or s.product}
+    assert comparable(await stored_states(tls)) == comparable(want)
+    some_user = next(iter(want))
+    res = cli(settings_env(tls), "user", some_user, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["found"] is True
+
+    untrusted = settings_env(replace(settings, redis_url=f"rediss://{address}/0"))
+    res = cli(untrusted, "user", some_user)
+    assert res.returncode == EXIT_CONFIG, res.stderr
+    assert res.stderr.count("\n") == 1 and "TLS with Redis at rediss://" in res.stderr

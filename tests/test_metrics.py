@@ -213,3 +213,24 @@ async def test_worker_with_a_taken_metrics_port_fails_fast(settings, tmp_path) -
     assert proc.returncode == 1
     assert f"Error: cannot serve metrics on 0.0.0.0:{taken.port}" in out.decode()
     assert "Traceback" not in out.decode()
+
+
+def test_observe_many_equals_observe_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from semirec.metrics import FRESHNESS_BUCKETS, observe_many
+
+    amounts = [-3.0, 0.0, 0.01, 0.011, 5.0, 86400.0, 1e9, 2.5, 2.5]
+    registry = CollectorRegistry()
+    one = Histogram("one", "", buckets=FRESHNESS_BUCKETS, registry=registry)
+    many = Histogram("many", "", buckets=FRESHNESS_BUCKETS, registry=registry)
+    for a in amounts:
+        one.observe(max(0.0, a))
+    observe_many(many, amounts)
+
+    def samples(name: str) -> list[tuple[str, dict, float]]:
+        return [(s.name.replace(name, ""), s.labels, s.value)
+                for fam in registry.collect() if fam.name == name for s in fam.samples
+                if not s.name.endswith("_created")]
+
+    assert samples("many") == samples("one")

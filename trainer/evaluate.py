@@ -14,8 +14,8 @@
   negatives (drawn in proportion to training exposures, i.e. watches), which popularity cannot
   win by construction the way it does against never-shown videos.
 - Within shown (``auc_shown``): each positive test watch against the same user's incomplete
-  watches of the same hour (what was shown together and not finished), scored in the positive's
-  context: P(the finished one ranks above).
+  watches of the same hour (what was shown together and not finished; at most 50, and at most
+  ``max_rank_cases`` cases), scored in the positive's context: P(the finished one ranks above).
 - On the generated world: the oracle (true P(complete)) and the observable oracle (the truth
   without the per-user bias and item quality noise, :func:`trainer.ceiling.observable_item_probs`).
 
@@ -66,6 +66,7 @@ class EvalProtocol:
     min_videos: int = 1  # §4.1 record filter: at least this many videos in the window ...
     min_products: int = 5  # ... or at least this many products
     short_video_max: int = 2  # segment "short": at most this many videos in the window
+    max_shown_negatives: int = 50  # within-shown: at most this many unfinished per case
 
 
 @dataclass
@@ -129,15 +130,20 @@ def _sample_unwatched(
     return out
 
 
-def _shown_together(test: SampleSet) -> tuple[np.ndarray, np.ndarray]:
+def _shown_together(test: SampleSet, max_negatives: int = 0,
+                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Positive test watches that share (user, hour) with incomplete ones: their indices and
-    the incomplete watches' item rows [R, M] (0 = padding)."""
+    the incomplete watches' item rows [R, M] (0 = padding); with ``max_negatives`` a random
+    subset of at most that many per case (MovieLens users rate up to ~180 films an hour)."""
     groups: dict[tuple[str, int], list[int]] = {}
     for i, (u, t) in enumerate(zip(test.user.tolist(), test.ts.tolist(), strict=True)):
         groups.setdefault((str(u), int(t // 3600)), []).append(i)
     cases, negs = [], []
     for members in groups.values():
         unfinished = [int(test.target[i]) for i in members if test.label[i] == 0]
+        if max_negatives and len(unfinished) > max_negatives:
+            rng = rng or np.random.default_rng(0)
+            unfinished = rng.choice(unfinished, max_negatives, replace=False).tolist()
         if unfinished:
             for i in members:
                 if test.label[i] > 0:
@@ -200,7 +206,10 @@ def prepare(
     exposures = np.bincount(train.target, minlength=len(rows) + 1)[videos].astype(np.float64)
     c = test.subset(cases)
     args = (c.user, c.ts, c.target, history, videos)
-    shown_cases, shown_negatives = _shown_together(test)
+    shown_cases, shown_negatives = _shown_together(test, protocol.max_shown_negatives, rng)
+    if protocol.max_rank_cases and len(shown_cases) > protocol.max_rank_cases:
+        keep = np.sort(rng.choice(len(shown_cases), protocol.max_rank_cases, replace=False))
+        shown_cases, shown_negatives = shown_cases[keep], shown_negatives[keep]
     data = Prepared(
         name, table, train, val, test, oracle, cases,
         _sample_unwatched(*args, protocol.hr3_negatives, rng),

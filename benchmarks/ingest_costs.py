@@ -1,0 +1,135 @@
+"""Per-event cost of the ingest path, split by stage, in this process (no Kafka).
+
+Run by benchmarks/ingest.py with the same SEMIREC_* environment (a Redis to write to) and
+BENCH_EVENTS; prints one JSON line ``{"costs_us_per_event": {...}}``. Each stage is timed on
+its own over the same batches (best of REPEATS, so a busy machine disturbs it less):
+
+  decode   bytes -> Event (streams.event_codec: msgspec, parse_event for the rest)
+  group    events -> user -> partition -> (event, offset)
+  merge    semirec.sequences.apply on each user's state
+  pack     semirec.sequences.pack of each changed state (once per user and batch)
+  metrics  the per-batch metrics calls
+  redis    IngestProcessor.process end to end (real Redis, warm state cache) minus the above
+  process  IngestProcessor.process end to end
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: benchmarks.*
+
+from benchmarks.ingest import make_events
+from semirec.metrics import AgentMetrics
+from semirec.sequences import UserState, apply, pack
+from semirec.settings import Settings
+from semirec.store import SequenceStore
+from streams.batches import Record
+from streams.event_codec import decode_event
+from streams.ingest import BatchOutcome, IngestProcessor
+
+REPEATS = 3
+PARTITIONS = 4
+
+
+def best(fn, repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+async def main(n: int, users: int, batch_max: int) -> dict[str, float]:
+    settings = Settings.from_env()
+    now = time.time()
+    records = [Record(k, v, "events", i % PARTITIONS, i // PARTITIONS, now)
+               for i, (k, v) in enumerate(make_events(n, users, seed=5))]
+    batches = [records[i:i + batch_max] for i in range(0, n, batch_max)]
+
+    def decode() -> list:
+        return [[(m, decode_event(m.value, m.key)) for m in b] for b in batches]
+
+    decoded = decode()
+
+    def group() -> list:
+        out = []
+        for b in decoded:
+            by_user: dict = defaultdict(dict)
+            for m, e in b:
+                parts = by_user[e.user_id]
+                pairs = parts.get(m.partition)
+                if pairs is None:
+                    parts[m.partition] = pairs = []
+                pairs.append((e, m.offset))
+            out.append(by_user)
+        return out
+
+    grouped = group()
+    states: dict[str, UserState] = {}
+
+    def merge() -> None:
+        states.clear()
+        for by_user in grouped:
+            for uid, parts in by_user.items():
+                state = states.setdefault(uid, UserState())
+                for p, pairs in parts.items():
+                    apply(state, pairs, partition=p, seq_len=settings.seq_len,
+                          dedup_window=settings.dedup_window)
+
+    merge()
+    changed = [[states[u] for u in by_user] for by_user in grouped]
+
+    def pack_all() -> None:
+        for batch_states in changed:
+            for s in batch_states:
+                pack(s)
+
+    metrics = AgentMetrics("bench-costs")
+
+    def observe() -> None:
+        for b in decoded:
+            out = BatchOutcome(messages=len(b), events=b)
+            IngestProcessor._observe(processor, out, 0.01)
+
+    store = SequenceStore.from_url(settings.redis_url, cache_users=settings.state_cache_users)
+
+    async def no_dead_letters(bad: list) -> None:
+        raise RuntimeError(f"{len(bad)} malformed benchmark events")
+
+    processor = IngestProcessor(settings, store, no_dead_letters, metrics=metrics)
+    costs = {"decode": best(decode), "group": best(group), "merge": best(merge),
+             "pack": best(pack_all), "metrics": best(observe)}
+    await store.client.flushdb()
+    for b in batches:  # warm the state cache (a running worker has it warm)
+        await processor.process(b)
+    await store.client.flushdb()
+    store.forget(list(states))
+    totals = []
+    for _ in range(REPEATS):
+        await store.client.flushdb()
+        store.forget(list(states))
+        t0 = time.perf_counter()
+        for b in batches:
+            await processor.process(b)
+        totals.append(time.perf_counter() - t0)
+    await store.client.flushdb()
+    await store.close()
+    process = min(totals)
+    costs["redis"] = max(0.0, process - sum(costs.values()))
+    costs["process"] = process
+    return {k: round(v / n * 1e6, 2) for k, v in costs.items()}
+
+
+if __name__ == "__main__":
+    s = Settings.from_env()
+    result = asyncio.run(main(int(os.environ["BENCH_EVENTS"]), int(os.environ.get("BENCH_USERS", 1000)),
+                              s.batch_max))
+    print(json.dumps({"costs_us_per_event": result}), flush=True)

@@ -1,0 +1,113 @@
+"""Contract tests of streams/batch_transport.py, which leans on faust-streaming internals (pinned
+exactly in pyproject.toml): a faust upgrade that changes them must fail here.
+
+Also part of the contract, with real `semirec worker` processes on the batch transport:
+tests/test_ingest.py (kill -9 between a Redis write and the commit, then exact replay),
+tests/test_ingest_redis_outage.py (nothing committed past what Redis holds),
+tests/test_ingest_failures.py (an unexpected error mid-batch: nothing acked, exact replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from streams.app import create_app, raw_topic
+from streams.batch_transport import Batch, BatchAgent, BatchConsumer, BatchTransport
+from streams.batches import Record
+from tests.event_script import encode, scripted_events
+from tests.kafka_utils import produce_raw, wait_committed
+from tests.test_ingest import comparable, stored_states
+from tests.test_ingest_failures import expected_states
+from tests.workers import start_worker, stop
+
+
+@dataclass
+class Fetched:  # what aiokafka's getmany yields, as far as the slice logic reads it
+    offset: int
+
+
+def records(tp: TopicPartition, offsets: list[int]) -> list[Record]:
+    return [Record(b"k", b"v", tp.topic, tp.partition, o) for o in offsets]
+
+
+async def test_batches_ack_into_faust_bookkeeping_with_gaps_and_generations(settings) -> None:
+    app = create_app(settings, app_id="contract-test")
+
+    async def handler(_: object) -> None:
+        return None
+
+    BatchAgent(app, raw_topic(app, "contract", 1), "contract", handler, batch_max=10)
+    assert isinstance(app.transport, BatchTransport)
+    consumer = app.consumer
+    assert isinstance(consumer, BatchConsumer)
+    tp = TopicPartition("contract", 0)
+    consumer.assignment = lambda: {tp}  # as if the group had assigned it
+    consumer._committed_offset[tp] = 10
+    gen = app.consumer_generation_id
+
+    # a slice 10,11 then one after skipped offsets 12,13 (compaction, transaction markers)
+    first = Batch(tp, records(tp, [10, 11]), gen)
+    consumer._unacked_messages.add(first)
+    assert consumer.ack_batch(first) and first.acked and first not in consumer._unacked_messages
+    assert consumer._new_offset(tp) == 12
+    consumer._committed_offset[tp] = 12  # what faust's commit records
+    await consumer._add_gaps(tp, 11, [Fetched(14), Fetched(15), Fetched(17)])  # 12-13 and 16
+    second = Batch(tp, records(tp, [14, 15]), gen)
+    assert consumer.ack_batch(second)
+    assert consumer._new_offset(tp) == 16, "gaps count as acked, the unacked 17 does not"
+    consumer._committed_offset[tp] = 16
+    third = Batch(tp, records(tp, [17]), gen)
+    assert consumer.ack_batch(third)
+    assert consumer._new_offset(tp) == 18
+    consumer._committed_offset[tp] = 18
+    assert consumer._n_acked == 5
+
+    # a batch fetched before a rebalance is never acked
+    stale = Batch(tp, records(tp, [18, 19]), gen - 1)
+    assert not consumer.ack_batch(stale) and stale.acked
+    assert consumer._new_offset(tp) is None
+    # nor one of a partition no longer assigned
+    consumer.assignment = lambda: set()
+    assert not consumer.ack_batch(Batch(tp, records(tp, [18]), gen))
+    assert consumer._new_offset(tp) is None
+
+
+async def test_two_workers_rebalance_under_load_with_exact_state(settings, redis_client,
+                                                                 tmp_path) -> None:
+    """A second worker joins and the first leaves while events stream in: every partition
+    commits to its end and every user's state is the event list's."""
+    events = scripted_events(users=40, per_user=200, seed=41)
+    messages = encode(events)
+    chunks = [messages[i:i + 800] for i in range(0, len(messages), 800)]
+    ends: dict[int, int] = {}
+
+    async def feed(part: list) -> None:
+        for chunk in part:
+            got = await produce_raw(settings, chunk)
+            for p, end in got.items():
+                ends[p] = max(ends.get(p, 0), end)
+            await asyncio.sleep(0.05)
+
+    third = len(chunks) // 3
+    first = start_worker(settings, tmp_path / "w1.log")
+    second = None
+    try:
+        await feed(chunks[:third])
+        second = start_worker(settings, tmp_path / "w2.log")
+        await feed(chunks[third:2 * third])  # the group rebalances meanwhile
+        assert first.poll() is None and second.poll() is None
+        stop(first, signal.SIGTERM)  # and again: the first leaves under load
+        await feed(chunks[2 * third:])
+        await wait_committed(settings, ends, proc=second, timeout=90)
+        states = await stored_states(settings)
+    finally:
+        stop(first, signal.SIGKILL)
+        if second is not None:
+            stop(second)
+    assert comparable(states) == expected_states(events)
+    log = (tmp_path / "w1.log").read_text() + (tmp_path / "w2.log").read_text()
+    assert "unexpected error" not in log
