@@ -10,6 +10,7 @@ no vector yet are left out (the count is returned).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,3 +59,24 @@ def rank_request(state: UserState | None, candidates: np.ndarray, catalog: Catal
     tensors = {"video": v, "video_age": va, "video_mask": vm, "product": p, "product_age": pa,
                "product_mask": pm, "candidates": padded}
     return RankRequest({k: t[None] for k, t in tensors.items()}, n, miss_v + miss_p)
+
+
+def item_bucket(item_id: str, buckets: int) -> int:
+    """The hashed id bucket of a ranker with item identity: the first 8 bytes of BLAKE2b(id)
+    as an unsigned little-endian integer, modulo ``buckets`` (trainer.identity.item_bucket;
+    repeated here so the agent does not import torch, and tested to agree)."""
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets
+
+
+def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np.ndarray,
+                     buckets: int, pad_to: int = 0) -> dict[str, np.ndarray]:
+    """``candidate_bucket`` / ``candidate_watches`` / ``candidate_completes`` [1, C], padded
+    like the candidates (padding: bucket 0, no watches)."""
+    n = max(len(item_ids), pad_to)
+    bucket = np.zeros(n, np.int64)
+    bucket[: len(item_ids)] = [item_bucket(i, buckets) for i in item_ids]
+    w, c = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    w[: len(item_ids)], c[: len(item_ids)] = watches, completes
+    return {"candidate_bucket": bucket[None], "candidate_watches": w[None],
+            "candidate_completes": c[None]}

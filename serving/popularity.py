@@ -6,6 +6,10 @@ sorted set ``semirec:pop:hours``. :class:`PopularitySnapshot` sums the newest ``
 hours (relative to the newest hour seen, so a replay of history behaves as live traffic) into
 an in-memory ranking that recall and the fallback ranker read without touching Redis.
 
+The same pass keeps every video's all-time watch and complete-watch counts (hashes
+``semirec:video:watches`` / ``semirec:video:completes``), which a ranker with item identity
+reads per candidate (:func:`watch_counts`).
+
 Counting is at-least-once: a batch replayed after a crash between the count and the commit is
 counted twice. Popularity is a ranking signal, so this is accepted (exact sequences are not).
 """
@@ -21,6 +25,8 @@ import redis.asyncio as aioredis
 from semirec.contracts import Domain, Event
 
 HOURS_KEY = "semirec:pop:hours"
+WATCHES_KEY = "semirec:video:watches"
+COMPLETES_KEY = "semirec:video:completes"
 PREFIX = "semirec:pop:"
 KEEP_S = 14 * 24 * 3600  # wall-clock expiry of an hour's counts
 
@@ -30,14 +36,23 @@ def hour_key(hour: int) -> str:
 
 
 async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_s: int = 3600) -> int:
-    """Add the complete video watches among ``events`` to their hour's counts (one round trip)."""
+    """Add the complete video watches among ``events`` to their hour's counts, and every watch
+    to the all-time counts (one round trip)."""
     per_hour: dict[int, Counter[str]] = {}
+    watches: Counter[str] = Counter()
+    completes: Counter[str] = Counter()
     for e in events:
-        if e.domain is Domain.VIDEO and e.complete:
-            per_hour.setdefault(int(e.ts // bucket_s), Counter())[e.item_id] += 1
-    if not per_hour:
+        if e.domain is Domain.VIDEO:
+            watches[e.item_id] += 1
+            if e.complete:
+                completes[e.item_id] += 1
+                per_hour.setdefault(int(e.ts // bucket_s), Counter())[e.item_id] += 1
+    if not watches:
         return 0
     async with client.pipeline(transaction=False) as pipe:
+        for key, counts in ((WATCHES_KEY, watches), (COMPLETES_KEY, completes)):
+            for item_id, n in counts.items():
+                pipe.hincrby(key, item_id, n)
         for hour, counts in per_hour.items():
             key = hour_key(hour)
             for item_id, n in counts.items():
@@ -46,6 +61,18 @@ async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_
             pipe.zadd(HOURS_KEY, {str(hour): hour})
         await pipe.execute()
     return sum(sum(c.values()) for c in per_hour.values())
+
+
+async def watch_counts(client: aioredis.Redis, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(watches, completes) of each video so far, float32 (0 for a video never watched)."""
+    if not item_ids:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(WATCHES_KEY, item_ids)
+        pipe.hmget(COMPLETES_KEY, item_ids)
+        got_w, got_c = await pipe.execute()
+    return (np.asarray([int(v or 0) for v in got_w], np.float32),
+            np.asarray([int(v or 0) for v in got_c], np.float32))
 
 
 class PopularitySnapshot:

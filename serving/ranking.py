@@ -33,6 +33,23 @@ class TritonRanker:
         self.model = model
         self.timeout_s = timeout_s
         self.client = grpcclient.InferenceServerClient(url)
+        self._id_buckets: int | None = None  # read from the loaded model's config when needed
+        self._last_version = ""
+
+    async def identity_buckets(self) -> int:
+        """The serving model's item-identity bucket count (0: it takes no identity inputs),
+        from its Triton config (parameter ``id_buckets``, trainer/model_repo.py); read again
+        after an error or when another version answers."""
+        if self._id_buckets is None:
+            try:
+                cfg = (await self.client.get_model_config(
+                    self.model, as_json=True, client_timeout=self.timeout_s * 5))["config"]
+            except Exception as exc:
+                raise RankerUnavailable(f"triton {self.url}: {_first_line(exc)}") from exc
+            names = {i["name"] for i in cfg.get("input", [])}
+            param = cfg.get("parameters", {}).get("id_buckets", {}).get("string_value", "0")
+            self._id_buckets = int(param) if "candidate_bucket" in names else 0
+        return self._id_buckets
 
     async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
         inputs = []
@@ -48,11 +65,15 @@ class TritonRanker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # InferenceServerException, grpc and asyncio errors alike
+            self._id_buckets = None  # perhaps another version with other inputs: ask again
             raise RankerUnavailable(f"triton {self.url}: {_first_line(exc)}") from exc
         scores = result.as_numpy(OUTPUT)
         if scores is None:
             raise RankerUnavailable(f"triton {self.url}: response without {OUTPUT!r}")
-        return scores, f"{self.model}/{result.get_response().model_version}"
+        version = result.get_response().model_version
+        if version != self._last_version:
+            self._last_version, self._id_buckets = version, None
+        return scores, f"{self.model}/{version}"
 
     async def ready(self) -> bool:
         try:
@@ -67,7 +88,8 @@ class TritonRanker:
 class OnnxRanker:
     """The same request graph in process (onnxruntime, ``threads`` intra-op threads)."""
 
-    def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx") -> None:
+    def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx",
+                 id_buckets: int = 0) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -76,6 +98,12 @@ class OnnxRanker:
         self.session = ort.InferenceSession(str(model_onnx), opts, providers=["CPUExecutionProvider"])
         self.names = {i.name for i in self.session.get_inputs()}
         self.version = version
+        if "candidate_bucket" in self.names and id_buckets <= 0:
+            raise ValueError(f"{model_onnx} uses item identity: pass its id_buckets")
+        self.id_buckets = id_buckets if "candidate_bucket" in self.names else 0
+
+    async def identity_buckets(self) -> int:
+        return self.id_buckets
 
     def rank_sync(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([OUTPUT], {k: v for k, v in tensors.items() if k in self.names})[0]

@@ -27,8 +27,8 @@ from serving import metrics
 from serving.breaker import CircuitBreaker, State
 from serving.catalog import CatalogIndex
 from serving.errors import RankerUnavailable
-from serving.features import rank_request
-from serving.popularity import PopularitySnapshot
+from serving.features import identity_tensors, rank_request
+from serving.popularity import PopularitySnapshot, watch_counts
 from serving.ranking import fallback_scores
 from serving.recall import Candidate, Recall, RecallConfig
 
@@ -38,6 +38,10 @@ FALLBACK_VERSION = "fallback"
 
 class ModelRanker(Protocol):
     async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]: ...
+
+    async def identity_buckets(self) -> int:
+        """0, or the hashed-id bucket count of a model with item identity."""
+        ...
 
 
 class Recommender:
@@ -145,6 +149,11 @@ class Recommender:
             if req.missing_sequence_vectors:
                 metrics.SKIPPED_ITEMS.labels("sequence").inc(req.missing_sequence_vectors)
             try:
+                if buckets := await self.ranker.identity_buckets():
+                    ids = [c.item_id for c in pool]
+                    watches, completes = await watch_counts(self.redis, ids)
+                    req.tensors.update(identity_tensors(ids, watches, completes, buckets,
+                                                        self.settings.recall_candidates))
                 scores, version = await self.ranker.rank(req.tensors)
             except RankerUnavailable as exc:
                 was = self.breaker.state

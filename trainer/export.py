@@ -142,13 +142,20 @@ def example_request(
     return out if identity else {k: out[k] for k in INPUTS}
 
 
+def fit_buckets(model: Ranker, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Example buckets within ``model``'s bucket count (the examples draw from 2^18)."""
+    if model.identity is not None and "candidate_bucket" in feeds:
+        feeds["candidate_bucket"] = feeds["candidate_bucket"] % model.identity.bias.num_embeddings
+    return feeds
+
+
 def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     """Write the request graph of ``model`` (eval mode) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RequestGraph(model).eval()
     names = input_names(model)
-    request = example_request(dim, 7, 9, 5, identity=model.identity is not None)
+    request = fit_buckets(model, example_request(dim, 7, 9, 5, identity=model.identity is not None))
     example = tuple(torch.from_numpy(request[k]) for k in names)
     axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
             "video_mask": {0: "video_len"}, "product": {0: "product_len"},
@@ -184,7 +191,7 @@ def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = BatchedRequestGraph(model).eval()
     names = input_names(model)
-    batch = example_batch(3, dim, 7, 9, 5, identity=model.identity is not None)
+    batch = fit_buckets(model, example_batch(3, dim, 7, 9, 5, identity=model.identity is not None))
     example = tuple(torch.from_numpy(batch[k]) for k in names)
     axes: dict[str, dict[int, str]] = {}
     for name in names:

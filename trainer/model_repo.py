@@ -83,21 +83,26 @@ class PromotionError(ModelRepositoryError):
 # -- config.pbtxt -----------------------------------------------------------------------------
 
 
-def tensors(dim: int) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+def tensors(dim: int, identity: bool = False) \
+        -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """(inputs, outputs) as (name, Triton type, dims without the batch axis), derived from the
-    request graph's own example batch, so new inputs in ``trainer.export.INPUTS`` follow."""
-    from trainer.export import INPUTS, OUTPUT, example_batch
+    request graph's own example batch, so new inputs in ``trainer.export.INPUTS`` follow; a
+    model with item identity also has ``trainer.export.IDENTITY_INPUTS``."""
+    from trainer.export import IDENTITY_INPUTS, INPUTS, OUTPUT, example_batch
 
     types = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "int32": "INT32"}
-    batch = example_batch(1, dim, 2, 2, 2)
+    batch = example_batch(1, dim, 2, 2, 2, identity=identity)
+    names = INPUTS + (IDENTITY_INPUTS if identity else ())
     inputs = [(name, types[str(batch[name].dtype)], [-1, *map(int, batch[name].shape[2:])])
-              for name in INPUTS]
+              for name in names]
     return inputs, [(OUTPUT, "FP32", [-1])]
 
 
-def render(dim: int = 128, variant: str = "python") -> str:
-    """``config.pbtxt`` text (CPU python backend, or the TensorRT variant) for ``dim``-d items."""
-    inputs, outputs = tensors(dim)
+def render(dim: int = 128, variant: str = "python", id_buckets: int = 0) -> str:
+    """``config.pbtxt`` text (CPU python backend, or the TensorRT variant) for ``dim``-d items;
+    ``id_buckets`` > 0: a model with item identity (its inputs, and the bucket count as the
+    ``id_buckets`` parameter, which the serving client reads to hash item ids)."""
+    inputs, outputs = tensors(dim, identity=id_buckets > 0)
 
     def block(kind: str, rows: list[tuple[str, str, list[int]]]) -> str:
         lines = [f'  {{ name: "{n}", data_type: TYPE_{t}, dims: [ {", ".join(map(str, d))} ] }}'
@@ -128,6 +133,9 @@ def render(dim: int = 128, variant: str = "python") -> str:
                  'parameters: { key: "intra_op_threads", value: { string_value: "1" } }\n')
     else:
         body += "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
+    if id_buckets:
+        body += f'parameters: {{ key: "id_buckets", value: {{ string_value: "{id_buckets}" }} }}\n'
+
     body += ("# a version is READY only after it answered this request\n"
              "model_warmup [ {\n"
              f'  name: "one user, {WARMUP_LEN} entries, {WARMUP_CANDIDATES} candidates"\n'
@@ -182,11 +190,16 @@ class VersionInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     checkpoint: str = ""
+    id_buckets: int = 0  # > 0: the model uses item identity (trainer.identity)
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "aliases": list(self.aliases), "model": self.model,
                 "dim": self.dim, "sha256": self.sha256, "created_at": self.created_at,
                 "metrics": self.metrics, "checkpoint": self.checkpoint}
+
+
+def _id_buckets(model_config: Mapping[str, Any]) -> int:
+    return int(model_config.get("id_buckets", 0)) if model_config.get("item_identity") else 0
 
 
 def file_sha256(path: Path) -> str:
@@ -258,7 +271,8 @@ class ModelRepository:
         return VersionInfo(version=int(meta["version"]), sha256=meta["checkpoint_sha256"],
                            model=meta["model"]["name"], dim=int(meta["dim"]),
                            created_at=meta["created_at"], metrics=meta.get("metrics") or {},
-                           aliases=names, checkpoint=meta.get("checkpoint", ""))
+                           aliases=names, checkpoint=meta.get("checkpoint", ""),
+                           id_buckets=_id_buckets(meta["model"]))
 
     def checkpoint_dir(self, version: int) -> Path:
         """The safetensors checkpoint that ``version`` was exported from (a copy)."""
@@ -270,7 +284,8 @@ class ModelRepository:
         from google.protobuf import json_format, text_format
         from tritonclient.grpc import model_config_pb2
 
-        msg = text_format.Parse(render(self.info(version).dim, self.variant),
+        info = self.info(version)
+        msg = text_format.Parse(render(info.dim, self.variant, info.id_buckets),
                                 model_config_pb2.ModelConfig())
         msg.version_policy.specific.versions[:] = [version]
         return json_format.MessageToJson(msg, preserving_proto_field_name=True)
@@ -282,7 +297,13 @@ class ModelRepository:
         The ONNX graph is checked against torch on a random batch (``max_abs_diff`` in the
         meta); ``metrics`` default to the checkpoint's own."""
         from trainer import checkpoint
-        from trainer.export import example_batch, export_batched_onnx, onnx_session, torch_batch_scores
+        from trainer.export import (
+            example_batch,
+            export_batched_onnx,
+            fit_buckets,
+            onnx_session,
+            torch_batch_scores,
+        )
 
         checkpoint_dir = Path(checkpoint_dir)
         model, cfg, ckpt_meta = checkpoint.load(checkpoint_dir)
@@ -292,7 +313,8 @@ class ModelRepository:
         try:
             tmp.mkdir()
             export_batched_onnx(model, tmp / ONNX, dim)
-            batch = example_batch(3, dim, 11, 6, 17, seed=7)
+            batch = fit_buckets(model, example_batch(3, dim, 11, 6, 17, seed=7,
+                                                     identity=model.identity is not None))
             got = onnx_session(tmp / ONNX).run(["score"], batch)[0]
             diff = float(np.abs(got - torch_batch_scores(model, batch)).max())
             if not diff < 1e-4:
@@ -383,9 +405,12 @@ class ModelRepository:
 
         from trainer.export import example_batch
 
-        batch = example_batch(1, dim, 1, 1, 1)
+        id_buckets = self.info(version).id_buckets
+        batch = example_batch(1, dim, 1, 1, 1, identity=id_buckets > 0)
+        if id_buckets:
+            batch["candidate_bucket"] %= id_buckets
         inputs = []
-        for name, (n, t, _d) in zip(batch, tensors(dim)[0], strict=True):
+        for name, (n, t, _d) in zip(batch, tensors(dim, identity=id_buckets > 0)[0], strict=True):
             tensor = grpcclient.InferInput(n, list(batch[name].shape), t)
             tensor.set_data_from_numpy(batch[name])
             inputs.append(tensor)

@@ -1,0 +1,88 @@
+"""A ranker with item identity (issue 14) served through Triton: the config carries the identity
+inputs and the bucket count, the recommender feeds each candidate's hashed id and its watch
+counts from the stream, and Triton's scores equal the in-process model's."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+import torch
+
+from semirec.contracts import Domain, Event
+from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from serving.features import identity_tensors, item_bucket, rank_request
+from serving.popularity import count_watches, watch_counts
+from serving.ranking import TritonRanker
+from serving.recommender import Recommender
+from tests.serving_utils import put_catalog
+from trainer import checkpoint
+from trainer.configs import BlockConfig, paper
+from trainer.export import torch_batch_scores
+from trainer.identity import item_bucket as trainer_bucket
+from trainer.model_repo import ModelRepository
+from trainer.registry import build
+from trainer.toy import toy_world
+
+D = 128
+T0 = 1_700_000_000.0
+
+
+def test_the_served_bucket_hash_is_the_trainers() -> None:
+    for item_id in ("v1", "p42", "ünï-çødé", "x" * 255):
+        for buckets in (7, 1 << 18):
+            assert item_bucket(item_id, buckets) == trainer_bucket(item_id, buckets)
+
+
+@pytest.fixture(scope="module")
+def identity_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = replace(paper("semi+id"), block=BlockConfig(dim=D, heads=4, ffn=D), id_buckets=1024)
+    model = build(cfg).eval()
+    with torch.no_grad():
+        model.identity.rate_weight.fill_(5.0)  # the completion rate dominates the score
+    return model, checkpoint.save(tmp_path_factory.mktemp("ckpt") / "semi_id", model, cfg)
+
+
+async def test_identity_inputs_reach_triton_and_rank_by_completion_rate(
+        settings, redis_client, identity_checkpoint, tmp_path) -> None:
+    model, path = identity_checkpoint
+    world = toy_world(users=5, videos=40, products=20, categories=4, dim=D, seed=2)
+    await put_catalog(settings.redis_url, world)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    await count_watches(client, [Event(f"g{i}", "x", "v1", Domain.VIDEO, "watch", T0, True)
+                                 for i in range(50)]
+                        + [Event(f"b{i}", "x", "v2", Domain.VIDEO, "watch", T0, False)
+                           for i in range(50)])
+    assert [list(a) for a in await watch_counts(client, ["v1", "v2", "v3"])] == \
+        [[50, 50, 0], [50, 0, 0]]
+    await client.aclose()
+    repo_dir = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
+                    ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
+    with EmbeddedStack(["triton"], model_repository=repo_dir) as triton_stack:
+        url = triton_stack.addresses.triton_grpc
+        repo = ModelRepository(repo_dir, url)
+        version = repo.export(path)
+        assert repo.info(version).id_buckets == 1024
+        repo.promote(version)
+        ranker = TritonRanker(url, timeout_s=5)
+        assert await ranker.identity_buckets() == 1024
+        rec = Recommender(replace(settings, triton_grpc=url),
+                          redis_client=aioredis.Redis.from_url(settings.redis_url), ranker=ranker)
+        await rec.refresh()
+        answer = await rec.recommend("u", 3, at=T0, candidates=["v2", "v3", "v1"])
+        assert not answer.fallback and answer.model_version == f"ranker/{version}"
+        assert [i.item_id for i in answer.items] == ["v1", "v3", "v2"]
+        # the same tensors in process give the same scores
+        vecs, _ = rec.catalog.vectors(["v2", "v3", "v1"])
+        req = rank_request(None, vecs, rec.catalog, at=T0, seq_len=settings.seq_len, pad_to=500)
+        req.tensors.update(identity_tensors(["v2", "v3", "v1"], np.array([50, 0, 50], np.float32),
+                                            np.array([0, 0, 50], np.float32), 1024, 500))
+        expected = torch_batch_scores(model, req.tensors)[0, :3]
+        got = {i.item_id: i.score for i in answer.items}
+        np.testing.assert_allclose([got["v2"], got["v3"], got["v1"]], expected, atol=1e-5)
+        await rec.close()
