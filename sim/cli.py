@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,9 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--encoder", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Item-encoder checkpoint (semirec encoders pretrain) for the catalog, the ranker "
-                   "and the catalog agent [SEMIREC_ENCODER_CHECKPOINT]; default: the untrained fusion.")
+                   "and the catalog agent; default: one pre-trained on the catalog (cached).")
+@click.option("--no-pretrain-encoder", is_flag=True,
+              help="Without --encoder: use the seeded untrained fusion instead of pre-training one.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (default: under the demo cache, printed at the end).")
 @click.option("--train-budget", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
@@ -64,7 +65,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object last on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the stack and agents running until Ctrl-C.")
 def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_videos: int, size: str,
-         seed: int, encoder: Path | None,
+         seed: int, encoder: Path | None, no_pretrain_encoder: bool,
          report_dir: Path | None, train_budget: str, no_train: bool, as_json: bool, keep: bool) -> None:
     """The whole system live: stack, world, encoders, SEMI on Triton, agents, trainer, and a
     simulated audience whose online completion is measured exactly against the world's truth.
@@ -77,12 +78,11 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
     from semirec.stack import StackError
     from sim.orchestrator import Demo, DemoError
 
-    if encoder is not None:  # read by the encoders here and inherited by every part
-        os.environ["SEMIREC_ENCODER_CHECKPOINT"] = str(encoder.resolve())
     console = Console(stderr=True)
     opts = DemoOptions(users=users, minutes=minutes, seed=seed, rate=rate,
                        sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,
-                       report_dir=report_dir, keep=keep, quick=train_budget == "quick")
+                       report_dir=report_dir, keep=keep, quick=train_budget == "quick",
+                       encoder=encoder, pretrain_encoder=not no_pretrain_encoder)
     run = Demo(opts, console)
     try:
         summary = run.run(live_view=not as_json and console.is_terminal)

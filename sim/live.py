@@ -78,17 +78,19 @@ class LiveState:
     history_total: int = 0
     history_sent: int = 0
     live_ends: float | None = None
-    last_model: str = ""  # the newest non-fallback version seen
+    versions_seen: set[str] = field(default_factory=set)  # model versions that answered
 
     def freshness(self, q: float) -> float | None:
         return float(np.percentile(list(self.freshness_ms), q)) if self.freshness_ms else None
 
     def see_version(self, version: str, now: float) -> None:
-        """Track the serving version; a model version replacing another one is a promotion."""
-        if version != "fallback":
-            if self.last_model and version != self.last_model:
+        """Track the serving version; the first answer of each model version after the first
+        model version is a promotion (answers of the old version still in flight during a swap
+        do not count twice)."""
+        if version != "fallback" and version not in self.versions_seen:
+            if self.versions_seen:
                 self.promotions.append((now, version))
-            self.last_model = version
+            self.versions_seen.add(version)
         self.model_version = version
 
 

@@ -57,6 +57,8 @@ class DemoOptions:
     report_dir: Path | None = None
     keep: bool = False
     quick: bool = True  # the ranker's training budget: quick (default) or the full scaled one
+    encoder: Path | None = None  # an item-encoder checkpoint; None: pre-train one on the catalog
+    pretrain_encoder: bool = True  # False (and no encoder): the seeded untrained fusion
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -221,6 +223,37 @@ class Demo:
             return load_world("world", seed=self.opts.seed, size=self.opts.size, users=self.opts.users,
                               new_videos=self.opts.new_videos)
 
+    def item_encoder(self, world: Any) -> Path | None:
+        """The encoder checkpoint every part uses (SEMIREC_ENCODER_CHECKPOINT): given, or
+        ``SEMIREC_ENCODER_CHECKPOINT``, or pre-trained on the catalog (without the held-out new
+        videos) and cached."""
+        from trainer.vectors import catalog_digest
+
+        ckpt = self.opts.encoder or (Path(os.environ["SEMIREC_ENCODER_CHECKPOINT"])
+                                     if os.environ.get("SEMIREC_ENCODER_CHECKPOINT") else None)
+        if ckpt is None and self.opts.pretrain_encoder:
+            ckpt = self.opts.cache_dir / "encoders" / catalog_digest(world.items, "pretrain-default")
+            if not (ckpt / "encoder.safetensors").is_file():
+                items = self.run_dir / "items.jsonl"
+                items.write_text("".join(json.dumps(it) + "\n" for it in world.items))
+                log = self.run_dir / "encoder-pretrain.log"
+                self.console.print(f"{time.strftime('%H:%M:%S')} pre-training the item encoder on "
+                                   f"{len(world.items):,} items (cached afterwards; a few minutes)")
+                with open(log, "wb") as out:  # on a terminal its own progress bars show
+                    res = subprocess.run([sys.executable, "-m", "semirec", "encoders", "pretrain",
+                                          "--items", str(items), "--out", str(ckpt), "--json"],
+                                         stdout=out, timeout=1800,
+                                         stderr=None if self.console.is_terminal else subprocess.STDOUT)
+                if res.returncode != 0:
+                    raise DemoError(f"encoder pre-training failed (code {res.returncode}); log {log}:\n"
+                                    f"{_tail(log)}")
+        if ckpt is not None:
+            os.environ["SEMIREC_ENCODER_CHECKPOINT"] = str(Path(ckpt).resolve())  # parts inherit it
+            self.facts["encoder"] = str(ckpt)
+        else:
+            self.facts["encoder"] = "untrained fusion"
+        return ckpt
+
     def vectors(self, world: Any) -> tuple[Any, str]:
         from encoders import encoder_version
         from trainer.vectors import item_vectors
@@ -319,6 +352,7 @@ class Demo:
         prune_runs(self.run_dir.parent, keep=KEEP_RUNS)
         started = time.time()
         world = self.world()
+        self.item_encoder(world)
         vectors, enc_version = self.vectors(world)
         models = self.run_dir / "models"
         models.mkdir(exist_ok=True)

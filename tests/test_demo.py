@@ -3,7 +3,8 @@
 It runs as far as the landed parts allow: a part that is not built yet must be named in
 ``missing_parts`` (and then the run may not exit 0); everything else is checked as the demo's
 own checks do. Whether SEMI beats popularity on this tiny, briefly trained world is reported,
-not asserted (the full-size run is the claim: README).
+not asserted (the full-size run is the claim: docs/demo.md). The encoder is the untrained
+fusion here (``--no-pretrain-encoder``): pre-training one would double the test's time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def test_demo_runs_the_closed_loop_and_measures_it(tmp_path) -> None:
     env = {**os.environ, "SEMIREC_DEMO_CACHE": str(tmp_path / "cache")}
     res = subprocess.run(
         [sys.executable, "-m", "semirec", "demo", "--size", "tiny", "--users", "40", "--minutes", "0.4",
-         "--rate", "500", "--sessions-per-s", "2", "--new-videos", "10", "--json",
+         "--rate", "500", "--sessions-per-s", "2", "--new-videos", "10", "--no-pretrain-encoder", "--json",
          "--report", str(report)],
         capture_output=True, text=True, timeout=400, env=env)
     assert res.stdout.strip(), res.stderr[-3000:]

@@ -44,7 +44,8 @@ def _state() -> LiveState:
     state.see_version("fallback", T0)
     state.see_version("ranker/1", T0 + 1)
     state.see_version("ranker/2", T0 + 25)
-    state.see_version("ranker/2", T0 + 26)
+    state.see_version("ranker/1", T0 + 26)  # in flight during the swap: not a promotion
+    state.see_version("ranker/2", T0 + 27)
     return state
 
 
