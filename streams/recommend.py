@@ -6,8 +6,8 @@ Two faust agents share one :class:`serving.recommender.Recommender`:
   user's state is never older than the event that triggered the recommendation). Per batch the
   notices are coalesced per user (only the newest counts: under load a busy user is ranked
   once per batch, not once per event), the users are ranked concurrently (Triton's dynamic
-  batcher joins their calls) and the results published with ``event_id`` and
-  ``event_to_publish_ms``.
+  batcher joins their calls) and each result is published as soon as it is ranked, with
+  ``event_id`` and ``event_to_publish_ms``.
 - ``recommend-requests`` reads ``recommendation-requests``; malformed requests are
   dead-lettered with a reason; every valid request is answered with its ``request_id``.
 
@@ -86,10 +86,9 @@ class RecommendProcessor:
             if update.user_id in newest:
                 metrics.COALESCED.inc()
             newest[update.user_id] = update
-        recs = await asyncio.gather(*(self._one(
-            u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at)
+        recs = await asyncio.gather(*(self._serve(
+            "event", u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at)
             for u in newest.values()))
-        await self._publish(recs, "event", {u.user_id: u.appended_at for u in newest.values()})
         self.metrics.observe("batch", time.perf_counter() - started)
         self.metrics.batch(len(batch))
         return len(recs)
@@ -109,32 +108,28 @@ class RecommendProcessor:
             good[(req.user_id, req.request_id)] = req  # a retried request is answered once
         if bad:
             await self.dead_letters(bad)
-        recs = await asyncio.gather(*(self._one(
-            r.user_id, r.k, at=r.at, candidates=r.candidates, request_id=r.request_id)
+        recs = await asyncio.gather(*(self._serve(
+            "request", r.user_id, r.k, at=r.at, candidates=r.candidates, request_id=r.request_id)
             for r in good.values()))
-        await self._publish(recs, "request", {})
         self.metrics.observe("batch", time.perf_counter() - started)
         self.metrics.batch(len(batch))
         return len(recs)
 
-    async def _one(self, user_id: str, k: int, **kw: Any) -> Recommendation:
+    async def _serve(self, trigger: str, user_id: str, k: int, **kw: Any) -> Recommendation:
+        """Rank one user and publish at once (no waiting for the rest of the batch); the batch
+        is acked only after every one of its recommendations is acknowledged."""
         async with self._slots:
-            return await retry_while_redis_down(self._recommend, user_id, k, kw)
+            rec = await retry_while_redis_down(self._recommend, user_id, k, kw)
+        await self.publish([(rec, rec.user_id)])
+        metrics.RECOMMENDATIONS.labels(trigger, str(rec.fallback).lower()).inc()
+        if kw.get("appended_at") is not None:
+            metrics.FRESHNESS.observe(max(0.0, time.time() - kw["appended_at"]))
+        self.metrics.processed(1)
+        return rec
 
     async def _recommend(self, user_id: str, k: int, kw: dict[str, Any]) -> Recommendation:
         return await self.recommender.recommend(user_id, k, **kw)
 
-    async def _publish(self, recs: list[Recommendation], trigger: str,
-                       appended: dict[str, float]) -> None:
-        if not recs:
-            return
-        await self.publish([(r, r.user_id) for r in recs])
-        now = time.time()
-        for r in recs:
-            metrics.RECOMMENDATIONS.labels(trigger, str(r.fallback).lower()).inc()
-            if trigger == "event" and r.user_id in appended:
-                metrics.FRESHNESS.observe(max(0.0, now - appended[r.user_id]))
-        self.metrics.processed(len(recs))
 
 
 def register_recommend(app: Any, settings: Settings) -> None:
