@@ -110,6 +110,9 @@ class Settings:
     heartbeat_interval_s: float = 3.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # Longest a fetch waits for data (faust hard-codes 1.5 s); a broker that holds fetches until
+    # then (Tansu) adds it to every hop of a quiet stream, so local stacks export 50.
+    fetch_max_wait_ms: int = 500
     # Triton model repository (the ranker's versions and aliases); "" = the repo's triton_models/
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
@@ -213,3 +216,7 @@ class Settings:
     def kafka_kwargs(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security options for any aiokafka client."""
         return {"bootstrap_servers": self.kafka, **self.security.client_kwargs()}
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """:meth:`kafka_kwargs` plus the fetch long-poll, for aiokafka consumers."""
+        return {**self.kafka_kwargs(), "fetch_max_wait_ms": self.fetch_max_wait_ms}

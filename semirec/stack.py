@@ -65,6 +65,8 @@ LOCAL_GROUP_TIMINGS = {
     "SEMIREC_SESSION_TIMEOUT_S": "2.0",
     "SEMIREC_HEARTBEAT_INTERVAL_S": "0.5",
     "SEMIREC_REBALANCE_TIMEOUT_S": "2.0",
+    # Tansu answers a fetch only when its wait runs out, even with data waiting
+    "SEMIREC_FETCH_MAX_WAIT_MS": "50",
 }
 
 

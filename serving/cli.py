@@ -42,7 +42,7 @@ async def ask(settings: Settings, request: RecommendationRequest, timeout_s: flo
     from semirec.kafka import ensure_topics, producer, serving_topics
 
     await ensure_topics(settings, serving_topics(settings))
-    consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.kafka_kwargs(),
+    consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.consumer_kwargs(),
                                 auto_offset_reset="latest", enable_auto_commit=False)
     await consumer.start()
     prod = producer(settings)
@@ -118,7 +118,7 @@ async def watch(settings: Settings, *, follow: bool, from_beginning: bool) \
         -> AsyncIterator[Recommendation]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.kafka_kwargs(),
+    consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.consumer_kwargs(),
                                 auto_offset_reset="earliest" if from_beginning else "latest",
                                 enable_auto_commit=False)
     await consumer.start()

@@ -361,7 +361,7 @@ class ClosedLoop:
         await ensure_topics(self.settings, {**ingest_topics(self.settings), **serving_topics(self.settings),
                                             t.items: self.settings.event_partitions})
         self._producer = producer(self.settings)
-        consumer = AIOKafkaConsumer(**self.settings.kafka_kwargs(), group_id=None,
+        consumer = AIOKafkaConsumer(**self.settings.consumer_kwargs(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await self._producer.start()
         await consumer.start()

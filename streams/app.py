@@ -25,8 +25,10 @@ def broker_credentials(settings: Settings) -> Any:
 
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """A faust app wired to our broker; no faust tables (user state lives in Redis)."""
+    from streams.batch_transport import FETCH_MAX_WAIT_KEY, use_batch_transport
+
     brokers = [f"kafka://{h.strip()}" for h in settings.kafka.split(",") if h.strip()]
-    return faust.App(
+    app = faust.App(
         app_id or settings.consumer_group,
         broker=brokers,
         broker_credentials=broker_credentials(settings),
@@ -50,6 +52,11 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         web_enabled=False,
         autodiscover=False,
     )
+    # every worker consumes through the batch transport (agents that claim no topic keep
+    # faust's per-message path) with our fetch long-poll (SEMIREC_FETCH_MAX_WAIT_MS)
+    app.__dict__[FETCH_MAX_WAIT_KEY] = settings.fetch_max_wait_ms
+    use_batch_transport(app)
+    return app
 
 
 def raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:

@@ -67,10 +67,29 @@ class Batch:
         return f"<Batch {self.tp.topic}[{self.tp.partition}] {first}..{last} gen {self.generation}>"
 
 
+FETCH_MAX_WAIT_KEY = "_semirec_fetch_max_wait_ms"  # set on the app by streams.app.create_app
+
+
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, with the fetch long-poll from our settings: faust hard-codes
+    1.5 s, and a broker that holds a fetch until then (Tansu does, measured: p50 415 ms per hop
+    at 1.5 s, 3 ms at 50 ms) adds that to every hop of a quiet stream."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = self.app.__dict__.get(FETCH_MAX_WAIT_KEY)
+        if wait:
+            consumer._fetch_max_wait_ms = int(wait)  # read by its Fetcher at start()
+        return consumer
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with a fetch loop that hands claimed topics over by slice."""
 
     _in_flight: set[Batch] | None = None
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @property
     def in_flight(self) -> set[Batch]:

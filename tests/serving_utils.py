@@ -44,7 +44,7 @@ class Recommendations:
     """Everything published on the recommendations topic since the reader started."""
 
     def __init__(self, settings: Settings) -> None:
-        self.consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.kafka_kwargs(),
+        self.consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.consumer_kwargs(),
                                          auto_offset_reset="earliest", enable_auto_commit=False)
         self.seen: list[Recommendation] = []
 

@@ -109,7 +109,7 @@ class OnlineTrainer:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
             group_id=s.trainer_group, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=8 << 20, **s.kafka_kwargs())
+            max_partition_fetch_bytes=8 << 20, **s.consumer_kwargs())
         await self.consumer.start()
         await self.consumer.topics()  # fetches the cluster's metadata
         parts = self.consumer.partitions_for_topic(topics.samples)
