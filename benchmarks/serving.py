@@ -147,7 +147,10 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
     """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topics.recommendations, **settings.consumer_kwargs(),
+    # the subscriber polls with a 10 ms long-poll: on Tansu a fetch returns only when its wait
+    # runs out, which would add up to the wait to every figure (Kafka answers at once)
+    consumer = AIOKafkaConsumer(settings.topics.recommendations,
+                                **{**settings.consumer_kwargs(), "fetch_max_wait_ms": 10},
                                 auto_offset_reset="latest", enable_auto_commit=False)
     await consumer.start()
     while not consumer.assignment():
