@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
@@ -13,6 +16,7 @@ from semirec.contracts import Domain, Event, encode_event
 from semirec.item_store import ItemStore, ItemVector
 from semirec.recommendations import Recommendation, parse_recommendation
 from semirec.settings import Settings
+from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
 from trainer.toy import ToyWorld
 
 CATS = 4
@@ -38,6 +42,17 @@ def clicks(user: str, products: list[str], t0: float, tag: str) -> list[tuple[by
     return [(user.encode(), encode_event(Event(f"{tag}-{user}-{i}", user, p, Domain.PRODUCT,
                                               "click", t0 + 60 * i)))
             for i, p in enumerate(products)]
+
+
+@contextmanager
+def private_triton(tmp_path: Path) -> Iterator[tuple[EmbeddedStack, Path]]:
+    """A tritonserver of the test's own (the session's keeps serving other tests) over a copy of
+    triton_models/ without exported versions; yields (stack, model repository)."""
+    repo_dir = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
+                    ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
+    with EmbeddedStack(["triton"], model_repository=repo_dir) as stack:
+        yield stack, repo_dir
 
 
 class Recommendations:

@@ -4,7 +4,6 @@ counts from the stream, and Triton's scores equal the in-process model's."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -13,12 +12,11 @@ import redis.asyncio as aioredis
 import torch
 
 from semirec.contracts import Domain, Event
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
 from serving.features import identity_tensors, item_bucket, rank_request
 from serving.popularity import count_watches, watch_counts
 from serving.ranking import TritonRanker
 from serving.recommender import Recommender
-from tests.serving_utils import put_catalog
+from tests.serving_utils import private_triton, put_catalog
 from trainer import checkpoint
 from trainer.configs import BlockConfig, paper
 from trainer.export import torch_batch_scores
@@ -60,10 +58,7 @@ async def test_identity_inputs_reach_triton_and_rank_by_completion_rate(
     assert [list(a) for a in await watch_counts(client, ["v1", "v2", "v3"])] == \
         [[50, 50, 0], [50, 0, 0]]
     await client.aclose()
-    repo_dir = tmp_path / "models"
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
-                    ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
-    with EmbeddedStack(["triton"], model_repository=repo_dir) as triton_stack:
+    with private_triton(tmp_path) as (triton_stack, repo_dir):
         url = triton_stack.addresses.triton_grpc
         repo = ModelRepository(repo_dir, url)
         version = repo.export(path)

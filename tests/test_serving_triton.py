@@ -5,7 +5,6 @@ recommendations, and a stopped tritonserver means fallback, then recovery."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -17,13 +16,12 @@ import torch
 
 from semirec.kafka import ensure_topics, ingest_topics, serving_topics
 from semirec.sequences import Entry, UserState
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
 from serving.breaker import CircuitBreaker
 from serving.features import rank_request
 from serving.ranking import OnnxRanker, TritonRanker
 from serving.recommender import Recommender
 from tests.kafka_utils import produce_raw
-from tests.serving_utils import CATS, Recommendations, category, clicks, put_catalog
+from tests.serving_utils import CATS, Recommendations, category, clicks, private_triton, put_catalog
 from tests.workers import running_worker
 from trainer import checkpoint
 from trainer.configs import BlockConfig, TrainConfig, paper
@@ -135,10 +133,7 @@ async def test_tritonserver_stopped_means_fallback_then_recovery(
         settings, redis_client, world, trained, tmp_path) -> None:
     """A private tritonserver (the session's keeps serving other tests) is stopped and restarted."""
     await put_catalog(settings.redis_url, world)
-    repo_dir = tmp_path / "models"
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
-                    ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
-    with EmbeddedStack(["triton"], model_repository=repo_dir) as triton_stack:
+    with private_triton(tmp_path) as (triton_stack, repo_dir):
         url = triton_stack.addresses.triton_grpc
         repo = ModelRepository(repo_dir, url)
         repo.promote(repo.export(trained[1]))
