@@ -32,16 +32,15 @@ from pathlib import Path
 
 import orjson
 import redis
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from semirec.contracts import ContractError, Event, encode_event, parse_event, validate_event
 from semirec.faults import EXIT_AUTH, EXIT_UNAVAILABLE
-from semirec.kafka import ensure_topics, ingest_topics, producer
 from semirec.sequences import UserState, replay, unpack
 from semirec.settings import Settings, Topics
 from semirec.stack import LOCAL_GROUP_TIMINGS, free_port, redis_binary
 from semirec.store import SequenceStore
+from tests.kafka_utils import committed as committed_offsets
+from tests.kafka_utils import consume_all, produce_raw
 
 BASE_TS = 1_700_000_000
 PASSWORD = "fault-suite-secret"
@@ -126,30 +125,9 @@ def signal_worker(proc: subprocess.Popen, sig: int, timeout: float = 30) -> floa
     return time.monotonic() - started
 
 
-async def produce(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> dict[int, int]:
-    """Publish in order; partition -> end offset."""
-    await ensure_topics(settings, ingest_topics(settings))
-    prod = producer(settings)
-    await prod.start()
-    try:
-        futures = [await prod.send(settings.topics.events, v, key=k) for k, v in messages]
-        ends: dict[int, int] = {}
-        for meta in await asyncio.gather(*futures):
-            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-        return ends
-    finally:
-        await prod.stop()
-
-
 async def committed(settings: Settings) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
-    await admin.start()
-    try:
-        tps = [TopicPartition(settings.topics.events, p) for p in range(settings.event_partitions)]
-        found = await admin.list_consumer_group_offsets(settings.consumer_group, partitions=tps)
-        return {tp.partition: m.offset for tp, m in found.items() if m.offset >= 0}
-    finally:
-        await admin.close()
+    return await committed_offsets(settings, settings.consumer_group, settings.topics.events,
+                                   settings.event_partitions)
 
 
 async def wait_committed(settings: Settings, ends: dict[int, int] | int, proc=None,
@@ -253,7 +231,7 @@ async def kill9_worker(settings: Settings, n: int, workdir: Path) -> Row:
     users = max(10, n // 250)
     events = event_log(n, users, seed=11)
     row = Row("kill -9 of an ingest worker mid-stream", load_text(events, users))
-    ends = await produce(settings, encoded(events))
+    ends = await produce_raw(settings, encoded(events))
     proc = start_worker(settings, workdir / "kill9-1.log", SEMIREC_COMMIT_INTERVAL_S="2")
     try:
         await wait_committed(settings, len(events) // 2, proc)
@@ -279,7 +257,7 @@ async def redis_restart(settings: Settings, n: int, workdir: Path, *,
     how = "restarted" if sig == signal.SIGTERM else "killed -9 and restarted"
     row = Row(f"Redis (AOF, appendfsync {fsync}) {how} mid-stream, down {down_s:g} s",
               load_text(events, users))
-    ends = await produce(settings, encoded(events))
+    ends = await produce_raw(settings, encoded(events))
     proc = start_worker(settings, workdir / f"redis-{sig}.log")
     try:
         await wait_committed(settings, len(events) // 3, proc)
@@ -305,7 +283,7 @@ async def redis_wrong_password(settings: Settings, n: int, workdir: Path) -> Row
     events = event_log(n, users, seed=13)
     row = Row("Redis refusing the password (requirepass)", load_text(events, users))
     try:
-        ends = await produce(settings, encoded(events))
+        ends = await produce_raw(settings, encoded(events))
         log = workdir / "wrong-password.log"
         started = time.monotonic()
         proc = start_worker(wrong, log)
@@ -336,7 +314,7 @@ async def sigterm_while_redis_down(settings: Settings, n: int, workdir: Path) ->
     users = max(10, n // 250)
     events = event_log(n, users, seed=14)
     row = Row("SIGTERM while Redis is down (closed port)", load_text(events, users))
-    ends = await produce(settings, encoded(events))
+    ends = await produce_raw(settings, encoded(events))
     down = replace(settings, redis_url=f"redis://127.0.0.1:{closed_port()}/0")
     log = workdir / "sigterm.log"
     proc = start_worker(down, log)
@@ -387,13 +365,13 @@ async def fuzzed_events(settings: Settings, n: int, workdir: Path) -> Row:
     row = Row("fuzzed events (hypothesis): valid and malformed mixed",
               f"{len(messages):,} messages: {len(valid):,} valid ({users:,} users), "
               f"{sum(reasons.values()):,} malformed of {len(reasons)} reasons")
-    ends = await produce(settings, messages)
+    ends = await produce_raw(settings, messages)
     proc = start_worker(settings, workdir / "fuzz.log")
     try:
         await wait_committed(settings, ends, proc)
     finally:
         signal_worker(proc, signal.SIGTERM)
-    letters = await read_topic(settings, settings.topics.events_dlq, sum(reasons.values()))
+    letters = await consume_all(settings, settings.topics.events_dlq, sum(reasons.values()), 60)
     got = Counter(orjson.loads(r.value)["reason"] for r in letters)
     row.ok &= got == reasons
     if got != reasons:
@@ -401,22 +379,6 @@ async def fuzzed_events(settings: Settings, n: int, workdir: Path) -> Row:
     row.notes.append("reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     return await compare(settings, valid, row)
 
-
-async def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list:
-    consumer = AIOKafkaConsumer(topic, **settings.kafka_kwargs(), auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records: list = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for recs in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(recs)
-        for recs in (await consumer.getmany(timeout_ms=300)).values():
-            records.extend(recs)
-        return records
-    finally:
-        await consumer.stop()
 
 
 Scenario = Callable[[Settings, int, Path], Awaitable[Row]]
