@@ -92,15 +92,21 @@ class Recall:
         return {"video": profile(state.video, self.catalog, n),
                 "product": profile(state.product, self.catalog, n)}
 
+    @staticmethod
+    def mixed(profiles: dict[str, np.ndarray | None]) -> np.ndarray | None:
+        """The mean of the unit-length profiles (None without any): the user's one taste vector."""
+        both = [p for p in profiles.values() if p is not None]
+        if not both:
+            return None
+        return np.mean([p / max(float(np.linalg.norm(p)), 1e-12) for p in both], axis=0)
+
     def candidates(self, state: UserState | None, total: int | None = None) -> list[Candidate]:
         cfg = self.config
         total = total or cfg.total
         self._refresh_pools()
         exclude = {e.item_id for e in state.video} if state else set()
         prof = self.profiles(state)
-        both = [p for p in (prof["video"], prof["product"]) if p is not None]
-        mixed = np.mean([p / max(float(np.linalg.norm(p)), 1e-12) for p in both], axis=0) \
-            if both else None
+        mixed = self.mixed(prof)
         chosen: dict[str, Candidate] = {}
 
         def take(source: str, ranked: list[tuple[str, float]], limit: int) -> None:

@@ -125,17 +125,11 @@ class Recommender:
 
     def _given(self, candidates: Sequence[str], state: UserState | None) \
             -> tuple[list[Candidate], int]:
-        mixed = self._profile(state)
+        mixed = self.recall.mixed(self.recall.profiles(state))
         known = [c for c in dict.fromkeys(candidates) if self.catalog.is_video(c)]
         sims = self.catalog.similarity(mixed, known) if mixed is not None else np.zeros(len(known))
         return ([Candidate(c, "request", float(s)) for c, s in zip(known, sims, strict=True)],
                 len(set(candidates)) - len(known))
-
-    def _profile(self, state: UserState | None) -> np.ndarray | None:
-        both = [p for p in self.recall.profiles(state).values() if p is not None]
-        if not both:
-            return None
-        return np.mean([p / max(float(np.linalg.norm(p)), 1e-12) for p in both], axis=0)
 
     async def _rank(self, state: UserState | None, pool: list[Candidate], vecs: np.ndarray,
                     at: float) -> tuple[np.ndarray, str, bool]:
