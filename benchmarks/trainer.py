@@ -20,8 +20,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # this file is called trainer.py: let `import trainer` find the package
+ROOT = Path(__file__).resolve().parent.parent
+# this file is called trainer.py: let `import trainer` (and `tests`) come from the repo root
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 import argparse
 import asyncio
