@@ -68,7 +68,10 @@ async def test_worker_killed_mid_stream_replays_without_double_apply(settings, r
     events = scripted_events(users=40, per_user=300, seed=11)
     messages = encode(events)
     half = len(messages) // 2
-    proc = start_worker(settings, tmp_path / "worker1.log", SEMIREC_COMMIT_INTERVAL_S="3")
+    # small batches: the second half takes many of them, so the kill lands mid-stream however
+    # fast the worker fetches (with a 50 ms long-poll it could finish before the check saw it)
+    proc = start_worker(settings, tmp_path / "worker1.log", SEMIREC_COMMIT_INTERVAL_S="3",
+                        SEMIREC_BATCH_MAX="100")
     try:
         first = await produce_raw(settings, messages[:half])
         await wait_committed(settings, first, proc=proc)
