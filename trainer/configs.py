@@ -42,6 +42,8 @@ class TrainConfig:
     patience: int = 3  # early stopping on validation AUC
     max_train_samples: int = 0  # 0 = all; otherwise a random subset (quick runs)
     seq_len: int = 50  # sequences are truncated to the newest seq_len entries per domain
+    # learning rate of the "wide" linear terms (Ranker.wide_parameters) = lr x this, no decay
+    wide_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class ModelConfig:
     item_identity: bool = False
     id_buckets: int = 1 << 18
     rate_prior_strength: float = 10.0  # pseudo-watches of the prior in the smoothed rate
+    # explicit content similarity of the candidate to each sequence (beyond the paper; SEMI only;
+    # trainer.layers.ContentSimilarity): cosine to the mean direction and the max cosine
+    content_similarity: bool = False
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -105,6 +110,7 @@ class ModelConfig:
             item_identity=raw.get("item_identity", False),
             id_buckets=raw.get("id_buckets", 1 << 18),
             rate_prior_strength=raw.get("rate_prior_strength", 10.0),
+            content_similarity=raw.get("content_similarity", False),
         )
 
 
