@@ -66,12 +66,17 @@ async def test_online_samples_equal_the_offline_ones(settings, redis_client, bat
         assert len(logged) > len(online)  # replays re-logged incomplete watches: deduplicated
     by_event = {s.event_id: s for s in online}
     assert all(by_event[e.event_id].appended_at == e.ts + 0.5 for e in watches)
-    offline = build_samples(world.events, rows, seq_len=settings.seq_len)
-    mine = to_sample_set([by_event[e] for e in offline.event], rows, settings.seq_len)
-    for name in ("target", "label", "ts", "video", "video_age", "product", "product_age"):
-        np.testing.assert_array_equal(getattr(mine, name), getattr(offline, name), err_msg=name)
-    assert list(mine.user) == list(offline.user)
-    assert offline.lengths("product").max() > 0 and offline.lengths("video").max() > 0
+    for window in (None, 4):  # a user spans ~15 hours of the toy world: 4 hours cut entries
+        offline = build_samples(world.events, rows, seq_len=settings.seq_len, window_hours=window)
+        mine = to_sample_set([by_event[e] for e in offline.event], rows, settings.seq_len,
+                             window_hours=window)
+        for name in ("target", "label", "ts", "video", "video_age", "product", "product_age"):
+            np.testing.assert_array_equal(getattr(mine, name), getattr(offline, name),
+                                          err_msg=f"{name}, window {window}")
+        assert list(mine.user) == list(offline.user)
+        assert offline.lengths("product").max() > 0 and offline.lengths("video").max() > 0
+    unwindowed = build_samples(world.events, rows, seq_len=settings.seq_len)
+    assert (offline.lengths("product") < unwindowed.lengths("product")).any()
 
 
 def test_sample_contract_rejects_bad_bodies() -> None:

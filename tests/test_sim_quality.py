@@ -98,5 +98,11 @@ def test_truth_diagnostic_orders_the_policies() -> None:
     assert out["model"] == pytest.approx(out["oracle"])
     assert out["random"] < out["popularity"] < out["oracle"]
     assert out["similarity"] < out["oracle"]
+    among = out["among_candidates"]  # within serving's recall candidates
+    videos = sum(it["domain"] == "video" for it in world.items)
+    assert 10 <= among["candidates"] <= videos
+    assert among["model"] == pytest.approx(among["oracle"])
+    assert among["random"] < among["oracle"]
     blind = diagnose(world, vectors, lambda u, s, ids, c, at: -world.item_probs(u, ids, at), cases=20)
     assert blind["model"] < blind["random"]
+    assert blind["among_candidates"]["model"] < blind["among_candidates"]["random"]

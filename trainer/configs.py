@@ -115,27 +115,44 @@ class ModelConfig:
 
 
 IDENTITY_SUFFIX = "+id"
+SIMILARITY_SUFFIX = "+sim"
+SUFFIXES = (SIMILARITY_SUFFIX, IDENTITY_SUFFIX)  # in this order: ``semi_ccl+sim+id``
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``semi_ccl+sim+id`` -> (``semi_ccl``, ``+sim+id``): the network and its additions."""
+    base, suffix = name, ""
+    for s in reversed(SUFFIXES):
+        if base.endswith(s):
+            base, suffix = base.removesuffix(s), s + suffix
+    return base, suffix
 
 
 def base_name(name: str) -> str:
-    """``semi_ccl+id`` -> ``semi_ccl``: the network; ``+id`` adds item identity."""
-    return name.removesuffix(IDENTITY_SUFFIX)
+    """``semi_ccl+sim+id`` -> ``semi_ccl``: the network; ``+sim`` adds explicit content
+    similarity (SEMI only), ``+id`` item identity."""
+    return split_name(name)[0]
 
 
 def check_name(name: str) -> None:
-    base = base_name(name)
-    if base not in MODEL_NAMES or (base == "pop" and name != base):
+    base, suffix = split_name(name)
+    if base not in MODEL_NAMES or (base == "pop" and suffix):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} "
-                         f"(a neural one may end in {IDENTITY_SUFFIX!r})")
+                         f"(a neural one may end in {IDENTITY_SUFFIX!r}, a SEMI one in "
+                         f"{SIMILARITY_SUFFIX!r} or {SIMILARITY_SUFFIX + IDENTITY_SUFFIX!r})")
+    if SIMILARITY_SUFFIX in suffix and not base.startswith("semi"):
+        raise ValueError(f"{name!r}: {SIMILARITY_SUFFIX!r} (content similarity) exists for the "
+                         "SEMI models only")
 
 
 def paper(name: str) -> ModelConfig:
-    """The paper's settings for model ``name`` (CCL for the ``*_ccl`` models); a name ending
-    in ``+id`` turns item identity on (not in the paper)."""
+    """The paper's settings for model ``name`` (CCL for the ``*_ccl`` models); ``+sim`` turns
+    explicit content similarity on and ``+id`` item identity (neither is in the paper)."""
     check_name(name)
-    base = base_name(name)
+    base, suffix = split_name(name)
     return ModelConfig(name=base, ccl=CCLConfig() if base.endswith("_ccl") else None,
-                       item_identity=name.endswith(IDENTITY_SUFFIX))
+                       item_identity=IDENTITY_SUFFIX in suffix,
+                       content_similarity=SIMILARITY_SUFFIX in suffix)
 
 
 # chosen on validation AUC only (docs/results.md, "Settings chosen on validation")
