@@ -159,6 +159,7 @@ def paper(name: str) -> ModelConfig:
 WEIGHT_DECAY = 0.1
 CCL_TAU = 0.2
 CCL_RECORDS_PER_USER = 4
+WIDE_LR_SCALE = 100.0  # the content-similarity term's learning rate = lr x this (``+sim``)
 
 
 def scaled(cfg: ModelConfig, n_train: int, n_ccl: int) -> ModelConfig:
@@ -177,10 +178,13 @@ def scaled(cfg: ModelConfig, n_train: int, n_ccl: int) -> ModelConfig:
       negatives) instead of one, with the CCL epochs divided by as much (the same number of
       steps as with one record per user);
     - no time embedding inside CCL: a record's two sequences share their active hours, so the
-      pairing is solvable from timing alone (``trainer.ccl.time_only_accuracy``).
+      pairing is solvable from timing alone (``trainer.ccl.time_only_accuracy``);
+    - the wide linear terms (``+sim``) learn at ``WIDE_LR_SCALE`` x lr without decay: their
+      handful of weights must reach O(1), which Adam's steps of ~lr do not within a few hundred
+      steps (chosen on validation, docs/results.md).
     """
     train = replace(cfg.train, batch_size=min(cfg.train.batch_size, max(32, n_train // 200), 256),
-                    weight_decay=WEIGHT_DECAY)
+                    weight_decay=WEIGHT_DECAY, wide_lr_scale=WIDE_LR_SCALE)
     ccl = cfg.ccl
     if ccl is not None:
         batch = min(64, ccl.batch_size)
