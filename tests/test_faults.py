@@ -218,7 +218,8 @@ def _get(url: str, raw: bool = False):
 # -- the fault suite's scenarios at small loads (benchmarks/faults.py runs them at full size) ---
 
 @pytest.mark.parametrize(("name", "n"), [("kill9-worker", 3000), ("redis-restart", 2000),
-                                         ("redis-kill9", 2000), ("fuzz-events", 400)])
+                                         ("redis-kill9", 2000), ("fuzz-events", 400),
+                                         ("triton-restart", 5)])
 async def test_fault_scenario_leaves_exact_state(settings, redis_client, tmp_path, name, n) -> None:
     from benchmarks.faults import SCENARIOS
 
