@@ -395,6 +395,18 @@ async def _triton_restart(settings: Settings, n: int, workdir: Path) -> Row:
     return await triton_restart(settings, n, workdir)  # type: ignore[return-value]
 
 
+async def _fuzz_requests(settings: Settings, n: int, workdir: Path) -> Row:
+    from benchmarks.faults_serving import fuzzed_requests
+
+    return await fuzzed_requests(settings, n, workdir)  # type: ignore[return-value]
+
+
+async def _fuzz_samples(settings: Settings, n: int, workdir: Path) -> Row:
+    from benchmarks.faults_serving import fuzzed_samples
+
+    return await fuzzed_samples(settings, n, workdir)  # type: ignore[return-value]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill9-worker": kill9_worker,
     "redis-restart": redis_restart,
@@ -404,6 +416,8 @@ SCENARIOS: dict[str, Scenario] = {
     "broker-unreachable": broker_unreachable,
     "fuzz-events": fuzzed_events,
     "triton-restart": _triton_restart,
+    "fuzz-requests": _fuzz_requests,
+    "fuzz-samples": _fuzz_samples,
 }
 
 

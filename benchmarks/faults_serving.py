@@ -21,8 +21,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from semirec.contracts import Domain, Event, encode_event
 from semirec.kafka import ensure_topics, ingest_topics, producer, serving_topics
@@ -34,7 +39,7 @@ DIM = 128  # the serving catalog's vector size
 T0 = 1_700_000_000.0
 
 
-def toy_ranker(directory: Path) -> Path:
+def toy_ranker(directory: Path, dim: int = DIM) -> Path:
     """An untrained small SEMI checkpoint (what it scores does not matter here, only that the
     model answers)."""
     import torch
@@ -44,7 +49,7 @@ def toy_ranker(directory: Path) -> Path:
     from trainer.registry import build
 
     torch.manual_seed(0)
-    cfg = replace(paper("semi"), block=BlockConfig(dim=DIM, heads=4, ffn=DIM),
+    cfg = replace(paper("semi"), block=BlockConfig(dim=dim, heads=4, ffn=dim),
                   train=TrainConfig(batch_size=64, epochs=1, patience=1, seq_len=20))
     return checkpoint.save(directory, build(cfg).eval(), cfg)
 
@@ -55,6 +60,39 @@ def private_triton(workdir: Path) -> EmbeddedStack:
     shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
                     ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
     return EmbeddedStack(["triton"], model_repository=repo_dir)
+
+
+@contextlib.asynccontextmanager
+async def served_ranker(settings: Settings, workdir: Path) \
+        -> AsyncIterator[tuple[Settings, EmbeddedStack, Any]]:
+    """A private tritonserver serving a toy ranker over a toy catalog (dim 128) in Redis;
+    yields the settings pointing at it, the stack and its ModelRepository."""
+    from tests.serving_utils import put_catalog
+    from trainer.model_repo import ModelRepository
+    from trainer.toy import toy_world
+
+    world = toy_world(users=30, videos=60, products=40, dim=DIM, events_per_user=2, seed=5)
+    await put_catalog(settings.redis_url, world)
+    triton = private_triton(workdir)
+    triton.start()
+    try:
+        url = triton.addresses.triton_grpc
+        assert url is not None
+        repo = ModelRepository(triton.model_repository, url)
+        repo.promote(repo.export(toy_ranker(workdir / f"ranker-{time.monotonic_ns()}")))
+        yield replace(settings, triton_grpc=url), triton, repo
+    finally:
+        triton.stop()
+        shutil.rmtree(triton.model_repository, ignore_errors=True)
+
+
+def start_worker(settings: Settings, log: Path, *agents: str, **env: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "semirec", "worker"]
+    for agent in agents:
+        argv += ["--agent", agent]
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, env=worker_env(settings, **env), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -126,24 +164,13 @@ async def triton_restart(settings: Settings, n: int, workdir: Path, *, rate: flo
     ``down_s`` and its serving version reloaded; ``n`` = seconds of load after recovery."""
     from benchmarks.faults import Row, signal_worker
     from tests.kafka_utils import committed, consume_all
-    from tests.serving_utils import Recommendations, put_catalog
-    from trainer.model_repo import ModelRepository
-    from trainer.toy import toy_world
+    from tests.serving_utils import Recommendations
 
-    world = toy_world(users=30, videos=60, products=40, dim=DIM, events_per_user=2, seed=5)
-    await put_catalog(settings.redis_url, world)
     users = [f"user-{i:03d}" for i in range(40)]
-    products = [it["item_id"] for it in world.items if it["domain"] == "product"]
+    products = [f"p{i}" for i in range(40)]
     row = Row("tritonserver stopped (SIGTERM) and restarted under recommendation load",
               f"{rate:g} requests/s + {rate:g} triggering clicks/s over {len(users)} users")
-    triton = private_triton(workdir)
-    triton.start()
-    try:
-        url = triton.addresses.triton_grpc
-        assert url is not None
-        settings = replace(settings, triton_grpc=url)
-        repo = ModelRepository(triton.model_repository, url)
-        repo.promote(repo.export(toy_ranker(workdir / f"ranker-{time.monotonic_ns()}")))
+    async with served_ranker(settings, workdir) as (settings, triton, repo):
         await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
         metrics_port = free_port()
         log = workdir / f"triton-restart-{metrics_port}.log"
@@ -237,9 +264,6 @@ async def triton_restart(settings: Settings, n: int, workdir: Path, *, rate: flo
             f"(semirec_recommendations_total{{fallback=\"true\"}}), "
             f"triton errors {metric_sum(text, 'semirec_triton_errors_total'):g}",
             f"dead letters {len(letters)}; request offsets committed {group}"]
-    finally:
-        triton.stop()
-        shutil.rmtree(triton.model_repository, ignore_errors=True)
     return row
 
 
@@ -252,3 +276,154 @@ async def _drain(recs, seconds: float) -> None:
     end = time.monotonic() + seconds
     with contextlib.suppress(AssertionError):
         await recs.wait(lambda s: time.monotonic() >= end, timeout=seconds + 5)
+
+
+async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> object:
+    """``n`` hypothesis-drawn recommendation requests (valid and malformed mixed) through a
+    real recommendation agent ranking with a real tritonserver: every valid request answered
+    once, every other one dead-lettered with the reason the contract gives."""
+    from benchmarks.faults import Row, signal_worker
+    from benchmarks.fuzz import collect, request_message
+    from semirec.contracts import ContractError
+    from semirec.recommendations import parse_recommendation, parse_request
+    from tests.kafka_utils import committed, consume_all, produce_raw
+
+    messages = collect(request_message(), n)
+    valid: Counter[tuple[str, str]] = Counter()
+    reasons: Counter[str] = Counter()
+    for key, value in messages:
+        try:
+            req = parse_request(value, key)
+        except ContractError as exc:
+            reasons[exc.reason.value] += 1
+        else:
+            valid[(req.user_id, req.request_id)] += 1
+    row = Row("fuzzed recommendation requests (hypothesis): valid and malformed mixed",
+              f"{len(messages):,} messages: {sum(valid.values()):,} valid, "
+              f"{sum(reasons.values()):,} malformed of {len(reasons)} reasons")
+    async with served_ranker(settings, workdir) as (settings, _, _):
+        await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
+        topic = settings.topics.recommendation_requests
+        ends = await produce_raw(settings, messages, topic=topic)
+        log = workdir / f"fuzz-requests-{time.monotonic_ns()}.log"
+        proc = start_worker(settings, log, "recommend", SEMIREC_RANK_TIMEOUT_MS="2000")
+        try:
+            started = time.monotonic()
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}")
+                got = await committed(settings, settings.consumer_group, topic,
+                                      settings.event_partitions)
+                if all(got.get(p, 0) >= e for p, e in ends.items()):
+                    break
+                if time.monotonic() - started > 600:
+                    raise TimeoutError(f"requests not committed: {got} < {ends}")
+                await asyncio.sleep(0.3)
+            row.seconds["all_committed"] = round(time.monotonic() - started, 1)
+        finally:
+            signal_worker(proc, 15)
+    letters = await consume_all(settings, settings.topics.events_dlq, sum(reasons.values()), 60)
+    got_reasons = Counter(orjson.loads(r.value)["reason"] for r in letters)
+    recs = [parse_recommendation(r.value) for r in
+            await consume_all(settings, settings.topics.recommendations, len(valid), 60)]
+    answered = Counter((r.user_id, r.request_id) for r in recs)
+    row.lost = sum(1 for pair in valid if pair not in answered)
+    row.extra = sum(c - 1 for c in answered.values()) + sum(1 for p in answered if p not in valid)
+    row.ok &= got_reasons == reasons and "Traceback" not in log.read_text(errors="replace")
+    if got_reasons != reasons:
+        row.notes.append(f"dead letters {dict(got_reasons)} != contract {dict(reasons)}")
+    model = sum(not r.fallback for r in recs)
+    row.notes += ["reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
+                  f"{len(recs)} answers ({model} ranked by the model, {len(recs) - model} "
+                  f"fallback)"]
+    return row
+
+
+async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
+    """``n`` hypothesis-drawn training samples (valid and malformed mixed) through the
+    incremental trainer (in process, from an untrained checkpoint): every valid sample queued
+    and trained in one round, every other one dead-lettered with the contract's reason, every
+    offset committed with the checkpoint."""
+    from benchmarks.faults import Row
+    from benchmarks.fuzz import collect, sample_message
+    from semirec.contracts import ContractError
+    from semirec.samples import decode_sample
+    from tests.kafka_utils import committed, consume_all, produce_raw
+    from trainer.model_repo import ModelRepository
+    from trainer.online import OnlineConfig
+    from trainer.online_service import OnlineTrainer
+
+    dim = 32
+    messages = collect(sample_message(), n)
+    valid: set[str] = set()
+    reasons: Counter[str] = Counter()
+    for key, value in messages:
+        try:
+            valid.add(decode_sample(value, key, check_key=True).event_id)
+        except ContractError as exc:
+            reasons[exc.reason.value] += 1
+    row = Row("fuzzed training samples (hypothesis) through the incremental trainer",
+              f"{len(messages):,} messages: {len(valid):,} valid, {sum(reasons.values()):,} "
+              f"malformed of {len(reasons)} reasons")
+    await _put_vectors(settings.redis_url, dim)
+    await ensure_topics(settings, {settings.topics.samples: settings.event_partitions,
+                                   settings.topics.events_dlq: settings.event_partitions})
+    ends = await produce_raw(settings, messages, topic=settings.topics.samples)
+    tag = time.monotonic_ns()
+    online = OnlineConfig(round_samples=10**7, min_round_samples=10**7, round_seconds=1e9,
+                          passes=1)
+    trainer = OnlineTrainer(settings, online, state_dir=workdir / f"trainer-{tag}",
+                            repo=ModelRepository(workdir / f"models-{tag}"),  # no Triton: no swap
+                            init=toy_ranker(workdir / f"init-{tag}", dim))
+    started = time.monotonic()
+    await trainer.start()
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(trainer.run(stop))
+        while not all(trainer.offsets.get(p, 0) >= e for p, e in ends.items()):
+            if task.done():
+                task.result()
+                raise RuntimeError("the trainer stopped")
+            if time.monotonic() - started > 600:
+                raise TimeoutError(f"samples not consumed: {trainer.offsets} < {ends}")
+            await asyncio.sleep(0.2)
+        stop.set()
+        await task
+        row.seconds["consumed"] = round(time.monotonic() - started, 1)
+        assert trainer.learner is not None
+        queued = {s.event_id for s in trainer.learner.pending}
+        record = await trainer.round()  # trains on every queued sample, checkpoints, commits
+    finally:
+        await trainer.stop()
+    letters = await consume_all(settings, settings.topics.events_dlq, sum(reasons.values()), 60)
+    got_reasons = Counter(orjson.loads(r.value)["reason"] for r in letters)
+    stages = Counter(orjson.loads(r.value)["stage"] for r in letters)
+    done = await committed(settings, settings.trainer_group, settings.topics.samples,
+                           settings.event_partitions)
+    row.lost = len(valid - queued)
+    row.extra = len(queued - valid)
+    used = record["trained"] + record["holdout"] + record["skipped_without_vector"]
+    row.ok &= got_reasons == reasons and set(stages) <= {"trainer"} and used == len(valid)
+    row.ok &= all(done.get(p, 0) >= e for p, e in ends.items())
+    if got_reasons != reasons:
+        row.notes.append(f"dead letters {dict(got_reasons)} != contract {dict(reasons)}")
+    row.notes += ["reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
+                  f"round: {record['trained']} trained, {record['holdout']} held out, "
+                  f"{record['skipped_without_vector']} without a vector; offsets committed {done}"]
+    return row
+
+
+async def _put_vectors(redis_url: str, dim: int) -> None:
+    import numpy as np
+
+    from semirec.contracts import Domain
+    from semirec.item_store import ItemStore, ItemVector
+
+    rng = np.random.default_rng(0)
+    store = ItemStore.from_url(redis_url)
+    try:
+        await store.put_many(ItemVector(f"{d[0]}{i}", Domain(d), rng.normal(size=dim), "fuzz")
+                             for d, count in (("video", 60), ("product", 40))
+                             for i in range(count))
+    finally:
+        await store.close()

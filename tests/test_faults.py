@@ -219,7 +219,8 @@ def _get(url: str, raw: bool = False):
 
 @pytest.mark.parametrize(("name", "n"), [("kill9-worker", 3000), ("redis-restart", 2000),
                                          ("redis-kill9", 2000), ("fuzz-events", 400),
-                                         ("triton-restart", 5)])
+                                         ("triton-restart", 5), ("fuzz-requests", 300),
+                                         ("fuzz-samples", 300)])
 async def test_fault_scenario_leaves_exact_state(settings, redis_client, tmp_path, name, n) -> None:
     from benchmarks.faults import SCENARIOS
 

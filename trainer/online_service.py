@@ -56,6 +56,15 @@ from trainer.online_metrics import (
 
 log = logging.getLogger(__name__)
 
+class _Received:
+    """An aiokafka record as :func:`streams.dlq.dead_letter` reads a message (seconds)."""
+
+    def __init__(self, record: Any) -> None:
+        self.topic, self.partition, self.offset = record.topic, record.partition, record.offset
+        self.key, self.value = record.key, record.value
+        self.timestamp = (record.timestamp or 0) / 1000
+
+
 class TrainerError(RuntimeError):
     """The trainer cannot start (no model to start from, no topic)."""
 
@@ -105,6 +114,7 @@ class OnlineTrainer:
         self.items = ItemStore.from_url(self.settings.redis_url)
         topics = self.settings.topics
         await ensure_topics(self.settings, {topics.samples: self.settings.event_partitions,
+                                            topics.events_dlq: self.settings.event_partitions,
                                             topics.model_updates: 1})
         s = self.settings
         self.consumer = AIOKafkaConsumer(
@@ -163,15 +173,18 @@ class OnlineTrainer:
             # at most one round's worth per fetch: a round trains at most round_samples new ones
             room = max(1, self.online.round_samples - len(self.learner.pending))
             batch = await self.consumer.getmany(timeout_ms=200, max_records=room)
-            new = []
-            for tp, messages in batch.items():
+            new, bad = [], []
+            for messages in batch.values():
                 for m in messages:
                     try:
-                        new.append(decode_sample(m.value or b""))
+                        new.append(decode_sample(m.value or b"", m.key, check_key=True))
                     except ContractError as exc:
-                        SAMPLES_BAD.inc()
-                        log.warning("malformed sample at %s@%s: %s", tp.partition, m.offset, exc)
-                    self.offsets[tp.partition] = m.offset + 1
+                        bad.append((m, exc))
+            if bad:  # dead-lettered (and acknowledged) before their offsets can be committed
+                await self._dead_letter(bad)
+            for tp, messages in batch.items():
+                if messages:
+                    self.offsets[tp.partition] = messages[-1].offset + 1
             SAMPLES.inc(self.learner.add(new))
             pending = len(self.learner.pending)
             waited = time.monotonic() - last_round
@@ -180,6 +193,20 @@ class OnlineTrainer:
                 await self.round()
                 last_round = time.monotonic()
                 done += 1
+
+    async def _dead_letter(self, bad: list[tuple[Any, ContractError]]) -> None:
+        """Malformed samples to the dead-letter topic with their reason (stage ``trainer``),
+        waiting for the broker's acks."""
+        from streams.dlq import dead_letter, letter_key
+
+        futures = []
+        for m, exc in bad:
+            SAMPLES_BAD.labels(exc.reason.value).inc()
+            log.warning("malformed sample at %s@%s dead-lettered: %s", m.partition, m.offset, exc)
+            letter = dead_letter(_Received(m), exc.reason, str(exc), stage="trainer")
+            futures.append(await self.producer.send(self.settings.topics.events_dlq, letter,
+                                                    key=letter_key(m)))
+        await asyncio.gather(*futures)
 
     async def round(self) -> dict[str, Any]:
         """One candidate: fetch vectors, fine-tune, judge, then promote or reject; checkpoint."""
