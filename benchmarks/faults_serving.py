@@ -299,8 +299,9 @@ async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> object:
         else:
             valid[(req.user_id, req.request_id)] += 1
     row = Row("fuzzed recommendation requests (hypothesis): valid and malformed mixed",
-              f"{len(messages):,} messages: {sum(valid.values()):,} valid, "
-              f"{sum(reasons.values()):,} malformed of {len(reasons)} reasons")
+              f"{len(messages):,} messages: {sum(valid.values()):,} valid ({len(valid):,} "
+              f"distinct request ids), {sum(reasons.values()):,} malformed of {len(reasons)} "
+              "reasons")
     async with served_ranker(settings, workdir) as (settings, _, _):
         await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
         topic = settings.topics.recommendation_requests
@@ -311,7 +312,8 @@ async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> object:
             started = time.monotonic()
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {proc.returncode}")
+                    tail = log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"worker exited with {proc.returncode}:\n{tail}")
                 got = await committed(settings, settings.consumer_group, topic,
                                       settings.event_partitions)
                 if all(got.get(p, 0) >= e for p, e in ends.items()):
@@ -344,6 +346,8 @@ async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
     incremental trainer (in process, from an untrained checkpoint): every valid sample queued
     and trained in one round, every other one dead-lettered with the contract's reason, every
     offset committed with the checkpoint."""
+    import logging
+
     from benchmarks.faults import Row
     from benchmarks.fuzz import collect, sample_message
     from semirec.contracts import ContractError
@@ -353,6 +357,7 @@ async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
     from trainer.online import OnlineConfig
     from trainer.online_service import OnlineTrainer
 
+    logging.getLogger("trainer.online_service").setLevel(logging.ERROR)  # one line per letter
     dim = 32
     messages = collect(sample_message(), n)
     valid: set[str] = set()
