@@ -1,4 +1,4 @@
-"""What went wrong, in one line: classify failures of Kafka, Redis and the configuration.
+"""What went wrong, in one line: classify failures of Kafka, Redis, Triton and the configuration.
 
 One place decides whether an exception is fatal (wrong credentials, a malformed address or
 setting: retrying cannot help) or transient (a service that does not answer: retry with
@@ -13,7 +13,8 @@ Exit codes (sysexits.h, so scripts and supervisors can tell them apart):
  1   the verb's own failure (e.g. rejected input lines, lag not measurable)
  2   usage error (click)
  67  the user asked for does not exist (``semirec user``)
- 69  a service is unreachable (transient: Kafka or Redis down, refused, timed out)
+ 69  a service is unreachable (transient: Kafka, Redis or Triton down, refused, timed out;
+     Triton up without the ranker loaded)
  70  a worker agent stopped by an error nobody foresaw (streams.batches, issue 9)
  77  authentication refused (Redis password, Kafka SASL)
  78  configuration error (a SEMIREC_* value that cannot work, e.g. an ``http://`` Redis URL)
@@ -127,24 +128,48 @@ def _kafka_fault(exc: BaseException, kafka: str) -> Fault | None:
     return None
 
 
-def classify(exc: BaseException, *, kafka: str | None = None,
-             redis_url: str | None = None) -> Fault | None:
+def _triton_fault(exc: BaseException, triton: str) -> Fault | None:
+    """tritonclient's InferenceServerException (its gRPC status) and the model repository's
+    errors (trainer.model_repo, told apart by name: semirec imports no trainer code)."""
+    if type(exc).__name__ == "ModelRepositoryError" and "no Triton address" in str(exc):
+        return Fault("config", f"{exc}: set SEMIREC_TRITON_GRPC")
+    if type(exc).__name__ != "InferenceServerException" or not hasattr(exc, "status"):
+        return None
+    where = f"Triton at {triton} (SEMIREC_TRITON_GRPC)"
+    status = str(exc.status() or "")
+    text = str(exc.message() if hasattr(exc, "message") else exc).strip()
+    if status.endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return Fault("unavailable", f"cannot reach {where}: {text}")
+    if status.endswith("NOT_FOUND") or "unknown model" in text:
+        return Fault("unavailable", f"{where} has no ranker loaded ({text}): `semirec model "
+                                    "load` loads the serving version (explicit model control)")
+    if any(t in text for t in ("failed to poll from model repository", "failed to load",
+                               "version must be available")):
+        return Fault("config", f"{where} could not load the model from its repository ({text}): "
+                               "SEMIREC_MODEL_REPOSITORY must be the folder tritonserver serves "
+                               "(--model-repository)")
+    return None
+
+
+def classify(exc: BaseException, *, kafka: str | None = None, redis_url: str | None = None,
+             triton: str | None = None) -> Fault | None:
     """The :class:`Fault` behind ``exc`` (looking through causes), or ``None`` if it is none
     of ours to explain (a bug: let its traceback show). Addresses default to the environment's."""
     from semirec.settings import Settings, SettingsError
 
-    if kafka is None or redis_url is None:
+    if kafka is None or redis_url is None or triton is None:
         try:
             env = Settings.from_env()
         except SettingsError:
             env = Settings()
         kafka = env.kafka if kafka is None else kafka
         redis_url = env.redis_url if redis_url is None else redis_url
-    fault = _classify(exc, kafka, redis_url)
+        triton = env.triton_grpc if triton is None else triton
+    fault = _classify(exc, kafka, redis_url, triton)
     return None if fault is None else Fault(fault.kind, " ".join(fault.message.split()))
 
 
-def _classify(exc: BaseException, kafka: str, redis_url: str) -> Fault | None:
+def _classify(exc: BaseException, kafka: str, redis_url: str, triton: str) -> Fault | None:
     from semirec.settings import SettingsError
 
     for cur in _chain(exc):
@@ -154,7 +179,8 @@ def _classify(exc: BaseException, kafka: str, redis_url: str) -> Fault | None:
             return Fault("config", f"configuration: {cur}")
         if isinstance(cur, ValueError) and ("Redis URL" in str(cur) or "connection URL" in str(cur)):
             return Fault("config", f"SEMIREC_REDIS_URL={redact(redis_url)!r} is not usable: {cur}")
-        fault = _redis_fault(cur, redis_url) or _kafka_fault(cur, kafka)
+        fault = _redis_fault(cur, redis_url) or _kafka_fault(cur, kafka) \
+            or _triton_fault(cur, triton)
         if fault:
             return fault
     for cur in _chain(exc):

@@ -1,0 +1,115 @@
+"""Triton faults in one line (semirec.faults): `semirec model ...`, `semirec trainer run` and the
+recommendation worker with tritonserver unreachable, a bad address, a model repository Triton
+does not serve, and no model loaded."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from semirec.faults import EXIT_CONFIG, EXIT_UNAVAILABLE
+from semirec.stack import free_port
+from serving.ranking import TritonRanker
+from tests.conftest import settings_env
+from tests.test_faults import cli
+from tests.workers import start_worker, stop
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository (not the one tritonserver serves) with version 1 as `serving`."""
+    from benchmarks.faults_serving import toy_ranker
+    from trainer.model_repo import ModelRepository
+
+    root = tmp_path_factory.mktemp("elsewhere")
+    repo = ModelRepository(root / "models")
+    version = repo.export(toy_ranker(root / "ckpt", dim=32))
+    (repo.dir / "aliases.json").write_text(json.dumps({"serving": version,
+                                                       "last_version": version}))
+    return root / "models"
+
+
+def one_line(res, code: int, *texts: str) -> str:
+    assert res.returncode == code, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr[-3000:]
+    assert all(t in lines[0] for t in texts), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [("model", "load"), ("model", "promote", "1"),
+                                  ("model", "rollback")])
+def test_model_verbs_with_triton_unreachable_or_a_bad_address(settings, exported, argv) -> None:
+    env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(exported)}
+    closed = {**env, "SEMIREC_TRITON_GRPC": f"127.0.0.1:{free_port()}"}
+    if argv[1] == "rollback":  # no previous version: the verb's own failure, before Triton
+        res = cli(closed, *argv)
+        assert res.returncode == 1 and "no previous version" in res.stderr
+        return
+    started = time.monotonic()
+    one_line(cli(closed, *argv), EXIT_UNAVAILABLE, "cannot reach Triton at 127.0.0.1:",
+             "SEMIREC_TRITON_GRPC")
+    assert time.monotonic() - started < 30
+    verbose = cli(closed, "-v", *argv)
+    assert verbose.returncode == EXIT_UNAVAILABLE and "Traceback" in verbose.stderr
+    one_line(cli({**env, "SEMIREC_TRITON_GRPC": "http://127.0.0.1:8001"}, *argv), EXIT_CONFIG,
+             "SEMIREC_TRITON_GRPC='http://127.0.0.1:8001'")
+
+
+def test_a_repository_tritonserver_does_not_serve_is_a_configuration_error(
+        settings, exported) -> None:
+    """SEMIREC_MODEL_REPOSITORY is not tritonserver's --model-repository: Triton cannot find
+    the version it is asked to load."""
+    env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(exported)}
+    one_line(cli(env, "model", "promote", "1"), EXIT_CONFIG,
+             "could not load the model from its repository", "SEMIREC_MODEL_REPOSITORY")
+
+
+def test_trainer_start_with_triton_unreachable_is_one_line(settings, exported, tmp_path) -> None:
+    env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(exported),
+           "SEMIREC_TRITON_GRPC": f"127.0.0.1:{free_port()}",
+           "SEMIREC_TRAINER_STATE_DIR": str(tmp_path / "state")}
+    one_line(cli(env, "trainer", "run", "--max-rounds", "1"), EXIT_UNAVAILABLE,
+             "cannot reach Triton at 127.0.0.1:")
+
+
+async def test_the_recommendation_worker_serves_the_fallback_and_says_why(settings,
+                                                                          tmp_path) -> None:
+    """Triton unreachable at start: one warning line, the worker keeps running (fallback);
+    a bad address: exit 78 at once."""
+    log = tmp_path / "worker.log"
+    down = replace(settings, triton_grpc=f"127.0.0.1:{free_port()}")
+    proc = start_worker(down, log, "--agent", "recommend")
+    try:
+        deadline = time.monotonic() + 90
+        while "serving the fallback" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        assert stop(proc) == 0
+    text = log.read_text()
+    line = next(x for x in text.splitlines() if "serving the fallback" in x)
+    assert "cannot reach Triton at 127.0.0.1:" in line and "Traceback" not in text
+    bad = {**settings_env(settings), "SEMIREC_TRITON_GRPC": "http://triton:8001"}
+    one_line(cli(bad, "worker", "--agent", "recommend"), EXIT_CONFIG, "SEMIREC_TRITON_GRPC")
+
+
+async def test_a_model_triton_does_not_have_is_named(stack) -> None:
+    ranker = TritonRanker(stack.addresses.triton_grpc, model="no-such-model", timeout_s=2)
+    try:
+        problem = await ranker.problem()
+    finally:
+        await ranker.close()
+    assert problem is not None and "has no no-such-model loaded" in problem
+    ranker = TritonRanker(f"127.0.0.1:{free_port()}", timeout_s=0.5)
+    try:
+        assert "cannot reach Triton" in (await ranker.problem() or "")
+    finally:
+        await ranker.close()
