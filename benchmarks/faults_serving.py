@@ -367,9 +367,11 @@ async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
             valid.add(decode_sample(value, key, check_key=True).event_id)
         except ContractError as exc:
             reasons[exc.reason.value] += 1
+    n_valid = len(messages) - sum(reasons.values())
     row = Row("fuzzed training samples (hypothesis) through the incremental trainer",
-              f"{len(messages):,} messages: {len(valid):,} valid, {sum(reasons.values()):,} "
-              f"malformed of {len(reasons)} reasons")
+              f"{len(messages):,} messages: {n_valid:,} valid ({len(valid):,} distinct event "
+              f"ids: one kept per event_id), {sum(reasons.values()):,} malformed of "
+              f"{len(reasons)} reasons")
     await _put_vectors(settings.redis_url, dim)
     await ensure_topics(settings, {settings.topics.samples: settings.event_partitions,
                                    settings.topics.events_dlq: settings.event_partitions})
