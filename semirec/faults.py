@@ -24,6 +24,7 @@ Exit codes (sysexits.h, so scripts and supervisors can tell them apart):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -124,7 +125,44 @@ def _kafka_fault(exc: BaseException, kafka: str) -> Fault | None:
                              "SEMIREC_KAFKA_SASL_USERNAME/PASSWORD/MECHANISM")
     if isinstance(exc, kex.KafkaConnectionError | kex.NodeNotReadyError | kex.RequestTimedOutError
                   | kex.KafkaTimeoutError | kex.NoBrokersAvailable):
+        if problem := _kafka_tls_problem(kafka):
+            return Fault("config", f"TLS with {where} failed ({problem}): check "
+                                   "SEMIREC_KAFKA_SSL_CAFILE/CERTFILE/KEYFILE")
         return Fault("unavailable", f"cannot reach {where} (SEMIREC_KAFKA): {text}")
+    return None
+
+
+def _kafka_tls_problem(kafka: str, timeout_s: float = 3.0) -> str | None:
+    """With SSL configured, why a TLS session with the first broker fails, or None.
+
+    aiokafka logs a failed handshake and raises only "Unable to bootstrap", so an untrusted
+    certificate would read as an outage: one handshake here tells them apart (a rejected
+    client certificate shows as the server's alert on the first read)."""
+    import socket
+
+    from semirec.settings import Settings, SettingsError
+
+    try:
+        env = Settings.from_env()
+    except SettingsError:
+        return None
+    if env.security.protocol not in ("SSL", "SASL_SSL"):
+        return None
+    host, _, port = kafka.split(",")[0].strip().rpartition(":")
+    try:
+        context = env.security.client_kwargs()["ssl_context"]
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                # a broker sends nothing unasked: only an alert (or a close) arrives here
+                if tls.recv(1) == b"":
+                    return ("the broker closed the session right after the handshake: does it "
+                            "require a client certificate it was not given")
+    except ssl.SSLError as exc:
+        return str(exc)
+    except (OSError, ValueError):  # not reachable at all: an outage after all
+        return None
     return None
 
 
