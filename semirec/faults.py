@@ -117,7 +117,9 @@ def _kafka_fault(exc: BaseException, kafka: str) -> Fault | None:
     where = f"Kafka at {kafka}"
     text = str(exc).strip() or type(exc).__name__
     auth = tuple(getattr(kex, name) for name in (
-        "SaslAuthenticationFailedError", "IllegalSaslStateError", "UnsupportedSaslMechanismError",
+        # aiokafka 0.14's names (SaslAuthenticationFailed is the broker's error code 58)
+        "SaslAuthenticationFailed", "AuthenticationFailedError", "AuthenticationMethodNotSupported",
+        "IllegalSaslStateError", "UnsupportedSaslMechanismError",
         "TopicAuthorizationFailedError", "GroupAuthorizationFailedError",
         "ClusterAuthorizationFailedError") if hasattr(kex, name))
     if isinstance(exc, auth):

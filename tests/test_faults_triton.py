@@ -113,3 +113,35 @@ async def test_a_model_triton_does_not_have_is_named(stack) -> None:
         assert "cannot reach Triton" in (await ranker.problem() or "")
     finally:
         await ranker.close()
+
+
+def test_classification_of_sasl_and_triton_errors() -> None:
+    """Our classification alone (a broker refusing SASL cannot be run here)."""
+    import aiokafka.errors as kex
+    from tritonclient.utils import InferenceServerException
+
+    from semirec.faults import EXIT_AUTH, classify
+
+    where = {"kafka": "k:9093", "redis_url": "redis://r:6379/0", "triton": "t:8001"}
+    for exc in (kex.for_code(58)("bad user"), kex.AuthenticationFailedError()):
+        sasl = classify(exc, **where)
+        assert sasl is not None and sasl.exit_code == EXIT_AUTH and "SASL" in sasl.message, exc
+    cases = {
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses"):
+            (EXIT_UNAVAILABLE, "cannot reach Triton at t:8001"),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'ranker' is not found"):
+            (EXIT_UNAVAILABLE, "has no ranker loaded"),
+        ("StatusCode.INTERNAL", "failed to load 'ranker', failed to poll from model repository"):
+            (EXIT_CONFIG, "SEMIREC_MODEL_REPOSITORY"),
+    }
+    for (status, text), (code, part) in cases.items():
+        assert classify(RuntimeError("promotion failed"), **where) is None  # not ours
+        try:
+            try:
+                raise InferenceServerException(text, status=status)
+            except InferenceServerException as inner:
+                raise RuntimeError("Triton did not load ranker version 3") from inner
+        except RuntimeError as exc:
+            fault = classify(exc, **where)
+        assert fault is not None and fault.exit_code == code and part in fault.message, fault
+    assert classify(InferenceServerException("odd", status="StatusCode.UNKNOWN"), **where) is None
