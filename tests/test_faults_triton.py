@@ -145,3 +145,65 @@ def test_classification_of_sasl_and_triton_errors() -> None:
             fault = classify(exc, **where)
         assert fault is not None and fault.exit_code == code and part in fault.message, fault
     assert classify(InferenceServerException("odd", status="StatusCode.UNKNOWN"), **where) is None
+
+
+async def test_a_failed_hot_swap_is_retried_and_never_reverts_the_learner(tmp_path) -> None:
+    """The trainer's logic alone (a repository whose promote fails, then succeeds): a round
+    whose promotion failed (Triton down) does not make the next round 'follow' the old
+    serving version; the promotion is retried until it succeeds."""
+    from semirec.settings import Settings
+    from trainer.model_repo import PromotionError
+    from trainer.online_service import OnlineTrainer
+
+    class Repo:
+        triton_grpc = "127.0.0.1:1"
+
+        def __init__(self) -> None:
+            self.serving, self.calls, self.fail = 1, [], 2
+
+        def aliases(self) -> dict[str, int]:
+            return {"serving": self.serving}
+
+        def promote(self, version: int) -> dict[str, float]:
+            self.calls.append(version)
+            if self.fail:
+                self.fail -= 1
+                raise PromotionError("Triton did not load ranker version 2") from \
+                    _unavailable()
+            self.serving = version
+            return {"load_s": 0.0, "first_answer_s": 0.0}
+
+    repo = Repo()
+    trainer = OnlineTrainer(Settings(), state_dir=tmp_path, repo=repo)  # type: ignore[arg-type]
+    trainer.learner = object()  # type: ignore[assignment]  # must not be replaced
+    trainer.serving_version, trainer.unpromoted = 2, (2, 1)
+    learner = trainer.learner
+    await trainer._retry_promotion()  # Triton still down
+    await trainer._follow_manual_promotions()
+    assert trainer.unpromoted == (2, 1) and trainer.learner is learner and repo.calls == [2]
+    await trainer._retry_promotion()  # still down
+    await trainer._retry_promotion()  # back
+    assert trainer.unpromoted is None and repo.serving == 2 and repo.calls == [2, 2, 2]
+    await trainer._follow_manual_promotions()
+    assert trainer.learner is learner  # serving == our version: nothing to follow
+    assert "cannot reach Triton at 127.0.0.1:1" in trainer._why(_wrapped())
+    # a version promoted by hand meanwhile wins over the retry
+    trainer.unpromoted, repo.serving = (3, 1), 4
+    await trainer._retry_promotion()
+    assert trainer.unpromoted is None and 3 not in repo.calls
+
+
+def _unavailable() -> Exception:
+    from tritonclient.utils import InferenceServerException
+
+    return InferenceServerException("failed to connect to all addresses",
+                                    status="StatusCode.UNAVAILABLE")
+
+
+def _wrapped() -> Exception:
+    from trainer.model_repo import PromotionError
+
+    try:
+        raise PromotionError("Triton did not load ranker version 2") from _unavailable()
+    except PromotionError as exc:
+        return exc

@@ -83,6 +83,9 @@ class OnlineTrainer:
         self.serving_version: int | None = None
         self.rounds: list[dict[str, Any]] = []  # what each round decided (tests, benchmark)
         self.learner: Learner | None = None
+        # (version, serving alias then) of a promotion that failed (Triton down): retried at
+        # each round until it succeeds or someone promotes another version by hand
+        self.unpromoted: tuple[int, int | None] | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -212,6 +215,7 @@ class OnlineTrainer:
         """One candidate: fetch vectors, fine-tune, judge, then promote or reject; checkpoint."""
         learner = self.learner
         assert learner is not None
+        await self._retry_promotion()
         await self._follow_manual_promotions()
         await self._fetch_vectors()
         result: RoundResult = await asyncio.to_thread(learner.round, self.table)
@@ -242,9 +246,12 @@ class OnlineTrainer:
             try:
                 timings = await asyncio.to_thread(self.repo.promote, version)
             except ModelRepositoryError as exc:
-                log.error("promotion of version %s failed: %s", version, exc)
+                why = self._why(exc)
+                log.error("promotion of version %s failed: %s; retried at the next round",
+                          version, why)
                 REJECTIONS.labels("promotion_failed").inc()
-                record["reasons"].append(f"promotion_failed {exc}")
+                record["reasons"].append(f"promotion_failed {why}")
+                self.unpromoted = (version, self.repo.aliases().get("serving"))
             else:
                 PROMOTION_SECONDS.observe(timings["load_s"] + timings["first_answer_s"])
                 record.update(version=version, promote=timings,
@@ -258,7 +265,34 @@ class OnlineTrainer:
         return record
 
     # -- steps ---------------------------------------------------------------------------------
+    def _why(self, exc: Exception) -> str:
+        """One line (semirec.faults) for a failed promotion: Triton unreachable, no model..."""
+        from semirec.faults import classify
+
+        fault = classify(exc, triton=self.repo.triton_grpc or "(none)")
+        return fault.message if fault else " ".join(str(exc).split())
+
+    async def _retry_promotion(self) -> None:
+        """Promote the version whose promotion failed, unless another was promoted by hand
+        since (then that one is followed); the learner keeps the accepted candidate."""
+        if self.unpromoted is None:
+            return
+        version, alias_then = self.unpromoted
+        if self.repo.aliases().get("serving") != alias_then:
+            self.unpromoted = None
+            return
+        try:
+            await asyncio.to_thread(self.repo.promote, version)
+        except ModelRepositoryError as exc:
+            log.error("promotion of version %s failed again: %s", version, self._why(exc))
+            return
+        log.info("version %s promoted (its first promotion had failed)", version)
+        self.unpromoted = None
+        SERVING.set(version)
+
     async def _follow_manual_promotions(self) -> None:
+        if self.unpromoted is not None:  # our own version is still waiting for Triton
+            return
         serving = self.repo.aliases().get("serving")
         if serving is None or serving == self.serving_version or self.learner is None:
             return
