@@ -79,7 +79,7 @@ def test_trainer_start_with_triton_unreachable_is_one_line(settings, exported, t
              "cannot reach Triton at 127.0.0.1:")
 
 
-async def test_the_recommendation_worker_serves_the_fallback_and_says_why(settings,
+async def test_the_recommendation_worker_serves_the_fallback_and_says_why(settings, redis_client,
                                                                           tmp_path) -> None:
     """Triton unreachable at start: one warning line, the worker keeps running (fallback);
     a bad address: exit 78 at once."""
