@@ -310,7 +310,7 @@ class OnlineTrainer:
         missing = self.table.missing(sample_ids(self.learner.pending))
         for start in range(0, len(missing), 2000):
             chunk = missing[start:start + 2000]
-            got = await self.items.get_many(chunk, self.table.dim)
+            got = await self.items.get_many(chunk, self.table.dim, skip_other_dims=True)
             found = np.flatnonzero(got.found)
             self.table.add([chunk[i] for i in found], got.vectors[found])
 
