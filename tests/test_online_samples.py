@@ -3,6 +3,7 @@ from the event list, whatever the batching, partitioning and replays."""
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
@@ -84,3 +85,32 @@ def test_sample_contract_rejects_bad_bodies() -> None:
         decode_sample(b"not json")
     with pytest.raises(ContractError):
         decode_sample(b'{"event_id": "e1"}')
+
+
+def test_sample_contract_names_the_reason() -> None:
+    good = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "complete": True,
+            "ts": 1.7e9, "video": [[1_699_999_000_000, "v2"]], "product": [], "partition": 0,
+            "offset": 3, "appended_at": 1.7e9, "logged_at": 1.7e9}
+
+    def reason(raw: bytes, key: bytes | None = b"u1") -> str:
+        with pytest.raises(ContractError) as info:
+            decode_sample(raw, key, check_key=True)
+        return info.value.reason.value
+
+    assert decode_sample(json.dumps(good).encode(), b"u1", check_key=True).offset == 3
+    cases = {
+        "undecodable": b"\x93\x01",
+        "not_an_object": b"[1, 2]",
+        "missing_field": json.dumps({k: v for k, v in good.items() if k != "ts"}).encode(),
+        "bad_type": json.dumps({**good, "complete": "yes"}).encode(),
+        "bad_timestamp": json.dumps({**good, "ts": -1}).encode(),
+        "too_large": json.dumps({**good, "pad": "x" * 600_000}).encode(),
+    }
+    for want, raw in cases.items():
+        assert reason(raw) == want, want
+    assert reason(json.dumps({**good, "appended_at": 1e400}).encode().replace(
+        b"Infinity", b"1e400")) == "bad_timestamp"
+    assert reason(json.dumps({**good, "video": [[1, "a\u0000"]]}).encode()) == "bad_value"
+    assert reason(json.dumps({**good, "offset": -1}).encode()) == "bad_value"
+    assert reason(json.dumps(good).encode(), b"u2") == "key_mismatch"
+    assert reason(json.dumps(good).encode(), None) == "key_mismatch"
