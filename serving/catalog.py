@@ -28,11 +28,10 @@ import numpy as np
 
 from semirec.contracts import Domain
 from semirec.item_store import ItemStore
+from serving.threads import single_threaded_math
 
 log = logging.getLogger(__name__)
-# One OpenMP thread: an agent runs many recalls at once, and on a busy machine OpenMP's
-# spin-waiting made one 10k-video search 30x slower (26 ms instead of 0.9 ms, measured).
-faiss.omp_set_num_threads(1)
+single_threaded_math()  # faiss and numpy spin-waiting on a busy machine: see serving/threads.py
 OVERLAP_MS = 2000  # re-read this much before the last change seen (writers' clocks differ)
 # |q.x - q.fp16(x)| <= 2^-11 |q||x| (+ 2^-25 |q|_1 for subnormals) and two float32 sums of 128
 # terms differ by < 2e-5 for unit vectors: 5.1e-4 at most; twice that as the margin of proof

@@ -83,13 +83,17 @@ class Recommender:
     async def recommend(self, user_id: str, k: int = 10, *, at: float | None = None,
                         candidates: Sequence[str] | None = None, request_id: str | None = None,
                         event_id: str | None = None, appended_at: float | None = None,
-                        state: UserState | None = None) -> Recommendation:
+                        state: UserState | None = None, written_at: float | None = None,
+                        received_at: float | None = None) -> Recommendation:
         """Recommend ``k`` videos for ``user_id`` at time ``at`` (default now).
 
         ``candidates`` replaces recall (ids without a vector are skipped and counted);
-        ``appended_at`` (the triggering event's Kafka timestamp) adds ``event_to_publish_ms``.
+        ``appended_at`` (the triggering event's Kafka timestamp) adds ``event_to_publish_ms``;
+        with ``written_at`` (ingest's Redis write) and ``received_at`` (the agent fetched the
+        notice) also the stages before this call (``ingest_ms``, ``notice_ms``, ``queue_ms``).
         """
         started = time.perf_counter()
+        started_at = time.time()
         at = time.time() if at is None else at
         if state is None:
             state = await self.sequences.get(user_id)
@@ -109,11 +113,14 @@ class Recommender:
         if skipped:
             metrics.SKIPPED_ITEMS.labels("candidates").inc(skipped)
         total_ms = (time.perf_counter() - started) * 1000
+        stages = _stages(appended_at, written_at, received_at, started_at)
         timings = Timings(recall_ms=round((recalled - started) * 1000, 3),
                           rank_ms=round((ranked - recalled) * 1000, 3),
                           total_ms=round(total_ms, 3),
                           event_to_publish_ms=None if appended_at is None
-                          else round((time.time() - appended_at) * 1000, 3))
+                          else round((time.time() - appended_at) * 1000, 3), **stages)
+        for stage, ms in stages.items():
+            metrics.STAGE_SECONDS.labels(stage.removesuffix("_ms")).observe(max(0.0, ms) / 1000)
         metrics.STAGE_SECONDS.labels("recall").observe(recalled - started)
         metrics.STAGE_SECONDS.labels("rank").observe(ranked - recalled)
         metrics.STAGE_SECONDS.labels("total").observe(total_ms / 1000)
@@ -168,3 +175,14 @@ class Recommender:
         sims = np.asarray([c.similarity for c in pool], np.float32)
         return fallback_scores(sims, self.popularity.scores(c.item_id for c in pool)), \
             FALLBACK_VERSION, True
+
+
+def _stages(appended_at: float | None, written_at: float | None, received_at: float | None,
+            started_at: float) -> dict[str, float]:
+    """``ingest_ms``, ``notice_ms``, ``queue_ms`` of a triggered recommendation (unix-second
+    marks of one machine's or synchronised clocks; empty without them)."""
+    if appended_at is None or written_at is None or received_at is None:
+        return {}
+    return {"ingest_ms": round((written_at - appended_at) * 1000, 3),
+            "notice_ms": round((received_at - written_at) * 1000, 3),
+            "queue_ms": round((started_at - received_at) * 1000, 3)}

@@ -75,7 +75,7 @@ class RecommendProcessor:
 
     async def on_updates(self, batch: Sequence[Message]) -> int:
         await self.start()
-        started = time.perf_counter()
+        started, received_at = time.perf_counter(), time.time()
         newest: dict[str, UserUpdate] = {}
         for msg in batch:
             try:
@@ -87,7 +87,8 @@ class RecommendProcessor:
                 metrics.COALESCED.inc()
             newest[update.user_id] = update
         recs = await asyncio.gather(*(self._serve(
-            "event", u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at)
+            "event", u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at,
+            written_at=u.written_at, received_at=received_at)
             for u in newest.values()))
         self.metrics.observe("batch", time.perf_counter() - started)
         self.metrics.batch(len(batch))

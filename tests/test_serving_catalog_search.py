@@ -76,3 +76,19 @@ def test_recall_is_the_same_with_and_without_the_fp16_pass() -> None:
         got.append([(c.item_id, c.source, c.similarity) for c in Recall(index, pop).candidates(state)])
         assert len(got[-1]) == 500
     assert got[0] == got[1]
+
+
+def test_serving_runs_faiss_and_numpy_blas_on_one_thread() -> None:
+    import ctypes
+    from pathlib import Path
+
+    import faiss
+
+    from serving.threads import single_threaded_math
+
+    assert single_threaded_math() >= 1  # numpy's bundled OpenBLAS found and set
+    assert faiss.omp_get_max_threads() == 1
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    lib = ctypes.CDLL(str(next(libs.glob("libopenblas*.so*"))))
+    getter = getattr(lib, "openblas_get_num_threads64_", None) or lib.openblas_get_num_threads
+    assert getter() == 1
