@@ -19,6 +19,9 @@
                      (event's Kafka timestamp -> ingest's Redis write), notice_ms (-> the agent
                      fetched the notice), queue_ms (-> a ranking slot), recall_ms (state read +
                      recall), rank_ms, delivery_ms (generated -> received by the subscriber)
+                     and cpu_ms_per_event: CPU each process spent per event (kafka = Tansu,
+                     redis, triton with its stubs, the two workers, this benchmark's producer
+                     and subscriber): what bounds the rate this machine sustains
   recs_per_s         the highest rate of triggered recommendations delivered with freshness p99
                      under 100 ms (25, 50, 75 /s, then from 150 /s if 100 /s held, stepped up
                      until one fails; 0 when none holds)                 (target >= 150)
@@ -27,7 +30,8 @@
                      (faiss exact inner product + popularity + fresh)    (target 100k <= 5)
 
 Weights are random (cost does not depend on them). Usage:
-  python benchmarks/serving.py [--seconds S] [--parts rank,recall,freshness] [--json]
+  python benchmarks/serving.py [--seconds S] [--parts rank,recall,freshness]
+                               [--worker-env KEY=VALUE ...] [--json]
 """
 
 from __future__ import annotations
@@ -170,8 +174,12 @@ async def put_catalog(redis_url: str, n_videos: int, n_products: int) -> None:
     await client.aclose()
 
 
-async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str) -> dict:
-    """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received."""
+async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str,
+                    pids: dict[str, int] | None = None) -> dict:
+    """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received,
+    and the CPU each process of ``pids`` spent per event sent (``benchmark``: this process)."""
+    cpu0 = {name: tree_cpu_s(pid) for name, pid in (pids or {}).items()}
+    bench0 = time.process_time()
     from aiokafka import AIOKafkaConsumer
 
     # the subscriber polls with a 10 ms long-poll: on Tansu a fetch returns only when its wait
@@ -222,6 +230,9 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
         await prod.send(settings.topics.events, encode_event(event), key=user.encode())
     await prod.flush()
     await receiver
+    cpu = {name: round((tree_cpu_s(pid) - cpu0[name]) * 1000 / n, 2)
+           for name, pid in (pids or {}).items()}
+    cpu["benchmark"] = round((time.process_time() - bench0) * 1000 / n, 2)
     await prod.stop()
     await consumer.stop()
     fresh = [(got[e] - sent[e]) * 1000 for e in got]
@@ -230,7 +241,8 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
             "p50_ms": round(percentile(fresh, 50), 1) if fresh else None,
             "p99_ms": round(percentile(fresh, 99), 1) if fresh else None,
             "stages_p50_p99_ms": {k: [round(percentile(v, 50), 1), round(percentile(v, 99), 1)]
-                                  for k, v in stages.items()}}
+                                  for k, v in stages.items()},
+            "cpu_ms_per_event": cpu}
 
 
 def sustained(run: dict) -> bool:
@@ -238,11 +250,12 @@ def sustained(run: dict) -> bool:
     return run["p99_ms"] is not None and run["p99_ms"] <= 100 and run["received"] >= 0.99 * run["sent"]
 
 
-async def bench_freshness(settings: Settings, seconds: float, log: Path) -> dict:
+async def bench_freshness(settings: Settings, seconds: float, log: Path,
+                          stack_pids: dict[str, int], worker_env: dict[str, str]) -> dict:
     from tests.conftest import settings_env  # the child's environment, as the tests build it
 
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
-    env = {**settings_env(settings), "SEMIREC_RANK_TIMEOUT_MS": "1000"}
+    env = {**settings_env(settings), "SEMIREC_RANK_TIMEOUT_MS": "1000", **worker_env}
     procs = []
     # as deployed (docker-compose, the demo): ingest and recommendation agents in their own
     # processes and consumer groups
@@ -254,21 +267,23 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path) -> dict
                 env={**env, "SEMIREC_CONSUMER_GROUP": group}, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True))
     try:
+        pids = {**stack_pids, "ingest_worker": procs[0].pid, "recommend_worker": procs[1].pid}
         await paced_run(settings, 20, 5, 5000, "warm")  # joins groups, loads the index
-        steady = await paced_run(settings, 100, seconds, 5000, "steady")
+        steady = await paced_run(settings, 100, seconds, 5000, "steady", pids)
         await asyncio.sleep(3.0)  # let a backlog drain before the steps
         steps = []
         for rate in (25, 50, 75, 150, 200, 300, 400, 600):  # up until one fails
             if rate > 100 and not sustained(steady):
                 break
-            r = await paced_run(settings, rate, max(4.0, seconds / 2), 5000, f"r{rate}")
+            r = await paced_run(settings, rate, max(4.0, seconds / 2), 5000, f"r{rate}", pids)
             steps.append(r)
             if not sustained(r) and rate != 100:
                 break
             await asyncio.sleep(1.0)
         ok = [s for s in [steady, *steps] if sustained(s)]
         return {"freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
-                "freshness_stages": steady["stages_p50_p99_ms"], "freshness_steady": steady,
+                "freshness_stages": steady["stages_p50_p99_ms"],
+                "freshness_cpu_ms_per_event": steady["cpu_ms_per_event"], "freshness_steady": steady,
                 "rate_steps": steps,
                 "recs_per_s": max((s["delivered_per_s"] for s in ok), default=0.0)}
     finally:
@@ -285,6 +300,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     from trainer.model_repo import ModelRepository
     from trainer.registry import build
 
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     work = Path(tempfile.mkdtemp(prefix="semirec-bench-serving-"))
     repo_dir = work / "models"
     shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
@@ -313,8 +329,10 @@ async def main_async(args: argparse.Namespace) -> dict:
                                                       **LOCAL_GROUP_TIMINGS}),
                                    consumer_group="bench-serving")
                 await put_catalog(settings.redis_url, 10_000, 2000)
-                result.update(await bench_freshness(settings, args.seconds * 2,
-                                                    work / "worker.log"))
+                result.update(await bench_freshness(
+                    settings, args.seconds * 2, work / "worker.log",
+                    {name: proc.pid for name, proc in stack.procs.items()}, worker_env))
+                result["worker_env"] = worker_env
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
@@ -325,6 +343,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per ranking measurement")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra setting for the two workers (e.g. SEMIREC_FETCH_MAX_WAIT_MS=10)")
     parser.add_argument("--parts", default="rank,recall,freshness",
                         help="comma-separated subset of rank,recall,freshness (default: all)")
     args = parser.parse_args()
