@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,8 +31,7 @@ from serving.popularity import PopularitySnapshot
 SOURCES = ("content_video", "content_product", "fresh", "popular")
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: 500 are made per recall (a dataclass cost 3x more)
     item_id: str
     source: str
     similarity: float  # cosine to the user's profile (0 when the user has none)
@@ -112,14 +112,16 @@ class Recall:
         chosen: dict[str, Candidate] = {}
 
         def take(source: str, ranked: Iterable[tuple[str, float]], limit: int) -> None:
-            added = 0
+            room = min(limit, total - len(chosen))
+            if room <= 0:
+                return
             for item_id, sim in ranked:
-                if added >= limit or len(chosen) >= total:
-                    return
                 if item_id in exclude or item_id in chosen:
                     continue
                 chosen[item_id] = Candidate(item_id, source, sim)
-                added += 1
+                room -= 1
+                if not room:
+                    return
 
         queries = [(d, p) for d, p in (("video", prof["video"]), ("product", prof["product"]))
                    if p is not None]
