@@ -4,6 +4,10 @@
                      one user, full sequences (50 + 50), 500 candidates: the SEMI request graph
                      through Triton (python backend + onnxruntime, async gRPC) and the same ONNX
                      file under onnxruntime in this process, at 1, 2 and 4 requests in flight
+                     rank_c{1,2,4}_triton_cpu_ms_{server,client}, rank_c{1,2,4}_inproc_cpu_ms:
+                     CPU time per request (tritonserver and its python-backend stubs; this
+                     process's gRPC client; in-process onnxruntime): on a saturated machine
+                     throughput_ratio <= inproc_cpu / (server + client), whatever the load
   p50_ms, p99_ms     Triton at concurrency 2                             (target p99 <= 15)
   throughput_ratio   Triton requests/s / in-process requests/s at concurrency 2  (target >= 0.8)
   freshness_p50_ms, freshness_p99_ms
@@ -11,6 +15,14 @@
                      100 sequence-changing events/s through real `semirec worker`s (ingest and
                      recommend agents, each in its own process and group, as deployed)
                                                                          (target p99 <= 100)
+  freshness_stages   p50 / p99 of each stage of the steady run's recommendations: ingest_ms
+                     (event's Kafka timestamp -> ingest's Redis write), notice_ms (-> the agent
+                     fetched the notice), queue_ms (-> a ranking slot), recall_ms (state read +
+                     recall), rank_ms, delivery_ms (generated -> received by the subscriber)
+                     and cpu_ms_per_event: CPU each process spent per event it handled (kafka =
+                     Tansu, redis, the ingest worker, this benchmark's producer and subscriber:
+                     per event sent; triton with its stubs and the recommendation worker: per
+                     recommendation delivered): what bounds the rate this machine sustains
   recs_per_s         the highest rate of triggered recommendations delivered with freshness p99
                      under 100 ms (25, 50, 75 /s, then from 150 /s if 100 /s held, stepped up
                      until one fails; 0 when none holds)                 (target >= 150)
@@ -19,7 +31,8 @@
                      (faiss exact inner product + popularity + fresh)    (target 100k <= 5)
 
 Weights are random (cost does not depend on them). Usage:
-  python benchmarks/serving.py [--seconds S] [--json]
+  python benchmarks/serving.py [--seconds S] [--parts rank,recall,freshness]
+                               [--worker-env KEY=VALUE ...] [--json]
 """
 
 from __future__ import annotations
@@ -68,6 +81,18 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- ranking: Triton vs in-process ---------------------------------------------------------
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its children (Triton's stubs)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout.split()
+    ticks = 0
+    for p in [pid, *map(int, out)]:
+        with suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 async def closed_loop(rank, tensors, concurrency: int, seconds: float) -> tuple[list[float], float]:
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -83,7 +108,7 @@ async def closed_loop(rank, tensors, concurrency: int, seconds: float) -> tuple[
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
-async def bench_rank(triton_url: str, onnx_path: Path, seconds: float) -> dict:
+async def bench_rank(triton_url: str, onnx_path: Path, seconds: float, triton_pid: int) -> dict:
     one = example_request(DIM, 50, 50, 500, seed=1)
     tensors = {k: v[None] for k, v in one.items()}
     triton = TritonRanker(triton_url, timeout_s=5)
@@ -94,10 +119,17 @@ async def bench_rank(triton_url: str, onnx_path: Path, seconds: float) -> dict:
         inproc.rank_sync(tensors)
     for c in (1, 2, 4):
         for name, fn in (("triton", triton.rank), ("inproc", inproc.rank)):
+            server, client = tree_cpu_s(triton_pid), time.process_time()
             lat, rate = await closed_loop(fn, tensors, c, seconds)
+            server, client = tree_cpu_s(triton_pid) - server, time.process_time() - client
             out[f"rank_c{c}_{name}_p50_ms"] = round(percentile(lat, 50), 3)
             out[f"rank_c{c}_{name}_p99_ms"] = round(percentile(lat, 99), 3)
             out[f"rank_c{c}_{name}_per_s"] = round(rate, 1)
+            if name == "triton":
+                out[f"rank_c{c}_triton_cpu_ms_server"] = round(server * 1000 / len(lat), 2)
+                out[f"rank_c{c}_triton_cpu_ms_client"] = round(client * 1000 / len(lat), 2)
+            else:
+                out[f"rank_c{c}_inproc_cpu_ms"] = round(client * 1000 / len(lat), 2)
     await triton.close()
     out["p50_ms"], out["p99_ms"] = out["rank_c2_triton_p50_ms"], out["rank_c2_triton_p99_ms"]
     out["throughput_ratio"] = round(out["rank_c2_triton_per_s"] / out["rank_c2_inproc_per_s"], 3)
@@ -143,8 +175,12 @@ async def put_catalog(redis_url: str, n_videos: int, n_products: int) -> None:
     await client.aclose()
 
 
-async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str) -> dict:
-    """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received."""
+async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str,
+                    pids: dict[str, int] | None = None) -> dict:
+    """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received,
+    and the CPU each process of ``pids`` spent per event sent (``benchmark``: this process)."""
+    cpu0 = {name: tree_cpu_s(pid) for name, pid in (pids or {}).items()}
+    bench0 = time.process_time()
     from aiokafka import AIOKafkaConsumer
 
     # the subscriber polls with a 10 ms long-poll: on Tansu a fetch returns only when its wait
@@ -159,6 +195,7 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
         await consumer.position(tp)
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
+    stages: dict[str, list[float]] = {}
     fallbacks = 0
     prod = producer(settings, linger_ms=0)
     await prod.start()
@@ -174,6 +211,13 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
                     if rec.event_id in sent and rec.event_id not in got:
                         got[rec.event_id] = now
                         fallbacks += rec.fallback
+                        t = rec.timings
+                        for stage, ms in (("ingest_ms", t.ingest_ms), ("notice_ms", t.notice_ms),
+                                          ("queue_ms", t.queue_ms), ("recall_ms", t.recall_ms),
+                                          ("rank_ms", t.rank_ms),
+                                          ("delivery_ms", (now - rec.generated_at) * 1000)):
+                            if ms is not None:
+                                stages.setdefault(stage, []).append(ms)
 
     n = int(rate * seconds)
     receiver = asyncio.create_task(receive(time.monotonic() + seconds + 3.0))
@@ -187,13 +231,21 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
         await prod.send(settings.topics.events, encode_event(event), key=user.encode())
     await prod.flush()
     await receiver
+    # per event each process handled: the ranking side only ranked what was delivered
+    done = {"triton": len(got), "recommend_worker": len(got)}
+    cpu = {name: round((tree_cpu_s(pid) - cpu0[name]) * 1000 / max(1, done.get(name, n)), 2)
+           for name, pid in (pids or {}).items()}
+    cpu["benchmark"] = round((time.process_time() - bench0) * 1000 / n, 2)
     await prod.stop()
     await consumer.stop()
     fresh = [(got[e] - sent[e]) * 1000 for e in got]
     return {"rate": rate, "sent": n, "received": len(got), "fallbacks": fallbacks,
             "delivered_per_s": round(len(got) / seconds, 1),
             "p50_ms": round(percentile(fresh, 50), 1) if fresh else None,
-            "p99_ms": round(percentile(fresh, 99), 1) if fresh else None}
+            "p99_ms": round(percentile(fresh, 99), 1) if fresh else None,
+            "stages_p50_p99_ms": {k: [round(percentile(v, 50), 1), round(percentile(v, 99), 1)]
+                                  for k, v in stages.items()},
+            "cpu_ms_per_event": cpu}
 
 
 def sustained(run: dict) -> bool:
@@ -201,11 +253,12 @@ def sustained(run: dict) -> bool:
     return run["p99_ms"] is not None and run["p99_ms"] <= 100 and run["received"] >= 0.99 * run["sent"]
 
 
-async def bench_freshness(settings: Settings, seconds: float, log: Path) -> dict:
+async def bench_freshness(settings: Settings, seconds: float, log: Path,
+                          stack_pids: dict[str, int], worker_env: dict[str, str]) -> dict:
     from tests.conftest import settings_env  # the child's environment, as the tests build it
 
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
-    env = {**settings_env(settings), "SEMIREC_RANK_TIMEOUT_MS": "1000"}
+    env = {**settings_env(settings), "SEMIREC_RANK_TIMEOUT_MS": "1000", **worker_env}
     procs = []
     # as deployed (docker-compose, the demo): ingest and recommendation agents in their own
     # processes and consumer groups
@@ -217,21 +270,24 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path) -> dict
                 env={**env, "SEMIREC_CONSUMER_GROUP": group}, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True))
     try:
+        pids = {**stack_pids, "ingest_worker": procs[0].pid, "recommend_worker": procs[1].pid}
         await paced_run(settings, 20, 5, 5000, "warm")  # joins groups, loads the index
-        steady = await paced_run(settings, 100, seconds, 5000, "steady")
+        steady = await paced_run(settings, 100, seconds, 5000, "steady", pids)
         await asyncio.sleep(3.0)  # let a backlog drain before the steps
         steps = []
         for rate in (25, 50, 75, 150, 200, 300, 400, 600):  # up until one fails
             if rate > 100 and not sustained(steady):
                 break
-            r = await paced_run(settings, rate, max(4.0, seconds / 2), 5000, f"r{rate}")
+            r = await paced_run(settings, rate, max(4.0, seconds / 2), 5000, f"r{rate}", pids)
             steps.append(r)
             if not sustained(r) and rate != 100:
                 break
             await asyncio.sleep(1.0)
         ok = [s for s in [steady, *steps] if sustained(s)]
         return {"freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
-                "freshness_steady": steady, "rate_steps": steps,
+                "freshness_stages": steady["stages_p50_p99_ms"],
+                "freshness_cpu_ms_per_event": steady["cpu_ms_per_event"], "freshness_steady": steady,
+                "rate_steps": steps,
                 "recs_per_s": max((s["delivered_per_s"] for s in ok), default=0.0)}
     finally:
         for proc in procs:
@@ -247,6 +303,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     from trainer.model_repo import ModelRepository
     from trainer.registry import build
 
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     work = Path(tempfile.mkdtemp(prefix="semirec-bench-serving-"))
     repo_dir = work / "models"
     shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
@@ -263,15 +320,22 @@ async def main_async(args: argparse.Namespace) -> dict:
             repo = ModelRepository(repo_dir, stack.addresses.triton_grpc)
             version = repo.export(ckpt)
             repo.promote(version)
-            result.update(await bench_rank(stack.addresses.triton_grpc,
-                                           repo_dir / "ranker" / str(version) / "model.onnx",
-                                           args.seconds))
-            result["recall_ms_10k"] = bench_recall(10_000)
-            result["recall_ms_100k"] = bench_recall(100_000)
-            settings = replace(Settings.from_env({**stack.addresses.env(), **LOCAL_GROUP_TIMINGS}),
-                               consumer_group="bench-serving")
-            await put_catalog(settings.redis_url, 10_000, 2000)
-            result.update(await bench_freshness(settings, args.seconds * 2, work / "worker.log"))
+            if "rank" in args.parts:
+                result.update(await bench_rank(stack.addresses.triton_grpc,
+                                               repo_dir / "ranker" / str(version) / "model.onnx",
+                                               args.seconds, stack.procs["triton"].pid))
+            if "recall" in args.parts:
+                result["recall_ms_10k"] = bench_recall(10_000)
+                result["recall_ms_100k"] = bench_recall(100_000)
+            if "freshness" in args.parts:
+                settings = replace(Settings.from_env({**stack.addresses.env(),
+                                                      **LOCAL_GROUP_TIMINGS}),
+                                   consumer_group="bench-serving")
+                await put_catalog(settings.redis_url, 10_000, 2000)
+                result.update(await bench_freshness(
+                    settings, args.seconds * 2, work / "worker.log",
+                    {name: proc.pid for name, proc in stack.procs.items()}, worker_env))
+                result["worker_env"] = worker_env
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
@@ -282,6 +346,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per ranking measurement")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra setting for the two workers (e.g. SEMIREC_FETCH_MAX_WAIT_MS=10)")
+    parser.add_argument("--parts", default="rank,recall,freshness",
+                        help="comma-separated subset of rank,recall,freshness (default: all)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     if not args.json:

@@ -53,10 +53,16 @@ class RecommendedItem(msgspec.Struct, frozen=True):
 
 
 class Timings(msgspec.Struct, frozen=True, omit_defaults=True):
-    recall_ms: float
+    recall_ms: float  # the user's state read from Redis + candidate recall
     rank_ms: float
     total_ms: float
     event_to_publish_ms: float | None = None  # triggered recommendations only
+    # where a triggered recommendation's freshness went, stage by stage (the sum plus the
+    # publish is event_to_publish_ms): the event's Kafka timestamp -> ingest's Redis write
+    # acknowledged; -> the agent fetched its user-updates notice; -> a ranking slot was free
+    ingest_ms: float | None = None
+    notice_ms: float | None = None
+    queue_ms: float | None = None
 
 
 class Recommendation(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -139,7 +139,8 @@ class Settings:
     recall_candidates: int = 500  # candidates recalled (and ranked) per recommendation
     rank_timeout_ms: int = 100  # time budget of one Triton call before falling back
     popularity_window_hours: int = 24  # event-time window of the popularity source
-    rec_concurrency: int = 16  # recommendations ranked at once by one agent (Triton batches them)
+    rec_concurrency: int = 16  # recommendations in flight per agent
+    rank_batch: int = 8  # users ranked in one Triton call (one gRPC request, one model run)
     publish_candidates: int = 0  # 1 = recommendations carry every candidate id (diagnostics)
 
     @classmethod
@@ -219,9 +220,11 @@ class Settings:
                 f"SEMIREC_TRITON_MODEL_CONFIG must be '' or 'tensorrt', got {self.triton_model_config!r}")
         if not 1 <= self.recall_candidates <= 10_000:
             raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
-        if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1:
+        if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1 \
+                or not 1 <= self.rank_batch <= 64:
             raise SettingsError("SEMIREC_RANK_TIMEOUT_MS, SEMIREC_REC_CONCURRENCY and "
-                                "SEMIREC_POPULARITY_WINDOW_HOURS must be positive")
+                                "SEMIREC_POPULARITY_WINDOW_HOURS must be positive, "
+                                "SEMIREC_RANK_BATCH 1..64 (the ranker's max_batch_size)")
 
     def kafka_kwargs(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security options for any aiokafka client."""

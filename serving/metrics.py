@@ -15,7 +15,9 @@ FALLBACKS = Counter(
 TRITON_ERRORS = Counter(
     "semirec_triton_errors", "Failed ranker calls to Triton.", registry=REGISTRY)
 STAGE_SECONDS = Histogram(
-    "semirec_recommendation_stage_seconds", "Time per recommendation stage (recall, rank, total).",
+    "semirec_recommendation_stage_seconds", "Time per recommendation stage: recall (state read + "
+    "recall), rank, total (one recommendation); for triggered ones also ingest (event -> Redis "
+    "write), notice (-> notice fetched by the agent), queue (-> a ranking slot).",
     ["stage"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
 FRESHNESS = Histogram(
     "semirec_recommendation_freshness_seconds", "Triggering event's Kafka timestamp to its "

@@ -17,21 +17,21 @@ Videos the user recently watched completely (their video sequence) are excluded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import NamedTuple
 
 import numpy as np
 
 from semirec.sequences import Entry, UserState
-from serving.catalog import CatalogIndex
+from serving.catalog import CatalogIndex, normalised
 from serving.popularity import PopularitySnapshot
 
 SOURCES = ("content_video", "content_product", "fresh", "popular")
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: 500 are made per recall (a dataclass cost 3x more)
     item_id: str
     source: str
     similarity: float  # cosine to the user's profile (0 when the user has none)
@@ -71,6 +71,7 @@ class Recall:
         self._popular: list[str] = []
         self._fresh_ids: list[str] = []
         self._fresh_unit = np.zeros((0, catalog.dim), np.float32)
+        self._popular_unit = np.zeros((0, catalog.dim), np.float32)
 
     def _refresh_pools(self) -> None:
         """The popular and fresh pools change only when the snapshots do: derive them once."""
@@ -83,6 +84,7 @@ class Recall:
         self._fresh_ids = [i for i in self.catalog.newest_videos(cfg.fresh_pool)
                        if i not in self.popularity.counts]
         self._fresh_unit = self.catalog.unit(self.catalog.rows(self._fresh_ids))
+        self._popular_unit = self.catalog.unit(self.catalog.rows(self._popular))
         self._pools_key = key
 
     def profiles(self, state: UserState | None) -> dict[str, np.ndarray | None]:
@@ -109,15 +111,17 @@ class Recall:
         mixed = self.mixed(prof)
         chosen: dict[str, Candidate] = {}
 
-        def take(source: str, ranked: list[tuple[str, float]], limit: int) -> None:
-            added = 0
+        def take(source: str, ranked: Iterable[tuple[str, float]], limit: int) -> None:
+            room = min(limit, total - len(chosen))
+            if room <= 0:
+                return
             for item_id, sim in ranked:
-                if added >= limit or len(chosen) >= total:
-                    return
                 if item_id in exclude or item_id in chosen:
                     continue
                 chosen[item_id] = Candidate(item_id, source, sim)
-                added += 1
+                room -= 1
+                if not room:
+                    return
 
         queries = [(d, p) for d, p in (("video", prof["video"]), ("product", prof["product"]))
                    if p is not None]
@@ -127,7 +131,7 @@ class Recall:
             for (domain, _), hits in zip(queries, found, strict=True):
                 take(f"content_{domain}", hits, cfg.quotas[f"content_{domain}"])
         take("fresh", self._fresh(mixed), cfg.quotas["fresh"])
-        pop_sims = self._sims(mixed, self._popular[: total + len(exclude)])
+        pop_sims = self._popular_sims(mixed, total + len(exclude))
         take("popular", pop_sims, cfg.quotas["popular"])
         take("popular", pop_sims, total)  # fill what the other sources left
         if len(chosen) < total and mixed is not None:  # a small world: more neighbours
@@ -137,17 +141,24 @@ class Recall:
             take("fresh", self._fresh(None, pool=total + len(exclude)), total)
         return list(chosen.values())
 
-    def _fresh(self, query: np.ndarray | None, pool: int | None = None) -> list[tuple[str, float]]:
+    def _fresh(self, query: np.ndarray | None, pool: int | None = None) \
+            -> Iterator[tuple[str, float]]:
+        """Fresh videos, most similar first; lazy: a caller takes a few dozen of the pool."""
         if pool is not None:  # a small world's last resort: any unseen video
             unseen = [i for i in self.catalog.newest_videos(pool) if i not in self.popularity.counts]
-            return [(i, 0.0) for i in unseen]
+            return ((i, 0.0) for i in unseen)
         if query is None:
-            return [(i, 0.0) for i in self._fresh_ids]
+            return ((i, 0.0) for i in self._fresh_ids)
         sims = self._fresh_unit @ (query / max(float(np.linalg.norm(query)), 1e-12))
-        order = np.argsort(-sims, kind="stable")
-        return [(self._fresh_ids[j], float(sims[j])) for j in order]
+        order = np.argsort(-sims, kind="stable").tolist()
+        ids, values = self._fresh_ids, sims.tolist()
+        return ((ids[j], values[j]) for j in order)
 
-    def _sims(self, query: np.ndarray | None, ids: list[str]) -> list[tuple[str, float]]:
+    def _popular_sims(self, query: np.ndarray | None, n: int) -> list[tuple[str, float]]:
+        """The ``n`` most popular videos with their similarity to ``query`` (rows cached per
+        snapshot: no id lookups per recall)."""
+        ids = self._popular[:n]
         if query is None:
             return [(i, 0.0) for i in ids]
-        return list(zip(ids, self.catalog.similarity(query, ids).tolist(), strict=True))
+        sims = self._popular_unit[: len(ids)] @ normalised(np.asarray(query, np.float32)[None])[0]
+        return list(zip(ids, sims.tolist(), strict=True))

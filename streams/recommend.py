@@ -5,9 +5,9 @@ Two faust agents share one :class:`serving.recommender.Recommender`:
 - ``recommend-updates`` reads ``user-updates`` (published by ingest after its Redis write, so a
   user's state is never older than the event that triggered the recommendation). Per batch the
   notices are coalesced per user (only the newest counts: under load a busy user is ranked
-  once per batch, not once per event), the users are ranked concurrently (Triton's dynamic
-  batcher joins their calls) and each result is published as soon as it is ranked, with
-  ``event_id`` and ``event_to_publish_ms``.
+  once per batch, not once per event); up to ``rank_batch`` users are ranked in one Triton call
+  (per-call costs paid once), several such groups at once, and each group's results are
+  published as soon as it is ranked, with ``event_id``, ``event_to_publish_ms`` and its stages.
 - ``recommend-requests`` reads ``recommendation-requests``; malformed requests are
   dead-lettered with a reason; every valid request is answered with its ``request_id``.
 
@@ -36,7 +36,7 @@ from semirec.recommendations import (
 )
 from semirec.settings import Settings
 from serving import metrics
-from serving.recommender import Recommender
+from serving.recommender import Job, Recommender
 from streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class RecommendProcessor:
         self.publish = publish
         self.dead_letters = dead_letters
         self.metrics = AgentMetrics("recommend")
-        self._slots = asyncio.Semaphore(settings.rec_concurrency)
+        # groups of up to rank_batch users in flight: rec_concurrency users in all
+        self._slots = asyncio.Semaphore(max(1, settings.rec_concurrency // settings.rank_batch))
         self._started = False
         self._lock = asyncio.Lock()
 
@@ -80,7 +81,7 @@ class RecommendProcessor:
 
     async def on_updates(self, batch: Sequence[Message]) -> int:
         await self.start()
-        started = time.perf_counter()
+        started, received_at = time.perf_counter(), time.time()
         newest: dict[str, UserUpdate] = {}
         for msg in batch:
             try:
@@ -91,12 +92,12 @@ class RecommendProcessor:
             if update.user_id in newest:
                 metrics.COALESCED.inc()
             newest[update.user_id] = update
-        recs = await asyncio.gather(*(self._serve(
-            "event", u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at)
-            for u in newest.values()))
+        served = await self._serve_all("event", [
+            Job(u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at,
+                written_at=u.written_at, received_at=received_at) for u in newest.values()])
         self.metrics.observe("batch", time.perf_counter() - started)
         self.metrics.batch(len(batch))
-        return len(recs)
+        return served
 
     async def on_requests(self, batch: Sequence[Message]) -> int:
         await self.start()
@@ -113,27 +114,31 @@ class RecommendProcessor:
             good[(req.user_id, req.request_id)] = req  # a retried request is answered once
         if bad:
             await self.dead_letters(bad)
-        recs = await asyncio.gather(*(self._serve(
-            "request", r.user_id, r.k, at=r.at, candidates=r.candidates, request_id=r.request_id)
-            for r in good.values()))
+        served = await self._serve_all("request", [
+            Job(r.user_id, r.k, at=r.at, candidates=r.candidates, request_id=r.request_id)
+            for r in good.values()])
         self.metrics.observe("batch", time.perf_counter() - started)
         self.metrics.batch(len(batch))
-        return len(recs)
+        return served
 
-    async def _serve(self, trigger: str, user_id: str, k: int, **kw: Any) -> Recommendation:
-        """Rank one user and publish at once (no waiting for the rest of the batch); the batch
-        is acked only after every one of its recommendations is acknowledged."""
+    async def _serve_all(self, trigger: str, jobs: list[Job]) -> int:
+        size = self.settings.rank_batch
+        groups = [jobs[lo: lo + size] for lo in range(0, len(jobs), size)]
+        return sum(await asyncio.gather(*(self._serve(trigger, g) for g in groups)))
+
+    async def _serve(self, trigger: str, jobs: list[Job]) -> int:
+        """Rank a group of users in one model call and publish at once (no waiting for the rest
+        of the batch); the batch is acked only after all its recommendations are acknowledged."""
         async with self._slots:
-            rec = await retry_while_redis_down(self._recommend, user_id, k, kw)
-        await self.publish([(rec, rec.user_id)])
-        metrics.RECOMMENDATIONS.labels(trigger, str(rec.fallback).lower()).inc()
-        if kw.get("appended_at") is not None:
-            metrics.FRESHNESS.observe(max(0.0, time.time() - kw["appended_at"]))
-        self.metrics.processed(1)
-        return rec
-
-    async def _recommend(self, user_id: str, k: int, kw: dict[str, Any]) -> Recommendation:
-        return await self.recommender.recommend(user_id, k, **kw)
+            recs = await retry_while_redis_down(self.recommender.recommend_many, jobs)
+        await self.publish([(rec, rec.user_id) for rec in recs])
+        now = time.time()
+        for job, rec in zip(jobs, recs, strict=True):
+            metrics.RECOMMENDATIONS.labels(trigger, str(rec.fallback).lower()).inc()
+            if job.appended_at is not None:
+                metrics.FRESHNESS.observe(max(0.0, now - job.appended_at))
+        self.metrics.processed(len(recs))
+        return len(recs)
 
 
 

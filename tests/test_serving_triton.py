@@ -19,7 +19,7 @@ from semirec.sequences import Entry, UserState
 from serving.breaker import CircuitBreaker
 from serving.features import rank_request
 from serving.ranking import OnnxRanker, TritonRanker
-from serving.recommender import Recommender
+from serving.recommender import Job, Recommender
 from tests.kafka_utils import produce_raw
 from tests.serving_utils import CATS, Recommendations, category, clicks, private_triton, put_catalog
 from tests.workers import running_worker
@@ -112,6 +112,33 @@ async def test_product_clicks_move_ranked_videos_toward_their_category(
         top[cat] = Counter(category(i.item_id) for i in answer.items)
     assert top[0][0] > top[2][0] and top[2][2] > top[0][2], top
     assert top[0][0] >= 5 and top[2][2] >= 5, top
+    await rec.close()
+
+
+async def executions(triton: TritonRanker) -> tuple[int, int]:
+    stats = (await triton.client.get_inference_statistics("ranker", as_json=True))["model_stats"]
+    return (sum(int(m.get("execution_count", 0)) for m in stats),
+            sum(int(m.get("inference_count", 0)) for m in stats))
+
+
+async def test_a_group_of_users_is_ranked_in_one_call_with_each_users_own_scores(
+        settings, redis_client, world, served, stack) -> None:
+    await put_catalog(settings.redis_url, world)
+    triton = TritonRanker(stack.addresses.triton_grpc, timeout_s=5)
+    rec = await recommender(settings, ranker=triton)
+    states = [state_with(products_of(c % CATS, 4 + c), [f"v{c}", f"v{c + 9}"]) for c in range(5)]
+    before = await executions(triton)
+    group = await rec.recommend_many([Job(f"g{c}", 50, at=T0) for c in range(5)], states=states)
+    after = await executions(triton)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 5)  # one model run, five users
+    for c, answer in enumerate(group):
+        alone = await rec.recommend(f"g{c}", 50, at=T0, state=states[c])
+        assert answer.user_id == f"g{c}" and not answer.fallback and not alone.fallback
+        got = {i.item_id: i.score for i in answer.items}
+        want = {i.item_id: i.score for i in alone.items}
+        common = got.keys() & want.keys()
+        assert len(common) >= 48  # the same top 50 (a near-tie at the border may swap)
+        assert max(abs(got[i] - want[i]) for i in common) <= 1e-5
     await rec.close()
 
 
