@@ -11,6 +11,11 @@ its own over the same batches (best of REPEATS, so a busy machine disturbs it le
   metrics  the per-batch metrics calls
   redis    IngestProcessor.process end to end (real Redis, warm state cache) minus the above
   process  IngestProcessor.process end to end
+  samples  what logging every watch's training sample adds to process (build, encode, publish
+           to the broker and wait for its acks; packing overlaps the wait)
+  popularity  serving.popularity.count_watches on each batch's events (one script call)
+  after_write  what the after-write hook adds (popularity and user-update notices, at once)
+  worker_cpu  the sum of the above in-process stages: process + samples + after_write
 """
 
 from __future__ import annotations
@@ -120,12 +125,62 @@ async def main(n: int, users: int, batch_max: int) -> dict[str, float]:
         for b in batches:
             await processor.process(b)
         totals.append(time.perf_counter() - t0)
-    await store.client.flushdb()
-    await store.close()
     process = min(totals)
     costs["redis"] = max(0.0, process - sum(costs.values()))
     costs["process"] = process
+    hooks = await hook_costs(settings, store, batches, states, no_dead_letters)
+    costs["samples"] = max(0.0, hooks["with_samples"] - process)
+    costs["popularity"] = hooks["popularity"]
+    costs["after_write"] = max(0.0, hooks["with_hooks"] - hooks["with_samples"])
+    costs["worker_cpu"] = hooks["with_hooks"]
+    await store.client.flushdb()
+    await store.close()
     return {k: round(v / n * 1e6, 2) for k, v in costs.items()}
+
+
+async def hook_costs(settings: Settings, store: SequenceStore, batches: list, states: dict,
+                     dead_letters) -> dict[str, float]:
+    """Seconds for all batches: process with the samples hook, with every hook, and the
+    popularity counts alone (best of REPEATS each), publishing to the real broker."""
+    from semirec.kafka import ensure_topics, producer
+    from serving.popularity import count_watches
+    from streams.app import PRODUCER_BATCH_BYTES
+    from streams.ingest import announce_changes, publish_samples
+
+    topics = settings.topics
+    await ensure_topics(settings, {topics.samples: PARTITIONS, topics.user_updates: PARTITIONS})
+    prod = producer(settings, max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=0)
+    await prod.start()
+    out: dict[str, float] = {}
+    try:
+        configs = {
+            "with_samples": IngestProcessor(settings, store, dead_letters,
+                                            before_save=publish_samples(lambda: prod, settings)),
+            "with_hooks": IngestProcessor(
+                settings, store, dead_letters, before_save=publish_samples(lambda: prod, settings),
+                after_write=announce_changes(lambda: prod, store, settings)),
+        }
+        for name, processor in configs.items():
+            totals = []
+            for _ in range(REPEATS):
+                await store.client.flushdb()
+                store.forget(list(states))
+                t0 = time.perf_counter()
+                for b in batches:
+                    await processor.process(b)
+                totals.append(time.perf_counter() - t0)
+            out[name] = min(totals)
+        events = [[decode_event(m.value, m.key) for m in b] for b in batches]
+        totals = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            for evs in events:
+                await count_watches(store.client, evs, settings.time_bucket_s)
+            totals.append(time.perf_counter() - t0)
+        out["popularity"] = min(totals)
+    finally:
+        await prod.stop()
+    return out
 
 
 if __name__ == "__main__":

@@ -38,17 +38,22 @@ def sample_of(state: UserState, event: Event, partition: int, offset: int, appen
         appended_at, logged_at)
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(TrainingSample)
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(TrainingSample)
+_json_decoder = msgspec.json.Decoder(TrainingSample)
 
 
 def encode_sample(sample: TrainingSample) -> bytes:
+    """MessagePack, a map of the fields (30% smaller than JSON and cheaper for the broker: a
+    sample carries two full sequences)."""
     return _encoder.encode(sample)
 
 
 def decode_sample(raw: bytes) -> TrainingSample:
+    """A sample in MessagePack, or in the JSON that ingest wrote before (a JSON object starts
+    with ``{``, which MessagePack reads as the integer 123, never a sample)."""
     try:
-        return _decoder.decode(raw)
+        return (_json_decoder if raw[:1] == b"{" else _decoder).decode(raw)
     except msgspec.ValidationError as exc:
         raise ContractError(Reason.BAD_VALUE, f"training sample: {exc}") from exc
     except msgspec.DecodeError as exc:

@@ -17,6 +17,7 @@ user's state just before it) is published to ``samples`` and acknowledged before
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -28,7 +29,7 @@ from typing import Any
 from semirec.contracts import ContractError, Event
 from semirec.metrics import AgentMetrics
 from semirec.samples import TrainingSample, sample_of
-from semirec.sequences import UserState, apply
+from semirec.sequences import UserState, apply, pack
 from semirec.settings import Settings
 from semirec.store import SequenceStore
 from streams.batch_transport import BatchAgent
@@ -131,12 +132,21 @@ class IngestProcessor:
                 if applied := self._apply(state, by_user[uid], samples, stamps):
                     state.version += 1
                     writes.append((uid, token, state, applied))
+            blobs = None
             if samples and self.before_save is not None:
-                await self.before_save(samples)
+                # pack the new states while the broker acknowledges the samples; the state is
+                # written only once they are acknowledged
+                logged = asyncio.ensure_future(self.before_save(samples))
+                try:
+                    blobs = await pack_yielding([w[2] for w in writes])
+                    await logged
+                finally:
+                    if not logged.done():
+                        logged.cancel()
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
-                    won = await self.store.save([w[:3] for w in writes])
+                    won = await self.store.save([w[:3] for w in writes], blobs)
             lost = []
             for (uid, _, _, applied), ok in zip(writes, won, strict=True):
                 if ok:
@@ -163,29 +173,46 @@ class IngestProcessor:
         return applied
 
 
-def announce_changes(app: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
+async def pack_yielding(states: Sequence[UserState], every: int = 64) -> list[bytes]:
+    """:func:`semirec.sequences.pack` each state, letting the event loop run every ``every``
+    states (so the producer's sender task sends meanwhile)."""
+    blobs = []
+    for i, state in enumerate(states, 1):
+        blobs.append(pack(state))
+        if i % every == 0:
+            await asyncio.sleep(0)
+    return blobs
+
+
+Producer = Callable[[], Any]  # -> a started aiokafka producer (faust: app.producer._ensure_producer)
+
+
+def announce_changes(producer: Producer, store: SequenceStore,
+                     settings: Settings) -> AfterWrite:
     """After a batch's state is written: count complete watches into the popularity window and
-    publish one ``user-updates`` notice per changed user (awaiting the broker's acks), so the
-    recommendation agent never ranks on state older than the event that triggered it."""
+    publish one ``user-updates`` notice per changed user, both at once, awaiting Redis and the
+    broker's acks, so the recommendation agent never ranks on state older than the event that
+    triggered it."""
     from semirec.recommendations import UserUpdate, encode
     from serving.popularity import count_watches
 
     topic = settings.topics.user_updates
 
     async def after_write(out: BatchOutcome) -> None:
-        await retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
-                                     settings.time_bucket_s)
         now = time.time()
         notices = [(uid.encode(), encode(UserUpdate(uid, event.event_id, event.ts, msg.timestamp,
                                                     now)))
                    for uid, newest in out.changed.items() if newest is not None
                    for msg, event in (newest,)]
-        await publish_many(app.producer._ensure_producer(), topic, notices)
+        await asyncio.gather(
+            retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
+                                   settings.time_bucket_s),
+            publish_many(producer(), topic, notices))
 
     return after_write
 
 
-def publish_samples(app: Any, settings: Settings) -> BeforeSave:
+def publish_samples(producer: Producer, settings: Settings) -> BeforeSave:
     """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
     broker's acks, before ingest writes the state they were taken from."""
     from semirec.samples import encode_sample
@@ -193,7 +220,7 @@ def publish_samples(app: Any, settings: Settings) -> BeforeSave:
     topic = settings.topics.samples
 
     async def before_save(samples: list[TrainingSample]) -> None:
-        await publish_many(app.producer._ensure_producer(), topic,
+        await publish_many(producer(), topic,
                            [(s.user_id.encode(), encode_sample(s)) for s in samples])
 
     return before_save
@@ -214,8 +241,10 @@ def register_ingest(app: Any, settings: Settings) -> None:
             store = SequenceStore.from_url(settings.redis_url,
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
-                settings, store, to_dlq, after_write=announce_changes(app, store, settings),
-                before_save=publish_samples(app, settings) if settings.log_samples else None))
+                settings, store, to_dlq,
+                after_write=announce_changes(app.producer._ensure_producer, store, settings),
+                before_save=publish_samples(app.producer._ensure_producer, settings)
+                if settings.log_samples else None))
         return await processors[0].process(batch)
 
     BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,

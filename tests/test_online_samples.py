@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import zlib
 
+import msgspec
 import numpy as np
 import pytest
 
-from semirec.contracts import ContractError, encode_event
+from semirec.contracts import ContractError, Reason, encode_event
 from semirec.samples import TrainingSample, decode_sample, encode_sample
 from semirec.store import SequenceStore
 from streams.batches import Record
@@ -79,3 +80,24 @@ def test_sample_contract_rejects_bad_bodies() -> None:
         decode_sample(b"not json")
     with pytest.raises(ContractError):
         decode_sample(b'{"event_id": "e1"}')
+    with pytest.raises(ContractError) as bad:
+        decode_sample(msgspec.msgpack.encode({"event_id": "e1"}))
+    assert bad.value.reason is Reason.BAD_VALUE
+    with pytest.raises(ContractError) as cut:
+        decode_sample(encode_sample(SAMPLE)[:-3])
+    assert cut.value.reason is Reason.UNDECODABLE
+
+
+SAMPLE = TrainingSample("e-1042", "u17", "v88", True, 1700000123.5,
+                        [(1699990000000, "v12"), (1699995000000, "v40")], [(1699993000000, "p7")],
+                        2, 1042, 1700000123.51, 1700000123.53)
+
+
+def test_samples_travel_as_messagepack_and_json_ones_still_read() -> None:
+    raw = encode_sample(SAMPLE)
+    assert msgspec.msgpack.decode(raw)["video"] == [[1699990000000, "v12"], [1699995000000, "v40"]]
+    assert decode_sample(raw) == SAMPLE
+    # what ingest wrote before samples were MessagePack (docs/contracts.md)
+    legacy = msgspec.json.encode(SAMPLE)
+    assert legacy.startswith(b"{") and decode_sample(legacy) == SAMPLE
+    assert len(raw) < 0.8 * len(legacy)
