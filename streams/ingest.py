@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from semirec.contracts import ContractError, Event
+from semirec.contracts import ContractError, Domain, Event
 from semirec.metrics import AgentMetrics
 from semirec.samples import TrainingSample, sample_of
 from semirec.sequences import UserState, apply, pack
@@ -83,6 +83,9 @@ class IngestProcessor:
         bad: list[tuple[Message, ContractError]] = []
         by_user: ByUser = defaultdict(dict)
         events = out.events
+        # (partition, offset) -> Kafka timestamp of each video event, for its training sample
+        stamps: dict[tuple[int, int], float] | None = {} if self.before_save is not None else None
+        video = Domain.VIDEO
         for msg in batch:
             try:
                 event = decode_event(msg.value or b"", msg.key)
@@ -96,10 +99,13 @@ class IngestProcessor:
             if pairs is None:
                 parts[msg.partition] = pairs = []
             pairs.append((event, msg.offset))
+            if stamps is not None and event.domain is video:
+                stamps[msg.partition, msg.offset] = msg.timestamp
         if bad:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
-        await retry_while_redis_down(self._write, by_user, out, max_delay_s=self.retry_max_s)
+        await retry_while_redis_down(self._write, by_user, out, stamps,
+                                     max_delay_s=self.retry_max_s)
         for msg, event in out.events:  # the last message of each changed user, in batch order
             if event.user_id in out.changed:
                 out.changed[event.user_id] = (msg, event)
@@ -119,10 +125,9 @@ class IngestProcessor:
         m.state_written([e.ts for _, e in out.events],
                         [msg.timestamp for msg, _ in out.events if msg.timestamp > 0])
 
-    async def _write(self, by_user: ByUser, out: BatchOutcome) -> None:
+    async def _write(self, by_user: ByUser, out: BatchOutcome,
+                     stamps: dict[tuple[int, int], float] | None) -> None:
         pending = list(by_user)
-        stamps = {(m.partition, m.offset): m.timestamp for m, _ in out.events} \
-            if self.before_save is not None else None
         while pending:
             with self.metrics.redis("load"):
                 loaded = await self.store.load(pending)
