@@ -58,6 +58,7 @@ ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
 _offset = itemgetter(1)
 # point-in-time training samples of a write attempt, awaited before the state is written
 BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
+SAMPLES_CHUNK = 256  # samples handed to before_save at once (~0.5 MB), while the batch goes on
 
 
 class IngestProcessor:
@@ -133,21 +134,30 @@ class IngestProcessor:
                 loaded = await self.store.load(pending)
             writes = []
             samples: list[TrainingSample] = []
-            for uid, (token, state) in zip(pending, loaded, strict=True):
-                if applied := self._apply(state, by_user[uid], samples, stamps):
-                    state.version += 1
-                    writes.append((uid, token, state, applied))
+            log_samples = self.before_save
+            # samples on their way to the broker: sent in chunks while the batch is applied and
+            # packed, all acknowledged before any state of this write is (the state is written
+            # only after its samples are durable)
+            logging: list[asyncio.Future[None]] = []
             blobs = None
-            if samples and self.before_save is not None:
-                # pack the new states while the broker acknowledges the samples; the state is
-                # written only once they are acknowledged
-                logged = asyncio.ensure_future(self.before_save(samples))
-                try:
+            try:
+                for uid, (token, state) in zip(pending, loaded, strict=True):
+                    if applied := self._apply(state, by_user[uid], samples, stamps):
+                        state.version += 1
+                        writes.append((uid, token, state, applied))
+                    if log_samples is not None and len(samples) >= SAMPLES_CHUNK:
+                        logging.append(asyncio.ensure_future(log_samples(samples)))
+                        samples = []
+                        await asyncio.sleep(0)  # the producer sends them while we go on
+                if log_samples is not None and samples:
+                    logging.append(asyncio.ensure_future(log_samples(samples)))
+                if logging:
                     blobs = await pack_yielding([w[2] for w in writes])
-                    await logged
-                finally:
-                    if not logged.done():
-                        logged.cancel()
+                    await asyncio.gather(*logging)
+            finally:
+                for future in logging:
+                    if not future.done():
+                        future.cancel()
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):

@@ -101,3 +101,38 @@ def test_samples_travel_as_messagepack_and_json_ones_still_read() -> None:
     legacy = msgspec.json.encode(SAMPLE)
     assert legacy.startswith(b"{") and decode_sample(legacy) == SAMPLE
     assert len(raw) < 0.8 * len(legacy)
+
+
+async def test_samples_go_out_in_chunks_and_are_acknowledged_before_their_state(
+        settings, redis_client) -> None:
+    """A batch with more watches than SAMPLES_CHUNK hands its samples over in several chunks
+    while it is applied; each chunk is still unacknowledged (here: slow) while no state that
+    includes its watches is in Redis."""
+    import asyncio
+
+    from streams.ingest import SAMPLES_CHUNK
+
+    world = toy_world(users=40, events_per_user=30, dim=8, seed=6)
+    store = SequenceStore.from_url(settings.redis_url)
+    chunks: list[int] = []
+    early: list[str] = []
+
+    async def slow_broker(samples: list[TrainingSample]) -> None:
+        chunks.append(len(samples))
+        await asyncio.sleep(0.05)  # the acknowledgement takes a while
+        for s in samples:  # acknowledged now: nothing of it may be written yet
+            state = await store.get(s.user_id)
+            if state is not None and state.applied.get(s.partition, -1) >= s.offset:
+                early.append(s.event_id)
+
+    processor = IngestProcessor(settings, store, no_dead_letters, before_save=slow_broker)
+    records = [Record(e.user_id.encode(), encode_event(e), "events", 0, i, timestamp=e.ts)
+               for i, e in enumerate(world.events)]
+    try:
+        out = await processor.process(records)
+    finally:
+        await store.close()
+    watches = sum(e.domain.value == "video" for e in world.events)
+    assert sum(chunks) == watches > 2 * SAMPLES_CHUNK and len(chunks) >= 3
+    assert max(chunks) <= SAMPLES_CHUNK + 30  # a user's watches are never split
+    assert not early and out.users_written == 40
