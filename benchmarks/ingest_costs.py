@@ -14,8 +14,8 @@ its own over the same batches (best of REPEATS, so a busy machine disturbs it le
   samples  what logging every watch's training sample adds to process (build, encode, publish
            to the broker and wait for its acks; packing overlaps the wait)
   popularity  serving.popularity.count_watches on each batch's events (one script call)
-  after_write  time inside the after-write hook (popularity and user-update notices, at once,
-           awaited)
+  after_write  time inside the after-write hook (user-update notices, awaited); popularity is
+           counted alongside the state write
   in_process  IngestProcessor.process end to end with both hooks: what the worker does per
            event besides faust and the batch transport
 """
@@ -147,7 +147,7 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
     from semirec.kafka import ensure_topics, producer
     from serving.popularity import count_watches
     from streams.app import PRODUCER_BATCH_BYTES
-    from streams.ingest import announce_changes, publish_samples
+    from streams.ingest import announce_changes, count_popularity, publish_samples
 
     topics = settings.topics
     await ensure_topics(settings, {topics.samples: PARTITIONS, topics.user_updates: PARTITIONS})
@@ -155,7 +155,7 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
     await prod.start()
     out: dict[str, float] = {}
     try:
-        announce = announce_changes(lambda: prod, store, settings)
+        announce = announce_changes(lambda: prod, settings)
         in_hook = [0.0]
 
         async def after_write(outcome: BatchOutcome) -> None:
@@ -168,7 +168,7 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
                                             before_save=publish_samples(lambda: prod, settings)),
             "with_hooks": IngestProcessor(
                 settings, store, dead_letters, before_save=publish_samples(lambda: prod, settings),
-                after_write=after_write),
+                after_write=after_write, alongside=count_popularity(store, settings)),
         }
         hook_times = []
         for name, processor in configs.items():

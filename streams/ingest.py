@@ -58,6 +58,8 @@ ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
 _offset = itemgetter(1)
 # point-in-time training samples of a write attempt, awaited before the state is written
 BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
+# work on a batch's valid events that needs no user state, run alongside the state write
+Alongside = Callable[[list[Event]], Awaitable[Any]]
 SAMPLES_CHUNK = 256  # samples handed to before_save at once (~0.5 MB), while the batch goes on
 
 
@@ -67,8 +69,12 @@ class IngestProcessor:
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
                  *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
                  after_write: AfterWrite | None = None,
-                 before_save: BeforeSave | None = None) -> None:
+                 before_save: BeforeSave | None = None,
+                 alongside: Alongside | None = None) -> None:
         self.settings = settings
+        # work on the batch's valid events that needs no state (popularity counts): runs while
+        # the state is written, awaited before the after-write hook and the ack
+        self.alongside = alongside
         # sees every watch's sample before the state that makes it unrecoverable is written
         # (a crash in between replays the batch and logs the samples again: at least once)
         self.before_save = before_save
@@ -105,8 +111,16 @@ class IngestProcessor:
         if bad:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
-        await retry_while_redis_down(self._write, by_user, out, stamps,
-                                     max_delay_s=self.retry_max_s)
+        beside = asyncio.ensure_future(self.alongside([e for _, e in events])) \
+            if self.alongside is not None and events else None
+        try:
+            await retry_while_redis_down(self._write, by_user, out, stamps,
+                                         max_delay_s=self.retry_max_s)
+            if beside is not None:
+                await beside
+        finally:
+            if beside is not None and not beside.done():
+                beside.cancel()
         for msg, event in out.events:  # the last message of each changed user, in batch order
             if event.user_id in out.changed:
                 out.changed[event.user_id] = (msg, event)
@@ -202,14 +216,22 @@ async def pack_yielding(states: Sequence[UserState], every: int = 64) -> list[by
 Producer = Callable[[], Any]  # -> a started aiokafka producer (faust: app.producer._ensure_producer)
 
 
-def announce_changes(producer: Producer, store: SequenceStore,
-                     settings: Settings) -> AfterWrite:
-    """After a batch's state is written: count complete watches into the popularity window and
-    publish one ``user-updates`` notice per changed user, both at once, awaiting Redis and the
-    broker's acks, so the recommendation agent never ranks on state older than the event that
-    triggered it."""
-    from semirec.recommendations import UserUpdate, encode
+def count_popularity(store: SequenceStore, settings: Settings) -> Alongside:
+    """Count a batch's watches into the popularity window (one Redis script call; retried while
+    Redis is down), alongside the state write."""
     from serving.popularity import count_watches
+
+    async def count(events: list[Event]) -> None:
+        await retry_while_redis_down(count_watches, store.client, events, settings.time_bucket_s)
+
+    return count
+
+
+def announce_changes(producer: Producer, settings: Settings) -> AfterWrite:
+    """After a batch's state is written: publish one ``user-updates`` notice per changed user and
+    await the broker's acks, so the recommendation agent never ranks on state older than the
+    event that triggered it."""
+    from semirec.recommendations import UserUpdate, encode
 
     topic = settings.topics.user_updates
 
@@ -219,10 +241,7 @@ def announce_changes(producer: Producer, store: SequenceStore,
                                                     now)))
                    for uid, newest in out.changed.items() if newest is not None
                    for msg, event in (newest,)]
-        await asyncio.gather(
-            retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
-                                   settings.time_bucket_s),
-            publish_many(producer(), topic, notices))
+        await publish_many(producer(), topic, notices)
 
     return after_write
 
@@ -257,7 +276,8 @@ def register_ingest(app: Any, settings: Settings) -> None:
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
                 settings, store, to_dlq,
-                after_write=announce_changes(app.producer._ensure_producer, store, settings),
+                after_write=announce_changes(app.producer._ensure_producer, settings),
+                alongside=count_popularity(store, settings),
                 before_save=publish_samples(app.producer._ensure_producer, settings)
                 if settings.log_samples else None))
         return await processors[0].process(batch)

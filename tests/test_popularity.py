@@ -81,3 +81,35 @@ async def test_products_and_incomplete_watches_add_no_hour(stack, redis_client) 
     assert await client.zcard(HOURS_KEY) == 0
     assert await count_watches(client, events[:1]) == 0  # nothing to count: no call at all
     await client.aclose()
+
+
+async def test_ingest_counts_each_batch_alongside_its_state_write(settings, redis_client) -> None:
+    """The ingest processor counts a batch's watches while it writes the state; both are done
+    when process returns (before the batch would be acked)."""
+    from semirec.contracts import encode_event
+    from semirec.store import SequenceStore
+    from streams.batches import Record
+    from streams.ingest import IngestProcessor, count_popularity
+
+    async def no_dead_letters(bad) -> None:
+        raise AssertionError(bad)
+
+    batches = [random_events(300, seed) for seed in (7, 8)]
+    store = SequenceStore.from_url(settings.redis_url)
+    processor = IngestProcessor(settings, store, no_dead_letters,
+                                alongside=count_popularity(store, settings))
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        offset = 0
+        for n, batch in enumerate(batches, 1):
+            records = []
+            for e in batch:
+                records.append(Record(e.user_id.encode(), encode_event(e), "events", 0, offset))
+                offset += 1
+            out = await processor.process(records)
+            assert out.users_written == len({e.user_id for e in batch})
+            got = {k.decode(): int(v) for k, v in (await client.hgetall(WATCHES_KEY)).items()}
+            assert got == dict(expected(batches[:n])[0])
+    finally:
+        await store.close()
+        await client.aclose()
