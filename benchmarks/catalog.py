@@ -3,8 +3,9 @@
 One embedded stack (Tansu + redis-server); generated-world items produced once to the items
 topic; then, per run, a fresh ``semirec worker --agent catalog`` (its own consumer group, an
 empty Redis and an empty feature cache, so every title and image goes through the backbones)
-with ``SEMIREC_ENCODER_RUNTIME`` = onnx or torch, runs alternating. The ONNX models are
-exported before the runs (an agent exports them once per encoder version; not timed here).
+with ``SEMIREC_ENCODER_RUNTIME`` = onnx, onnx-int8 or torch, runs alternating. The ONNX models
+(and the int8 text model) are made before the runs (an agent makes them once per encoder
+version; not timed here).
 
 Measured from the worker's first Redis write (the items of that first batch are not counted)
 to the commit of the last offset: ``items_per_s`` (wall) and ``items_per_cpu_s`` (items per
@@ -43,7 +44,7 @@ from semirec.settings import Settings, Topics  # noqa: E402
 from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack  # noqa: E402
 from streams.catalog import catalog_topics  # noqa: E402
 
-RUNTIMES = ("onnx", "torch")
+RUNTIMES = ("onnx", "onnx-int8", "torch")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -108,7 +109,7 @@ async def agent_run(settings: Settings, env: dict[str, str], n: int, runtime: st
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from encoders.exported import ensure_exported
+    from encoders.exported import ensure_exported, ensure_int8_text
     from encoders.sample import sample_items
 
     items = sample_items(args.items, args.seed)[:args.items]
@@ -117,7 +118,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="semirec-bench-catalog-") as tmp, \
             EmbeddedStack(("kafka", "redis")) as stack:
         onnx_root = Path(tmp) / "onnx"
-        ensure_exported(root=onnx_root)
+        ensure_int8_text(ensure_exported(root=onnx_root))
         settings = Settings.from_env({**stack.addresses.env(), **LOCAL_GROUP_TIMINGS})
         await produce(settings, items)
         env = {**os.environ, **stack.addresses.env(), **LOCAL_GROUP_TIMINGS,
@@ -138,6 +139,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         **{f"items_per_s_{r}": best[r]["items_per_s"] for r in RUNTIMES},
         **{f"items_per_cpu_s_{r}": best[r]["items_per_cpu_s"] for r in RUNTIMES},
         "cpu_ratio": round(best["onnx"]["items_per_cpu_s"] / best["torch"]["items_per_cpu_s"], 2),
+        "cpu_ratio_int8": round(
+            best["onnx-int8"]["items_per_cpu_s"] / best["torch"]["items_per_cpu_s"], 2),
         "runs": runs,
         "load_avg_1_5_15": load_start,
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -8,7 +8,10 @@ load from other processes hits them alike; the best round of each counts:
   ``semirec items encode`` use);
 - ``eager``: torch, the same length groups (like for like);
 - ``eager_padded``: torch, titles in input order padded to the longest of each batch of 64
-  (every path before length groups).
+  (every path before length groups);
+- ``exported_int8``: ``exported`` with the int8 text model (runtime ``onnx-int8``), with its
+  fidelity to ``exported``: cosine of the item vectors and the overlap of each item's 10
+  nearest neighbours in the batch (``int8_*``).
 
 Rates are given per wall second and per CPU second of this process (``cpu_``: items per
 core-second, the steadier figure on a shared machine), with the CPU seconds of each stage in
@@ -42,7 +45,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
          "amx_bf16")
-PATHS = ("eager_padded", "eager", "exported")
+PATHS = ("eager_padded", "eager", "exported", "exported_int8")
 
 
 def machine() -> dict[str, Any]:
@@ -132,6 +135,23 @@ def timed(fn: Callable[[Any], np.ndarray], items: list) -> tuple[float, float, n
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
+def int8_fidelity(fp32: np.ndarray, int8: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Cosine of int8 to fp32 item vectors, and how many of each item's k nearest neighbours
+    (cosine, within the batch) the int8 vectors keep."""
+    a = fp32 / np.linalg.norm(fp32, axis=1, keepdims=True)
+    b = int8 / np.linalg.norm(int8, axis=1, keepdims=True)
+    cos = (a * b).sum(axis=1)
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        sims = x @ x.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1)[:, :k]
+
+    overlap = [len(set(p) & set(q)) / k for p, q in zip(neighbours(a), neighbours(b), strict=True)]
+    return {"int8_cos_min": round(float(cos.min()), 4), "int8_cos_mean": round(float(cos.mean()), 4),
+            f"int8_knn{k}_overlap": round(float(np.mean(overlap)), 3)}
+
+
 @click.command()
 @click.option("--items", "n_items", default=256, show_default=True, help="Items per round.")
 @click.option("--rounds", default=3, show_default=True, help="Alternating rounds per path.")
@@ -161,7 +181,8 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
         export_cpu = time.process_time() - export_cpu
         encoders = {"eager_padded": ItemEncoder(checkpoint, cache=None),
                     "eager": ItemEncoder(checkpoint, cache=None),
-                    "exported": OnnxItemEncoder(repo, threads=threads)}
+                    "exported": OnnxItemEncoder(repo, threads=threads),
+                    "exported_int8": OnnxItemEncoder(repo, threads=threads, precision="int8")}
         encoders["eager_padded"].extractor.text_backbone.max_padding = None
         stages = {name: Stages(enc) for name, enc in encoders.items()}
         for enc in encoders.values():
@@ -187,6 +208,9 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
         **{f"cpu_items_per_s_{p}": round(n / best_cpu[p][1], 1) for p in PATHS},
         "cpu_ratio": round(best_cpu["eager"][1] / best_cpu["exported"][1], 2),
         "cpu_ratio_vs_eager_padded": round(best_cpu["eager_padded"][1] / best_cpu["exported"][1], 2),
+        "ratio_int8": round(best_wall["eager"] / best_wall["exported_int8"], 2),
+        "cpu_ratio_int8": round(best_cpu["eager"][1] / best_cpu["exported_int8"][1], 2),
+        **int8_fidelity(vectors["exported"], vectors["exported_int8"]),
         "stage_cpu_s": {p: {k: round(v, 3) for k, v in best_cpu[p][2].items()} for p in PATHS},
         "items_per_s_cached": round(n / t_cached, 1),
         "max_abs_diff": float(np.abs(vectors["eager"] - vectors["exported"]).max()),

@@ -102,7 +102,7 @@ class Settings:
     batch_max: int = 5000  # events per ingest batch under backlog (docs/ingest.md: -15% CPU vs 2,000)
     batch_within_s: float = 0.05
     encoder_checkpoint: str = ""  # item-encoder checkpoint dir; "" = the untrained fusion
-    encoder_runtime: str = "onnx"  # "onnx" (exported models, onnxruntime) or "torch" (eager)
+    encoder_runtime: str = "onnx"  # "onnx" (exported, onnxruntime), "onnx-int8" or "torch" (eager)
     cache_dir: str = ""  # backbone-feature cache; "" = ~/.cache/semirec
     state_cache_users: int = 20_000  # decoded user states kept by each ingest worker (LRU)
     # Kafka group timings. Production defaults; local stacks export shorter ones.
@@ -199,9 +199,9 @@ class Settings:
             raise SettingsError(f"SEMIREC_DEDUP_WINDOW must be 0..65535, got {self.dedup_window}")
         if self.event_partitions < 1:
             raise SettingsError("SEMIREC_EVENT_PARTITIONS must be >= 1")
-        if self.encoder_runtime not in ("onnx", "torch"):
-            raise SettingsError(
-                f"SEMIREC_ENCODER_RUNTIME must be onnx or torch, got {self.encoder_runtime!r}")
+        if self.encoder_runtime not in ("onnx", "onnx-int8", "torch"):
+            raise SettingsError("SEMIREC_ENCODER_RUNTIME must be onnx, onnx-int8 or torch, "
+                                f"got {self.encoder_runtime!r}")
         if self.model_keep_versions < 2:
             raise SettingsError("SEMIREC_MODEL_KEEP_VERSIONS must be >= 2 (serving and previous)")
         if self.triton_model_config not in ("", "tensorrt"):

@@ -14,11 +14,18 @@ import tritonclient.grpc as grpcclient
 from encoders import export as export_module
 from encoders.config import EncoderConfig
 from encoders.export import export_repository
-from encoders.exported import OnnxItemEncoder, ensure_exported, exported_encoder
+from encoders.exported import (
+    INT8_MIN_COSINE,
+    INT8_TEXT,
+    OnnxItemEncoder,
+    ensure_exported,
+    exported_encoder,
+)
 from encoders.pipeline import ItemEncoder, get_encoder
 from encoders.sample import sample_items
 from encoders.triton_client import TritonItemEncoder
 from encoders.triton_repo import ENGINE_VARIANT, render, specs
+from semirec.settings import Settings
 from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
 
 TOL = 1e-4  # float32 differences between torch, onnxruntime and the served models
@@ -119,3 +126,31 @@ def test_exported_encoder_is_exported_once_and_matches_torch(
         assert np.abs(again - reference.encode(items[:5])).max() < TOL
     finally:
         torch.set_num_threads(threads)
+
+
+def test_int8_runtime_stays_close_to_fp32_and_is_marked(
+        exported: dict, stack: EmbeddedStack, items: list[dict], tmp_path: Path) -> None:
+    """``onnx-int8``: the text model quantised once beside the fp32 one; vectors close to the
+    fp32 ones but not equal, under a version and cache space of their own."""
+    source = Path(stack.model_repository)
+    repo = tmp_path / "repo"
+    for name in exported["models"]:  # a private copy: the int8 file must not land in Triton's
+        if name == "text_encoder":
+            (repo / name / "1").mkdir(parents=True)
+            (repo / name / "1" / "model.onnx").symlink_to(source / name / "1" / "model.onnx")
+        else:
+            repo.mkdir(exist_ok=True)
+            (repo / name).symlink_to(source / name)
+    fp32 = OnnxItemEncoder(repo, threads=1)
+    int8 = OnnxItemEncoder(repo, threads=1, precision="int8")
+    assert (repo / "text_encoder" / "1" / INT8_TEXT).is_file()
+    assert int8.version == fp32.version + "+int8"
+    assert int8.extractor.text_space == fp32.extractor.text_space + "+int8"
+    assert int8.settings["precision"] == "int8"
+    a, b = fp32.encode(items), int8.encode(items)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= INT8_MIN_COSINE
+    assert np.abs(a - b).max() > TOL  # really the quantised model
+    with pytest.raises(ValueError, match="precision"):
+        OnnxItemEncoder(repo, precision="fp16")
+    assert Settings.from_env({"SEMIREC_ENCODER_RUNTIME": "onnx-int8"}).encoder_runtime == "onnx-int8"
