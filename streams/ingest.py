@@ -3,16 +3,17 @@
 Per batch (:class:`streams.batch_transport.BatchAgent`: one or more partition fetch slices):
 decode and validate every message; dead-letter the malformed ones and wait for the broker's
 ack; group the rest by user; read each user's state, apply the events with
-:func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; run the
-``after_write`` hook; only then ack the messages, so faust commits an offset only after Redis
-has acknowledged the state.
+:func:`semirec.sequences.apply` and compare-and-set it back (one script call per chunk of
+users), with the ``alongside`` hook (popularity counts) running meanwhile; run the
+``after_write`` hook (user-update notices); only then ack the messages, so faust commits an
+offset only after Redis has acknowledged the state.
 A crash between the Redis write and the commit replays the batch, and the per-partition
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
 error stops the worker without acking the batch (:func:`streams.batches.stop_worker`).
 With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
-user's state just before it) is published to ``samples`` and acknowledged before the state write
-(docs/online-training.md).
+user's state just before it) is published to ``samples`` (in chunks, while the batch is applied)
+and acknowledged before the state write (docs/online-training.md).
 """
 
 from __future__ import annotations
