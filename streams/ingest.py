@@ -120,8 +120,8 @@ class IngestProcessor:
             if beside is not None:
                 await beside
         finally:
-            if beside is not None and not beside.done():
-                beside.cancel()
+            if beside is not None:
+                settle([beside])
         for msg, event in out.events:  # the last message of each changed user, in batch order
             if event.user_id in out.changed:
                 out.changed[event.user_id] = (msg, event)
@@ -170,9 +170,7 @@ class IngestProcessor:
                     blobs = await pack_yielding([w[2] for w in writes])
                     await asyncio.gather(*logging)
             finally:
-                for future in logging:
-                    if not future.done():
-                        future.cancel()
+                settle(logging)
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
@@ -201,6 +199,23 @@ class IngestProcessor:
             applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
                              dedup_window=self.settings.dedup_window, before_watch=observe)
         return applied
+
+
+def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """After the batch's own work stopped (done or raised): cancel what still runs, and mark the
+    errors of those that failed as seen, so that asyncio does not log them again at exit (the
+    error that stops the worker is the one the batch raised)."""
+    for future in futures:
+        if future.done():
+            _seen(future)
+        else:  # it may still end with its own error rather than the cancellation
+            future.cancel()
+            future.add_done_callback(_seen)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def pack_yielding(states: Sequence[UserState], every: int = 64) -> list[bytes]:
