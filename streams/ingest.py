@@ -153,7 +153,7 @@ class IngestProcessor:
             # samples on their way to the broker: sent in chunks while the batch is applied and
             # packed, all acknowledged before any state of this write is (the state is written
             # only after its samples are durable)
-            logging: list[asyncio.Future[None]] = []
+            sending: list[asyncio.Future[None]] = []
             blobs = None
             try:
                 for uid, (token, state) in zip(pending, loaded, strict=True):
@@ -161,16 +161,16 @@ class IngestProcessor:
                         state.version += 1
                         writes.append((uid, token, state, applied))
                     if log_samples is not None and len(samples) >= SAMPLES_CHUNK:
-                        logging.append(asyncio.ensure_future(log_samples(samples)))
+                        sending.append(asyncio.ensure_future(log_samples(samples)))
                         samples = []
                         await asyncio.sleep(0)  # the producer sends them while we go on
                 if log_samples is not None and samples:
-                    logging.append(asyncio.ensure_future(log_samples(samples)))
-                if logging:
+                    sending.append(asyncio.ensure_future(log_samples(samples)))
+                if sending:
                     blobs = await pack_yielding([w[2] for w in writes])
-                    await asyncio.gather(*logging)
+                    await asyncio.gather(*sending)
             finally:
-                settle(logging)
+                settle(sending)
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
