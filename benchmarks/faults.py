@@ -9,7 +9,8 @@ prints one row per fault, the last line one JSON object.
 A row's ``lost``/``extra`` count sequence entries: missing from Redis / present although the
 event log does not imply them (a retry or a replay applied twice). The goal is 0 and 0.
 
-Usage: python -m benchmarks.faults [--events N] [--fuzz N] [--only NAME ...] [--json]
+Usage: python -m benchmarks.faults [--events N] [--fuzz N] [--load-seconds S] [--only NAME ...]
+       [--json]
 """
 
 from __future__ import annotations
@@ -388,6 +389,24 @@ async def _redis_kill9(settings: Settings, n: int, workdir: Path) -> Row:
     return await redis_restart(settings, n, workdir, sig=signal.SIGKILL, fsync="always")
 
 
+async def _triton_restart(settings: Settings, n: int, workdir: Path) -> Row:
+    from benchmarks.faults_serving import triton_restart
+
+    return await triton_restart(settings, n, workdir)  # type: ignore[return-value]
+
+
+async def _fuzz_requests(settings: Settings, n: int, workdir: Path) -> Row:
+    from benchmarks.faults_serving import fuzzed_requests
+
+    return await fuzzed_requests(settings, n, workdir)  # type: ignore[return-value]
+
+
+async def _fuzz_samples(settings: Settings, n: int, workdir: Path) -> Row:
+    from benchmarks.faults_serving import fuzzed_samples
+
+    return await fuzzed_samples(settings, n, workdir)  # type: ignore[return-value]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill9-worker": kill9_worker,
     "redis-restart": redis_restart,
@@ -396,6 +415,9 @@ SCENARIOS: dict[str, Scenario] = {
     "sigterm-redis-down": sigterm_while_redis_down,
     "broker-unreachable": broker_unreachable,
     "fuzz-events": fuzzed_events,
+    "triton-restart": _triton_restart,
+    "fuzz-requests": _fuzz_requests,
+    "fuzz-samples": _fuzz_samples,
 }
 
 
@@ -417,7 +439,8 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
             if args.only and name not in args.only:
                 continue
             redis.Redis.from_url(base.redis_url).flushdb()
-            n = args.fuzz if name.startswith("fuzz") else args.events
+            n = args.fuzz if name.startswith("fuzz") else \
+                args.load_seconds if name == "triton-restart" else args.events
             started = time.monotonic()
             row = await scenario(fresh(base, name), n, Path(tmp))
             row.seconds["scenario"] = round(time.monotonic() - started, 1)
@@ -433,6 +456,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--fuzz", type=int, default=10_000)
+    parser.add_argument("--load-seconds", type=int, default=30,
+                        help="triton-restart: seconds of load after the model answers again")
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS))
     parser.add_argument("--json", action="store_true", help="only the final JSON line")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""What went wrong, in one line: classify failures of Kafka, Redis and the configuration.
+"""What went wrong, in one line: classify failures of Kafka, Redis, Triton and the configuration.
 
 One place decides whether an exception is fatal (wrong credentials, a malformed address or
 setting: retrying cannot help) or transient (a service that does not answer: retry with
@@ -13,7 +13,8 @@ Exit codes (sysexits.h, so scripts and supervisors can tell them apart):
  1   the verb's own failure (e.g. rejected input lines, lag not measurable)
  2   usage error (click)
  67  the user asked for does not exist (``semirec user``)
- 69  a service is unreachable (transient: Kafka or Redis down, refused, timed out)
+ 69  a service is unreachable (transient: Kafka, Redis or Triton down, refused, timed out;
+     Triton up without the ranker loaded)
  70  a worker agent stopped by an error nobody foresaw (streams.batches, issue 9)
  77  authentication refused (Redis password, Kafka SASL)
  78  configuration error (a SEMIREC_* value that cannot work, e.g. an ``http://`` Redis URL)
@@ -23,6 +24,7 @@ Exit codes (sysexits.h, so scripts and supervisors can tell them apart):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -115,7 +117,9 @@ def _kafka_fault(exc: BaseException, kafka: str) -> Fault | None:
     where = f"Kafka at {kafka}"
     text = str(exc).strip() or type(exc).__name__
     auth = tuple(getattr(kex, name) for name in (
-        "SaslAuthenticationFailedError", "IllegalSaslStateError", "UnsupportedSaslMechanismError",
+        # aiokafka 0.14's names (SaslAuthenticationFailed is the broker's error code 58)
+        "SaslAuthenticationFailed", "AuthenticationFailedError", "AuthenticationMethodNotSupported",
+        "IllegalSaslStateError", "UnsupportedSaslMechanismError",
         "TopicAuthorizationFailedError", "GroupAuthorizationFailedError",
         "ClusterAuthorizationFailedError") if hasattr(kex, name))
     if isinstance(exc, auth):
@@ -123,28 +127,89 @@ def _kafka_fault(exc: BaseException, kafka: str) -> Fault | None:
                              "SEMIREC_KAFKA_SASL_USERNAME/PASSWORD/MECHANISM")
     if isinstance(exc, kex.KafkaConnectionError | kex.NodeNotReadyError | kex.RequestTimedOutError
                   | kex.KafkaTimeoutError | kex.NoBrokersAvailable):
+        if problem := _kafka_tls_problem(kafka):
+            return Fault("config", f"TLS with {where} failed ({problem}): check "
+                                   "SEMIREC_KAFKA_SSL_CAFILE/CERTFILE/KEYFILE")
         return Fault("unavailable", f"cannot reach {where} (SEMIREC_KAFKA): {text}")
     return None
 
 
-def classify(exc: BaseException, *, kafka: str | None = None,
-             redis_url: str | None = None) -> Fault | None:
+def _kafka_tls_problem(kafka: str, timeout_s: float = 3.0) -> str | None:
+    """With SSL configured, why a TLS session with the first broker fails, or None.
+
+    aiokafka logs a failed handshake and raises only "Unable to bootstrap", so an untrusted
+    certificate would read as an outage: one handshake here tells them apart (a rejected
+    client certificate shows as the server's alert on the first read)."""
+    import socket
+
+    from semirec.settings import Settings, SettingsError
+
+    try:
+        env = Settings.from_env()
+    except SettingsError:
+        return None
+    if env.security.protocol not in ("SSL", "SASL_SSL"):
+        return None
+    host, _, port = kafka.split(",")[0].strip().rpartition(":")
+    try:
+        context = env.security.client_kwargs()["ssl_context"]
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                # a broker sends nothing unasked: only an alert (or a close) arrives here
+                if tls.recv(1) == b"":
+                    return ("the broker closed the session right after the handshake: does it "
+                            "require a client certificate it was not given")
+    except ssl.SSLError as exc:
+        return str(exc)
+    except (OSError, ValueError):  # not reachable at all: an outage after all
+        return None
+    return None
+
+
+def _triton_fault(exc: BaseException, triton: str) -> Fault | None:
+    """tritonclient's InferenceServerException (its gRPC status) and the model repository's
+    errors (trainer.model_repo, told apart by name: semirec imports no trainer code)."""
+    if type(exc).__name__ == "ModelRepositoryError" and "no Triton address" in str(exc):
+        return Fault("config", f"{exc}: set SEMIREC_TRITON_GRPC")
+    if type(exc).__name__ != "InferenceServerException" or not hasattr(exc, "status"):
+        return None
+    where = f"Triton at {triton} (SEMIREC_TRITON_GRPC)"
+    status = str(exc.status() or "")
+    text = str(exc.message() if hasattr(exc, "message") else exc).strip()
+    if status.endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
+        return Fault("unavailable", f"cannot reach {where}: {text}")
+    if status.endswith("NOT_FOUND") or "unknown model" in text:
+        return Fault("unavailable", f"{where} has no ranker loaded ({text}): `semirec model "
+                                    "load` loads the serving version (explicit model control)")
+    if any(t in text for t in ("failed to poll from model repository", "failed to load",
+                               "version must be available")):
+        return Fault("config", f"{where} could not load the model from its repository ({text}): "
+                               "SEMIREC_MODEL_REPOSITORY must be the folder tritonserver serves "
+                               "(--model-repository)")
+    return None
+
+
+def classify(exc: BaseException, *, kafka: str | None = None, redis_url: str | None = None,
+             triton: str | None = None) -> Fault | None:
     """The :class:`Fault` behind ``exc`` (looking through causes), or ``None`` if it is none
     of ours to explain (a bug: let its traceback show). Addresses default to the environment's."""
     from semirec.settings import Settings, SettingsError
 
-    if kafka is None or redis_url is None:
+    if kafka is None or redis_url is None or triton is None:
         try:
             env = Settings.from_env()
         except SettingsError:
             env = Settings()
         kafka = env.kafka if kafka is None else kafka
         redis_url = env.redis_url if redis_url is None else redis_url
-    fault = _classify(exc, kafka, redis_url)
+        triton = env.triton_grpc if triton is None else triton
+    fault = _classify(exc, kafka, redis_url, triton)
     return None if fault is None else Fault(fault.kind, " ".join(fault.message.split()))
 
 
-def _classify(exc: BaseException, kafka: str, redis_url: str) -> Fault | None:
+def _classify(exc: BaseException, kafka: str, redis_url: str, triton: str) -> Fault | None:
     from semirec.settings import SettingsError
 
     for cur in _chain(exc):
@@ -154,7 +219,8 @@ def _classify(exc: BaseException, kafka: str, redis_url: str) -> Fault | None:
             return Fault("config", f"configuration: {cur}")
         if isinstance(cur, ValueError) and ("Redis URL" in str(cur) or "connection URL" in str(cur)):
             return Fault("config", f"SEMIREC_REDIS_URL={redact(redis_url)!r} is not usable: {cur}")
-        fault = _redis_fault(cur, redis_url) or _kafka_fault(cur, kafka)
+        fault = _redis_fault(cur, redis_url) or _kafka_fault(cur, kafka) \
+            or _triton_fault(cur, triton)
         if fault:
             return fault
     for cur in _chain(exc):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -81,9 +81,15 @@ class ItemVectors:
     found: np.ndarray  # [N] bool
     versions: list[str | None]
     domains: list[Domain | None]
+    other_dims: list[str] = field(default_factory=list)  # skipped: a vector of another size
 
 
-def decode_many(item_ids: Sequence[str], blobs: Sequence[bytes | None], dim: int = 128) -> ItemVectors:
+def decode_many(item_ids: Sequence[str], blobs: Sequence[bytes | None], dim: int = 128, *,
+                skip_other_dims: bool = False) -> ItemVectors:
+    """Rows for ``item_ids``; an item whose vector is not ``dim``-d raises ``ValueError``, or
+    with ``skip_other_dims`` is left out (not found) and named in ``other_dims`` (a reader
+    that serves must not stop on one stale or foreign vector)."""
+    other: list[str] = []
     vectors = np.zeros((len(item_ids), dim), np.float32)
     found = np.zeros(len(item_ids), bool)
     versions: list[str | None] = [None] * len(item_ids)
@@ -93,10 +99,13 @@ def decode_many(item_ids: Sequence[str], blobs: Sequence[bytes | None], dim: int
             continue
         rec = unpack(item_id, blob)
         if len(rec.vector) != dim:
+            if skip_other_dims:
+                other.append(item_id)
+                continue
             raise ValueError(f"item {item_id!r} has a {len(rec.vector)}-d vector, expected {dim}")
         vectors[row], found[row] = rec.vector, True
         versions[row], domains[row] = rec.version, rec.domain
-    return ItemVectors(list(item_ids), vectors, found, versions, domains)
+    return ItemVectors(list(item_ids), vectors, found, versions, domains, other)
 
 
 class ItemStore:
@@ -144,14 +153,15 @@ class ItemStore:
         got = await self.client.hmget(TITLES_KEY, list(item_ids))
         return {i: t.decode() for i, t in zip(item_ids, got, strict=True) if t is not None}
 
-    async def get_many(self, item_ids: Sequence[str], dim: int = 128) -> ItemVectors:
+    async def get_many(self, item_ids: Sequence[str], dim: int = 128, *,
+                       skip_other_dims: bool = False) -> ItemVectors:
         if not item_ids:
             return decode_many([], [], dim)
         async with self.client.pipeline(transaction=False) as pipe:
             for item_id in item_ids:
                 pipe.get(item_key(item_id))
             blobs = await pipe.execute()
-        return decode_many(item_ids, blobs, dim)
+        return decode_many(item_ids, blobs, dim, skip_other_dims=skip_other_dims)
 
     async def get(self, item_id: str) -> ItemVector | None:
         blob = await self.client.get(item_key(item_id))

@@ -21,9 +21,16 @@ import asyncio
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import (
+    DescribeGroupsRequest_v0,
+    DescribeGroupsRequest_v1,
+    DescribeGroupsRequest_v2,
+)
+from aiokafka.protocol.api import Request
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -44,6 +51,11 @@ class PartitionLag:
     log_end: int  # high watermark: offset of the next message to be written
     lag: int
     lag_seconds: float | None  # age of the oldest unconsumed message; 0 when caught up
+    # the group member the partition is assigned to (DescribeGroups); None: no active member
+    # has it, or the broker does not say (Tansu answers without assignments)
+    consumer_id: str | None = None
+    host: str | None = None
+    client_id: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -80,6 +92,61 @@ async def _committed(admin: AIOKafkaAdminClient, group: str,
     found = await admin.list_consumer_group_offsets(group, partitions=tps)
     return {tp: (found[tp].offset if tp in found and found[tp].offset >= 0 else None)
             for tp in tps}
+
+
+class _DescribeGroups(Request[DescribeGroupsRequest_v0 | DescribeGroupsRequest_v1
+                              | DescribeGroupsRequest_v2]):
+    """DescribeGroups at versions 0-2 only: aiokafka 0.14 decodes a v3 answer with the v2
+    schema (``DescribeGroupsRequest_v3.RESPONSE_TYPE``), which ignores v3's
+    ``authorized_operations`` and misreads every group after the first."""
+
+    API_KEY = 15
+
+    def __init__(self, groups: list[str]) -> None:
+        self._groups = groups
+
+    def build(self, request_struct_class: Any) -> Any:
+        return request_struct_class(self._groups)
+
+
+Member = tuple[str, str, str]  # consumer id, host, client id
+
+
+def assigned_members(response: Any) -> dict[tuple[str, TopicPartition], Member]:
+    """(group, partition) -> the member it is assigned to, from a DescribeGroups answer of a
+    ``consumer`` group (members' assignments in the consumer protocol); members without a
+    decodable assignment are left out."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    out: dict[tuple[str, TopicPartition], Member] = {}
+    for error_code, group, _state, protocol_type, _protocol, members in response.groups:
+        if error_code or protocol_type != "consumer":
+            continue
+        for member_id, client_id, client_host, _metadata, assignment in members:
+            if not assignment:
+                continue
+            try:
+                decoded = ConsumerProtocolMemberAssignment.decode(assignment)
+            except Exception:  # not the consumer protocol's layout: nothing to say
+                continue
+            for topic, partitions in decoded.assignment:
+                for partition in partitions:
+                    out[(group, TopicPartition(topic, partition))] = (
+                        member_id, client_host.lstrip("/"), client_id)
+    return out
+
+
+async def _members(admin: AIOKafkaAdminClient, groups: Sequence[str]) \
+        -> dict[tuple[str, TopicPartition], Member]:
+    """Who holds which partition; empty when the broker does not tell (a lag is still a lag)."""
+    out: dict[tuple[str, TopicPartition], Member] = {}
+    for group in groups:
+        try:
+            node = await admin.find_coordinator(group)
+            out.update(assigned_members(await admin._send_request(_DescribeGroups([group]), node)))
+        except Exception:  # membership is a nicety next to the lag: never fail the lag on it
+            continue
+    return out
 
 
 async def _probe(consumer: AIOKafkaConsumer, start: dict[TopicPartition, int],
@@ -203,6 +270,7 @@ async def measure_lag(settings: Settings, groups: Sequence[str], topics: Sequenc
             return []
         log_start = await consumer.beginning_offsets(tps)  # earliest is right on Tansu too
         rows = []
+        members = await _members(admin, groups)
         for group in groups:
             committed = await _committed(admin, group, tps)
             start = {tp: (log_start[tp] if committed[tp] is None else committed[tp]) for tp in tps}
@@ -214,8 +282,9 @@ async def measure_lag(settings: Settings, groups: Sequence[str], topics: Sequenc
                 if lag:
                     ts = first_ts.get(tp, -1)
                     seconds = round(max(0.0, now_ms - ts) / 1000, 3) if ts >= 0 else None
+                member = members.get((group, tp), (None, None, None))
                 rows.append(PartitionLag(group, tp.topic, tp.partition, committed[tp],
-                                         log_start[tp], highwater[tp], lag, seconds))
+                                         log_start[tp], highwater[tp], lag, seconds, *member))
         return rows
     finally:
         await asyncio.gather(consumer.stop(), admin.close(), return_exceptions=True)

@@ -52,19 +52,22 @@ def render(rows: Sequence[PartitionLag], now: Sample | None = None,
     """The kafka-consumer-groups columns plus lag seconds (and a trend column when watching)."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG",
-                 "LAG-SECONDS"):
-        table.add_column(name, justify="left" if name in ("GROUP", "TOPIC") else "right")
+                 "LAG-SECONDS", "CONSUMER-ID", "HOST", "CLIENT-ID"):
+        table.add_column(name, justify="left" if name in ("GROUP", "TOPIC", "CONSUMER-ID",
+                                                          "HOST", "CLIENT-ID") else "right")
     if now is not None:
         table.add_column("TREND", justify="right")
     for r in rows:
         committed = "-" if r.committed is None else str(r.committed)
         age = "-" if r.lag_seconds is None else f"{r.lag_seconds:.1f}"
-        cells = [r.group, r.topic, str(r.partition), committed, str(r.log_end), str(r.lag), age]
+        cells = [r.group, r.topic, str(r.partition), committed, str(r.log_end), str(r.lag), age,
+                 r.consumer_id or "-", r.host or "-", r.client_id or "-"]
         if now is not None:
             cells.append(_trend(now, before, (r.group, r.topic, r.partition)))
         table.add_row(*cells)
     ages = [r.lag_seconds for r in rows if r.lag_seconds is not None]
-    total = ["TOTAL", "", "", "", "", str(total_lag(rows)), f"{max(ages, default=0.0):.1f}"]
+    total = ["TOTAL", "", "", "", "", str(total_lag(rows)), f"{max(ages, default=0.0):.1f}",
+             "", "", ""]
     if now is not None:
         total.append(_trend(now, before, None))
     table.add_section()

@@ -30,8 +30,9 @@ class RecommendationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=F
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] = 10
     # rank exactly these videos instead of recalling (unknown ones are skipped and counted)
     candidates: Annotated[list[Identifier], msgspec.Meta(max_length=MAX_REQUEST_CANDIDATES)] | None = None
-    # the moment to recommend for (unix seconds); default: when the agent handles the request
-    at: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    # the moment to recommend for (unix seconds, the events' range: finite, 0 <= at < 2**41 ms);
+    # default: when the agent handles the request
+    at: Annotated[float, msgspec.Meta(ge=0, lt=2**41 / 1000)] | None = None
 
 
 class UserUpdate(msgspec.Struct, frozen=True):
@@ -88,6 +89,8 @@ def _reason(exc: msgspec.ValidationError) -> Reason:
         return Reason.MISSING_FIELD
     if _TYPE.search(text):
         return Reason.BAD_TYPE
+    if text.endswith("at `$.at`"):
+        return Reason.BAD_TIMESTAMP
     return Reason.BAD_VALUE
 
 

@@ -44,6 +44,15 @@ def _check_kafka(servers: str) -> None:
                                 f"got {server.strip()!r}")
 
 
+def _check_triton(address: str) -> None:
+    """tritonclient's gRPC address is ``host:port`` (no scheme: ``http://...`` fails only at the
+    first call, as a DNS error)."""
+    host, sep, port = address.strip().rpartition(":")
+    if "/" in address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"SEMIREC_TRITON_GRPC={address!r}: expected host:port (Triton's gRPC "
+                            "port, no scheme), e.g. 127.0.0.1:8001")
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSecurity:
     """Client-side Kafka security; all optional (PLAINTEXT when nothing is set)."""
@@ -189,6 +198,7 @@ class Settings:
     def validate(self) -> None:
         _check_redis_url(self.redis_url)
         _check_kafka(self.kafka)
+        _check_triton(self.triton_grpc)
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:

@@ -18,6 +18,7 @@ import numpy as np
 
 from semirec.contracts import Domain
 from semirec.item_store import ItemStore
+from serving import metrics
 
 log = logging.getLogger(__name__)
 # One OpenMP thread: an agent runs many recalls at once, and on a busy machine OpenMP's
@@ -63,7 +64,11 @@ class CatalogIndex:
             self.loaded = True
             return 0
         ids = [item_id for item_id, _ in changed]
-        got = await store.get_many(ids, self.dim)
+        got = await store.get_many(ids, self.dim, skip_other_dims=True)
+        if got.other_dims:  # e.g. written by another encoder version: serve the rest
+            metrics.SKIPPED_ITEMS.labels("other_dim").inc(len(got.other_dims))
+            log.warning("%d item(s) with a vector that is not %d-d left out of the serving index "
+                        "(e.g. %r)", len(got.other_dims), self.dim, got.other_dims[0])
         rows = np.flatnonzero(got.found)
         self.upsert([ids[r] for r in rows], got.vectors[rows],
                     [got.domains[r] for r in rows])  # type: ignore[misc]

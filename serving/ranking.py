@@ -75,6 +75,19 @@ class TritonRanker:
             self._last_version, self._id_buckets = version, None
         return scores, f"{self.model}/{version}"
 
+    async def problem(self) -> str | None:
+        """Why the ranker cannot answer now, in one line (semirec.faults), or None."""
+        from semirec.faults import classify
+
+        try:
+            if await self.client.is_model_ready(self.model, client_timeout=self.timeout_s * 5):
+                return None
+            return f"Triton at {self.url} (SEMIREC_TRITON_GRPC) has no {self.model} loaded: " \
+                   "`semirec model load` loads the serving version"
+        except Exception as exc:
+            fault = classify(exc, triton=self.url)
+            return fault.message if fault else f"Triton at {self.url}: {_first_line(exc)}"
+
     async def ready(self) -> bool:
         try:
             return bool(await self.client.is_model_ready(self.model, client_timeout=self.timeout_s * 5))

@@ -33,7 +33,7 @@ from semirec.settings import Settings
 from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, free_port
 from sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP
 
-TRAIN_MODEL = "semi_ccl"
+TRAIN_MODEL = "semi_ccl+sim"  # SEMI with explicit content similarity (docs/demo.md)
 KEEP_RUNS = 5  # run folders kept under the demo cache
 RANK_TIMEOUT_MS = 1000  # the demo's Triton budget (production default 100 ms); env overrides
 

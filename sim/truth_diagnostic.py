@@ -7,6 +7,10 @@ over every video of the catalog, against popularity (complete watches so far), c
 similarity (cosine to the mean vector of the user's newest 10 products and 10 videos), random
 (the mean) and the oracle. Value = mean true P(complete) of each policy's top-k.
 
+``among_candidates`` repeats every policy within the candidates that serving's recall
+(:class:`serving.recall.Recall`, popularity = complete watches of the last 24 hours) finds for
+the user at that moment: what the demo's online figures compare (random = the candidates' mean).
+
     python -m sim.truth_diagnostic --onnx RUN/models/ranker/1/model.onnx [--users 300] [--json]
 """
 
@@ -30,20 +34,51 @@ def _top(p: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator) ->
     return float(p[np.argsort(-(scores + 1e-9 * rng.random(len(scores))))[:k]].mean())
 
 
+def _policies(p: np.ndarray, model: np.ndarray | None, pop: np.ndarray, sim: np.ndarray | None,
+              k: int, rng: np.random.Generator) -> dict[str, float]:
+    out = {"random": float(p.mean()), "oracle": _top(p, p, k, rng),
+           "popularity": _top(p, pop, k, rng)}
+    if sim is not None:
+        out["similarity"] = _top(p, sim, k, rng)
+    if model is not None:
+        out["model"] = _top(p, model, k, rng)
+    return out
+
+
+def _recall(world: Any, vectors: np.ndarray):  # -> (Recall, PopularitySnapshot)
+    from semirec.contracts import Domain
+    from serving.catalog import CatalogIndex
+    from serving.popularity import PopularitySnapshot
+    from serving.recall import Recall
+
+    catalog = CatalogIndex(vectors.shape[1])
+    catalog.upsert([it["item_id"] for it in world.items], vectors,
+                   [Domain(it["domain"]) for it in world.items])
+    snapshot = PopularitySnapshot()
+    return Recall(catalog, snapshot), snapshot
+
+
 def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: int = 100,
              k: int = 10) -> dict[str, Any]:
-    """Mean true P(complete) of each policy's top-``k`` over the catalog's videos."""
+    """Mean true P(complete) of each policy's top-``k`` over the catalog's videos, and within
+    serving's recall candidates (``among_candidates``)."""
     from semirec.sequences import UserState, apply
 
     rows = {it["item_id"]: i for i, it in enumerate(world.items)}
     videos = [it["item_id"] for it in world.items if it["domain"] == "video"]
+    column = {v: j for j, v in enumerate(videos)}
     vv = vectors[[rows[v] for v in videos]]
     events = world.events
     watches = [i for i, e in enumerate(events) if e.domain == "video"]
     picked = watches[-3 * cases::3][-cases:]
     states: dict[str, UserState] = {}
     pop: Counter[str] = Counter()
-    out: dict[str, list[float]] = {p: [] for p in ("model", "popularity", "similarity", "random", "oracle")}
+    recent: list[tuple[float, str]] = []  # complete watches (ts, video), for recall's popularity
+    recall, snapshot = _recall(world, vectors)
+    names = ("model", "popularity", "similarity", "random", "oracle")
+    out: dict[str, list[float]] = {p: [] for p in names}
+    among: dict[str, list[float]] = {p: [] for p in names}
+    sizes: list[int] = []
     rng = np.random.default_rng(0)
     done = 0
     for i in picked:
@@ -51,21 +86,34 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
             apply(states.setdefault(e.user_id, UserState()), [(e, done)])
             if e.domain == "video" and e.complete:
                 pop[e.item_id] += 1
+                recent.append((e.ts, e.item_id))
             done += 1
         e = events[i]
         state = states.get(e.user_id)
         p = world.item_probs(e.user_id, videos, e.ts)
-
-        out["random"].append(float(p.mean()))
-        out["oracle"].append(_top(p, p, k, rng))
-        out["popularity"].append(_top(p, np.array([pop[v] for v in videos], float), k, rng))
+        popularity = np.array([pop[v] for v in videos], float)
+        sim = None
         if state is not None and (state.product or state.video):
-            recent = [x.item_id for x in (*state.product[-10:], *state.video[-10:])]
-            out["similarity"].append(_top(p, vv @ vectors[[rows[r] for r in recent]].mean(0), k, rng))
-        if scorer is not None:
-            out["model"].append(_top(p, scorer(e.user_id, state, videos, vv, e.ts), k, rng))
+            newest = [x.item_id for x in (*state.product[-10:], *state.video[-10:])]
+            sim = vv @ vectors[[rows[r] for r in newest]].mean(0)
+        model = scorer(e.user_id, state, videos, vv, e.ts) if scorer is not None else None
+        for name, value in _policies(p, model, popularity, sim, k, rng).items():
+            out[name].append(value)
+        snapshot.counts = dict(Counter(v for t, v in recent if t > e.ts - 24 * 3600))
+        snapshot.ranked = sorted(snapshot.counts, key=lambda v: -snapshot.counts[v])
+        snapshot.version += 1
+        cols = np.array([column[c.item_id] for c in recall.candidates(state)], np.int64)
+        sizes.append(len(cols))
+        for name, value in _policies(p[cols], None if model is None else model[cols],
+                                     popularity[cols], None if sim is None else sim[cols], k,
+                                     rng).items():
+            among[name].append(value)
+
+    def means(d: dict[str, list[float]]) -> dict[str, float | None]:
+        return {name: round(float(np.mean(v)), 4) if v else None for name, v in d.items()}
+
     return {"diagnostic": "TRUTH DIAGNOSTIC (reads the world's truth)", "k": k, "cases": len(picked),
-            **{name: round(float(np.mean(v)), 4) if v else None for name, v in out.items()}}
+            **means(out), "among_candidates": {**means(among), "candidates": float(np.mean(sizes))}}
 
 
 def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int = 50) -> Scorer:

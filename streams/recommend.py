@@ -63,6 +63,11 @@ class RecommendProcessor:
         async with self._lock:
             if not self._started:
                 await retry_while_redis_down(self.recommender.refresh)
+                ranker = self.recommender.ranker
+                if ranker is not None and hasattr(ranker, "problem") \
+                        and (problem := await ranker.problem()):
+                    log.warning("%s; serving the fallback (similarity + popularity) until it "
+                                "answers", problem)
                 self._started = True
 
     async def refresh_forever(self, interval_s: float = REFRESH_S) -> None:

@@ -84,3 +84,14 @@ def test_recommendation_requests_follow_the_same_id_rule() -> None:
     with pytest.raises(ContractError, match="control characters") as info:
         parse_request(orjson.dumps({"request_id": "r\x85", "user_id": "u"}), b"u")
     assert info.value.reason.value == "bad_value"
+
+
+@pytest.mark.parametrize("at", [b"1e400", b"-1", b"2199023255.552"])
+def test_a_request_time_outside_the_events_range_is_a_bad_timestamp(at) -> None:
+    """``at`` = infinity once reached the ranker and stopped the agent (hour of inf is NaN)."""
+    from semirec.recommendations import parse_request
+
+    with pytest.raises(ContractError) as info:
+        parse_request(b'{"request_id": "r", "user_id": "u", "at": ' + at + b"}", b"u")
+    assert info.value.reason.value == "bad_timestamp"
+    assert parse_request(b'{"request_id": "r", "user_id": "u", "at": 1.7e9}', b"u").at == 1.7e9

@@ -18,7 +18,7 @@ import redis
 from hypothesis import given
 from hypothesis import settings as settings_h
 
-from benchmarks.fuzz import event_message, item_body
+from benchmarks.fuzz import event_message, item_body, request_message, sample_message
 from semirec.contracts import ContractError, encode_event, parse_event
 from semirec.faults import EXIT_AUTH, EXIT_CONFIG, EXIT_UNAVAILABLE
 from semirec.items import validate_item
@@ -218,7 +218,9 @@ def _get(url: str, raw: bool = False):
 # -- the fault suite's scenarios at small loads (benchmarks/faults.py runs them at full size) ---
 
 @pytest.mark.parametrize(("name", "n"), [("kill9-worker", 3000), ("redis-restart", 2000),
-                                         ("redis-kill9", 2000), ("fuzz-events", 400)])
+                                         ("redis-kill9", 2000), ("fuzz-events", 400),
+                                         ("triton-restart", 5), ("fuzz-requests", 300),
+                                         ("fuzz-samples", 300)])
 async def test_fault_scenario_leaves_exact_state(settings, redis_client, tmp_path, name, n) -> None:
     from benchmarks.faults import SCENARIOS
 
@@ -240,6 +242,36 @@ def test_fuzzed_events_are_accepted_or_refused_with_a_reason(message) -> None:
         return
     for fmt in ("json", "msgpack"):
         assert parse_event(encode_event(event, fmt), key) == event
+
+
+@settings_h(max_examples=300, deadline=None)
+@given(request_message())
+def test_fuzzed_requests_are_accepted_or_refused_with_a_reason(message) -> None:
+    from semirec.recommendations import encode as encode_request
+    from semirec.recommendations import parse_request
+
+    key, value = message
+    try:
+        req = parse_request(value, key)
+    except ContractError as exc:
+        assert exc.reason.value and str(exc)
+        return
+    assert parse_request(encode_request(req), key) == req
+    assert req.at is None or 0 <= req.at < 2**41 / 1000  # finite: hour buckets are computed
+
+
+@settings_h(max_examples=200, deadline=None)
+@given(sample_message())
+def test_fuzzed_samples_are_accepted_or_refused_with_a_reason(message) -> None:
+    from semirec.samples import decode_sample, encode_sample
+
+    key, value = message
+    try:
+        sample = decode_sample(value, key, check_key=True)
+    except ContractError as exc:
+        assert exc.reason.value and str(exc)
+        return
+    assert decode_sample(encode_sample(sample), key, check_key=True) == sample
 
 
 @settings_h(max_examples=300, deadline=None)

@@ -175,7 +175,7 @@ async def test_cli_json_and_table(settings: Settings, monkeypatch: pytest.Monkey
     assert result.exit_code == 0, result.output
     header, *lines = result.stdout.splitlines()
     assert header.split() == ["GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET",
-                              "LAG", "LAG-SECONDS"]
+                              "LAG", "LAG-SECONDS", "CONSUMER-ID", "HOST", "CLIENT-ID"]
     assert lines[-1].split()[:2] == ["TOTAL", "40"]
 
     result = await asyncio.to_thread(runner.invoke, lag_cli, ["--topic", "no-such-topic"])
@@ -308,3 +308,72 @@ async def test_group_without_topic_lists_the_groups_own_topics(settings: Setting
     assert doc["groups"] == [{"group": "no-such-group", "topics": [topic], "exists": False}]
     assert doc["total_lag"] == 40
     assert "has committed nothing yet" in result.stderr
+
+
+# -- members (CONSUMER-ID, HOST, CLIENT-ID) ---------------------------------------------------
+
+def test_members_come_from_the_consumer_protocol_assignments() -> None:
+    """Our decoding of a DescribeGroups answer (Tansu answers without assignments, so the
+    assignment bytes are built here, in the consumer protocol's layout)."""
+    from aiokafka import TopicPartition
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+    from aiokafka.protocol.admin import DescribeGroupsResponse_v2
+
+    from semirec.lag import _DescribeGroups, assigned_members
+
+    def assignment(*parts: tuple[str, list[int]]) -> bytes:
+        return ConsumerProtocolMemberAssignment(0, list(parts), b"").encode()
+
+    answer = DescribeGroupsResponse_v2(0, [
+        (0, "g", "Stable", "consumer", "range", [
+            ("c1-uuid", "c1", "/10.0.0.1", b"", assignment(("t", [0, 2]))),
+            ("c2-uuid", "c2", "/10.0.0.2", b"", assignment(("t", [1]), ("u", [0]))),
+            ("idle", "c3", "/10.0.0.3", b"", b"")]),
+        (16, "gone", "", "", "", []),  # an error code: nothing
+        (0, "conn", "Stable", "connect", "x", [("w", "w", "/h", b"", b"\x00")])])
+    got = assigned_members(answer)
+    assert got == {("g", TopicPartition("t", 0)): ("c1-uuid", "10.0.0.1", "c1"),
+                   ("g", TopicPartition("t", 2)): ("c1-uuid", "10.0.0.1", "c1"),
+                   ("g", TopicPartition("t", 1)): ("c2-uuid", "10.0.0.2", "c2"),
+                   ("g", TopicPartition("u", 0)): ("c2-uuid", "10.0.0.2", "c2")}
+    # never v3: aiokafka decodes a v3 answer with the v2 schema
+    assert max(c.API_VERSION for c in _DescribeGroups._CLASSES) == 2
+
+
+async def test_describe_groups_decodes_on_the_broker_and_the_table_has_member_columns(
+        settings: Settings) -> None:
+    from semirec.lag import _DescribeGroups
+
+    topic = settings.topics.events
+    await create_topic(settings, topic)
+    await produce(settings, topic, 20)
+    consumer = AIOKafkaConsumer(
+        topic, **settings.kafka_kwargs(), group_id=settings.consumer_group, client_id="lag-test",
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        session_timeout_ms=2000, heartbeat_interval_ms=500, rebalance_timeout_ms=2000)
+    await consumer.start()
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    try:
+        while not consumer.assignment():
+            await asyncio.sleep(0.1)
+        await consumer.getmany(timeout_ms=500)
+        await consumer.commit()
+        node = await admin.find_coordinator(settings.consumer_group)
+        answer = await admin._send_request(_DescribeGroups([settings.consumer_group]), node)
+        (code, group, state, _ptype, _proto, members), = answer.groups
+        assert code == 0 and group == settings.consumer_group and state == "Stable"
+        assert [m[0].startswith("lag-test") for m in members] == [True]
+        rows = await measure_lag(settings, [settings.consumer_group], [topic])
+        assert len(rows) == PARTITIONS and report(rows)["partitions"][0].keys() >= {
+            "consumer_id", "host", "client_id"}
+        # Tansu answers without client id, host or assignment: nothing to attribute
+        assert {(r.consumer_id, r.host, r.client_id) for r in rows} <= {
+            (None, None, None), *{(m[0], m[2].lstrip("/"), m[1]) for m in members}}
+    finally:
+        await admin.close()
+        await consumer.stop()
+    res = await asyncio.to_thread(CliRunner().invoke, lag_cli, [
+        "--group", settings.consumer_group, "--topic", topic], env=settings_env(settings))
+    assert res.exit_code == 0, res.output
+    assert all(c in res.output for c in ("CONSUMER-ID", "HOST", "CLIENT-ID"))

@@ -3,6 +3,7 @@ from the event list, whatever the batching, partitioning and replays."""
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import msgspec
@@ -67,12 +68,17 @@ async def test_online_samples_equal_the_offline_ones(settings, redis_client, bat
         assert len(logged) > len(online)  # replays re-logged incomplete watches: deduplicated
     by_event = {s.event_id: s for s in online}
     assert all(by_event[e.event_id].appended_at == e.ts + 0.5 for e in watches)
-    offline = build_samples(world.events, rows, seq_len=settings.seq_len)
-    mine = to_sample_set([by_event[e] for e in offline.event], rows, settings.seq_len)
-    for name in ("target", "label", "ts", "video", "video_age", "product", "product_age"):
-        np.testing.assert_array_equal(getattr(mine, name), getattr(offline, name), err_msg=name)
-    assert list(mine.user) == list(offline.user)
-    assert offline.lengths("product").max() > 0 and offline.lengths("video").max() > 0
+    for window in (None, 4):  # a user spans ~15 hours of the toy world: 4 hours cut entries
+        offline = build_samples(world.events, rows, seq_len=settings.seq_len, window_hours=window)
+        mine = to_sample_set([by_event[e] for e in offline.event], rows, settings.seq_len,
+                             window_hours=window)
+        for name in ("target", "label", "ts", "video", "video_age", "product", "product_age"):
+            np.testing.assert_array_equal(getattr(mine, name), getattr(offline, name),
+                                          err_msg=f"{name}, window {window}")
+        assert list(mine.user) == list(offline.user)
+        assert offline.lengths("product").max() > 0 and offline.lengths("video").max() > 0
+    unwindowed = build_samples(world.events, rows, seq_len=settings.seq_len)
+    assert (offline.lengths("product") < unwindowed.lengths("product")).any()
 
 
 def test_sample_contract_rejects_bad_bodies() -> None:
@@ -82,7 +88,7 @@ def test_sample_contract_rejects_bad_bodies() -> None:
         decode_sample(b'{"event_id": "e1"}')
     with pytest.raises(ContractError) as bad:
         decode_sample(msgspec.msgpack.encode({"event_id": "e1"}))
-    assert bad.value.reason is Reason.BAD_VALUE
+    assert bad.value.reason is Reason.MISSING_FIELD
     with pytest.raises(ContractError) as cut:
         decode_sample(encode_sample(SAMPLE)[:-3])
     assert cut.value.reason is Reason.UNDECODABLE
@@ -136,3 +142,37 @@ async def test_samples_go_out_in_chunks_and_are_acknowledged_before_their_state(
     assert sum(chunks) == watches > 2 * SAMPLES_CHUNK and len(chunks) >= 3
     assert max(chunks) <= SAMPLES_CHUNK + 30  # a user's watches are never split
     assert not early and out.users_written == 40
+
+
+def test_sample_contract_names_the_reason() -> None:
+    good = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "complete": True,
+            "ts": 1.7e9, "video": [[1_699_999_000_000, "v2"]], "product": [], "partition": 0,
+            "offset": 3, "appended_at": 1.7e9, "logged_at": 1.7e9}
+
+    def reason(raw: bytes, key: bytes | None = b"u1") -> str:
+        with pytest.raises(ContractError) as info:
+            decode_sample(raw, key, check_key=True)
+        return info.value.reason.value
+
+    assert decode_sample(json.dumps(good).encode(), b"u1", check_key=True).offset == 3
+    cases = [
+        ("undecodable", b"\x8b\xa8event_id"),  # a MessagePack map cut short
+        ("not_an_object", b"[1, 2]"),
+        ("not_an_object", b"\x92\x01\x02"),  # a MessagePack array
+        ("missing_field", json.dumps({k: v for k, v in good.items() if k != "ts"}).encode()),
+        ("bad_type", json.dumps({**good, "complete": "yes"}).encode()),
+        ("bad_timestamp", json.dumps({**good, "ts": -1}).encode()),
+        ("too_large", json.dumps({**good, "pad": "x" * 600_000}).encode()),
+    ]
+    for want, raw in cases:
+        assert reason(raw) == want, want
+    # the same rules for MessagePack bodies (what ingest writes)
+    assert decode_sample(msgspec.msgpack.encode(good), b"u1", check_key=True).offset == 3
+    assert reason(msgspec.msgpack.encode({**good, "ts": -1})) == "bad_timestamp"
+    assert reason(msgspec.msgpack.encode({**good, "complete": "yes"})) == "bad_type"
+    assert reason(json.dumps({**good, "appended_at": 1e400}).encode().replace(
+        b"Infinity", b"1e400")) == "bad_timestamp"
+    assert reason(json.dumps({**good, "video": [[1, "a\u0000"]]}).encode()) == "bad_value"
+    assert reason(json.dumps({**good, "offset": -1}).encode()) == "bad_value"
+    assert reason(json.dumps(good).encode(), b"u2") == "key_mismatch"
+    assert reason(json.dumps(good).encode(), None) == "key_mismatch"

@@ -66,6 +66,22 @@ async def test_index_loads_and_follows_upserts(store, world) -> None:
     assert index.video_count == 201
 
 
+async def test_a_vector_of_another_size_is_left_out_not_fatal(store, world, caplog) -> None:
+    """One stale or foreign vector (another encoder's size) once stopped the recommendation
+    worker at start (the whole refresh raised); now it is left out, counted and logged."""
+    from serving import metrics
+
+    odd = np.ones(32, np.float32)
+    await store.put_many([ItemVector("v-odd", Domain.VIDEO, odd, "other-encoder")])
+    before = metrics.SKIPPED_ITEMS.labels("other_dim")._value.get()
+    index = await loaded(store)
+    assert index.video_count == 200 and len(index) == 280 and not index.is_video("v-odd")
+    assert metrics.SKIPPED_ITEMS.labels("other_dim")._value.get() == before + 1
+    assert "not 128-d left out" in caplog.text and "v-odd" in caplog.text
+    with pytest.raises(ValueError, match="32-d vector, expected 128"):
+        await store.get_many(["v-odd"], DIM)  # strict by default for everyone else
+
+
 async def test_product_clicks_pull_videos_of_their_category(store) -> None:
     index = await loaded(store)
     recall = Recall(index, PopularitySnapshot(), RecallConfig(total=60, quotas={

@@ -34,7 +34,7 @@ def test_overrides() -> None:
     ({"SEMIREC_TIME_BUCKET_S": "-1"}, "SEMIREC_TIME_BUCKET_S must be > 0"),
     ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "is unknown"),
     ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
-    ({"SEMIREC_ENCODER_RUNTIME": "tensorflow"}, "SEMIREC_ENCODER_RUNTIME must be onnx or torch"),
+    ({"SEMIREC_ENCODER_RUNTIME": "tensorflow"}, "SEMIREC_ENCODER_RUNTIME must be onnx, onnx-int8 or torch"),
 ])
 def test_bad_values_are_clear_errors(env, message) -> None:
     with pytest.raises(SettingsError, match=message):

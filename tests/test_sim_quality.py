@@ -98,5 +98,33 @@ def test_truth_diagnostic_orders_the_policies() -> None:
     assert out["model"] == pytest.approx(out["oracle"])
     assert out["random"] < out["popularity"] < out["oracle"]
     assert out["similarity"] < out["oracle"]
+    among = out["among_candidates"]  # within serving's recall candidates
+    videos = sum(it["domain"] == "video" for it in world.items)
+    assert 10 <= among["candidates"] <= videos
+    assert among["model"] == pytest.approx(among["oracle"])
+    assert among["random"] < among["oracle"]
     blind = diagnose(world, vectors, lambda u, s, ids, c, at: -world.item_probs(u, ids, at), cases=20)
     assert blind["model"] < blind["random"]
+    assert blind["among_candidates"]["model"] < blind["among_candidates"]["random"]
+
+
+def test_ranker_check_similarity_is_the_cosine_to_the_newest_items() -> None:
+    """sim.ranker_check's plain similarity: cosine to the mean direction of the newest 10
+    videos and 10 products (padding ignored; 0 without any)."""
+    import torch
+
+    from sim.ranker_check import similarity_scores
+    from trainer.samples import SampleSet
+
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    seq = np.zeros((2, 12), np.int32)
+    video, product = seq.copy(), seq.copy()
+    video[0, -1] = 1  # user 0: one video in direction (1, 0), ten products in (0, 1) ...
+    product[0, -10:] = 2
+    product[0, -11] = 3  # ... and an 11th newest product: beyond the newest 10, ignored
+    samples = SampleSet(user=np.array(["a", "b"], object), target=np.array([3, 3], np.int32),
+                        label=np.ones(2, np.float32), ts=np.zeros(2), event=np.array(["x", "y"], object),
+                        video=video, video_age=seq, product=product, product_age=seq)
+    got = similarity_scores(samples, table)
+    # mean of the unit vectors: (1, 10) / 11; the target's unit is (1, 1) / sqrt 2
+    np.testing.assert_allclose(got, [np.sqrt(0.5), 0.0], atol=1e-6)

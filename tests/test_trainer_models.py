@@ -15,7 +15,7 @@ from trainer.registry import build
 from trainer.semi import SEMI
 
 D = 32
-NEURAL = [m for m in MODEL_NAMES if m != "pop"]
+NEURAL = [m for m in MODEL_NAMES if m != "pop"] + ["semi_ccl+sim", "semi_product+sim"]
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

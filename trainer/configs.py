@@ -42,6 +42,8 @@ class TrainConfig:
     patience: int = 3  # early stopping on validation AUC
     max_train_samples: int = 0  # 0 = all; otherwise a random subset (quick runs)
     seq_len: int = 50  # sequences are truncated to the newest seq_len entries per domain
+    # learning rate of the "wide" linear terms (Ranker.wide_parameters) = lr x this, no decay
+    wide_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class ModelConfig:
     item_identity: bool = False
     id_buckets: int = 1 << 18
     rate_prior_strength: float = 10.0  # pseudo-watches of the prior in the smoothed rate
+    # explicit content similarity of the candidate to each sequence (beyond the paper; SEMI only;
+    # trainer.layers.ContentSimilarity): cosine to the mean direction and the max cosine
+    content_similarity: bool = False
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -105,37 +110,56 @@ class ModelConfig:
             item_identity=raw.get("item_identity", False),
             id_buckets=raw.get("id_buckets", 1 << 18),
             rate_prior_strength=raw.get("rate_prior_strength", 10.0),
+            content_similarity=raw.get("content_similarity", False),
         )
 
 
 IDENTITY_SUFFIX = "+id"
+SIMILARITY_SUFFIX = "+sim"
+SUFFIXES = (SIMILARITY_SUFFIX, IDENTITY_SUFFIX)  # in this order: ``semi_ccl+sim+id``
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``semi_ccl+sim+id`` -> (``semi_ccl``, ``+sim+id``): the network and its additions."""
+    base, suffix = name, ""
+    for s in reversed(SUFFIXES):
+        if base.endswith(s):
+            base, suffix = base.removesuffix(s), s + suffix
+    return base, suffix
 
 
 def base_name(name: str) -> str:
-    """``semi_ccl+id`` -> ``semi_ccl``: the network; ``+id`` adds item identity."""
-    return name.removesuffix(IDENTITY_SUFFIX)
+    """``semi_ccl+sim+id`` -> ``semi_ccl``: the network; ``+sim`` adds explicit content
+    similarity (SEMI only), ``+id`` item identity."""
+    return split_name(name)[0]
 
 
 def check_name(name: str) -> None:
-    base = base_name(name)
-    if base not in MODEL_NAMES or (base == "pop" and name != base):
+    base, suffix = split_name(name)
+    if base not in MODEL_NAMES or (base == "pop" and suffix):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} "
-                         f"(a neural one may end in {IDENTITY_SUFFIX!r})")
+                         f"(a neural one may end in {IDENTITY_SUFFIX!r}, a SEMI one in "
+                         f"{SIMILARITY_SUFFIX!r} or {SIMILARITY_SUFFIX + IDENTITY_SUFFIX!r})")
+    if SIMILARITY_SUFFIX in suffix and not base.startswith("semi"):
+        raise ValueError(f"{name!r}: {SIMILARITY_SUFFIX!r} (content similarity) exists for the "
+                         "SEMI models only")
 
 
 def paper(name: str) -> ModelConfig:
-    """The paper's settings for model ``name`` (CCL for the ``*_ccl`` models); a name ending
-    in ``+id`` turns item identity on (not in the paper)."""
+    """The paper's settings for model ``name`` (CCL for the ``*_ccl`` models); ``+sim`` turns
+    explicit content similarity on and ``+id`` item identity (neither is in the paper)."""
     check_name(name)
-    base = base_name(name)
+    base, suffix = split_name(name)
     return ModelConfig(name=base, ccl=CCLConfig() if base.endswith("_ccl") else None,
-                       item_identity=name.endswith(IDENTITY_SUFFIX))
+                       item_identity=IDENTITY_SUFFIX in suffix,
+                       content_similarity=SIMILARITY_SUFFIX in suffix)
 
 
 # chosen on validation AUC only (docs/results.md, "Settings chosen on validation")
 WEIGHT_DECAY = 0.1
 CCL_TAU = 0.2
 CCL_RECORDS_PER_USER = 4
+WIDE_LR_SCALE = 100.0  # the content-similarity term's learning rate = lr x this (``+sim``)
 
 
 def scaled(cfg: ModelConfig, n_train: int, n_ccl: int) -> ModelConfig:
@@ -154,10 +178,13 @@ def scaled(cfg: ModelConfig, n_train: int, n_ccl: int) -> ModelConfig:
       negatives) instead of one, with the CCL epochs divided by as much (the same number of
       steps as with one record per user);
     - no time embedding inside CCL: a record's two sequences share their active hours, so the
-      pairing is solvable from timing alone (``trainer.ccl.time_only_accuracy``).
+      pairing is solvable from timing alone (``trainer.ccl.time_only_accuracy``);
+    - the wide linear terms (``+sim``) learn at ``WIDE_LR_SCALE`` x lr without decay: their
+      handful of weights must reach O(1), which Adam's steps of ~lr do not within a few hundred
+      steps (chosen on validation, docs/results.md).
     """
     train = replace(cfg.train, batch_size=min(cfg.train.batch_size, max(32, n_train // 200), 256),
-                    weight_decay=WEIGHT_DECAY)
+                    weight_decay=WEIGHT_DECAY, wide_lr_scale=WIDE_LR_SCALE)
     ccl = cfg.ccl
     if ccl is not None:
         batch = min(64, ccl.batch_size)

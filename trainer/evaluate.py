@@ -36,7 +36,7 @@ import torch
 
 from semirec.contracts import Event
 from trainer.ccl import init_from_ccl, pairing_accuracy, time_only_accuracy
-from trainer.configs import IDENTITY_SUFFIX, MODEL_NAMES, ModelConfig, base_name, paper, quick, scaled
+from trainer.configs import MODEL_NAMES, ModelConfig, paper, quick, scaled, split_name
 from trainer.fit import Tick, fit, item_scale, predict, pretrain_ccl, user_codes
 from trainer.identity import ItemCounts, ItemFeatures, item_buckets
 from trainer.metrics import auc, gauc, hit_rate, ndcg, pairwise_auc
@@ -495,8 +495,8 @@ def evaluate(
                for name in models}
     reuse: dict[str, str] = {}
     for name, cfg in configs.items():
-        suffix = IDENTITY_SUFFIX if name.endswith(IDENTITY_SUFFIX) else ""
-        base = base_name(name).removesuffix("_ccl") + suffix
+        network, suffix = split_name(name)
+        base = network.removesuffix("_ccl") + suffix
         if cfg.ccl is not None and base in configs and not len(_ccl_records(data, cfg)):
             reuse[name] = base
     todo = [(name, seed) for name in models if name not in reuse for seed in range(seeds)]

@@ -71,6 +71,17 @@ def _identity(model: Ranker, items: ItemFeatures | None, rows: np.ndarray, ts: n
     return items.inputs(rows, ts)
 
 
+def param_groups(model: Ranker, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: the wide linear terms at ``lr * wide_lr_scale`` without weight decay (a
+    handful of weights that must reach O(1) within a few hundred steps), the rest at ``lr``."""
+    wide = model.wide_parameters()
+    ids = {id(p) for p in wide}
+    groups: list[dict] = [{"params": [p for p in model.parameters() if id(p) not in ids]}]
+    if wide:
+        groups.append({"params": wide, "lr": cfg.lr * cfg.wide_lr_scale, "weight_decay": 0.0})
+    return groups
+
+
 @dataclass
 class FitStats:
     epochs: int
@@ -98,7 +109,8 @@ def fit(
     rng = np.random.default_rng(seed)
     if cfg.max_train_samples and len(train) > cfg.max_train_samples:
         train = train.subset(np.sort(rng.choice(len(train), cfg.max_train_samples, replace=False)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     labels = torch.from_numpy(train.label)
     best_auc, best_epoch, best_state, stale, epoch = -1.0, 0, None, 0, 0
     for epoch in range(1, cfg.epochs + 1):

@@ -130,3 +130,34 @@ class Head(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mlp(x).squeeze(-1)
+
+
+class ContentSimilarity(nn.Module):
+    """Explicit content similarity between a candidate and a user's sequence (beyond the paper).
+
+    Per domain two features of a candidate ``c`` against the real entries ``x_1..x_n`` of the
+    (windowed) sequence, all on L2-normalised item vectors: the cosine to their mean
+    direction, ``cos(c, mean_i x̂_i)``, and the highest cosine to any of them,
+    ``max_i cos(c, x_i)``; both 0 for an empty sequence. They are a learned linear term of the
+    logit and inputs of the head: the attention can in principle compute them, but an MLP over
+    ``[u, v_t]`` has to learn an inner product from data and does so poorly (docs/trainer.md).
+
+    ``context`` runs once per user (normalised entries with padding zeroed, their mean
+    direction, the key bias); ``features`` per candidate.
+    """
+
+    FEATURES = 2  # per domain
+
+    def context(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        unit = nn.functional.normalize(x, dim=-1) * mask[..., None].to(x.dtype)
+        mean = nn.functional.normalize(unit.sum(1), dim=-1)  # zero vector stays zero
+        bias = torch.where(mask, 0.0, NEG).to(x.dtype)[:, None, :]  # [B, 1, L]
+        return unit, mean, bias
+
+    def features(self, candidates: Tensor, unit: Tensor, mean: Tensor, bias: Tensor) -> Tensor:
+        """[B, C, d] candidates -> [B, C, 2] (cosine to the mean direction, max cosine)."""
+        c = nn.functional.normalize(candidates, dim=-1)
+        to_mean = (c * mean[:, None, :]).sum(-1)
+        cos = torch.baddbmm(bias, c, unit.transpose(1, 2))  # [B, C, L], padding -1e9
+        has_any = (bias.amax(-1) == 0).to(c.dtype)  # [B, 1]
+        return torch.stack([to_mean, cos.amax(-1) * has_any], dim=-1)

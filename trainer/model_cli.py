@@ -19,6 +19,12 @@ def _repository() -> ModelRepository:
 
 
 def _fail(exc: Exception) -> None:
+    """Triton unreachable, without the model, or not configured: re-raised for the CLI's one
+    line and exit code (semirec.faults); the verb's own failures: exit 1."""
+    from semirec.faults import classify
+
+    if classify(exc) is not None:
+        raise exc
     raise click.ClickException(str(exc)) from exc
 
 

@@ -43,7 +43,13 @@ from trainer.configs import ModelConfig
 from trainer.fit import predict
 from trainer.gate import GateConfig, Verdict, judge, window_metrics
 from trainer.ranker import Ranker
-from trainer.samples import SampleSet, length_batches, user_batch
+from trainer.samples import (
+    WINDOW_HOURS,
+    SampleSet,
+    blank_outside_window,
+    length_batches,
+    user_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +116,11 @@ def sample_ids(samples: Iterable[TrainingSample]) -> set[str]:
 
 
 def to_sample_set(samples: Sequence[TrainingSample], rows: Mapping[str, int], seq_len: int = 50,
-                  bucket_s: int = 3600) -> SampleSet:
+                  bucket_s: int = 3600, window_hours: int | None = WINDOW_HOURS) -> SampleSet:
     """The trainer's arrays (as :func:`trainer.samples.build_samples` makes offline) from logged
     samples. Sequence entries without a vector are left out, as serving leaves them out; the
-    caller drops samples whose target has none."""
+    caller drops samples whose target has none. Entries outside the 7-day window are blanked
+    (``window_hours``; None keeps every age), as the exported graph masks them at serving."""
     n = len(samples)
     arrays = {k: np.zeros((n, seq_len), np.int32)
               for k in ("video", "video_age", "product", "product_age")}
@@ -127,6 +134,8 @@ def to_sample_set(samples: Sequence[TrainingSample], rows: Mapping[str, int], se
                 arrays[domain][i, -k:] = [r for _, r in entries]
                 arrays[f"{domain}_age"][i, -k:] = [hour - ts // (bucket_s * 1000)
                                                    for ts, _ in entries]
+    if window_hours is not None:
+        blank_outside_window(arrays, window_hours)
     return SampleSet(
         user=np.asarray([s.user_id for s in samples], dtype=object),
         target=np.asarray([rows[s.item_id] for s in samples], np.int32),

@@ -53,8 +53,8 @@ def run(state_dir: Path | None, init: Path | None, round_samples: int | None,
             loop.add_signal_handler(sig, stop.set)
         server = await start_http(settings.metrics_port) if settings.metrics_port else None
         service = OnlineTrainer(settings, online, state_dir=state_dir, init=init)
-        await service.start()
-        try:
+        try:  # a failed start (Triton unreachable, ...) closes its clients too
+            await service.start()
             await service.run(stop, max_rounds)
         finally:
             await service.stop()

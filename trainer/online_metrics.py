@@ -8,8 +8,8 @@ from semirec.metrics import FRESHNESS_BUCKETS, LATENCY_BUCKETS, REGISTRY
 
 SAMPLES = Counter("semirec_trainer_samples", "Training samples consumed (new event ids).",
                   registry=REGISTRY)
-SAMPLES_BAD = Counter("semirec_trainer_samples_malformed", "Samples that broke the contract.",
-                      registry=REGISTRY)
+SAMPLES_BAD = Counter("semirec_trainer_samples_malformed", "Samples that broke the contract "
+                      "(dead-lettered), by reason.", ["reason"], registry=REGISTRY)
 TRAINED = Counter("semirec_trainer_samples_trained", "New samples trained into a candidate.",
                   registry=REGISTRY)
 ROUNDS = Counter("semirec_trainer_rounds", "Candidate rounds by outcome.", ["result"],

@@ -56,6 +56,15 @@ from trainer.online_metrics import (
 
 log = logging.getLogger(__name__)
 
+class _Received:
+    """An aiokafka record as :func:`streams.dlq.dead_letter` reads a message (seconds)."""
+
+    def __init__(self, record: Any) -> None:
+        self.topic, self.partition, self.offset = record.topic, record.partition, record.offset
+        self.key, self.value = record.key, record.value
+        self.timestamp = (record.timestamp or 0) / 1000
+
+
 class TrainerError(RuntimeError):
     """The trainer cannot start (no model to start from, no topic)."""
 
@@ -74,6 +83,9 @@ class OnlineTrainer:
         self.serving_version: int | None = None
         self.rounds: list[dict[str, Any]] = []  # what each round decided (tests, benchmark)
         self.learner: Learner | None = None
+        # (version, serving alias then) of a promotion that failed (Triton down): retried at
+        # each round until it succeeds or someone promotes another version by hand
+        self.unpromoted: tuple[int, int | None] | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -105,6 +117,7 @@ class OnlineTrainer:
         self.items = ItemStore.from_url(self.settings.redis_url)
         topics = self.settings.topics
         await ensure_topics(self.settings, {topics.samples: self.settings.event_partitions,
+                                            topics.events_dlq: self.settings.event_partitions,
                                             topics.model_updates: 1})
         s = self.settings
         self.consumer = AIOKafkaConsumer(
@@ -163,15 +176,18 @@ class OnlineTrainer:
             # at most one round's worth per fetch: a round trains at most round_samples new ones
             room = max(1, self.online.round_samples - len(self.learner.pending))
             batch = await self.consumer.getmany(timeout_ms=200, max_records=room)
-            new = []
-            for tp, messages in batch.items():
+            new, bad = [], []
+            for messages in batch.values():
                 for m in messages:
                     try:
-                        new.append(decode_sample(m.value or b""))
+                        new.append(decode_sample(m.value or b"", m.key, check_key=True))
                     except ContractError as exc:
-                        SAMPLES_BAD.inc()
-                        log.warning("malformed sample at %s@%s: %s", tp.partition, m.offset, exc)
-                    self.offsets[tp.partition] = m.offset + 1
+                        bad.append((m, exc))
+            if bad:  # dead-lettered (and acknowledged) before their offsets can be committed
+                await self._dead_letter(bad)
+            for tp, messages in batch.items():
+                if messages:
+                    self.offsets[tp.partition] = messages[-1].offset + 1
             SAMPLES.inc(self.learner.add(new))
             pending = len(self.learner.pending)
             waited = time.monotonic() - last_round
@@ -181,10 +197,25 @@ class OnlineTrainer:
                 last_round = time.monotonic()
                 done += 1
 
+    async def _dead_letter(self, bad: list[tuple[Any, ContractError]]) -> None:
+        """Malformed samples to the dead-letter topic with their reason (stage ``trainer``),
+        waiting for the broker's acks."""
+        from streams.dlq import dead_letter, letter_key
+
+        futures = []
+        for m, exc in bad:
+            SAMPLES_BAD.labels(exc.reason.value).inc()
+            log.warning("malformed sample at %s@%s dead-lettered: %s", m.partition, m.offset, exc)
+            letter = dead_letter(_Received(m), exc.reason, str(exc), stage="trainer")
+            futures.append(await self.producer.send(self.settings.topics.events_dlq, letter,
+                                                    key=letter_key(m)))
+        await asyncio.gather(*futures)
+
     async def round(self) -> dict[str, Any]:
         """One candidate: fetch vectors, fine-tune, judge, then promote or reject; checkpoint."""
         learner = self.learner
         assert learner is not None
+        await self._retry_promotion()
         await self._follow_manual_promotions()
         await self._fetch_vectors()
         result: RoundResult = await asyncio.to_thread(learner.round, self.table)
@@ -215,9 +246,12 @@ class OnlineTrainer:
             try:
                 timings = await asyncio.to_thread(self.repo.promote, version)
             except ModelRepositoryError as exc:
-                log.error("promotion of version %s failed: %s", version, exc)
+                why = self._why(exc)
+                log.error("promotion of version %s failed: %s; retried at the next round",
+                          version, why)
                 REJECTIONS.labels("promotion_failed").inc()
-                record["reasons"].append(f"promotion_failed {exc}")
+                record["reasons"].append(f"promotion_failed {why}")
+                self.unpromoted = (version, self.repo.aliases().get("serving"))
             else:
                 PROMOTION_SECONDS.observe(timings["load_s"] + timings["first_answer_s"])
                 record.update(version=version, promote=timings,
@@ -231,7 +265,34 @@ class OnlineTrainer:
         return record
 
     # -- steps ---------------------------------------------------------------------------------
+    def _why(self, exc: Exception) -> str:
+        """One line (semirec.faults) for a failed promotion: Triton unreachable, no model..."""
+        from semirec.faults import classify
+
+        fault = classify(exc, triton=self.repo.triton_grpc or "(none)")
+        return fault.message if fault else " ".join(str(exc).split())
+
+    async def _retry_promotion(self) -> None:
+        """Promote the version whose promotion failed, unless another was promoted by hand
+        since (then that one is followed); the learner keeps the accepted candidate."""
+        if self.unpromoted is None:
+            return
+        version, alias_then = self.unpromoted
+        if self.repo.aliases().get("serving") != alias_then:
+            self.unpromoted = None
+            return
+        try:
+            await asyncio.to_thread(self.repo.promote, version)
+        except ModelRepositoryError as exc:
+            log.error("promotion of version %s failed again: %s", version, self._why(exc))
+            return
+        log.info("version %s promoted (its first promotion had failed)", version)
+        self.unpromoted = None
+        SERVING.set(version)
+
     async def _follow_manual_promotions(self) -> None:
+        if self.unpromoted is not None:  # our own version is still waiting for Triton
+            return
         serving = self.repo.aliases().get("serving")
         if serving is None or serving == self.serving_version or self.learner is None:
             return
@@ -249,7 +310,7 @@ class OnlineTrainer:
         missing = self.table.missing(sample_ids(self.learner.pending))
         for start in range(0, len(missing), 2000):
             chunk = missing[start:start + 2000]
-            got = await self.items.get_many(chunk, self.table.dim)
+            got = await self.items.get_many(chunk, self.table.dim, skip_other_dims=True)
             found = np.flatnonzero(got.found)
             self.table.add([chunk[i] for i in found], got.vectors[found])
 

@@ -55,6 +55,11 @@ class Ranker(nn.Module):
     def encode_user(self, user: UserBatch) -> Context:
         raise NotImplementedError
 
+    def wide_parameters(self) -> list[nn.Parameter]:
+        """Parameters of linear terms over a few hand-made features (a "wide" part, as in
+        Wide & Deep), which :func:`trainer.fit.fit` trains with their own learning rate."""
+        return []
+
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         raise NotImplementedError
 

@@ -56,6 +56,16 @@ def in_window(age_hours: np.ndarray | torch.Tensor, window_hours: int = WINDOW_H
     return (age_hours >= 0) & (age_hours <= window_hours)
 
 
+def blank_outside_window(arrays: Mapping[str, np.ndarray], window_hours: int) -> None:
+    """In place: entries of ``arrays["video"|"product"]`` (right-aligned rows, 0 = padding)
+    outside :func:`in_window` become padding (row 0, age 0); they are the oldest, so the rest
+    stays right-aligned."""
+    for domain in ("video", "product"):
+        out = (arrays[domain] > 0) & ~in_window(arrays[f"{domain}_age"], window_hours)
+        arrays[domain][out] = 0
+        arrays[f"{domain}_age"][out] = 0
+
+
 def _snapshot(seq: list[Entry], rows: Mapping[str, int], hour: int, bucket_s: int,
               out_rows: np.ndarray, out_age: np.ndarray) -> None:
     n = len(seq)
@@ -108,10 +118,7 @@ def build_samples(
         _snapshot(video, rows, hour, bucket_s, arrays["video"][i], arrays["video_age"][i])
         _snapshot(product, rows, hour, bucket_s, arrays["product"][i], arrays["product_age"][i])
     if window_hours is not None:
-        for domain in ("video", "product"):
-            out = (arrays[domain] > 0) & ~in_window(arrays[f"{domain}_age"], window_hours)
-            arrays[domain][out] = 0
-            arrays[f"{domain}_age"][out] = 0
+        blank_outside_window(arrays, window_hours)
     return SampleSet(
         user=np.asarray(cols["user"], dtype=object),
         target=np.asarray(cols["target"], np.int32),

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.configs import ModelConfig
-from trainer.layers import AttentionBlock, Head, TimeEmbedding
+from trainer.layers import AttentionBlock, ContentSimilarity, Head, TimeEmbedding
 from trainer.ranker import Context, Ranker, UserBatch
 
 
@@ -52,7 +52,15 @@ class SEMI(Ranker):
         self.intra = nn.ModuleDict({d: SequenceEncoder(cfg) for d in self.domains})
         self.inter = _block(cfg)
         self.target = nn.ModuleDict({d: _block(cfg) for d in self.domains})
-        self.head = Head(cfg.block.dim * (len(self.domains) + 1), cfg.mlp_hidden, cfg.block.dropout)
+        n_sim = ContentSimilarity.FEATURES * len(self.domains) if cfg.content_similarity else 0
+        self.similarity = ContentSimilarity() if n_sim else None
+        # the similarity features' own linear term of the logit (zero at the start)
+        self.similarity_weight = nn.Linear(n_sim, 1) if n_sim else None
+        if self.similarity_weight is not None:
+            nn.init.zeros_(self.similarity_weight.weight)
+            nn.init.zeros_(self.similarity_weight.bias)
+        self.head = Head(cfg.block.dim * (len(self.domains) + 1) + n_sim, cfg.mlp_hidden,
+                         cfg.block.dropout)
 
     def encode_user(self, user: UserBatch) -> Context:
         intra, masks = [], []
@@ -65,7 +73,14 @@ class SEMI(Ranker):
         ctx: list[Tensor] = []
         for d, part, mask in zip(self.domains, parts, masks, strict=True):
             ctx.extend(self.target[d].keys_values(part, mask))
+        if self.similarity is not None:  # after the 3 tensors per domain of the target blocks
+            for d in self.domains:
+                x, _, mask = user.domain(d)
+                ctx.extend(self.similarity.context(x, mask))
         return tuple(ctx)
+
+    def wide_parameters(self) -> list[nn.Parameter]:
+        return [] if self.similarity_weight is None else list(self.similarity_weight.parameters())
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0
@@ -73,4 +88,10 @@ class SEMI(Ranker):
             self.target[d].attend(query, *ctx[3 * i : 3 * i + 3])
             for i, d in enumerate(self.domains)
         ]
-        return self.head(torch.cat([*users, query], dim=-1))
+        if self.similarity is None or self.similarity_weight is None:
+            return self.head(torch.cat([*users, query], dim=-1))
+        n = 3 * len(self.domains)
+        sims = torch.cat([self.similarity.features(candidates, *ctx[n + 3 * i : n + 3 * i + 3])
+                          for i in range(len(self.domains))], dim=-1)
+        return (self.head(torch.cat([*users, query, sims], dim=-1))
+                + self.similarity_weight(sims).squeeze(-1))
