@@ -12,6 +12,8 @@ One run, one machine, one embedded stack (Tansu + redis-server):
                        writing to Redis and publishing user-update notices, from its first
                        write to the commit of the last offset
   ratio                worker / raw                                  (target >= 0.2)
+  worker_cpu_us_per_event  CPU microseconds per event the worker, the broker and redis-server
+                       spent during that run (steadier than rates on a shared machine)
   two_workers_events_per_s  the same with two worker processes in one group (4 partitions)
   costs_us_per_event   the ingest path's per-event cost by stage (benchmarks/ingest_costs.py)
   redis_bytes_per_user MEMORY USAGE of a user key with full sequences (target <= 2x packed)
@@ -107,10 +109,19 @@ async def committed_total(settings: Settings) -> int:
         await admin.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads; Linux /proc)."""
+    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path,
-                      workers: int = 1) -> float:
+                      workers: int = 1, cpu: dict[str, float] | None = None,
+                      stack_pids: dict[str, int] | None = None) -> float:
     """``workers`` `semirec worker` processes in one group, from the first Redis write to the
-    commit of the last offset."""
+    commit of the last offset. ``cpu`` receives the CPU seconds the workers, the broker and
+    redis-server (``stack_pids``) spent in that window: on a shared machine a steadier
+    measure of the work per event than the rate."""
     r = redis.Redis.from_url(settings.redis_url)
     env = {**env, "SEMIREC_REDIS_URL": settings.redis_url,
            "SEMIREC_CONSUMER_GROUP": settings.consumer_group}
@@ -131,9 +142,16 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
                 t0 = time.perf_counter()
             else:
                 time.sleep(0.005)
+        pids = {**(stack_pids or {}), **{f"worker{i}": p.pid for i, p in enumerate(procs)}}
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         while await committed_total(settings) < n:
             await asyncio.sleep(0.02)
-        return n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0)
+        if cpu is not None:
+            for name, pid in pids.items():
+                key = "worker" if name.startswith("worker") else name
+                cpu[key] = cpu.get(key, 0.0) + cpu_seconds(pid) - cpu0[name]
+        return rate
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -193,7 +211,10 @@ async def main_async(args: argparse.Namespace) -> dict:
         batch = reference_rate("batch_path.py", "batch_path_events_per_s", len(messages),
                                {**env, "SEMIREC_REDIS_URL": other_db})
         with tempfile.TemporaryDirectory() as tmp:
-            worker = await worker_rate(settings, len(messages), env, Path(tmp) / "worker.log")
+            cpu: dict[str, float] = {}
+            worker = await worker_rate(settings, len(messages), env, Path(tmp) / "worker.log",
+                                       cpu=cpu, stack_pids={"broker": stack.procs["kafka"].pid,
+                                                            "redis": stack.procs["redis"].pid})
             used, packed, users = memory_per_user(settings.redis_url)
             two = replace(settings, consumer_group="bench-two-workers",
                           redis_url=settings.redis_url.rsplit("/", 1)[0] + "/2")
@@ -212,6 +233,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "batch_noop_ratio": round(batch_noop / raw, 3),
         "batch_path_events_per_s": round(batch),
         "batch_path_ratio": round(batch / raw, 3),
+        "worker_cpu_us_per_event": {k: round(v / len(messages) * 1e6, 1)
+                                    for k, v in sorted(cpu.items())},
         "two_workers_events_per_s": round(two_workers),
         "two_workers_ratio": round(two_workers / raw, 3),
         "costs_us_per_event": costs,

@@ -11,6 +11,14 @@ its own over the same batches (best of REPEATS, so a busy machine disturbs it le
   metrics  the per-batch metrics calls
   redis    IngestProcessor.process end to end (real Redis, warm state cache) minus the above
   process  IngestProcessor.process end to end
+  samples_build  what building and encoding every watch's training sample adds to process
+  samples  what logging every watch's training sample adds to process (build, encode, publish
+           to the broker and wait for its acks; packing overlaps the wait)
+  popularity  serving.popularity.count_watches on each batch's events (one script call)
+  after_write  time inside the after-write hook (user-update notices, awaited); popularity is
+           counted alongside the state write
+  in_process  IngestProcessor.process end to end with both hooks: what the worker does per
+           event besides faust and the batch transport
 """
 
 from __future__ import annotations
@@ -120,15 +128,87 @@ async def main(n: int, users: int, batch_max: int) -> dict[str, float]:
         for b in batches:
             await processor.process(b)
         totals.append(time.perf_counter() - t0)
-    await store.client.flushdb()
-    await store.close()
     process = min(totals)
     costs["redis"] = max(0.0, process - sum(costs.values()))
     costs["process"] = process
+    hooks = await hook_costs(settings, store, batches, states, no_dead_letters)
+    costs["samples_build"] = max(0.0, hooks["with_sample_encoding"] - process)
+    costs["samples"] = max(0.0, hooks["with_samples"] - process)
+    costs["popularity"] = hooks["popularity"]
+    costs["after_write"] = hooks["after_write"]
+    costs["in_process"] = hooks["with_hooks"]
+    await store.client.flushdb()
+    await store.close()
     return {k: round(v / n * 1e6, 2) for k, v in costs.items()}
 
 
+async def hook_costs(settings: Settings, store: SequenceStore, batches: list, states: dict,
+                     dead_letters) -> dict[str, float]:
+    """Seconds for all batches: process with the samples hook, with every hook, and the
+    popularity counts alone (best of REPEATS each), publishing to the real broker."""
+    from semirec.kafka import ensure_topics, producer
+    from semirec.samples import encode_sample
+    from serving.popularity import count_watches
+    from streams.app import PRODUCER_BATCH_BYTES
+    from streams.ingest import announce_changes, count_popularity, publish_samples
+
+    topics = settings.topics
+    await ensure_topics(settings, {topics.samples: PARTITIONS, topics.user_updates: PARTITIONS})
+    prod = producer(settings, max_batch_size=PRODUCER_BATCH_BYTES, linger_ms=0)
+    await prod.start()
+    out: dict[str, float] = {}
+    try:
+        announce = announce_changes(lambda: prod, settings)
+        in_hook = [0.0]
+
+        async def after_write(outcome: BatchOutcome) -> None:
+            t0 = time.perf_counter()
+            await announce(outcome)
+            in_hook[0] += time.perf_counter() - t0
+
+        async def encode_only(samples: list) -> None:
+            [encode_sample(s) for s in samples]
+
+        configs = {
+            "with_sample_encoding": IngestProcessor(settings, store, dead_letters,
+                                                    before_save=encode_only),
+            "with_samples": IngestProcessor(settings, store, dead_letters,
+                                            before_save=publish_samples(lambda: prod, settings)),
+            "with_hooks": IngestProcessor(
+                settings, store, dead_letters, before_save=publish_samples(lambda: prod, settings),
+                after_write=after_write, alongside=count_popularity(store, settings)),
+        }
+        hook_times = []
+        for name, processor in configs.items():
+            totals = []
+            for _ in range(REPEATS):
+                await store.client.flushdb()
+                store.forget(list(states))
+                in_hook[0] = 0.0
+                t0 = time.perf_counter()
+                for b in batches:
+                    await processor.process(b)
+                totals.append(time.perf_counter() - t0)
+                hook_times.append(in_hook[0])
+            out[name] = min(totals)
+        out["after_write"] = min(hook_times[2 * REPEATS:])
+        events = [[decode_event(m.value, m.key) for m in b] for b in batches]
+        totals = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            for evs in events:
+                await count_watches(store.client, evs, settings.time_bucket_s)
+            totals.append(time.perf_counter() - t0)
+        out["popularity"] = min(totals)
+    finally:
+        await prod.stop()
+    return out
+
+
 if __name__ == "__main__":
+    from streams.worker_cli import tune_gc
+
+    tune_gc()  # as `semirec worker` runs
     s = Settings.from_env()
     result = asyncio.run(main(int(os.environ["BENCH_EVENTS"]), int(os.environ.get("BENCH_USERS", 1000)),
                               s.batch_max))

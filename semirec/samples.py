@@ -50,11 +50,14 @@ def sample_of(state: UserState, event: Event, partition: int, offset: int, appen
         appended_at, logged_at)
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(TrainingSample)
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(TrainingSample)
+_json_decoder = msgspec.json.Decoder(TrainingSample)
 
 
 def encode_sample(sample: TrainingSample) -> bytes:
+    """MessagePack, a map of the fields (30% smaller than JSON and cheaper for the broker: a
+    sample carries two full sequences)."""
     return _encoder.encode(sample)
 
 
@@ -82,11 +85,15 @@ def decode_sample(raw: bytes, key: bytes | None = None, *, check_key: bool = Fal
     events' reason codes: ``too_large``, ``undecodable``, ``not_an_object``, ``missing_field``,
     ``bad_type``, ``bad_timestamp`` (times outside the events' range), ``bad_value`` (ids that
     break the id rule, negative offsets, sequences over 255 entries) and, with ``check_key``,
-    ``key_mismatch`` (the key must be the user_id)."""
+    ``key_mismatch`` (the key must be the user_id).
+
+    Samples are MessagePack; a body whose first byte is below 0x80 cannot be a MessagePack map
+    (that byte would be a small integer) and is read as JSON, the format ingest wrote before
+    (and what a hand-written or foreign sample most likely is)."""
     if len(raw) > MAX_SAMPLE_BYTES:
         raise ContractError(Reason.TOO_LARGE, f"body is {len(raw)} bytes, limit {MAX_SAMPLE_BYTES}")
     try:
-        sample = _decoder.decode(raw)
+        sample = (_json_decoder if raw[:1] < b"\x80" else _decoder).decode(raw)
     except msgspec.ValidationError as exc:
         raise ContractError(_reason(exc), f"training sample: {exc}") from None
     except msgspec.DecodeError as exc:

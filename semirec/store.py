@@ -82,9 +82,12 @@ class SequenceStore:
                 found[uid] = (version_token(blob), UserState() if blob is None else unpack(blob))
         return [found[uid] for uid in user_ids]
 
-    async def save(self, writes: Sequence[tuple[str, bytes, UserState]]) -> list[bool]:
-        """Compare-and-set ``(user_id, token_read, new_state)``; returns who won their race."""
-        blobs = [pack(state) for _, _, state in writes]
+    async def save(self, writes: Sequence[tuple[str, bytes, UserState]],
+                   blobs: Sequence[bytes] | None = None) -> list[bool]:
+        """Compare-and-set ``(user_id, token_read, new_state)``; returns who won their race.
+        ``blobs``: the states already packed (:func:`semirec.sequences.pack`), in order."""
+        if blobs is None:
+            blobs = [pack(state) for _, _, state in writes]
         try:
             won = await self.compare_and_set(
                 (uid, token, blob) for (uid, token, _), blob in zip(writes, blobs, strict=True))

@@ -16,11 +16,14 @@ counted twice. Popularity is a ranking signal, so this is accepted (exact sequen
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 
+import msgspec
 import numpy as np
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from semirec.contracts import Domain, Event
 
@@ -35,32 +38,64 @@ def hour_key(hour: int) -> str:
     return f"{PREFIX}{hour}"
 
 
+# One call per batch: the counts travel as one msgpack argument and Redis applies them, instead
+# of one HINCRBY per item from the client (whose per-command packing cost ~30 us per event).
+_COUNT = """
+local data = cmsgpack.unpack(ARGV[1])
+local keep = ARGV[2]
+for _, row in ipairs(data[1]) do
+  redis.call('HINCRBY', KEYS[1], row[1], row[2])
+  if row[3] > 0 then redis.call('HINCRBY', KEYS[2], row[1], row[3]) end
+end
+for i, hour in ipairs(data[2]) do
+  local key = KEYS[3 + i]
+  local counts = hour[2]
+  for j = 1, #counts, 2 do
+    redis.call('HINCRBY', key, counts[j], counts[j + 1])
+  end
+  redis.call('EXPIRE', key, keep)
+  redis.call('ZADD', KEYS[3], hour[1], hour[1])
+end
+return 0
+"""
+_scripts: weakref.WeakKeyDictionary[aioredis.Redis, AsyncScript] = weakref.WeakKeyDictionary()
+_msgpack = msgspec.msgpack.Encoder()
+
+
+def _count_script(client: aioredis.Redis) -> AsyncScript:
+    script = _scripts.get(client)
+    if script is None:
+        script = _scripts[client] = client.register_script(_COUNT)
+    return script
+
+
 async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_s: int = 3600) -> int:
     """Add the complete video watches among ``events`` to their hour's counts, and every watch
-    to the all-time counts (one round trip)."""
+    to the all-time counts (one script call: one round trip, applied atomically)."""
     per_hour: dict[int, Counter[str]] = {}
     watches: Counter[str] = Counter()
     completes: Counter[str] = Counter()
+    video = Domain.VIDEO
     for e in events:
-        if e.domain is Domain.VIDEO:
-            watches[e.item_id] += 1
+        if e.domain is video:
+            item = e.item_id
+            watches[item] += 1
             if e.complete:
-                completes[e.item_id] += 1
-                per_hour.setdefault(int(e.ts // bucket_s), Counter())[e.item_id] += 1
+                completes[item] += 1
+                hour = int(e.ts // bucket_s)
+                counts = per_hour.get(hour)
+                if counts is None:
+                    per_hour[hour] = counts = Counter()
+                counts[item] += 1
     if not watches:
         return 0
-    async with client.pipeline(transaction=False) as pipe:
-        for key, counts in ((WATCHES_KEY, watches), (COMPLETES_KEY, completes)):
-            for item_id, n in counts.items():
-                pipe.hincrby(key, item_id, n)
-        for hour, counts in per_hour.items():
-            key = hour_key(hour)
-            for item_id, n in counts.items():
-                pipe.hincrby(key, item_id, n)
-            pipe.expire(key, KEEP_S)
-            pipe.zadd(HOURS_KEY, {str(hour): hour})
-        await pipe.execute()
-    return sum(sum(c.values()) for c in per_hour.values())
+    hours = sorted(per_hour)
+    payload = _msgpack.encode((
+        [(item, n, completes.get(item, 0)) for item, n in watches.items()],
+        [(str(h), [x for pair in per_hour[h].items() for x in pair]) for h in hours]))
+    await _count_script(client)(keys=[WATCHES_KEY, COMPLETES_KEY, HOURS_KEY,
+                                      *map(hour_key, hours)], args=[payload, KEEP_S])
+    return sum(completes.values())
 
 
 async def watch_counts(client: aioredis.Redis, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

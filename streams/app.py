@@ -23,6 +23,9 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
+PRODUCER_BATCH_BYTES = 512 * 1024  # below the 1,000,000-byte request limit (docs/contracts.md)
+
+
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """A faust app wired to our broker; no faust tables (user state lives in Redis)."""
     from streams.batch_transport import FETCH_MAX_WAIT_KEY, use_batch_transport
@@ -44,6 +47,10 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         # an unacked batch is a no-op (applied offsets in the state, compare-and-set writes).
         stream_wait_empty=False,
         producer_acks=-1,
+        # record batches up to 512 KiB (faust's default is 16 KiB): aiokafka keeps one request
+        # in flight per partition, so the ingest agent's training samples (~2 KB each) and
+        # notices would otherwise wait for one broker round trip per few records
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         topic_partitions=settings.event_partitions,
         topic_replication_factor=settings.topic_replication,
         topic_disable_leader=True,

@@ -40,7 +40,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.futures import notify
 
 from semirec.faults import FatalError
-from streams.batches import Message, Record, stop_worker, watch
+from streams.batches import Message, Record, describe_runs, stop_worker, watch
 from streams.fatal import stop_worker as stop_on_fault
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,9 @@ class BatchAgent:
     async def _process(self, consumer: BatchConsumer, batches: list[Batch]) -> None:
         messages = [m for b in batches for m in b.messages] if len(batches) > 1 \
             else batches[0].messages
-        self.progress.start(messages)
+        self.progress.start(messages, describe_runs(  # a slice is in offset order
+            (b.tp.topic, b.tp.partition, b.messages[0].offset, b.messages[-1].offset)
+            for b in batches))
         started = time.perf_counter()
         consumer.in_flight.update(batches)
         try:

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -67,9 +67,10 @@ class BatchWatch:
     span: str = ""  # "topic[partition] first..last" per partition of the batch in flight
     failed: str | None = None
 
-    def start(self, messages: Sequence[Message]) -> None:
+    def start(self, messages: Sequence[Message], span: str | None = None) -> None:
+        """``span``: :func:`describe` of ``messages``, when the caller knows it cheaper."""
         self.in_flight_since = time.monotonic()
-        self.span = describe(messages)
+        self.span = describe(messages) if span is None else span
 
     def done(self) -> None:
         self.in_flight_since = None
@@ -91,10 +92,19 @@ def watch(agent: str) -> BatchWatch:
 
 
 def describe(messages: Sequence[Message]) -> str:
+    return describe_runs((m.topic, m.partition, m.offset, m.offset) for m in messages)
+
+
+def describe_runs(runs: Iterable[tuple[str, int, int, int]]) -> str:
+    """``topic[partition] first..last`` per partition of ``(topic, partition, first, last)``
+    runs (e.g. fetch slices), partitions in order."""
     spans: dict[tuple[str, int], list[int]] = {}
-    for m in messages:
-        lo_hi = spans.setdefault((m.topic, m.partition), [m.offset, m.offset])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], m.offset), max(lo_hi[1], m.offset)
+    for topic, partition, first, last in runs:
+        lo_hi = spans.get((topic, partition))
+        if lo_hi is None:
+            spans[topic, partition] = [first, last]
+        else:
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], first), max(lo_hi[1], last)
     return ", ".join(f"{t}[{p}] {lo}..{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
 
 

@@ -3,20 +3,22 @@
 Per batch (:class:`streams.batch_transport.BatchAgent`: one or more partition fetch slices):
 decode and validate every message; dead-letter the malformed ones and wait for the broker's
 ack; group the rest by user; read each user's state, apply the events with
-:func:`semirec.sequences.apply` and compare-and-set it back in one pipeline; run the
-``after_write`` hook; only then ack the messages, so faust commits an offset only after Redis
-has acknowledged the state.
+:func:`semirec.sequences.apply` and compare-and-set it back (one script call per chunk of
+users), with the ``alongside`` hook (popularity counts) running meanwhile; run the
+``after_write`` hook (user-update notices); only then ack the messages, so faust commits an
+offset only after Redis has acknowledged the state.
 A crash between the Redis write and the commit replays the batch, and the per-partition
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
 error stops the worker without acking the batch (:func:`streams.batches.stop_worker`).
 With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
-user's state just before it) is published to ``samples`` and acknowledged before the state write
-(docs/online-training.md).
+user's state just before it) is published to ``samples`` (in chunks, while the batch is applied)
+and acknowledged before the state write (docs/online-training.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
@@ -25,10 +27,10 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from semirec.contracts import ContractError, Event
+from semirec.contracts import ContractError, Domain, Event
 from semirec.metrics import AgentMetrics
 from semirec.samples import TrainingSample, sample_of
-from semirec.sequences import UserState, apply
+from semirec.sequences import UserState, apply, pack
 from semirec.settings import Settings
 from semirec.store import SequenceStore
 from streams.batch_transport import BatchAgent
@@ -57,6 +59,9 @@ ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
 _offset = itemgetter(1)
 # point-in-time training samples of a write attempt, awaited before the state is written
 BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
+# work on a batch's valid events that needs no user state, run alongside the state write
+Alongside = Callable[[list[Event]], Awaitable[Any]]
+SAMPLES_CHUNK = 256  # samples handed to before_save at once (~0.5 MB), while the batch goes on
 
 
 class IngestProcessor:
@@ -65,8 +70,12 @@ class IngestProcessor:
     def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
                  *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
                  after_write: AfterWrite | None = None,
-                 before_save: BeforeSave | None = None) -> None:
+                 before_save: BeforeSave | None = None,
+                 alongside: Alongside | None = None) -> None:
         self.settings = settings
+        # work on the batch's valid events that needs no state (popularity counts): runs while
+        # the state is written, awaited before the after-write hook and the ack
+        self.alongside = alongside
         # sees every watch's sample before the state that makes it unrecoverable is written
         # (a crash in between replays the batch and logs the samples again: at least once)
         self.before_save = before_save
@@ -82,6 +91,9 @@ class IngestProcessor:
         bad: list[tuple[Message, ContractError]] = []
         by_user: ByUser = defaultdict(dict)
         events = out.events
+        # (partition, offset) -> Kafka timestamp of each video event, for its training sample
+        stamps: dict[tuple[int, int], float] | None = {} if self.before_save is not None else None
+        video = Domain.VIDEO
         for msg in batch:
             try:
                 event = decode_event(msg.value or b"", msg.key)
@@ -95,10 +107,21 @@ class IngestProcessor:
             if pairs is None:
                 parts[msg.partition] = pairs = []
             pairs.append((event, msg.offset))
+            if stamps is not None and event.domain is video:
+                stamps[msg.partition, msg.offset] = msg.timestamp
         if bad:
             with self.metrics.timed("dlq"):
                 await self.dead_letters(bad)
-        await retry_while_redis_down(self._write, by_user, out, max_delay_s=self.retry_max_s)
+        beside = asyncio.ensure_future(self.alongside([e for _, e in events])) \
+            if self.alongside is not None and events else None
+        try:
+            await retry_while_redis_down(self._write, by_user, out, stamps,
+                                         max_delay_s=self.retry_max_s)
+            if beside is not None:
+                await beside
+        finally:
+            if beside is not None:
+                settle([beside])
         for msg, event in out.events:  # the last message of each changed user, in batch order
             if event.user_id in out.changed:
                 out.changed[event.user_id] = (msg, event)
@@ -118,25 +141,40 @@ class IngestProcessor:
         m.state_written([e.ts for _, e in out.events],
                         [msg.timestamp for msg, _ in out.events if msg.timestamp > 0])
 
-    async def _write(self, by_user: ByUser, out: BatchOutcome) -> None:
+    async def _write(self, by_user: ByUser, out: BatchOutcome,
+                     stamps: dict[tuple[int, int], float] | None) -> None:
         pending = list(by_user)
-        stamps = {(m.partition, m.offset): m.timestamp for m, _ in out.events} \
-            if self.before_save is not None else None
         while pending:
             with self.metrics.redis("load"):
                 loaded = await self.store.load(pending)
             writes = []
             samples: list[TrainingSample] = []
-            for uid, (token, state) in zip(pending, loaded, strict=True):
-                if applied := self._apply(state, by_user[uid], samples, stamps):
-                    state.version += 1
-                    writes.append((uid, token, state, applied))
-            if samples and self.before_save is not None:
-                await self.before_save(samples)
+            log_samples = self.before_save
+            # samples on their way to the broker: sent in chunks while the batch is applied and
+            # packed, all acknowledged before any state of this write is (the state is written
+            # only after its samples are durable)
+            sending: list[asyncio.Future[None]] = []
+            blobs = None
+            try:
+                for uid, (token, state) in zip(pending, loaded, strict=True):
+                    if applied := self._apply(state, by_user[uid], samples, stamps):
+                        state.version += 1
+                        writes.append((uid, token, state, applied))
+                    if log_samples is not None and len(samples) >= SAMPLES_CHUNK:
+                        sending.append(asyncio.ensure_future(log_samples(samples)))
+                        samples = []
+                        await asyncio.sleep(0)  # the producer sends them while we go on
+                if log_samples is not None and samples:
+                    sending.append(asyncio.ensure_future(log_samples(samples)))
+                if sending:
+                    blobs = await pack_yielding([w[2] for w in writes])
+                    await asyncio.gather(*sending)
+            finally:
+                settle(sending)
             won: list[bool] = []
             if writes:
                 with self.metrics.redis("cas"):
-                    won = await self.store.save([w[:3] for w in writes])
+                    won = await self.store.save([w[:3] for w in writes], blobs)
             lost = []
             for (uid, _, _, applied), ok in zip(writes, won, strict=True):
                 if ok:
@@ -163,29 +201,68 @@ class IngestProcessor:
         return applied
 
 
-def announce_changes(app: Any, store: SequenceStore, settings: Settings) -> AfterWrite:
-    """After a batch's state is written: count complete watches into the popularity window and
-    publish one ``user-updates`` notice per changed user (awaiting the broker's acks), so the
-    recommendation agent never ranks on state older than the event that triggered it."""
-    from semirec.recommendations import UserUpdate, encode
+def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """After the batch's own work stopped (done or raised): cancel what still runs, and mark the
+    errors of those that failed as seen, so that asyncio does not log them again at exit (the
+    error that stops the worker is the one the batch raised)."""
+    for future in futures:
+        if future.done():
+            _seen(future)
+        else:  # it may still end with its own error rather than the cancellation
+            future.cancel()
+            future.add_done_callback(_seen)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def pack_yielding(states: Sequence[UserState], every: int = 64) -> list[bytes]:
+    """:func:`semirec.sequences.pack` each state, letting the event loop run every ``every``
+    states (so the producer's sender task sends meanwhile)."""
+    blobs = []
+    for i, state in enumerate(states, 1):
+        blobs.append(pack(state))
+        if i % every == 0:
+            await asyncio.sleep(0)
+    return blobs
+
+
+Producer = Callable[[], Any]  # -> a started aiokafka producer (faust: app.producer._ensure_producer)
+
+
+def count_popularity(store: SequenceStore, settings: Settings) -> Alongside:
+    """Count a batch's watches into the popularity window (one Redis script call; retried while
+    Redis is down), alongside the state write."""
     from serving.popularity import count_watches
+
+    async def count(events: list[Event]) -> None:
+        await retry_while_redis_down(count_watches, store.client, events, settings.time_bucket_s)
+
+    return count
+
+
+def announce_changes(producer: Producer, settings: Settings) -> AfterWrite:
+    """After a batch's state is written: publish one ``user-updates`` notice per changed user and
+    await the broker's acks, so the recommendation agent never ranks on state older than the
+    event that triggered it."""
+    from semirec.recommendations import UserUpdate, encode
 
     topic = settings.topics.user_updates
 
     async def after_write(out: BatchOutcome) -> None:
-        await retry_while_redis_down(count_watches, store.client, [e for _, e in out.events],
-                                     settings.time_bucket_s)
         now = time.time()
         notices = [(uid.encode(), encode(UserUpdate(uid, event.event_id, event.ts, msg.timestamp,
                                                     now)))
                    for uid, newest in out.changed.items() if newest is not None
                    for msg, event in (newest,)]
-        await publish_many(app.producer._ensure_producer(), topic, notices)
+        await publish_many(producer(), topic, notices)
 
     return after_write
 
 
-def publish_samples(app: Any, settings: Settings) -> BeforeSave:
+def publish_samples(producer: Producer, settings: Settings) -> BeforeSave:
     """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
     broker's acks, before ingest writes the state they were taken from."""
     from semirec.samples import encode_sample
@@ -193,7 +270,7 @@ def publish_samples(app: Any, settings: Settings) -> BeforeSave:
     topic = settings.topics.samples
 
     async def before_save(samples: list[TrainingSample]) -> None:
-        await publish_many(app.producer._ensure_producer(), topic,
+        await publish_many(producer(), topic,
                            [(s.user_id.encode(), encode_sample(s)) for s in samples])
 
     return before_save
@@ -214,8 +291,11 @@ def register_ingest(app: Any, settings: Settings) -> None:
             store = SequenceStore.from_url(settings.redis_url,
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
-                settings, store, to_dlq, after_write=announce_changes(app, store, settings),
-                before_save=publish_samples(app, settings) if settings.log_samples else None))
+                settings, store, to_dlq,
+                after_write=announce_changes(app.producer._ensure_producer, settings),
+                alongside=count_popularity(store, settings),
+                before_save=publish_samples(app.producer._ensure_producer, settings)
+                if settings.log_samples else None))
         return await processors[0].process(batch)
 
     BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,

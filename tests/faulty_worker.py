@@ -19,15 +19,15 @@ from streams.ingest import IngestProcessor
 real_write = IngestProcessor._write
 
 
-async def faulty_write(self, by_user, out) -> None:
+async def faulty_write(self, by_user, out, *rest) -> None:
     flag = Path(os.environ["FAULT_FLAG"])
     marker = os.environ["FAULT_EVENT_ID"]
     hit = any(e.event_id == marker for parts in by_user.values() for pairs in parts.values()
               for e, _ in pairs)
     if not hit or flag.exists():
-        return await real_write(self, by_user, out)
+        return await real_write(self, by_user, out, *rest)
     users = sorted(by_user)
-    await real_write(self, {u: by_user[u] for u in users[: len(users) // 2]}, out)
+    await real_write(self, {u: by_user[u] for u in users[: len(users) // 2]}, out, *rest)
     flag.write_text("raised")
     raise RuntimeError(f"injected fault in a batch holding {marker}")
 

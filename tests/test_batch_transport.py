@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 
 from streams.app import create_app, raw_topic
 from streams.batch_transport import Batch, BatchAgent, BatchConsumer, BatchTransport
-from streams.batches import Record
+from streams.batches import Record, describe, describe_runs
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import produce_raw, wait_committed
 from tests.test_ingest import comparable, stored_states
@@ -111,3 +111,14 @@ async def test_two_workers_rebalance_under_load_with_exact_state(settings, redis
     assert comparable(states) == expected_states(events)
     log = (tmp_path / "w1.log").read_text() + (tmp_path / "w2.log").read_text()
     assert "unexpected error" not in log
+
+
+def test_the_batch_in_flight_is_described_from_its_slices() -> None:
+    """The health checks' span of a joined batch, built from its slices' ends, is what the
+    message-by-message description gives (partitions in numeric order, joined slices merged)."""
+    slices = [records(TopicPartition("events", p), offsets) for p, offsets in
+              ((10, [5, 6, 9]), (2, [0, 1]), (2, [2, 7]), (0, [3]))]
+    runs = [(s[0].topic, s[0].partition, s[0].offset, s[-1].offset) for s in slices]
+    span = describe_runs(runs)
+    assert span == describe([m for s in slices for m in s])
+    assert span == "events[0] 3..3, events[2] 0..7, events[10] 5..9"

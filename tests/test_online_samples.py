@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import zlib
 
+import msgspec
 import numpy as np
 import pytest
 
-from semirec.contracts import ContractError, encode_event
+from semirec.contracts import ContractError, Reason, encode_event
 from semirec.samples import TrainingSample, decode_sample, encode_sample
 from semirec.store import SequenceStore
 from streams.batches import Record
@@ -85,6 +86,62 @@ def test_sample_contract_rejects_bad_bodies() -> None:
         decode_sample(b"not json")
     with pytest.raises(ContractError):
         decode_sample(b'{"event_id": "e1"}')
+    with pytest.raises(ContractError) as bad:
+        decode_sample(msgspec.msgpack.encode({"event_id": "e1"}))
+    assert bad.value.reason is Reason.MISSING_FIELD
+    with pytest.raises(ContractError) as cut:
+        decode_sample(encode_sample(SAMPLE)[:-3])
+    assert cut.value.reason is Reason.UNDECODABLE
+
+
+SAMPLE = TrainingSample("e-1042", "u17", "v88", True, 1700000123.5,
+                        [(1699990000000, "v12"), (1699995000000, "v40")], [(1699993000000, "p7")],
+                        2, 1042, 1700000123.51, 1700000123.53)
+
+
+def test_samples_travel_as_messagepack_and_json_ones_still_read() -> None:
+    raw = encode_sample(SAMPLE)
+    assert msgspec.msgpack.decode(raw)["video"] == [[1699990000000, "v12"], [1699995000000, "v40"]]
+    assert decode_sample(raw) == SAMPLE
+    # what ingest wrote before samples were MessagePack (docs/contracts.md)
+    legacy = msgspec.json.encode(SAMPLE)
+    assert legacy.startswith(b"{") and decode_sample(legacy) == SAMPLE
+    assert len(raw) < 0.8 * len(legacy)
+
+
+async def test_samples_go_out_in_chunks_and_are_acknowledged_before_their_state(
+        settings, redis_client) -> None:
+    """A batch with more watches than SAMPLES_CHUNK hands its samples over in several chunks
+    while it is applied; each chunk is still unacknowledged (here: slow) while no state that
+    includes its watches is in Redis."""
+    import asyncio
+
+    from streams.ingest import SAMPLES_CHUNK
+
+    world = toy_world(users=40, events_per_user=30, dim=8, seed=6)
+    store = SequenceStore.from_url(settings.redis_url)
+    chunks: list[int] = []
+    early: list[str] = []
+
+    async def slow_broker(samples: list[TrainingSample]) -> None:
+        chunks.append(len(samples))
+        await asyncio.sleep(0.05)  # the acknowledgement takes a while
+        for s in samples:  # acknowledged now: nothing of it may be written yet
+            state = await store.get(s.user_id)
+            if state is not None and state.applied.get(s.partition, -1) >= s.offset:
+                early.append(s.event_id)
+
+    processor = IngestProcessor(settings, store, no_dead_letters, before_save=slow_broker)
+    records = [Record(e.user_id.encode(), encode_event(e), "events", 0, i, timestamp=e.ts)
+               for i, e in enumerate(world.events)]
+    try:
+        out = await processor.process(records)
+    finally:
+        await store.close()
+    watches = sum(e.domain.value == "video" for e in world.events)
+    assert sum(chunks) == watches > 2 * SAMPLES_CHUNK and len(chunks) >= 3
+    assert max(chunks) <= SAMPLES_CHUNK + 30  # a user's watches are never split
+    assert not early and out.users_written == 40
 
 
 def test_sample_contract_names_the_reason() -> None:
@@ -98,16 +155,21 @@ def test_sample_contract_names_the_reason() -> None:
         return info.value.reason.value
 
     assert decode_sample(json.dumps(good).encode(), b"u1", check_key=True).offset == 3
-    cases = {
-        "undecodable": b"\x93\x01",
-        "not_an_object": b"[1, 2]",
-        "missing_field": json.dumps({k: v for k, v in good.items() if k != "ts"}).encode(),
-        "bad_type": json.dumps({**good, "complete": "yes"}).encode(),
-        "bad_timestamp": json.dumps({**good, "ts": -1}).encode(),
-        "too_large": json.dumps({**good, "pad": "x" * 600_000}).encode(),
-    }
-    for want, raw in cases.items():
+    cases = [
+        ("undecodable", b"\x8b\xa8event_id"),  # a MessagePack map cut short
+        ("not_an_object", b"[1, 2]"),
+        ("not_an_object", b"\x92\x01\x02"),  # a MessagePack array
+        ("missing_field", json.dumps({k: v for k, v in good.items() if k != "ts"}).encode()),
+        ("bad_type", json.dumps({**good, "complete": "yes"}).encode()),
+        ("bad_timestamp", json.dumps({**good, "ts": -1}).encode()),
+        ("too_large", json.dumps({**good, "pad": "x" * 600_000}).encode()),
+    ]
+    for want, raw in cases:
         assert reason(raw) == want, want
+    # the same rules for MessagePack bodies (what ingest writes)
+    assert decode_sample(msgspec.msgpack.encode(good), b"u1", check_key=True).offset == 3
+    assert reason(msgspec.msgpack.encode({**good, "ts": -1})) == "bad_timestamp"
+    assert reason(msgspec.msgpack.encode({**good, "complete": "yes"})) == "bad_type"
     assert reason(json.dumps({**good, "appended_at": 1e400}).encode().replace(
         b"Infinity", b"1e400")) == "bad_timestamp"
     assert reason(json.dumps({**good, "video": [[1, "a\u0000"]]}).encode()) == "bad_value"

@@ -1,0 +1,115 @@
+"""Popularity counts from the stream (serving/popularity.py): one script call per batch must
+count exactly what one HINCRBY per watch would, on a real redis-server."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import redis.asyncio as aioredis
+
+from semirec.contracts import Domain, Event
+from serving.popularity import (
+    COMPLETES_KEY,
+    HOURS_KEY,
+    KEEP_S,
+    WATCHES_KEY,
+    PopularitySnapshot,
+    count_watches,
+    hour_key,
+)
+
+
+def random_events(n: int, seed: int) -> list[Event]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        video = rng.random() < 0.7
+        item = f"{'v' if video else 'p'}{rng.randrange(40)}"
+        ts = 3600.0 * rng.randrange(100, 104) + rng.random() * 3599
+        out.append(Event(f"e{seed}-{i}", f"u{rng.randrange(9)}", item,
+                         Domain.VIDEO if video else Domain.PRODUCT,
+                         "watch" if video else "click", ts, rng.random() < 0.6 if video else None))
+    return out
+
+
+def expected(batches: list[list[Event]]) -> tuple[Counter, Counter, dict[int, Counter]]:
+    watches: Counter[str] = Counter()
+    completes: Counter[str] = Counter()
+    hours: dict[int, Counter[str]] = {}
+    for batch in batches:
+        for e in batch:
+            if e.domain is Domain.VIDEO:
+                watches[e.item_id] += 1
+                if e.complete:
+                    completes[e.item_id] += 1
+                    hours.setdefault(int(e.ts // 3600), Counter())[e.item_id] += 1
+    return watches, completes, hours
+
+
+async def test_counts_equal_one_increment_per_watch(stack, redis_client) -> None:
+    client = aioredis.Redis.from_url(stack.addresses.redis)
+    batches = [random_events(500, seed) for seed in range(3)] + [[]]
+    counted = [await count_watches(client, b) for b in batches]
+    want_w, want_c, want_h = expected(batches)
+    assert counted == [sum(expected([b])[1].values()) for b in batches]
+
+    def as_counter(raw: dict[bytes, bytes]) -> Counter[str]:
+        return Counter({k.decode(): int(v) for k, v in raw.items()})
+
+    assert as_counter(await client.hgetall(WATCHES_KEY)) == want_w
+    assert as_counter(await client.hgetall(COMPLETES_KEY)) == want_c
+    for hour, counts in want_h.items():
+        assert as_counter(await client.hgetall(hour_key(hour))) == counts
+        assert 0 < await client.ttl(hour_key(hour)) <= KEEP_S
+    assert await client.zrange(HOURS_KEY, 0, -1, withscores=True) == \
+        [(str(h).encode(), float(h)) for h in sorted(want_h)]
+    pop = PopularitySnapshot(window_hours=2)
+    await pop.refresh(client)
+    newest = max(want_h)
+    assert pop.counts == dict(want_h[newest] + want_h.get(newest - 1, Counter()))
+    await client.aclose()
+
+
+async def test_products_and_incomplete_watches_add_no_hour(stack, redis_client) -> None:
+    client = aioredis.Redis.from_url(stack.addresses.redis)
+    events = [Event("a", "u", "p1", Domain.PRODUCT, "click", 7200.0, None),
+              Event("b", "u", "v1", Domain.VIDEO, "watch", 7200.0, False)]
+    assert await count_watches(client, events) == 0
+    assert await client.hgetall(WATCHES_KEY) == {b"v1": b"1"}
+    assert await client.hgetall(COMPLETES_KEY) == {}
+    assert await client.zcard(HOURS_KEY) == 0
+    assert await count_watches(client, events[:1]) == 0  # nothing to count: no call at all
+    await client.aclose()
+
+
+async def test_ingest_counts_each_batch_alongside_its_state_write(settings, redis_client) -> None:
+    """The ingest processor counts a batch's watches while it writes the state; both are done
+    when process returns (before the batch would be acked)."""
+    from semirec.contracts import encode_event
+    from semirec.store import SequenceStore
+    from streams.batches import Record
+    from streams.ingest import IngestProcessor, count_popularity
+
+    async def no_dead_letters(bad) -> None:
+        raise AssertionError(bad)
+
+    batches = [random_events(300, seed) for seed in (7, 8)]
+    store = SequenceStore.from_url(settings.redis_url)
+    processor = IngestProcessor(settings, store, no_dead_letters,
+                                alongside=count_popularity(store, settings))
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        offset = 0
+        for n, batch in enumerate(batches, 1):
+            records = []
+            for e in batch:
+                records.append(Record(e.user_id.encode(), encode_event(e), "events", 0, offset))
+                offset += 1
+            out = await processor.process(records)
+            assert out.users_written == len({e.user_id for e in batch})
+            got = {k.decode(): int(v) for k, v in (await client.hgetall(WATCHES_KEY)).items()}
+            assert got == dict(expected(batches[:n])[0])
+    finally:
+        await store.close()
+        await client.aclose()
