@@ -25,6 +25,20 @@ from trainer.toy import toy_world
 T0 = 1_700_000_000.0
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_ranker_loaded(stack):
+    """This module is about the fallback: unload a ranker an earlier module left loaded
+    (test order must not decide which path answers)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(stack.addresses.triton_grpc)
+    try:
+        if client.is_model_ready("ranker"):
+            client.unload_model("ranker")
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def world():
     return toy_world(users=10, videos=120, products=80, categories=CATS, dim=128, seed=5)
