@@ -61,6 +61,7 @@ class CatalogIndex:
         self.exhaustive_searches = 0  # queries the fp16 pass could not prove (see module doc)
         self._video_rows: set[int] = set()
         self._video_order: list[int] = []  # rows in the order they first became videos
+        self._ordered: set[int] = set()  # the rows in _video_order (a re-encode keeps its place)
         self._since_ms = 0
         self._written: dict[str, int] = {}  # item -> the write (ms) this index holds
         self.loaded = False
@@ -98,6 +99,11 @@ class CatalogIndex:
         return len(rows)
 
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, domains: Sequence[Domain]) -> None:
+        """Add or replace items (an id given twice: the last one wins)."""
+        if len(set(item_ids)) < len(item_ids):
+            keep = sorted({item_id: k for k, item_id in enumerate(item_ids)}.values())
+            item_ids, vectors = [item_ids[k] for k in keep], vectors[keep]
+            domains = [domains[k] for k in keep]
         now = time.time()
         self.generation += 1
         fresh_videos: list[int] = []
@@ -125,7 +131,9 @@ class CatalogIndex:
             for index in (self._videos, self._videos16):
                 index.remove_ids(np.asarray(stale, np.int64))
         if fresh_videos:
-            self._video_order += [r for r in fresh_videos if r not in self._video_rows]
+            first = [r for r in fresh_videos if r not in self._ordered]
+            self._video_order += first
+            self._ordered.update(first)
             rows = np.asarray(fresh_videos, np.int64)
             for index in (self._videos, self._videos16):
                 index.add_with_ids(self._unit[rows], rows)

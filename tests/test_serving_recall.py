@@ -66,6 +66,19 @@ async def test_index_loads_and_follows_upserts(store, world) -> None:
     assert index.video_count == 201
 
 
+def test_a_re_encoded_video_keeps_its_place_among_the_newest() -> None:
+    index = CatalogIndex(dim=4)
+    one = np.eye(4, dtype=np.float32)
+    index.upsert(["v1", "v2"], one[:2], [Domain.VIDEO, Domain.VIDEO])
+    index.upsert(["v3"], one[2:3], [Domain.VIDEO])
+    index.upsert(["v1", "v1"], one[3:4].repeat(2, 0), [Domain.VIDEO, Domain.VIDEO])  # re-encoded
+    assert index.newest_videos(10) == ["v3", "v2", "v1"]
+    assert index.video_count == 3
+    (hits,) = index.search(one[3:4], 10)  # one entry per video in the search index too
+    assert sorted(i for i, _ in hits) == ["v1", "v2", "v3"]
+    assert hits[0] == ("v1", pytest.approx(1.0))
+
+
 async def test_a_vector_of_another_size_is_left_out_not_fatal(store, world, caplog) -> None:
     """One stale or foreign vector (another encoder's size) once stopped the recommendation
     worker at start (the whole refresh raised); now it is left out, counted and logged."""
