@@ -311,3 +311,12 @@ def test_tensorrt_variant_builds_the_plan_before_the_version_appears(
     with pytest.raises(ModelRepositoryError, match="trtexec"):
         repo.export(checkpoints["video"])
     assert repo.versions() == [version]
+
+
+def test_a_version_names_its_model_with_its_additions() -> None:
+    """`semirec model list` shows what was trained (`semi_ccl+sim+id`), not the bare network:
+    the name is rebuilt from the config a version stores."""
+    from trainer.configs import ModelConfig, paper
+
+    for name in ("semi", "semi_ccl+sim", "semi_ccl+sim+id", "cross_bst+id"):
+        assert ModelConfig.from_dict(paper(name).to_dict()).full_name == name

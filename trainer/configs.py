@@ -93,6 +93,12 @@ class ModelConfig:
             return ()
         return ("video", "product")
 
+    @property
+    def full_name(self) -> str:
+        """The name with its additions, as ``--models`` takes it (``semi_ccl+sim+id``)."""
+        return (self.name + (SIMILARITY_SUFFIX if self.content_similarity else "")
+                + (IDENTITY_SUFFIX if self.item_identity else ""))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from trainer.configs import ModelConfig
+
 MODEL = "ranker"
 META, ONNX, PLAN, MODEL_PY_FILE = "meta.json", "model.onnx", "model.plan", "model.py"
 ALIASES, LOCK, CHECKPOINT_DIR = "aliases.json", ".lock", "checkpoint"
@@ -269,7 +271,8 @@ class ModelRepository:
         meta = json.loads(path.read_text())
         names = tuple(k for k, v in self.aliases().items() if v == version)
         return VersionInfo(version=int(meta["version"]), sha256=meta["checkpoint_sha256"],
-                           model=meta["model"]["name"], dim=int(meta["dim"]),
+                           model=ModelConfig.from_dict(meta["model"]).full_name,
+                           dim=int(meta["dim"]),
                            created_at=meta["created_at"], metrics=meta.get("metrics") or {},
                            aliases=names, checkpoint=meta.get("checkpoint", ""),
                            id_buckets=_id_buckets(meta["model"]))
