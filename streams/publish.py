@@ -37,20 +37,19 @@ async def publish_many(producer: Any, topic: str,
     if not records:
         return
     await producer.partitions_for(topic)  # metadata for the partitioner
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     if type(producer._partitioner) is DefaultPartitioner:
         partitions = list(producer._metadata.partitions_for_topic(topic))  # as aiokafka does
         n = len(partitions)
-        for key, value in records:
-            p = partitions[key_hash(key) % n]
-            part = by_partition.get(p)
-            if part is None:
-                by_partition[p] = part = []
-            part.append((key, value))
+
+        def partition_of(key: bytes, value: bytes) -> int:
+            return partitions[key_hash(key) % n]
     else:
-        for key, value in records:
-            p = producer._partition(topic, None, key, value, key, value)
-            by_partition.setdefault(p, []).append((key, value))
+        def partition_of(key: bytes, value: bytes) -> int:
+            return producer._partition(topic, None, key, value, key, value)
+
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in records:
+        by_partition.setdefault(partition_of(key, value), []).append((key, value))
     futures = []
     for partition, part in by_partition.items():
         batch = producer.create_batch()
