@@ -19,19 +19,11 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /app
 # Dependencies first (cached until pyproject.toml changes), then the code.
 COPY pyproject.toml README.md ./
-RUN mkdir semirec streams serving encoders trainer worlds sim \
-    && touch semirec/__init__.py streams/__init__.py serving/__init__.py encoders/__init__.py \
-             trainer/__init__.py worlds/__init__.py sim/__init__.py \
+RUN mkdir semirec && touch semirec/__init__.py \
     && pip install . \
     && pip uninstall -y semirec \
-    && rm -rf semirec streams serving encoders trainer worlds sim
+    && rm -rf semirec
 COPY semirec ./semirec
-COPY streams ./streams
-COPY serving ./serving
-COPY encoders ./encoders
-COPY trainer ./trainer
-COPY worlds ./worlds
-COPY sim ./sim
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --no-create-home semirec
 

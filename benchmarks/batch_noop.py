@@ -1,4 +1,4 @@
-"""A faust worker whose batch agent (streams/batch_transport.py) does nothing but ack: the batch
+"""A faust worker whose batch agent (semirec/streams/batch_transport.py) does nothing but ack: the batch
 transport's own ceiling, next to faust's (benchmarks/faust_noop.py).
 
 Run by benchmarks/ingest.py with the same SEMIREC_* environment; prints one JSON line with
@@ -13,9 +13,9 @@ import time
 
 from faust.worker import Worker
 
-from semirec.settings import Settings
-from streams.app import create_app, raw_topic
-from streams.batch_transport import BatchAgent
+from semirec.core.settings import Settings
+from semirec.streams.app import create_app, raw_topic
+from semirec.streams.batch_transport import BatchAgent
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
-from semirec.settings import Settings
-from semirec.store import SequenceStore
-from streams.batches import Record
-from streams.ingest import IngestProcessor
+from semirec.core.settings import Settings
+from semirec.core.store import SequenceStore
+from semirec.streams.batches import Record
+from semirec.streams.ingest import IngestProcessor
 
 
 async def main(n: int) -> float:

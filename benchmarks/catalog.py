@@ -11,7 +11,7 @@ Measured from the worker's first Redis write (the items of that first batch are 
 to the commit of the last offset: ``items_per_s`` (wall) and ``items_per_cpu_s`` (items per
 CPU-second of the worker process, i.e. per core: the steadier figure on a shared machine).
 
-    python benchmarks/catalog.py [--items 256] [--rounds 1] [--json]
+    python -m benchmarks.catalog [--items 256] [--rounds 1] [--json]
 """
 
 from __future__ import annotations
@@ -34,15 +34,11 @@ import redis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-# Run as a script, this folder is sys.path[0] and would shadow the encoders package.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-from semirec.item_store import ITEM_PREFIX  # noqa: E402
-from semirec.kafka import ensure_topics, producer  # noqa: E402
-from semirec.settings import Settings, Topics  # noqa: E402
-from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack  # noqa: E402
-from streams.catalog import catalog_topics  # noqa: E402
+from semirec.core.item_store import ITEM_PREFIX
+from semirec.core.kafka import ensure_topics, producer
+from semirec.core.settings import Settings, Topics
+from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.streams.catalog import catalog_topics
 
 RUNTIMES = ("onnx", "onnx-int8", "torch")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -109,8 +105,8 @@ async def agent_run(settings: Settings, env: dict[str, str], n: int, runtime: st
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from encoders.exported import ensure_exported, ensure_int8_text
-    from encoders.sample import sample_items
+    from semirec.encoders.exported import ensure_exported, ensure_int8_text
+    from semirec.encoders.sample import sample_items
 
     items = sample_items(args.items, args.seed)[:args.items]
     load_start = [round(x, 2) for x in os.getloadavg()]

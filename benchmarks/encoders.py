@@ -18,7 +18,7 @@ core-second, the steadier figure on a shared machine), with the CPU seconds of e
 the best round. Also: the cached path (fusion only), max |torch - onnx|, the machine (CPU
 model, instruction-set flags, load average) and the onnxruntime session settings.
 
-    python benchmarks/encoders.py [--items 256] [--rounds 3] [--threads 1] [--json]
+    python -m benchmarks.encoders [--items 256] [--rounds 3] [--threads 1] [--json]
         [--image-sizes 32,64,96,128]   # also: EfficientNet-Lite0 speed/quality per input side
 
 Last stdout line with --json: {"items_per_s_eager", "items_per_s_exported", "ratio", ...}.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,10 +37,6 @@ from typing import Any
 import click
 import numpy as np
 import orjson
-
-# Run as a script, this folder is sys.path[0] and this file would shadow the encoders package.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
          "amx_bf16")
@@ -100,8 +95,8 @@ def image_size_sweep(sizes: list[int], n: int) -> dict[str, dict[str, float]]:
 
     from PIL import Image
 
-    from encoders.image import ImageBackbone, decode_image
-    from worlds.sources import fashion_mnist
+    from semirec.encoders.image import ImageBackbone, decode_image
+    from semirec.worlds.sources import fashion_mnist
 
     images, labels = fashion_mnist("t10k")
     pngs = []
@@ -165,11 +160,11 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
          image_sizes: str, sweep_images: int, as_json: bool) -> None:
     import torch
 
-    from encoders.cache import FeatureCache
-    from encoders.export import export_repository
-    from encoders.exported import OnnxItemEncoder
-    from encoders.pipeline import ItemEncoder
-    from encoders.sample import sample_items
+    from semirec.encoders.cache import FeatureCache
+    from semirec.encoders.export import export_repository
+    from semirec.encoders.exported import OnnxItemEncoder
+    from semirec.encoders.pipeline import ItemEncoder
+    from semirec.encoders.sample import sample_items
 
     torch.set_num_threads(threads)
     items = sample_items(n_items, seed)[:n_items]

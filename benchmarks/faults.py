@@ -1,5 +1,5 @@
 """Fault suite: inject a fault into the real stack under load, then compare what Redis holds
-with what the event log implies (``semirec.sequences.replay`` of every valid event produced).
+with what the event log implies (``semirec.core.sequences.replay`` of every valid event produced).
 
 Each scenario is an ``async`` function ``(settings, n_events, workdir) -> Row``; the tests in
 ``tests/test_faults.py`` run them at small loads, ``python -m benchmarks.faults`` at the sizes of
@@ -34,12 +34,12 @@ from pathlib import Path
 import orjson
 import redis
 
-from semirec.contracts import ContractError, Event, encode_event, parse_event, validate_event
-from semirec.faults import EXIT_AUTH, EXIT_UNAVAILABLE
-from semirec.sequences import UserState, replay, unpack
-from semirec.settings import Settings, Topics
-from semirec.stack import LOCAL_GROUP_TIMINGS, free_port, redis_binary
-from semirec.store import SequenceStore
+from semirec.core.contracts import ContractError, Event, encode_event, parse_event, validate_event
+from semirec.core.faults import EXIT_AUTH, EXIT_UNAVAILABLE
+from semirec.core.sequences import UserState, replay, unpack
+from semirec.core.settings import Settings, Topics
+from semirec.core.stack import LOCAL_GROUP_TIMINGS, free_port, redis_binary
+from semirec.core.store import SequenceStore
 from tests.kafka_utils import committed as committed_offsets
 from tests.kafka_utils import consume_all, produce_raw
 
@@ -429,7 +429,7 @@ def fresh(settings: Settings, name: str) -> Settings:
 
 
 async def main_async(args: argparse.Namespace) -> list[Row]:
-    from semirec.stack import EmbeddedStack
+    from semirec.core.stack import EmbeddedStack
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="semirec-faults-") as tmp, \

@@ -29,11 +29,11 @@ from typing import Any
 
 import orjson
 
-from semirec.contracts import Domain, Event, encode_event
-from semirec.kafka import ensure_topics, ingest_topics, producer, serving_topics
-from semirec.recommendations import Recommendation, RecommendationRequest, encode
-from semirec.settings import Settings
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack, free_port
+from semirec.core.contracts import Domain, Event, encode_event
+from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
+from semirec.core.recommendations import Recommendation, RecommendationRequest, encode
+from semirec.core.settings import Settings
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack, free_port
 
 DIM = 128  # the serving catalog's vector size
 T0 = 1_700_000_000.0
@@ -44,9 +44,9 @@ def toy_ranker(directory: Path, dim: int = DIM) -> Path:
     model answers)."""
     import torch
 
-    from trainer import checkpoint
-    from trainer.configs import BlockConfig, TrainConfig, paper
-    from trainer.registry import build
+    from semirec.trainer.nets import checkpoint
+    from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper
+    from semirec.trainer.nets.zoo import build
 
     torch.manual_seed(0)
     cfg = replace(paper("semi"), block=BlockConfig(dim=dim, heads=4, ffn=dim),
@@ -67,9 +67,9 @@ async def served_ranker(settings: Settings, workdir: Path) \
         -> AsyncIterator[tuple[Settings, EmbeddedStack, Any]]:
     """A private tritonserver serving a toy ranker over a toy catalog (dim 128) in Redis;
     yields the settings pointing at it, the stack and its ModelRepository."""
+    from semirec.trainer.offline.toy import toy_world
+    from semirec.trainer.registry.repository import ModelRepository
     from tests.serving_utils import put_catalog
-    from trainer.model_repo import ModelRepository
-    from trainer.toy import toy_world
 
     world = toy_world(users=30, videos=60, products=40, dim=DIM, events_per_user=2, seed=5)
     await put_catalog(settings.redis_url, world)
@@ -284,8 +284,8 @@ async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> object:
     once, every other one dead-lettered with the reason the contract gives."""
     from benchmarks.faults import Row, signal_worker
     from benchmarks.fuzz import collect, request_message
-    from semirec.contracts import ContractError
-    from semirec.recommendations import parse_recommendation, parse_request
+    from semirec.core.contracts import ContractError
+    from semirec.core.recommendations import parse_recommendation, parse_request
     from tests.kafka_utils import committed, consume_all, produce_raw
 
     messages = collect(request_message(), n)
@@ -350,14 +350,14 @@ async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
 
     from benchmarks.faults import Row
     from benchmarks.fuzz import collect, sample_message
-    from semirec.contracts import ContractError
-    from semirec.samples import decode_sample
+    from semirec.core.contracts import ContractError
+    from semirec.core.samples import decode_sample
+    from semirec.trainer.online.learner import OnlineConfig
+    from semirec.trainer.online.service import OnlineTrainer
+    from semirec.trainer.registry.repository import ModelRepository
     from tests.kafka_utils import committed, consume_all, produce_raw
-    from trainer.model_repo import ModelRepository
-    from trainer.online import OnlineConfig
-    from trainer.online_service import OnlineTrainer
 
-    logging.getLogger("trainer.online_service").setLevel(logging.ERROR)  # one line per letter
+    logging.getLogger("semirec.trainer.online.service").setLevel(logging.ERROR)  # one line per letter
     dim = 32
     messages = collect(sample_message(), n)
     valid: set[str] = set()
@@ -423,8 +423,8 @@ async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
 async def _put_vectors(redis_url: str, dim: int) -> None:
     import numpy as np
 
-    from semirec.contracts import Domain
-    from semirec.item_store import ItemStore, ItemVector
+    from semirec.core.contracts import Domain
+    from semirec.core.item_store import ItemStore, ItemVector
 
     rng = np.random.default_rng(0)
     store = ItemStore.from_url(redis_url)

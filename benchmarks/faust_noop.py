@@ -12,8 +12,8 @@ import time
 
 from faust.worker import Worker
 
-from semirec.settings import Settings
-from streams.app import create_app, raw_topic
+from semirec.core.settings import Settings
+from semirec.streams.app import create_app, raw_topic
 
 
 def main() -> None:

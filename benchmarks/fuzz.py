@@ -4,7 +4,7 @@
 msgpack, numeric or ISO timestamps, unicode ids), the rest broken in every way the contract
 names (missing or mistyped fields, control characters, bad timestamps, a key that is not the
 user, undecodable or oversized bodies). Which is which is decided by the contract code itself
-(:func:`semirec.contracts.parse_event`), the oracle the pipeline is compared with.
+(:func:`semirec.core.contracts.parse_event`), the oracle the pipeline is compared with.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def _sometimes(draw: st.DrawFn, good: Any, bad: st.SearchStrategy) -> Any:
 
 @st.composite
 def request_message(draw: st.DrawFn) -> tuple[bytes | None, bytes]:
-    """A ``recommendation-requests`` message (semirec.recommendations.parse_request decides)."""
+    """A ``recommendation-requests`` message (semirec.core.recommendations.parse_request decides)."""
     body: dict[str, Any] = {
         "request_id": _sometimes(draw, f"r-{next(_serial)}", odd_ids),
         "user_id": _sometimes(draw, draw(st.sampled_from(USERS)), odd_ids),
@@ -194,7 +194,7 @@ def _entries(draw: st.DrawFn, ids: list[str]) -> Any:
 
 @st.composite
 def sample_message(draw: st.DrawFn) -> tuple[bytes | None, bytes]:
-    """A ``samples`` message (semirec.samples.decode_sample with the key checked decides)."""
+    """A ``samples`` message (semirec.core.samples.decode_sample with the key checked decides)."""
     ts = 1.7e9 + draw(st.floats(0, 1e6))
     body: dict[str, Any] = {
         "event_id": _sometimes(draw, f"s-{next(_serial)}", odd_ids),

@@ -4,7 +4,7 @@ One run, one machine, one embedded stack (Tansu + redis-server):
   raw_consume_per_s    aiokafka group consumer reading the events topic (no processing); the
                        median of RAW_PASSES passes (fresh groups), as one pass lasts ~0.2 s
   faust_noop_events_per_s  a faust agent that only acks (faust's own per-message ceiling)
-  batch_noop_events_per_s  a batch agent (streams/batch_transport.py) that only acks: the
+  batch_noop_events_per_s  a batch agent (semirec/streams/batch_transport.py) that only acks: the
                        transport's ceiling
   batch_path_events_per_s  reference: our ingest processor fed by plain aiokafka getmany batches
                        (no faust), writing to a separate Redis database
@@ -19,7 +19,7 @@ One run, one machine, one embedded stack (Tansu + redis-server):
   redis_bytes_per_user MEMORY USAGE of a user key with full sequences (target <= 2x packed)
   packed_bytes_per_user len() of the packed state
 
-Usage: python benchmarks/ingest.py [--events N] [--users U] [--json]
+Usage: python -m benchmarks.ingest [--events N] [--users U] [--json]
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from semirec.kafka import ensure_topics, ingest_topics, producer
-from semirec.settings import Settings, Topics
-from semirec.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack
-from semirec.store import USER_PREFIX
+from semirec.core.kafka import ensure_topics, ingest_topics, producer
+from semirec.core.settings import REPO_ROOT as ROOT
+from semirec.core.settings import Settings, Topics
+from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.core.store import USER_PREFIX
 
 
 def make_events(n: int, users: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
@@ -161,8 +162,8 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
 
 def reference_rate(script: str, key: str, n: int, env: dict[str, str]) -> float:
     """Run a reference consumer script; it prints ``{"<key>": events_per_s}``."""
-    path = Path(__file__).with_name(script)
-    res = subprocess.run([sys.executable, str(path)], env={**env, "BENCH_EVENTS": str(n)},
+    module = "benchmarks." + script.removesuffix(".py")
+    res = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env={**env, "BENCH_EVENTS": str(n)},
                          capture_output=True, text=True, timeout=600)
     # faust routes print() through its logger, so the figure may arrive on stderr
     found = re.search(r'\{"' + re.escape(key) + r'": [0-9.e+]+\}', res.stdout + res.stderr)
@@ -173,7 +174,7 @@ def reference_rate(script: str, key: str, n: int, env: dict[str, str]) -> float:
 
 def reference_costs(n: int, env: dict[str, str]) -> dict[str, float]:
     """Per-event cost by stage (benchmarks/ingest_costs.py), in its own process."""
-    res = subprocess.run([sys.executable, str(Path(__file__).with_name("ingest_costs.py"))],
+    res = subprocess.run([sys.executable, "-m", "benchmarks.ingest_costs"], cwd=ROOT,
                          env={**env, "BENCH_EVENTS": str(min(n, 40_000))}, capture_output=True,
                          text=True, timeout=600)
     found = re.search(r'\{"costs_us_per_event": \{[^}]*\}\}', res.stdout)

@@ -4,17 +4,17 @@ Run by benchmarks/ingest.py with the same SEMIREC_* environment (a Redis to writ
 BENCH_EVENTS; prints one JSON line ``{"costs_us_per_event": {...}}``. Each stage is timed on
 its own over the same batches (best of REPEATS, so a busy machine disturbs it less):
 
-  decode   bytes -> Event (streams.event_codec: msgspec, parse_event for the rest)
+  decode   bytes -> Event (semirec.streams.event_codec: msgspec, parse_event for the rest)
   group    events -> user -> partition -> (event, offset)
-  merge    semirec.sequences.apply on each user's state
-  pack     semirec.sequences.pack of each changed state (once per user and batch)
+  merge    semirec.core.sequences.apply on each user's state
+  pack     semirec.core.sequences.pack of each changed state (once per user and batch)
   metrics  the per-batch metrics calls
   redis    IngestProcessor.process end to end (real Redis, warm state cache) minus the above
   process  IngestProcessor.process end to end
   samples_build  what building and encoding every watch's training sample adds to process
   samples  what logging every watch's training sample adds to process (build, encode, publish
            to the broker and wait for its acks; packing overlaps the wait)
-  popularity  serving.popularity.count_watches on each batch's events (one script call)
+  popularity  semirec.serving.popularity.count_watches on each batch's events (one script call)
   after_write  time inside the after-write hook (user-update notices, awaited); popularity is
            counted alongside the state write
   in_process  IngestProcessor.process end to end with both hooks: what the worker does per
@@ -26,21 +26,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: benchmarks.*
 
 from benchmarks.ingest import make_events
-from semirec.metrics import AgentMetrics
-from semirec.sequences import UserState, apply, pack
-from semirec.settings import Settings
-from semirec.store import SequenceStore
-from streams.batches import Record
-from streams.event_codec import decode_event
-from streams.ingest import BatchOutcome, IngestProcessor
+from semirec.core.metrics import AgentMetrics
+from semirec.core.sequences import UserState, apply, pack
+from semirec.core.settings import Settings
+from semirec.core.store import SequenceStore
+from semirec.streams.batches import Record
+from semirec.streams.event_codec import decode_event
+from semirec.streams.ingest import BatchOutcome, IngestProcessor
 
 REPEATS = 3
 PARTITIONS = 4
@@ -146,11 +142,11 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
                      dead_letters) -> dict[str, float]:
     """Seconds for all batches: process with the samples hook, with every hook, and the
     popularity counts alone (best of REPEATS each), publishing to the real broker."""
-    from semirec.kafka import ensure_topics, producer
-    from semirec.samples import encode_sample
-    from serving.popularity import count_watches
-    from streams.app import PRODUCER_BATCH_BYTES
-    from streams.ingest import announce_changes, count_popularity, publish_samples
+    from semirec.core.kafka import ensure_topics, producer
+    from semirec.core.samples import encode_sample
+    from semirec.serving.popularity import count_watches
+    from semirec.streams.app import PRODUCER_BATCH_BYTES
+    from semirec.streams.ingest import announce_changes, count_popularity, publish_samples
 
     topics = settings.topics
     await ensure_topics(settings, {topics.samples: PARTITIONS, topics.user_updates: PARTITIONS})
@@ -206,7 +202,7 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
 
 
 if __name__ == "__main__":
-    from streams.worker_cli import tune_gc
+    from semirec.cli.worker import tune_gc
 
     tune_gc()  # as `semirec worker` runs
     s = Settings.from_env()

@@ -1,14 +1,14 @@
 """Metrics overhead: what the ingest agent's Prometheus instrumentation costs per event.
 
 One run, one machine, a real redis-server. After a warm-up that fills every user's sequences:
-  processor_us_per_event  :class:`streams.ingest.IngestProcessor` with metrics switched off
+  processor_us_per_event  :class:`semirec.streams.ingest.IngestProcessor` with metrics switched off
                           (median of rounds)
   metrics_us_per_event    the instrumentation alone: exactly the AgentMetrics calls the
                           processor makes for the same batches, timed in a loop
   overhead                metrics / processor                            (target <= 0.10)
   instrumented/bare_events_per_s  end-to-end rounds of alternating order (noisy on a busy machine)
 
-Usage: python benchmarks/metrics_overhead.py [--events N] [--rounds R] [--json]
+Usage: python -m benchmarks.metrics_overhead [--events N] [--rounds R] [--json]
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from contextlib import contextmanager
 
 import orjson
 
-from semirec.metrics import AgentMetrics
-from semirec.settings import Settings
-from semirec.stack import EmbeddedStack
-from semirec.store import SequenceStore
-from streams.batches import Record
-from streams.ingest import IngestProcessor
+from semirec.core.metrics import AgentMetrics
+from semirec.core.settings import Settings
+from semirec.core.stack import EmbeddedStack
+from semirec.core.store import SequenceStore
+from semirec.streams.batches import Record
+from semirec.streams.ingest import IngestProcessor
 
 
 class NoMetrics(AgentMetrics):

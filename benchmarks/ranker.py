@@ -13,7 +13,7 @@ One run, one core (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1)
                             every candidate (what sharing the user side avoids)
 
 Full-length sequences (50 videos, 50 products) and random weights (cost does not depend on them).
-Usage: python benchmarks/ranker.py [--repeat N] [--json]
+Usage: python -m benchmarks.ranker [--repeat N] [--json]
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer.configs import paper
-from trainer.export import (
+from semirec.trainer.nets.configs import paper
+from semirec.trainer.nets.ranker import UserBatch
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.registry.export import (
     INPUTS,
     RequestGraph,
     example_request,
@@ -40,8 +42,6 @@ from trainer.export import (
     run_onnx,
     torch_scores,
 )
-from trainer.ranker import UserBatch
-from trainer.registry import build
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:

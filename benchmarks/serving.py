@@ -31,18 +31,11 @@
                      (faiss exact inner product + popularity + fresh)    (target 100k <= 5)
 
 Weights are random (cost does not depend on them). Usage:
-  python benchmarks/serving.py [--seconds S] [--parts rank,recall,freshness]
+  python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness]
                                [--worker-env KEY=VALUE ...] [--json]
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# this file's name shadows the `serving` package when run as a script: import from the repo root
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 import argparse
 import asyncio
@@ -51,26 +44,28 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import suppress
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import redis.asyncio as aioredis
 
-from semirec.contracts import Domain, Event, encode_event
-from semirec.item_store import ItemStore, ItemVector
-from semirec.kafka import ensure_topics, ingest_topics, producer, serving_topics
-from semirec.recommendations import parse_recommendation
-from semirec.sequences import Entry, UserState
-from semirec.settings import Settings
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
-from serving.catalog import CatalogIndex
-from serving.popularity import PopularitySnapshot
-from serving.ranking import OnnxRanker, TritonRanker
-from serving.recall import Recall
-from trainer.export import example_request
+from semirec.core.contracts import Domain, Event, encode_event
+from semirec.core.item_store import ItemStore, ItemVector
+from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
+from semirec.core.recommendations import parse_recommendation
+from semirec.core.sequences import Entry, UserState
+from semirec.core.settings import Settings
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.serving.catalog import CatalogIndex
+from semirec.serving.popularity import PopularitySnapshot
+from semirec.serving.ranking import OnnxRanker, TritonRanker
+from semirec.serving.recall import Recall
+from semirec.trainer.registry.export import example_request
 
 DIM = 128
 
@@ -298,10 +293,10 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    from trainer import checkpoint
-    from trainer.configs import paper
-    from trainer.model_repo import ModelRepository
-    from trainer.registry import build
+    from semirec.trainer.nets import checkpoint
+    from semirec.trainer.nets.configs import paper
+    from semirec.trainer.nets.zoo import build
+    from semirec.trainer.registry.repository import ModelRepository
 
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     work = Path(tempfile.mkdtemp(prefix="semirec-bench-serving-"))

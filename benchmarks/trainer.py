@@ -12,44 +12,45 @@
 The samples come from the drifting toy world (tests/online_utils.py, 128-d item vectors in Redis)
 and are produced straight to the ``samples`` topic (the ingest agent's feature logging adds its
 batch time, milliseconds, before that). The starting model is trained on the pre-shift half.
-Usage: python benchmarks/trainer.py [--seconds S] [--rate R] [--clients N] [--json]
+Usage: python -m benchmarks.trainer [--seconds S] [--rate R] [--clients N] [--json]
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# this file is called trainer.py: let `import trainer` (and `tests`) come from the repo root
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 import argparse
 import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import msgspec
 import numpy as np
 import torch
 
-from semirec.contracts import Domain
-from semirec.item_store import ItemStore, ItemVector
-from semirec.samples import encode_sample
-from semirec.settings import Settings
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.core.contracts import Domain
+from semirec.core.item_store import ItemStore, ItemVector
+from semirec.core.samples import encode_sample
+from semirec.core.settings import Settings
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.trainer.nets import checkpoint
+from semirec.trainer.nets.configs import paper
+from semirec.trainer.online.learner import (
+    ItemTable,
+    Learner,
+    OnlineConfig,
+    samples_from_events,
+    to_sample_set,
+)
+from semirec.trainer.online.service import OnlineTrainer
+from semirec.trainer.registry.export import INPUTS, example_batch
+from semirec.trainer.registry.repository import ModelRepository
 from tests.online_utils import drifting_world
-from trainer import checkpoint
-from trainer.configs import paper
-from trainer.export import INPUTS, example_batch
-from trainer.model_repo import ModelRepository
-from trainer.online import ItemTable, Learner, OnlineConfig, samples_from_events, to_sample_set
-from trainer.online_service import OnlineTrainer
 
 TYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
 
@@ -83,7 +84,7 @@ def load(url: str, stop: threading.Event, log: list[tuple[float, float, bool]]) 
 
 
 async def stream(settings: Settings, samples, rate: float, seconds: float) -> int:
-    from semirec.kafka import producer
+    from semirec.core.kafka import producer
 
     prod = producer(settings)
     await prod.start()
@@ -114,7 +115,7 @@ async def run(args: argparse.Namespace) -> dict:
     post = [s for s in samples if s.ts >= world.shift_ts]
     cfg = paper("semi")
     torch.manual_seed(0)
-    from trainer.registry import build
+    from semirec.trainer.nets.zoo import build
 
     learner = Learner(build(cfg), cfg, OnlineConfig(passes=1, holdout_fraction=0.0))
     learner.add(pre)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from semirec.settings import Settings, Topics
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.core.settings import Settings, Topics
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import random
 import msgpack
 import orjson
 
-from semirec.contracts import Event, validate_event
+from semirec.core.contracts import Event, validate_event
 
 BASE_TS = 1_700_000_000
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from semirec.cli import cli
-from streams.ingest import IngestProcessor
+from semirec.streams.ingest import IngestProcessor
 
 real_write = IngestProcessor._write
 

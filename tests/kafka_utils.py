@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from semirec.kafka import ensure_topics, ingest_topics, producer
-from semirec.settings import Settings
+from semirec.core.kafka import ensure_topics, ingest_topics, producer
+from semirec.core.settings import Settings
 
 
 async def produce_raw(settings: Settings, messages: Iterable[tuple[bytes | None, bytes]],

@@ -1,6 +1,6 @@
 """A two-domain toy world whose interests shift mid-stream, for the incremental trainer.
 
-As :func:`trainer.toy.toy_world` (product clicks follow a user's taste over categories, item
+As :func:`semirec.trainer.offline.toy.toy_world` (product clicks follow a user's taste over categories, item
 vectors are category centroids plus noise), except that at ``shift_at`` of the time line the
 completion rule rotates: a video of category c is then completed by users whose taste (and so
 whose product clicks) favour category c + 1. A model frozen before the shift keeps
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semirec.contracts import Domain, Event
+from semirec.core.contracts import Domain, Event
 
 
 @dataclass(frozen=True)

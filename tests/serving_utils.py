@@ -12,12 +12,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from semirec.contracts import Domain, Event, encode_event
-from semirec.item_store import ItemStore, ItemVector
-from semirec.recommendations import Recommendation, parse_recommendation
-from semirec.settings import Settings
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
-from trainer.toy import ToyWorld
+from semirec.core.contracts import Domain, Event, encode_event
+from semirec.core.item_store import ItemStore, ItemVector
+from semirec.core.recommendations import Recommendation, parse_recommendation
+from semirec.core.settings import Settings
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from semirec.trainer.offline.toy import ToyWorld
 
 CATS = 4
 

@@ -1,4 +1,4 @@
-"""Contract tests of streams/batch_transport.py, which leans on faust-streaming internals (pinned
+"""Contract tests of semirec/streams/batch_transport.py, which leans on faust-streaming internals (pinned
 exactly in pyproject.toml): a faust upgrade that changes them must fail here.
 
 Also part of the contract, with real `semirec worker` processes on the batch transport:
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
-from streams.app import create_app, raw_topic
-from streams.batch_transport import Batch, BatchAgent, BatchConsumer, BatchTransport
-from streams.batches import Record, describe, describe_runs
+from semirec.streams.app import create_app, raw_topic
+from semirec.streams.batch_transport import Batch, BatchAgent, BatchConsumer, BatchTransport
+from semirec.streams.batches import Record, describe, describe_runs
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import produce_raw, wait_committed
 from tests.test_ingest import comparable, stored_states

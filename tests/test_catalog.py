@@ -15,14 +15,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from encoders.pipeline import ItemEncoder
-from encoders.sample import sample_items
 from semirec.cli import cli
-from semirec.contracts import Domain, Reason
-from semirec.item_store import ItemStore
-from semirec.kafka import ensure_topics
-from semirec.settings import Settings
-from streams.catalog import catalog_topics
+from semirec.core.contracts import Domain, Reason
+from semirec.core.item_store import ItemStore
+from semirec.core.kafka import ensure_topics
+from semirec.core.settings import Settings
+from semirec.encoders.pipeline import ItemEncoder
+from semirec.encoders.sample import sample_items
+from semirec.streams.catalog import catalog_topics
 from tests.conftest import settings_env
 from tests.kafka_utils import committed, consume_all, produce_raw
 from tests.workers import running_worker

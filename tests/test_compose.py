@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from semirec.cli import VERBS, cli
-from semirec.lag import LAG_METRICS
-from semirec.metrics import metric_names
-from semirec.settings import Settings, Topics
+from semirec.core.lag import LAG_METRICS
+from semirec.core.metrics import metric_names
+from semirec.core.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -85,8 +85,8 @@ def metrics_in(expr: str) -> set[str]:
 
 
 def known_metrics() -> set[str]:
-    import serving.metrics  # noqa: F401  (registers the recommendation metrics)
-    import trainer.online_metrics  # noqa: F401  (and the incremental trainer's)
+    import semirec.serving.metrics
+    import semirec.trainer.online.metrics  # noqa: F401  (and the incremental trainer's)
 
     return metric_names() | set(LAG_METRICS) | {"up"}
 

@@ -6,8 +6,8 @@ import msgpack
 import orjson
 import pytest
 
-from semirec.contracts import ContractError, Domain, encode_event, parse_event, parse_ts
-from semirec.items import validate_item
+from semirec.core.contracts import ContractError, Domain, encode_event, parse_event, parse_ts
+from semirec.core.items import validate_item
 from tests.event_script import BASE_TS, MALFORMED
 
 WATCH = {"event_id": "e1", "user_id": "u1", "item_id": "v1", "domain": "video",
@@ -76,7 +76,7 @@ def test_ids_with_control_characters_are_refused(char) -> None:
 
 
 def test_recommendation_requests_follow_the_same_id_rule() -> None:
-    from semirec.recommendations import parse_request
+    from semirec.core.recommendations import parse_request
 
     ok = parse_request(orjson.dumps({"request_id": "r\u00a01", "user_id": "u\u200b"}),
                        "u\u200b".encode())
@@ -89,7 +89,7 @@ def test_recommendation_requests_follow_the_same_id_rule() -> None:
 @pytest.mark.parametrize("at", [b"1e400", b"-1", b"2199023255.552"])
 def test_a_request_time_outside_the_events_range_is_a_bad_timestamp(at) -> None:
     """``at`` = infinity once reached the ranker and stopped the agent (hour of inf is NaN)."""
-    from semirec.recommendations import parse_request
+    from semirec.core.recommendations import parse_request
 
     with pytest.raises(ContractError) as info:
         parse_request(b'{"request_id": "r", "user_id": "u", "at": ' + at + b"}", b"u")

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from semirec.cli import VERBS
-from streams.worker_cli import AGENTS
+from semirec.cli.worker import AGENTS
 
 POLICIES = {"semirec", "popularity", "random", "oracle"}
 

@@ -8,8 +8,8 @@ import hashlib
 import orjson
 import pytest
 
-from streams.batches import Record
-from streams.dlq import DEFAULT_LIMIT, KEY_BYTES, PREFIX_BYTES, dead_letter, letter_key, record_size
+from semirec.streams.batches import Record
+from semirec.streams.dlq import DEFAULT_LIMIT, KEY_BYTES, PREFIX_BYTES, dead_letter, letter_key, record_size
 
 
 @pytest.mark.parametrize("size", [0, 10, 700_000, 749_000, 760_000, 800_000, 5_000_000])

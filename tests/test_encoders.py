@@ -13,15 +13,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from encoders import checkpoint as ckpt_io
-from encoders.cache import FeatureCache
-from encoders.config import EncoderConfig
-from encoders.pipeline import ItemEncoder, encode_items, encoder_version
-from encoders.sample import sample_items
-from encoders.text import length_groups
 from semirec.cli import cli
-from semirec.contracts import Reason
-from semirec.items import ItemError, as_item
+from semirec.core.contracts import Reason
+from semirec.core.items import ItemError, as_item
+from semirec.encoders import checkpoint as ckpt_io
+from semirec.encoders.cache import FeatureCache
+from semirec.encoders.config import EncoderConfig
+from semirec.encoders.pipeline import ItemEncoder, encode_items, encoder_version
+from semirec.encoders.sample import sample_items
+from semirec.encoders.text import length_groups
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,22 +11,22 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from encoders import export as export_module
-from encoders.config import EncoderConfig
-from encoders.export import export_repository
-from encoders.exported import (
+from semirec.core.settings import Settings
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from semirec.encoders import export as export_module
+from semirec.encoders.config import EncoderConfig
+from semirec.encoders.export import export_repository
+from semirec.encoders.exported import (
     INT8_MIN_COSINE,
     INT8_TEXT,
     OnnxItemEncoder,
     ensure_exported,
     exported_encoder,
 )
-from encoders.pipeline import ItemEncoder, get_encoder
-from encoders.sample import sample_items
-from encoders.triton_client import TritonItemEncoder
-from encoders.triton_repo import ENGINE_VARIANT, render, specs
-from semirec.settings import Settings
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from semirec.encoders.pipeline import ItemEncoder, get_encoder
+from semirec.encoders.sample import sample_items
+from semirec.encoders.triton_client import TritonItemEncoder
+from semirec.encoders.triton_repo import ENGINE_VARIANT, render, specs
 
 TOL = 1e-4  # float32 differences between torch, onnxruntime and the served models
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.ceiling import attribute_probe, feature_ceiling, latent_catalog, truth_vectors
-from trainer.samples import build_samples, chronological_split
-from worlds import load_world
+from semirec.trainer.offline.ceiling import attribute_probe, feature_ceiling, latent_catalog, truth_vectors
+from semirec.trainer.offline.samples import build_samples, chronological_split
+from semirec.worlds import load_world
 
 
 def test_truth_vectors_and_feature_ceiling() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import auc, hit_rate, ndcg
+from semirec.trainer.offline.metrics import auc, hit_rate, ndcg
 
 
 def test_auc_hand_cases() -> None:
@@ -66,7 +66,7 @@ def test_ndcg_hand_cases() -> None:
 
 
 def test_gauc_weights_users_by_their_watches_and_skips_one_class_users() -> None:
-    from trainer.metrics import gauc
+    from semirec.trainer.offline.metrics import gauc
 
     users = np.array(["a", "a", "a", "a", "b", "b", "c"])
     labels = np.array([1, 0, 1, 0, 1, 0, 1])
@@ -80,7 +80,7 @@ def test_gauc_weights_users_by_their_watches_and_skips_one_class_users() -> None
 
 
 def test_pairwise_auc_over_real_negatives_only() -> None:
-    from trainer.metrics import pairwise_auc
+    from semirec.trainer.offline.metrics import pairwise_auc
 
     pos = np.array([0.5, 0.5, 0.5])
     neg = np.array([[0.1, 0.9, 7.0], [0.5, 0.0, 0.0], [1.0, 1.0, 1.0]])

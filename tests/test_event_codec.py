@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semirec.contracts import ContractError, parse_event
-from streams.event_codec import decode_event, fast_event
+from semirec.core.contracts import ContractError, parse_event
+from semirec.streams.event_codec import decode_event, fast_event
 from tests.event_script import MALFORMED, encode, scripted_events
 
 ids = st.one_of(st.sampled_from(["u1", "v9", "p-3", "ü", "a b", ""]), st.text(max_size=80),

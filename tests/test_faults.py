@@ -19,10 +19,10 @@ from hypothesis import given
 from hypothesis import settings as settings_h
 
 from benchmarks.fuzz import event_message, item_body, request_message, sample_message
-from semirec.contracts import ContractError, encode_event, parse_event
-from semirec.faults import EXIT_AUTH, EXIT_CONFIG, EXIT_UNAVAILABLE
-from semirec.items import validate_item
-from semirec.stack import free_port, redis_binary
+from semirec.core.contracts import ContractError, encode_event, parse_event
+from semirec.core.faults import EXIT_AUTH, EXIT_CONFIG, EXIT_UNAVAILABLE
+from semirec.core.items import validate_item
+from semirec.core.stack import free_port, redis_binary
 from tests.conftest import settings_env
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import committed, produce_raw
@@ -185,7 +185,7 @@ async def test_redis_with_requirepass_works_end_to_end(settings, redis_with_pass
         await wait_committed(settings, ends, proc=proc)
     finally:
         assert stop(proc) == 0
-    from semirec.sequences import replay
+    from semirec.core.sequences import replay
 
     want = {u: s for u, s in replay(events).items() if s.video or s.product}
     assert comparable(await stored_states(authed)) == comparable(want)
@@ -247,8 +247,8 @@ def test_fuzzed_events_are_accepted_or_refused_with_a_reason(message) -> None:
 @settings_h(max_examples=300, deadline=None)
 @given(request_message())
 def test_fuzzed_requests_are_accepted_or_refused_with_a_reason(message) -> None:
-    from semirec.recommendations import encode as encode_request
-    from semirec.recommendations import parse_request
+    from semirec.core.recommendations import encode as encode_request
+    from semirec.core.recommendations import parse_request
 
     key, value = message
     try:
@@ -263,7 +263,7 @@ def test_fuzzed_requests_are_accepted_or_refused_with_a_reason(message) -> None:
 @settings_h(max_examples=200, deadline=None)
 @given(sample_message())
 def test_fuzzed_samples_are_accepted_or_refused_with_a_reason(message) -> None:
-    from semirec.samples import decode_sample, encode_sample
+    from semirec.core.samples import decode_sample, encode_sample
 
     key, value = message
     try:
@@ -330,7 +330,7 @@ def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
 
 async def test_redis_over_tls_end_to_end_and_an_untrusted_certificate(settings, redis_tls,
                                                                      tmp_path) -> None:
-    from semirec.sequences import replay
+    from semirec.core.sequences import replay
     from tests.kafka_utils import wait_committed
     from tests.test_ingest import comparable, stored_states
 

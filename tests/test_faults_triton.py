@@ -1,4 +1,4 @@
-"""Triton faults in one line (semirec.faults): `semirec model ...`, `semirec trainer run` and the
+"""Triton faults in one line (semirec.core.faults): `semirec model ...`, `semirec trainer run` and the
 recommendation worker with tritonserver unreachable, a bad address, a model repository Triton
 does not serve, and no model loaded."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from semirec.faults import EXIT_CONFIG, EXIT_UNAVAILABLE
-from semirec.stack import free_port
-from serving.ranking import TritonRanker
+from semirec.core.faults import EXIT_CONFIG, EXIT_UNAVAILABLE
+from semirec.core.stack import free_port
+from semirec.serving.ranking import TritonRanker
 from tests.conftest import settings_env
 from tests.test_faults import cli
 from tests.workers import start_worker, stop
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.fault
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository (not the one tritonserver serves) with version 1 as `serving`."""
     from benchmarks.faults_serving import toy_ranker
-    from trainer.model_repo import ModelRepository
+    from semirec.trainer.registry.repository import ModelRepository
 
     root = tmp_path_factory.mktemp("elsewhere")
     repo = ModelRepository(root / "models")
@@ -122,7 +122,7 @@ def test_classification_of_sasl_and_triton_errors() -> None:
     import aiokafka.errors as kex
     from tritonclient.utils import InferenceServerException
 
-    from semirec.faults import EXIT_AUTH, classify
+    from semirec.core.faults import EXIT_AUTH, classify
 
     where = {"kafka": "k:9093", "redis_url": "redis://r:6379/0", "triton": "t:8001"}
     for exc in (kex.for_code(58)("bad user"), kex.AuthenticationFailedError()):
@@ -153,9 +153,9 @@ async def test_a_failed_hot_swap_is_retried_and_never_reverts_the_learner(tmp_pa
     """The trainer's logic alone (a repository whose promote fails, then succeeds): a round
     whose promotion failed (Triton down) does not make the next round 'follow' the old
     serving version; the promotion is retried until it succeeds."""
-    from semirec.settings import Settings
-    from trainer.model_repo import PromotionError
-    from trainer.online_service import OnlineTrainer
+    from semirec.core.settings import Settings
+    from semirec.trainer.online.service import OnlineTrainer
+    from semirec.trainer.registry.repository import PromotionError
 
     class Repo:
         triton_grpc = "127.0.0.1:1"
@@ -203,7 +203,7 @@ def _unavailable() -> Exception:
 
 
 def _wrapped() -> Exception:
-    from trainer.model_repo import PromotionError
+    from semirec.trainer.registry.repository import PromotionError
 
     try:
         raise PromotionError("Triton did not load ranker version 2") from _unavailable()

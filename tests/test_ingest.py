@@ -10,8 +10,8 @@ from collections import Counter
 
 import orjson
 
-from semirec.sequences import UserState, replay
-from semirec.store import SequenceStore
+from semirec.core.sequences import UserState, replay
+from semirec.core.store import SequenceStore
 from tests.event_script import MALFORMED, encode, scripted_events
 from tests.kafka_utils import committed, consume_all, produce_raw, wait_committed
 from tests.workers import running_worker, start_worker, stop

@@ -14,11 +14,11 @@ import urllib.request
 
 import orjson
 
-from semirec.contracts import Event, parse_event, validate_event
-from semirec.kafka import ensure_topics, ingest_topics, producer
-from semirec.sequences import UserState, apply, replay
-from semirec.stack import free_port
-from streams.batches import EXIT_UNEXPECTED
+from semirec.core.contracts import Event, parse_event, validate_event
+from semirec.core.kafka import ensure_topics, ingest_topics, producer
+from semirec.core.sequences import UserState, apply, replay
+from semirec.core.stack import free_port
+from semirec.streams.batches import EXIT_UNEXPECTED
 from tests.conftest import settings_env
 from tests.event_script import BASE_TS, encode, scripted_events
 from tests.kafka_utils import committed, consume_all, wait_committed

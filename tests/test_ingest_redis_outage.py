@@ -11,9 +11,9 @@ from pathlib import Path
 
 import redis
 
-from semirec.contracts import Event, parse_event
-from semirec.sequences import replay
-from semirec.stack import free_port, redis_binary
+from semirec.core.contracts import Event, parse_event
+from semirec.core.sequences import replay
+from semirec.core.stack import free_port, redis_binary
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import committed, consume_all, produce_raw, wait_committed
 from tests.test_ingest import comparable, stored_states

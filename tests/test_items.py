@@ -11,8 +11,8 @@ import orjson
 import pytest
 from PIL import Image
 
-from semirec.contracts import Domain, Reason
-from semirec.items import (
+from semirec.core.contracts import Domain, Reason
+from semirec.core.items import (
     MAX_ITEM_BYTES,
     ImageRef,
     ItemError,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from semirec.contracts import Domain
-from semirec.item_store import ItemStore, ItemVector, decode_many, item_key, pack, unpack
-from semirec.stack import EmbeddedStack
+from semirec.core.contracts import Domain
+from semirec.core.item_store import ItemStore, ItemVector, decode_many, item_key, pack, unpack
+from semirec.core.stack import EmbeddedStack
 
 
 def test_pack_unpack_round_trip() -> None:

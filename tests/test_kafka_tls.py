@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from semirec.faults import EXIT_CONFIG
-from semirec.settings import KafkaSecurity, Settings
-from semirec.stack import free_port, tansu_binary
+from semirec.core.faults import EXIT_CONFIG
+from semirec.core.settings import KafkaSecurity, Settings
+from semirec.core.stack import free_port, tansu_binary
 from tests.conftest import settings_env
 from tests.event_script import scripted_events
 from tests.test_faults import _openssl, cli
@@ -88,7 +88,7 @@ def tls_env(s: Settings) -> dict[str, str]:
 
 async def test_kafka_over_mutual_tls_end_to_end(settings, redis_client, kafka_tls,
                                                 tmp_path) -> None:
-    from semirec.sequences import replay
+    from semirec.core.sequences import replay
     from tests.kafka_utils import wait_committed
     from tests.test_ingest import comparable, stored_states
 

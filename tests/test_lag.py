@@ -18,9 +18,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from click.testing import CliRunner
 
-from semirec.lag import LagError, measure_lag, report
-from semirec.lag_cli import lag as lag_cli
-from semirec.settings import Settings
+from semirec.cli.lag import lag as lag_cli
+from semirec.core.lag import LagError, measure_lag, report
+from semirec.core.settings import Settings
 from tests.conftest import settings_env
 
 PARTITIONS = 4
@@ -145,7 +145,7 @@ async def test_unknown_topic_is_a_clear_error_and_is_not_created(settings: Setti
 
 
 async def test_unreachable_broker_is_a_clear_error(settings: Settings) -> None:
-    from semirec.stack import free_port
+    from semirec.core.stack import free_port
 
     dead = replace(settings, kafka=f"127.0.0.1:{free_port()}")
     with pytest.raises(LagError, match="cannot reach Kafka"):
@@ -231,7 +231,7 @@ async def test_watch_prints_samples_with_a_trend(settings: Settings) -> None:
 async def test_serve_exports_exact_gauges(settings: Settings) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from semirec.stack import free_port
+    from semirec.core.stack import free_port
 
     topic = settings.topics.events
     await create_topic(settings, topic)
@@ -319,7 +319,7 @@ def test_members_come_from_the_consumer_protocol_assignments() -> None:
     from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
     from aiokafka.protocol.admin import DescribeGroupsResponse_v2
 
-    from semirec.lag import _DescribeGroups, assigned_members
+    from semirec.core.lag import _DescribeGroups, assigned_members
 
     def assignment(*parts: tuple[str, list[int]]) -> bytes:
         return ConsumerProtocolMemberAssignment(0, list(parts), b"").encode()
@@ -342,7 +342,7 @@ def test_members_come_from_the_consumer_protocol_assignments() -> None:
 
 async def test_describe_groups_decodes_on_the_broker_and_the_table_has_member_columns(
         settings: Settings) -> None:
-    from semirec.lag import _DescribeGroups
+    from semirec.core.lag import _DescribeGroups
 
     topic = settings.topics.events
     await create_topic(settings, topic)

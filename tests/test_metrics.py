@@ -15,8 +15,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from semirec.contracts import validate_event
-from semirec.metrics import REGISTRY, AgentMetrics, Health, metric_names, start_http
+from semirec.core.contracts import validate_event
+from semirec.core.metrics import REGISTRY, AgentMetrics, Health, metric_names, start_http
 from tests.conftest import settings_env
 
 
@@ -144,8 +144,8 @@ async def wait_ready(url: str, proc, timeout: float = 60) -> dict:
 
 async def test_worker_metrics_count_exactly_what_it_processed(settings, redis_client,
                                                               tmp_path) -> None:
-    from semirec.lag import measure_lag
-    from semirec.stack import free_port
+    from semirec.core.lag import measure_lag
+    from semirec.core.stack import free_port
     from tests.event_script import MALFORMED, encode, scripted_events
     from tests.kafka_utils import produce_raw
     from tests.workers import running_worker
@@ -218,7 +218,7 @@ async def test_worker_with_a_taken_metrics_port_fails_fast(settings, tmp_path) -
 def test_observe_many_equals_observe_one_by_one() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from semirec.metrics import FRESHNESS_BUCKETS, observe_many
+    from semirec.core.metrics import FRESHNESS_BUCKETS, observe_many
 
     amounts = [-3.0, 0.0, 0.01, 0.011, 5.0, 86400.0, 1e9, 2.5, 2.5]
     registry = CollectorRegistry()

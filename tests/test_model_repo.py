@@ -18,12 +18,13 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from semirec.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
-from tests.conftest import settings_env
-from trainer import checkpoint
-from trainer.configs import BlockConfig, TrainConfig, paper
-from trainer.evaluate import EvalProtocol, prepare, train_model
-from trainer.export import (
+from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
+from semirec.trainer.nets import checkpoint
+from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.evaluate import EvalProtocol, prepare, train_model
+from semirec.trainer.offline.toy import toy_world
+from semirec.trainer.registry.export import (
     INPUTS,
     example_batch,
     export_batched_onnx,
@@ -31,7 +32,7 @@ from trainer.export import (
     torch_batch_scores,
     torch_scores,
 )
-from trainer.model_repo import (
+from semirec.trainer.registry.repository import (
     ENGINE_VARIANT,
     MODEL,
     ModelRepository,
@@ -40,8 +41,7 @@ from trainer.model_repo import (
     file_sha256,
     render,
 )
-from trainer.registry import build
-from trainer.toy import toy_world
+from tests.conftest import settings_env
 
 D = 32
 TYPES = {"float32": "FP32", "int64": "INT64", "bool": "BOOL"}
@@ -316,7 +316,7 @@ def test_tensorrt_variant_builds_the_plan_before_the_version_appears(
 def test_a_version_names_its_model_with_its_additions() -> None:
     """`semirec model list` shows what was trained (`semi_ccl+sim+id`), not the bare network:
     the name is rebuilt from the config a version stores."""
-    from trainer.configs import ModelConfig, paper
+    from semirec.trainer.nets.configs import ModelConfig, paper
 
     for name in ("semi", "semi_ccl+sim", "semi_ccl+sim+id", "cross_bst+id"):
         assert ModelConfig.from_dict(paper(name).to_dict()).full_name == name

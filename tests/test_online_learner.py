@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.online_utils import drifting_world
-from trainer.configs import BlockConfig, paper
-from trainer.gate import GateConfig, gauc, judge, window_metrics
-from trainer.metrics import auc
-from trainer.online import (
+from semirec.trainer.nets.configs import BlockConfig, paper
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.metrics import auc
+from semirec.trainer.online.gate import GateConfig, gauc, judge, window_metrics
+from semirec.trainer.online.learner import (
     ItemTable,
     Learner,
     OnlineConfig,
@@ -24,7 +24,7 @@ from trainer.online import (
     save_state,
     to_sample_set,
 )
-from trainer.registry import build
+from tests.online_utils import drifting_world
 
 D = 32
 GATE = GateConfig(min_samples=50, min_positives=5)

@@ -1,5 +1,5 @@
-"""Point-in-time samples: what ingest logs online equals what trainer/samples.py builds offline
-from the event list, whatever the batching, partitioning and replays."""
+"""Point-in-time samples: what ingest logs online equals what semirec/trainer/offline/samples.py builds
+offline from the event list, whatever the batching, partitioning and replays."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from semirec.contracts import ContractError, Reason, encode_event
-from semirec.samples import TrainingSample, decode_sample, encode_sample
-from semirec.store import SequenceStore
-from streams.batches import Record
-from streams.ingest import IngestProcessor
-from trainer.configs import paper
-from trainer.online import Learner, OnlineConfig, to_sample_set
-from trainer.registry import build
-from trainer.samples import build_samples
-from trainer.toy import toy_world
+from semirec.core.contracts import ContractError, Reason, encode_event
+from semirec.core.samples import TrainingSample, decode_sample, encode_sample
+from semirec.core.store import SequenceStore
+from semirec.streams.batches import Record
+from semirec.streams.ingest import IngestProcessor
+from semirec.trainer.nets.configs import paper
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.samples import build_samples
+from semirec.trainer.offline.toy import toy_world
+from semirec.trainer.online.learner import Learner, OnlineConfig, to_sample_set
 
 
 async def no_dead_letters(bad) -> None:
@@ -116,7 +116,7 @@ async def test_samples_go_out_in_chunks_and_are_acknowledged_before_their_state(
     includes its watches is in Redis."""
     import asyncio
 
-    from streams.ingest import SAMPLES_CHUNK
+    from semirec.streams.ingest import SAMPLES_CHUNK
 
     world = toy_world(users=40, events_per_user=30, dim=8, seed=6)
     store = SequenceStore.from_url(settings.redis_url)

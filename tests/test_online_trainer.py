@@ -19,20 +19,28 @@ import torch
 import tritonclient.grpc as grpcclient
 from aiokafka import AIOKafkaConsumer
 
-from semirec.contracts import Domain
-from semirec.item_store import ItemStore, ItemVector
-from semirec.samples import encode_sample
-from semirec.stack import EmbeddedStack
+from semirec.core.contracts import Domain
+from semirec.core.item_store import ItemStore, ItemVector
+from semirec.core.samples import encode_sample
+from semirec.core.stack import EmbeddedStack
+from semirec.trainer.nets import checkpoint
+from semirec.trainer.nets.configs import BlockConfig, paper
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.online.gate import GateConfig
+from semirec.trainer.online.learner import (
+    BUFFERS,
+    CURRENT,
+    STATE,
+    ItemTable,
+    Learner,
+    OnlineConfig,
+    samples_from_events,
+)
+from semirec.trainer.online.service import OnlineTrainer
+from semirec.trainer.registry.repository import ModelRepository
 from tests.conftest import settings_env
 from tests.kafka_utils import committed, produce_raw
 from tests.online_utils import drifting_world
-from trainer import checkpoint
-from trainer.configs import BlockConfig, paper
-from trainer.gate import GateConfig
-from trainer.model_repo import ModelRepository
-from trainer.online import BUFFERS, CURRENT, STATE, ItemTable, Learner, OnlineConfig, samples_from_events
-from trainer.online_service import OnlineTrainer
-from trainer.registry import build
 
 D = 32
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -1,4 +1,4 @@
-"""Popularity counts from the stream (serving/popularity.py): one script call per batch must
+"""Popularity counts from the stream (semirec/serving/popularity.py): one script call per batch must
 count exactly what one HINCRBY per watch would, on a real redis-server."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections import Counter
 
 import redis.asyncio as aioredis
 
-from semirec.contracts import Domain, Event
-from serving.popularity import (
+from semirec.core.contracts import Domain, Event
+from semirec.serving.popularity import (
     COMPLETES_KEY,
     HOURS_KEY,
     KEEP_S,
@@ -86,10 +86,10 @@ async def test_products_and_incomplete_watches_add_no_hour(stack, redis_client) 
 async def test_ingest_counts_each_batch_alongside_its_state_write(settings, redis_client) -> None:
     """The ingest processor counts a batch's watches while it writes the state; both are done
     when process returns (before the batch would be acked)."""
-    from semirec.contracts import encode_event
-    from semirec.store import SequenceStore
-    from streams.batches import Record
-    from streams.ingest import IngestProcessor, count_popularity
+    from semirec.core.contracts import encode_event
+    from semirec.core.store import SequenceStore
+    from semirec.streams.batches import Record
+    from semirec.streams.ingest import IngestProcessor, count_popularity
 
     async def no_dead_letters(bad) -> None:
         raise AssertionError(bad)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from semirec.kafka import ensure_topics, producer
-from streams.publish import publish_many
+from semirec.core.kafka import ensure_topics, producer
+from semirec.streams.publish import publish_many
 from tests.kafka_utils import consume_all, produce_raw
 
 

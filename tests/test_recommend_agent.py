@@ -13,14 +13,14 @@ from collections import Counter
 import orjson
 import pytest
 
-from semirec.kafka import ensure_topics, ingest_topics, serving_topics
-from semirec.recommendations import RecommendationRequest
-from serving.cli import ask
+from semirec.cli.recommend import ask
+from semirec.core.kafka import ensure_topics, ingest_topics, serving_topics
+from semirec.core.recommendations import RecommendationRequest
+from semirec.trainer.offline.toy import toy_world
 from tests.conftest import settings_env
 from tests.kafka_utils import consume_all, produce_raw
 from tests.serving_utils import CATS, Recommendations, category, clicks, put_catalog
 from tests.workers import running_worker
-from trainer.toy import toy_world
 
 T0 = 1_700_000_000.0
 

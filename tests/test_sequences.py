@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semirec.contracts import Event, validate_event
-from semirec.sequences import UserState, apply, pack, replay, unpack
+from semirec.core.contracts import Event, validate_event
+from semirec.core.sequences import UserState, apply, pack, replay, unpack
 from tests.event_script import BASE_TS, scripted_events
 
 

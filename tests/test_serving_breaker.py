@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.breaker import CircuitBreaker, State
+from semirec.serving.breaker import CircuitBreaker, State
 
 
 class Clock:

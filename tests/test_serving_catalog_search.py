@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semirec.contracts import Domain
-from semirec.sequences import Entry, UserState
-from serving.catalog import CatalogIndex
-from serving.popularity import PopularitySnapshot
-from serving.recall import Recall
+from semirec.core.contracts import Domain
+from semirec.core.sequences import Entry, UserState
+from semirec.serving.catalog import CatalogIndex
+from semirec.serving.popularity import PopularitySnapshot
+from semirec.serving.recall import Recall
 
 DIM = 128
 
@@ -82,7 +82,7 @@ def test_serving_runs_faiss_and_numpy_blas_on_one_thread() -> None:
     import faiss
     from threadpoolctl import threadpool_info
 
-    from serving.threads import single_threaded_math
+    from semirec.serving.threads import single_threaded_math
 
     assert single_threaded_math() >= 2  # numpy's OpenBLAS and faiss's OpenMP at least
     assert faiss.omp_get_max_threads() == 1

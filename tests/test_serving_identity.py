@@ -11,19 +11,19 @@ import pytest
 import redis.asyncio as aioredis
 import torch
 
-from semirec.contracts import Domain, Event
-from serving.features import identity_tensors, item_bucket, rank_request
-from serving.popularity import count_watches, watch_counts
-from serving.ranking import TritonRanker
-from serving.recommender import Recommender
+from semirec.core.contracts import Domain, Event
+from semirec.serving.features import identity_tensors, item_bucket, rank_request
+from semirec.serving.popularity import count_watches, watch_counts
+from semirec.serving.ranking import TritonRanker
+from semirec.serving.recommender import Recommender
+from semirec.trainer.nets import checkpoint
+from semirec.trainer.nets.configs import BlockConfig, paper
+from semirec.trainer.nets.identity import item_bucket as trainer_bucket
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.toy import toy_world
+from semirec.trainer.registry.export import torch_batch_scores
+from semirec.trainer.registry.repository import ModelRepository
 from tests.serving_utils import private_triton, put_catalog
-from trainer import checkpoint
-from trainer.configs import BlockConfig, paper
-from trainer.export import torch_batch_scores
-from trainer.identity import item_bucket as trainer_bucket
-from trainer.model_repo import ModelRepository
-from trainer.registry import build
-from trainer.toy import toy_world
 
 D = 128
 T0 = 1_700_000_000.0

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from semirec.contracts import Domain, Event
-from semirec.item_store import ItemStore, ItemVector
-from semirec.sequences import Entry, UserState
-from serving.catalog import CatalogIndex
-from serving.features import rank_request
-from serving.popularity import PopularitySnapshot, count_watches
-from serving.recall import SOURCES, Recall, RecallConfig
-from trainer.samples import build_samples
-from trainer.toy import toy_world
+from semirec.core.contracts import Domain, Event
+from semirec.core.item_store import ItemStore, ItemVector
+from semirec.core.sequences import Entry, UserState
+from semirec.serving.catalog import CatalogIndex
+from semirec.serving.features import rank_request
+from semirec.serving.popularity import PopularitySnapshot, count_watches
+from semirec.serving.recall import SOURCES, Recall, RecallConfig
+from semirec.trainer.offline.samples import build_samples
+from semirec.trainer.offline.toy import toy_world
 
 DIM = 128
 CATS = 4
@@ -82,7 +82,7 @@ def test_a_re_encoded_video_keeps_its_place_among_the_newest() -> None:
 async def test_a_vector_of_another_size_is_left_out_not_fatal(store, world, caplog) -> None:
     """One stale or foreign vector (another encoder's size) once stopped the recommendation
     worker at start (the whole refresh raised); now it is left out, counted and logged."""
-    from serving import metrics
+    from semirec.serving import metrics
 
     odd = np.ones(32, np.float32)
     await store.put_many([ItemVector("v-odd", Domain.VIDEO, odd, "other-encoder")])
@@ -165,7 +165,7 @@ async def test_a_new_video_is_recallable_before_anyone_watched_it(store, world) 
 
 async def test_request_tensors_equal_the_trainers_point_in_time_samples(store, world) -> None:
     """What the online ranker is fed = what the trainer's sample builder saw for that watch."""
-    from semirec.sequences import apply
+    from semirec.core.sequences import apply
 
     index = await loaded(store)
     uid = world.events[0].user_id

@@ -14,21 +14,21 @@ import pytest
 import redis.asyncio as aioredis
 import torch
 
-from semirec.kafka import ensure_topics, ingest_topics, serving_topics
-from semirec.sequences import Entry, UserState
-from serving.breaker import CircuitBreaker
-from serving.features import rank_request
-from serving.ranking import OnnxRanker, TritonRanker
-from serving.recommender import Job, Recommender
+from semirec.core.kafka import ensure_topics, ingest_topics, serving_topics
+from semirec.core.sequences import Entry, UserState
+from semirec.serving.breaker import CircuitBreaker
+from semirec.serving.features import rank_request
+from semirec.serving.ranking import OnnxRanker, TritonRanker
+from semirec.serving.recommender import Job, Recommender
+from semirec.trainer.nets import checkpoint
+from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper
+from semirec.trainer.offline.evaluate import EvalProtocol, prepare, train_model
+from semirec.trainer.offline.toy import toy_world
+from semirec.trainer.registry.export import torch_batch_scores
+from semirec.trainer.registry.repository import ModelRepository
 from tests.kafka_utils import produce_raw
 from tests.serving_utils import CATS, Recommendations, category, clicks, private_triton, put_catalog
 from tests.workers import running_worker
-from trainer import checkpoint
-from trainer.configs import BlockConfig, TrainConfig, paper
-from trainer.evaluate import EvalProtocol, prepare, train_model
-from trainer.export import torch_batch_scores
-from trainer.model_repo import ModelRepository
-from trainer.toy import toy_world
 
 D = 128
 T0 = 1_700_000_000.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import faust
 import pytest
 
-from semirec.settings import Settings, SettingsError
-from streams.app import broker_credentials
+from semirec.core.settings import Settings, SettingsError
+from semirec.streams.app import broker_credentials
 
 
 def test_defaults_match_the_contract() -> None:

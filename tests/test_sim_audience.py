@@ -1,14 +1,14 @@
-"""sim.audience: simulated users on a real generated world, without services."""
+"""semirec.sim.audience: simulated users on a real generated world, without services."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from semirec.contracts import validate_event
-from sim.audience import Audience, PositionChoice
-from worlds import load_world
-from worlds.live import LiveWorld
+from semirec.core.contracts import validate_event
+from semirec.sim.audience import Audience, PositionChoice
+from semirec.worlds import load_world
+from semirec.worlds.live import LiveWorld
 
 NOW = 1_900_000_000.0
 

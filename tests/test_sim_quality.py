@@ -1,4 +1,4 @@
-"""sim.quality: exact online quality of one slate and its aggregates (pure, no services)."""
+"""semirec.sim.quality: exact online quality of one slate and its aggregates (pure, no services)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.quality import QualityLog, Scored, popularity_expectation, slate_quality
+from semirec.sim.quality import QualityLog, Scored, popularity_expectation, slate_quality
 
 
 def _brute_force_popularity(probs: list[float], pop: list[int], k: int) -> float:
@@ -84,8 +84,8 @@ def test_quality_log_aggregates() -> None:
 
 def test_truth_diagnostic_orders_the_policies() -> None:
     """TRUTH DIAGNOSTIC on a tiny world: a scorer that is the truth equals the oracle."""
-    from sim.truth_diagnostic import diagnose
-    from worlds import load_world
+    from semirec.sim.truth_diagnostic import diagnose
+    from semirec.worlds import load_world
 
     world = load_world("world", seed=0, users=40)
     vectors = np.random.default_rng(0).normal(size=(len(world.items), 8)).astype(np.float32)
@@ -109,12 +109,12 @@ def test_truth_diagnostic_orders_the_policies() -> None:
 
 
 def test_ranker_check_similarity_is_the_cosine_to_the_newest_items() -> None:
-    """sim.ranker_check's plain similarity: cosine to the mean direction of the newest 10
+    """semirec.sim.ranker_check's plain similarity: cosine to the mean direction of the newest 10
     videos and 10 products (padding ignored; 0 without any)."""
     import torch
 
-    from sim.ranker_check import similarity_scores
-    from trainer.samples import SampleSet
+    from semirec.sim.ranker_check import similarity_scores
+    from semirec.trainer.offline.samples import SampleSet
 
     table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
     seq = np.zeros((2, 12), np.int32)

@@ -1,4 +1,4 @@
-"""sim.report and sim.live: the summary's checks, the report directory, the live view (no services)."""
+"""semirec.sim.report and .live: the summary's checks, the report directory, the live view (no services)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from sim.live import LiveState, Rate, UserView, render
-from sim.loop import LoopResult, Sample
-from sim.quality import QualityLog, Scored, slate_quality
-from sim.report import summarize, write_report
+from semirec.sim.live import LiveState, Rate, UserView, render
+from semirec.sim.loop import LoopResult, Sample
+from semirec.sim.quality import QualityLog, Scored, slate_quality
+from semirec.sim.report import summarize, write_report
 
 T0 = 1_900_000_000.0
 
@@ -122,7 +122,7 @@ def test_parts_stop_with_their_children_and_fail_clearly(tmp_path) -> None:
     import sys
     import time
 
-    from sim.orchestrator import DemoError, Part
+    from semirec.sim.orchestrator import DemoError, Part
 
     pidfile = tmp_path / "child.pid"
     script = ("import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
@@ -148,7 +148,7 @@ def test_parts_stop_with_their_children_and_fail_clearly(tmp_path) -> None:
 
 
 def test_prune_runs_keeps_the_newest(tmp_path) -> None:
-    from sim.orchestrator import prune_runs
+    from semirec.sim.orchestrator import prune_runs
 
     for name in ("20260101T000000", "20260102T000000", "20260103T000000"):
         (tmp_path / name / "models").mkdir(parents=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from semirec.stack import StackError, _wait
+from semirec.core.stack import StackError, _wait
 
 KEYS = {"kafka", "redis", "triton_grpc", "triton_http", "triton_metrics"}
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from semirec import store as store_module
-from semirec.contracts import Domain, Event, encode_event
-from semirec.sequences import UserState, pack, version_token
-from semirec.store import SequenceStore, user_key
-from streams.batches import Record
-from streams.ingest import IngestProcessor
+from semirec.core import store as store_module
+from semirec.core.contracts import Domain, Event, encode_event
+from semirec.core.sequences import UserState, pack, version_token
+from semirec.core.store import SequenceStore, user_key
+from semirec.streams.batches import Record
+from semirec.streams.ingest import IngestProcessor
 
 
 def click(n: int, user: str = "u1") -> Event:

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.ccl import CCL, info_nce, init_from_ccl
-from trainer.configs import BlockConfig, CCLConfig, TrainConfig, paper
-from trainer.ranker import UserBatch
-from trainer.registry import build
+from semirec.trainer.nets.ccl import CCL, info_nce, init_from_ccl
+from semirec.trainer.nets.configs import BlockConfig, CCLConfig, TrainConfig, paper
+from semirec.trainer.nets.ranker import UserBatch
+from semirec.trainer.nets.zoo import build
 
 D = 16
 
@@ -137,8 +137,8 @@ def test_pretraining_aligns_the_two_domains() -> None:
     """Pairs whose video and product sequences share a latent vector (rotated for products):
     after CCL a video query retrieves its own product sequence among all records (random:
     1/96), which the untrained encoders cannot."""
-    from trainer.fit import pretrain_ccl
-    from trainer.samples import SampleSet, user_batch
+    from semirec.trainer.nets.fit import pretrain_ccl
+    from semirec.trainer.offline.samples import SampleSet, user_batch
 
     rng = np.random.default_rng(0)
     n, width = 96, 6
@@ -205,7 +205,7 @@ def test_same_user_keys_are_not_negatives() -> None:
 def _timing_only_records(n: int = 96, width: int = 6, seed: int = 0):
     """Records whose items carry no content at all (zero vectors) but whose two sequences share
     their ages, as a user's active hours do: only timing pairs the domains."""
-    from trainer.samples import SampleSet
+    from semirec.trainer.offline.samples import SampleSet
 
     rng = np.random.default_rng(seed)
     table = np.zeros((1 + 2 * n * width, D), np.float32)
@@ -223,9 +223,9 @@ def test_ccl_cannot_pair_the_domains_from_timing_alone(use_time: bool) -> None:
     """With the time embedding inside CCL (the paper), the pairing is learned from shared
     active hours alone: item vectors zeroed, accuracy far above chance. Without it (our
     setting) zeroed items leave nothing to pair by: accuracy = chance."""
-    from trainer.ccl import time_only_accuracy
-    from trainer.fit import pretrain_ccl, user_codes
-    from trainer.samples import user_batch
+    from semirec.trainer.nets.ccl import time_only_accuracy
+    from semirec.trainer.nets.fit import pretrain_ccl, user_codes
+    from semirec.trainer.offline.samples import user_batch
 
     records, table = _timing_only_records()
     c = replace(cfg(), ccl=replace(cfg().ccl, queue_size=32, batch_size=16, momentum=0.9,

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.configs import MODEL_NAMES, BlockConfig, ModelConfig, TrainConfig, paper
-from trainer.layers import AttentionBlock
-from trainer.ranker import UserBatch
-from trainer.registry import build
-from trainer.semi import SEMI
+from semirec.trainer.nets.configs import MODEL_NAMES, BlockConfig, ModelConfig, TrainConfig, paper
+from semirec.trainer.nets.layers import AttentionBlock
+from semirec.trainer.nets.ranker import UserBatch
+from semirec.trainer.nets.semi import SEMI
+from semirec.trainer.nets.zoo import build
 
 D = 32
 NEURAL = [m for m in MODEL_NAMES if m != "pop"] + ["semi_ccl+sim", "semi_product+sim"]

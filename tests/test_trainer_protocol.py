@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.configs import BlockConfig, TrainConfig, paper
-from trainer.evaluate import (
+from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper
+from semirec.trainer.nets.identity import ItemCounts, ItemIdentity, item_bucket
+from semirec.trainer.offline.evaluate import (
     EvalProtocol,
     Popularity,
     _sample_unwatched,
@@ -21,9 +22,8 @@ from trainer.evaluate import (
     prepare,
     train_model,
 )
-from trainer.identity import ItemCounts, ItemIdentity, item_bucket
-from trainer.metrics import auc, gauc
-from trainer.toy import toy_world
+from semirec.trainer.offline.metrics import auc, gauc
+from semirec.trainer.offline.toy import toy_world
 
 D = 32
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -75,7 +75,7 @@ def test_popularity_matched_negatives_follow_exposure() -> None:
 
 
 def test_within_shown_pairs_finished_with_unfinished_of_the_same_hour() -> None:
-    from trainer.samples import SampleSet
+    from semirec.trainer.offline.samples import SampleSet
 
     h = 3600.0
     user = np.array(["a", "a", "a", "a", "b", "b"], dtype=object)
@@ -129,7 +129,7 @@ def test_identity_learns_item_quality_and_unseen_items_fall_back_to_content(data
     features = data.features(ident.identity.bias.num_embeddings)
 
     def scorer(model, items):
-        from trainer.fit import predict
+        from semirec.trainer.nets.fit import predict
         return lambda s, c: predict(model, s, c, data.table, items=items)
 
     plain = measure(scorer(base, None), data)
@@ -142,7 +142,7 @@ def test_identity_learns_item_quality_and_unseen_items_fall_back_to_content(data
     untouched = np.setdiff1d(np.arange(ident.identity.bias.num_embeddings), list(seen))
     assert (ident.identity.bias.weight[untouched] == 0).all()
     # an unseen item with no watches adds nothing to its content score
-    from trainer.ranker import UserBatch
+    from semirec.trainer.nets.ranker import UserBatch
     torch.manual_seed(0)
     user = UserBatch(torch.randn(2, 3, D), torch.zeros(2, 3, dtype=torch.long),
                      torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 1, D),
@@ -157,7 +157,7 @@ def test_identity_learns_item_quality_and_unseen_items_fall_back_to_content(data
 
 
 def test_request_graph_applies_the_window_and_identity_inputs(tmp_path, data) -> None:
-    from trainer.export import (
+    from semirec.trainer.registry.export import (
         IDENTITY_INPUTS,
         INPUTS,
         example_request,
@@ -185,7 +185,7 @@ def test_request_graph_applies_the_window_and_identity_inputs(tmp_path, data) ->
             "candidate_completes": request["candidate_completes"] + 100}
     assert (run_onnx(session, busy) > got).all()  # a higher completion rate raises every score
     # the batched graph (Triton) takes the same inputs with a batch axis
-    from trainer.export import example_batch, export_batched_onnx, torch_batch_scores
+    from semirec.trainer.registry.export import example_batch, export_batched_onnx, torch_batch_scores
     batched = onnx_session(export_batched_onnx(model, tmp_path / "idb.onnx", D))
     assert [i.name for i in batched.get_inputs()] == list(INPUTS + IDENTITY_INPUTS)
     batch = example_batch(3, D, 8, 5, 7, identity=True)

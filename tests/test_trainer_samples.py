@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from semirec.contracts import Domain, Event
-from semirec.sequences import replay
-from trainer.samples import (
+from semirec.core.contracts import Domain, Event
+from semirec.core.sequences import replay
+from semirec.trainer.offline.samples import (
     build_samples,
     ccl_records,
     chronological_split,
     length_batches,
     user_batch,
 )
-from trainer.toy import toy_world
+from semirec.trainer.offline.toy import toy_world
 
 H = 3600.0
 
@@ -126,7 +126,7 @@ def test_batches_cover_everything_once_and_trim_padding() -> None:
 
 
 def test_the_ranker_sees_the_last_seven_days_only() -> None:
-    from trainer.samples import in_window
+    from semirec.trainer.offline.samples import in_window
 
     assert in_window(np.array([0, 1, 168, 169, 5000])).tolist() == [True, True, True, False, False]
     assert in_window(torch.tensor([168, 169])).tolist() == [True, False]
@@ -145,7 +145,7 @@ def test_the_ranker_sees_the_last_seven_days_only() -> None:
 
 
 def test_record_filter_keeps_one_video_or_five_products() -> None:
-    from trainer.samples import record_filter
+    from semirec.trainer.offline.samples import record_filter
 
     events = [click(f"c{i}", "a", "p1", i * H) for i in range(5)]
     events += [watch("w1", "a", "v1", 10 * H, True),  # 5 products before: kept

@@ -13,9 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.configs import BlockConfig, TrainConfig, paper, scaled
-from trainer.evaluate import EvalProtocol, prepare, train_model
-from trainer.export import (
+from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper, scaled
+from semirec.trainer.nets.fit import param_groups, predict
+from semirec.trainer.nets.layers import ContentSimilarity
+from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.evaluate import EvalProtocol, prepare, train_model
+from semirec.trainer.offline.metrics import auc
+from semirec.trainer.offline.samples import user_batch
+from semirec.trainer.offline.toy import toy_world
+from semirec.trainer.registry.export import (
     example_batch,
     example_request,
     export_batched_onnx,
@@ -25,12 +31,6 @@ from trainer.export import (
     torch_batch_scores,
     torch_scores,
 )
-from trainer.fit import param_groups, predict
-from trainer.layers import ContentSimilarity
-from trainer.metrics import auc
-from trainer.registry import build
-from trainer.samples import user_batch
-from trainer.toy import toy_world
 
 D = 32
 

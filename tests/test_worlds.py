@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from semirec.contracts import validate_event
-from semirec.items import validate_item
-from semirec.sequences import replay
-from worlds import World, load_world, make_config
-from worlds.categories import CATEGORIES
-from worlds.config import START_TS
-from worlds.files import read_world, write_world
-from worlds.stats import auc, probe_aucs
+from semirec.core.contracts import validate_event
+from semirec.core.items import validate_item
+from semirec.core.sequences import replay
+from semirec.worlds import World, load_world, make_config
+from semirec.worlds.categories import CATEGORIES
+from semirec.worlds.config import START_TS
+from semirec.worlds.files import read_world, write_world
+from semirec.worlds.stats import auc, probe_aucs
 
 SLUGS = {c.slug for c in CATEGORIES}
 

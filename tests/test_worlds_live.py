@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semirec.items import validate_item
-from worlds import load_world
-from worlds.categories import CATEGORIES
-from worlds.live import LiveWorld
+from semirec.core.items import validate_item
+from semirec.worlds import load_world
+from semirec.worlds.categories import CATEGORIES
+from semirec.worlds.live import LiveWorld
 
 SLUGS = [c.slug for c in CATEGORIES]
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from semirec.contracts import validate_event
-from worlds import World, load_world
-from worlds.movielens import ml100k_dir
+from semirec.core.contracts import validate_event
+from semirec.worlds import World, load_world
+from semirec.worlds.movielens import ml100k_dir
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_cli_ml100k(tmp_path) -> None:
 
 
 def test_items_satisfy_the_item_contract(ml: World) -> None:
-    from semirec.items import validate_item
+    from semirec.core.items import validate_item
 
     for item in ml.items:
         assert validate_item(item).images == ()

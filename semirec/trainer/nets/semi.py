@@ -1,0 +1,97 @@
+"""SEMI (§3.4): intra-domain encoders, an inter-domain block, target attention per domain, MLP.
+
+User side (once per request): for each domain, item vector + hour-block time embedding (one table
+shared by both domains) -> intra-domain attention block (§3.2.3) -> V_intra / P_intra; the
+concatenation [V_intra, P_intra] -> inter-domain attention block -> V_inter / P_inter, whose keys
+and values are projected for the two target-attention blocks.
+
+Candidate side (per candidate): v_t^in = item vector + time embedding of the current hour block;
+target attention (Query = v_t^in, Key = Value = V_inter or P_inter) -> u_v, u_p;
+MLP(concat[u_v, u_p, v_t^in]) -> dropout -> logit (sigmoid gives P(watched completely)).
+
+The ablations SEMI-Video / SEMI-Product are the same network on one domain (the inter block then
+attends within that domain only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from semirec.trainer.nets.configs import ModelConfig
+from semirec.trainer.nets.layers import AttentionBlock, ContentSimilarity, Head, TimeEmbedding
+from semirec.trainer.nets.ranker import Context, Ranker, UserBatch
+
+
+def _block(cfg: ModelConfig) -> AttentionBlock:
+    b = cfg.block
+    return AttentionBlock(b.dim, b.heads, b.ffn, b.dropout)
+
+
+class SequenceEncoder(nn.Module):
+    """§3.2.3 multi-modal sequence encoder: (vector + time embedding) -> attention block.
+
+    The time embedding is passed in, not owned, because both domains share it.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.block = _block(cfg)
+
+    def forward(self, x: Tensor, age: Tensor, mask: Tensor, time: TimeEmbedding) -> Tensor:
+        return self.block(x + time(age), mask)
+
+
+class SEMI(Ranker):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.domains = cfg.domains
+        if not self.domains or set(self.domains) - {"video", "product"}:
+            raise ValueError(f"SEMI needs video and/or product domains, got {self.domains}")
+        self.time = TimeEmbedding(cfg.block.dim, cfg.block.max_age_hours)
+        self.intra = nn.ModuleDict({d: SequenceEncoder(cfg) for d in self.domains})
+        self.inter = _block(cfg)
+        self.target = nn.ModuleDict({d: _block(cfg) for d in self.domains})
+        n_sim = ContentSimilarity.FEATURES * len(self.domains) if cfg.content_similarity else 0
+        self.similarity = ContentSimilarity() if n_sim else None
+        # the similarity features' own linear term of the logit (zero at the start)
+        self.similarity_weight = nn.Linear(n_sim, 1) if n_sim else None
+        if self.similarity_weight is not None:
+            nn.init.zeros_(self.similarity_weight.weight)
+            nn.init.zeros_(self.similarity_weight.bias)
+        self.head = Head(cfg.block.dim * (len(self.domains) + 1) + n_sim, cfg.mlp_hidden,
+                         cfg.block.dropout)
+
+    def encode_user(self, user: UserBatch) -> Context:
+        intra, masks = [], []
+        for d in self.domains:
+            x, age, mask = user.domain(d)
+            intra.append(self.intra[d](x * self.item_scale, age, mask, self.time))
+            masks.append(mask)
+        joint = self.inter(torch.cat(intra, dim=1), torch.cat(masks, dim=1))
+        parts = joint.split([m.shape[1] for m in masks], dim=1)
+        ctx: list[Tensor] = []
+        for d, part, mask in zip(self.domains, parts, masks, strict=True):
+            ctx.extend(self.target[d].keys_values(part, mask))
+        if self.similarity is not None:  # after the 3 tensors per domain of the target blocks
+            for d in self.domains:
+                x, _, mask = user.domain(d)
+                ctx.extend(self.similarity.context(x, mask))
+        return tuple(ctx)
+
+    def wide_parameters(self) -> list[nn.Parameter]:
+        return [] if self.similarity_weight is None else list(self.similarity_weight.parameters())
+
+    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
+        query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0
+        users = [
+            self.target[d].attend(query, *ctx[3 * i : 3 * i + 3])
+            for i, d in enumerate(self.domains)
+        ]
+        if self.similarity is None or self.similarity_weight is None:
+            return self.head(torch.cat([*users, query], dim=-1))
+        n = 3 * len(self.domains)
+        sims = torch.cat([self.similarity.features(candidates, *ctx[n + 3 * i : n + 3 * i + 3])
+                          for i in range(len(self.domains))], dim=-1)
+        return (self.head(torch.cat([*users, query, sims], dim=-1))
+                + self.similarity_weight(sims).squeeze(-1))

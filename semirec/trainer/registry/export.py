@@ -1,0 +1,236 @@
+"""ONNX export of a ranker as one request graph with a candidate axis.
+
+Inputs (one user, C candidates): ``video`` [Lv, d] float32, ``video_age`` [Lv] int64 (hours
+before the request), ``video_mask`` [Lv] bool (True = real entry), the same three for
+``product``, and ``candidates`` [C, d] float32. Output: ``score`` [C] = P(watched completely).
+Lv, Lp and C are dynamic. The user side runs once per call, whatever C is.
+A sequence with no entries is passed as one padded slot with mask False. Inputs a model does
+not read (the product sequence of a video-only model) are absent from its graph; :func:`run_onnx`
+feeds only the inputs a session declares.
+
+The 7-day window (§4.1) is applied inside the graph: an entry is used only if
+``0 <= age <= 168`` (:func:`semirec.trainer.offline.samples.in_window`), so the server passes the stored
+sequence (newest 50 of any age) as it is, with ``age = ts // 3600 (request) - ts // 3600
+(entry)``.
+
+A model trained with item identity (``ModelConfig.item_identity``; :mod:`semirec.trainer.nets.identity`)
+has three more inputs, :data:`IDENTITY_INPUTS`, one value per candidate (see there).
+
+The batched graph (:func:`export_batched_onnx`, served by Triton as model ``ranker``) has the same
+input names with a leading batch axis B: ``video`` [B, Lv, d], ... , ``candidates`` [B, C, d] ->
+``score`` [B, C]. It declares every name in :data:`INPUTS` whatever the model reads (an unread
+input is fed through as ``+ 0 * x[..., first element]``), so Triton's config and a TensorRT engine
+have one tensor contract for all models (plus :data:`IDENTITY_INPUTS`, [B, C] each, for a model
+with item identity).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from semirec.trainer.nets.ranker import Ranker, UserBatch
+from semirec.trainer.offline.samples import WINDOW_HOURS, in_window
+
+INPUTS = ("video", "video_age", "video_mask", "product", "product_age", "product_mask",
+          "candidates")
+IDENTITY_INPUTS = ("candidate_bucket", "candidate_watches", "candidate_completes")
+"""Extra inputs of a model with item identity, each [C], aligned with ``candidates``:
+
+- ``candidate_bucket`` int64: ``semirec.trainer.nets.identity.item_bucket(video_id, buckets)`` = the first
+  8 bytes of ``hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()`` as an
+  unsigned little-endian integer, modulo ``buckets`` = ``ModelConfig.id_buckets`` (2^18 =
+  262144; in the checkpoint's config.json as ``model.id_buckets``).
+- ``candidate_watches`` float32: how many watches of the video (complete or not, by anyone)
+  happened before the request.
+- ``candidate_completes`` float32: how many of those were complete.
+
+The graph smooths the two counts itself: rate = (completes + 10 * prior) / (watches + 10),
+``prior`` = the training set's completion rate (stored in the graph). An unknown video is
+bucket + zero counts: it gets no learned bias (unless its bucket collides) and the prior rate.
+"""
+OUTPUT = "score"
+OPSET = 17
+
+
+def user_batch(feeds: dict[str, Tensor]) -> UserBatch:
+    """The user side of a batched request (leading batch axis), by input name."""
+    return UserBatch(*(feeds[k] for k in INPUTS[:6]))
+
+
+class RequestGraph(nn.Module):
+    """A ranker wrapped for one request: sequences + candidates -> probabilities."""
+
+    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
+        super().__init__()
+        self.model = model
+        self.window_hours = window_hours
+
+    def forward(self, video: Tensor, video_age: Tensor, video_mask: Tensor, product: Tensor,
+                product_age: Tensor, product_mask: Tensor, candidates: Tensor,
+                candidate_bucket: Tensor | None = None, candidate_watches: Tensor | None = None,
+                candidate_completes: Tensor | None = None) -> Tensor:
+        video_mask = video_mask & in_window(video_age, self.window_hours)
+        product_mask = product_mask & in_window(product_age, self.window_hours)
+        user = UserBatch(video[None], video_age[None], video_mask[None],
+                         product[None], product_age[None], product_mask[None])
+        items = None
+        if self.model.identity is not None:
+            if candidate_bucket is None or candidate_watches is None or candidate_completes is None:
+                raise ValueError(f"this model needs {IDENTITY_INPUTS}")
+            items = (candidate_bucket[None], candidate_watches[None], candidate_completes[None])
+        logits = self.model.logits(self.model.encode_user(user), candidates[None], items)
+        return torch.sigmoid(logits[0])
+
+
+def input_names(model: Ranker) -> tuple[str, ...]:
+    """The graph's inputs for ``model``: :data:`INPUTS`, plus :data:`IDENTITY_INPUTS` if it
+    uses item identity."""
+    return INPUTS + (IDENTITY_INPUTS if model.identity is not None else ())
+
+
+class BatchedRequestGraph(nn.Module):
+    """A ranker for B users at once: inputs in :func:`input_names` order (:data:`INPUTS`, plus
+    :data:`IDENTITY_INPUTS` for a model with item identity, each [B, C]) with a batch axis ->
+    [B, C]. The 7-day window is applied as in :class:`RequestGraph`."""
+
+    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
+        super().__init__()
+        self.model = model
+        self.window_hours = window_hours
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        feeds = dict(zip(input_names(self.model), inputs, strict=True))
+        for domain in ("video", "product"):
+            feeds[f"{domain}_mask"] = feeds[f"{domain}_mask"] & in_window(
+                feeds[f"{domain}_age"], self.window_hours)
+        items = None
+        if self.model.identity is not None:
+            items = tuple(feeds[k] for k in IDENTITY_INPUTS)
+        probs = torch.sigmoid(self.model.logits(self.model.encode_user(user_batch(feeds)),
+                                                feeds["candidates"], items))
+        # every input stays in the graph (the exporter drops unread ones): + 0 * one element
+        touch = sum(x.reshape(x.shape[0], -1)[:, :1].to(probs.dtype) for x in inputs)
+        return probs + 0.0 * touch
+
+
+def example_request(
+    dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500, seed: int = 0,
+    video_real: int | None = None, product_real: int | None = None, identity: bool = False,
+) -> dict[str, np.ndarray]:
+    """Random inputs in the graph's format (``*_real`` = how many entries are real, newest last);
+    with ``identity`` also :data:`IDENTITY_INPUTS`."""
+    rng = np.random.default_rng(seed)
+
+    def seq(n: int, real: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        real = n if real is None else real
+        mask = np.arange(n) >= n - real
+        age = np.sort(rng.integers(0, 400, n))[::-1].astype(np.int64)
+        vec = rng.normal(scale=0.09, size=(n, dim)).astype(np.float32) * mask[:, None]
+        return vec, age, mask
+
+    v, p = seq(video, video_real), seq(product, product_real)
+    cands = rng.normal(scale=0.09, size=(candidates, dim)).astype(np.float32)
+    watches = rng.integers(0, 50, candidates).astype(np.float32)
+    extra = (rng.integers(0, 1 << 18, candidates).astype(np.int64), watches,
+                np.floor(watches * rng.random(candidates)).astype(np.float32))
+    out = dict(zip(INPUTS + IDENTITY_INPUTS, (*v, *p, cands, *extra), strict=True))
+    return out if identity else {k: out[k] for k in INPUTS}
+
+
+def fit_buckets(model: Ranker, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Example buckets within ``model``'s bucket count (the examples draw from 2^18)."""
+    if model.identity is not None and "candidate_bucket" in feeds:
+        feeds["candidate_bucket"] = feeds["candidate_bucket"] % model.identity.bias.num_embeddings
+    return feeds
+
+
+def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
+    """Write the request graph of ``model`` (eval mode) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = RequestGraph(model).eval()
+    names = input_names(model)
+    request = fit_buckets(model, example_request(dim, 7, 9, 5, identity=model.identity is not None))
+    example = tuple(torch.from_numpy(request[k]) for k in names)
+    axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
+            "video_mask": {0: "video_len"}, "product": {0: "product_len"},
+            "product_age": {0: "product_len"}, "product_mask": {0: "product_len"},
+            "candidates": {0: "candidates"}, OUTPUT: {0: "candidates"},
+            **{k: {0: "candidates"} for k in names if k in IDENTITY_INPUTS}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
+        torch.onnx.export(graph, example, str(path), input_names=list(names),
+                          output_names=[OUTPUT], dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False)
+    return path
+
+
+def example_batch(
+    users: int = 4, dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500,
+    seed: int = 0, identity: bool = False,
+) -> dict[str, np.ndarray]:
+    """Random batched inputs: user ``i`` has a different number of real entries per domain
+    (left-padded, newest last; user 0 has no products); with ``identity`` also
+    :data:`IDENTITY_INPUTS`."""
+    rows = [example_request(dim, video, product, candidates, seed + i,
+                            video_real=(i * 7) % (video + 1),
+                            product_real=0 if i == 0 else (i * 11) % (product + 1),
+                            identity=identity)
+            for i in range(users)]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
+    """Write the batched request graph of ``model`` (eval mode) to ``path`` (via ``.tmp``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = BatchedRequestGraph(model).eval()
+    names = input_names(model)
+    batch = fit_buckets(model, example_batch(3, dim, 7, 9, 5, identity=model.identity is not None))
+    example = tuple(torch.from_numpy(batch[k]) for k in names)
+    axes: dict[str, dict[int, str]] = {}
+    for name in names:
+        axes[name] = {0: "batch", 1: "candidates" if name.startswith("candidate")
+                      else f"{name.split('_')[0]}_len"}
+    axes[OUTPUT] = {0: "batch", 1: "candidates"}
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation/tracer notes
+        torch.onnx.export(graph, example, str(tmp), input_names=list(names),
+                          output_names=[OUTPUT], dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False)
+    tmp.replace(path)
+    return path
+
+
+def onnx_session(path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, request: dict[str, np.ndarray]) -> np.ndarray:
+    names = {i.name for i in session.get_inputs()}
+    return session.run([OUTPUT], {k: v for k, v in request.items() if k in names})[0]
+
+
+def torch_scores(model: Ranker, request: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.inference_mode():
+        graph = RequestGraph(model).eval()
+        return graph(*(torch.from_numpy(request[k]) for k in input_names(model))).numpy()
+
+
+def torch_batch_scores(model: Ranker, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """[B, C] probabilities of the batched graph, in process."""
+    with torch.inference_mode():
+        graph = BatchedRequestGraph(model).eval()
+        return graph(*(torch.from_numpy(batch[k]) for k in input_names(model))).numpy()

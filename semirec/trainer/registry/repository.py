@@ -1,0 +1,478 @@
+"""The Triton model repository as a registry for one model, ``ranker``: versions, aliases, swaps.
+
+Tensor contract of model ``ranker`` (the batched request graph of
+:mod:`semirec.trainer.registry.export`; every model declares every input, whichever domains it
+reads). B = users in the request (1..64), L =
+``settings.seq_len`` (left-padded, newest last, mask False on padding; an empty sequence is L
+slots of mask False), C = candidates (a fixed count per request), d = item-vector size (128):
+
+=================  ==============  ======================================================
+name               dtype / shape   meaning
+=================  ==============  ======================================================
+``video``          FP32 [B, L, d]  item vectors of the user's completely watched videos
+``video_age``      INT64 [B, L]    hours before the request (clipped by the model)
+``video_mask``     BOOL [B, L]     True = real entry
+``product``        FP32 [B, L, d]  item vectors of the user's clicked products
+``product_age``    INT64 [B, L]
+``product_mask``   BOOL [B, L]
+``candidates``     FP32 [B, C, d]  candidate video vectors
+``score`` (out)    FP32 [B, C]     P(watched completely)
+=================  ==============  ======================================================
+
+Triton's config dims leave out the batch axis (``[-1, 128]``, ``[-1]``); the infer response's
+``model_version`` says which version answered.
+
+On disk (``root`` = ``settings.model_repository``)::
+
+    ranker/config.pbtxt           CPU: python backend running model.onnx with onnxruntime
+    ranker/configs/tensorrt.pbtxt GPU: the same tensors on a TensorRT plan
+    ranker/<n>/model.onnx         batched request graph      (build outputs, not in git)
+    ranker/<n>/model.py           python-backend shim over semirec.encoders.triton_onnx
+    ranker/<n>/meta.json          version, checkpoint sha256, model config, created_at, metrics
+    ranker/<n>/checkpoint/        the safetensors checkpoint it was exported from
+    ranker/aliases.json           {"serving": n, "previous": m, "last_version": k}
+
+Versions are immutable and numbered; what serves is the ``serving`` alias (mlflow style). A
+version is written into a temporary folder and renamed into place, so Triton never sees half of
+one. :meth:`ModelRepository.promote` loads exactly that version in explicit model-control mode
+(``load_model`` with a config override whose ``version_policy`` names it; Triton keeps the old
+version serving until the new one is loaded and warmed up), checks that it answers, and only
+then moves the alias. :meth:`ModelRepository.rollback` promotes ``previous``. The newest
+``keep`` versions (and every aliased one) are kept.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semirec.trainer.nets.configs import ModelConfig
+
+MODEL = "ranker"
+META, ONNX, PLAN, MODEL_PY_FILE = "meta.json", "model.onnx", "model.plan", "model.py"
+ALIASES, LOCK, CHECKPOINT_DIR = "aliases.json", ".lock", "checkpoint"
+ENGINE_VARIANT = "tensorrt"
+MAX_BATCH = 64
+QUEUE_DELAY_US = 500
+WARMUP_LEN, WARMUP_CANDIDATES = 50, 500
+TRT_PROFILE = {"batch": (1, 8, MAX_BATCH), "len": (1, 50, 255), "candidates": (1, 500, 1000)}
+MODEL_PY = '''"""Triton python backend: serve this version's model.onnx with onnxruntime."""
+
+from semirec.encoders.triton_onnx import TritonPythonModel  # noqa: F401
+'''
+
+
+class ModelRepositoryError(RuntimeError):
+    """The repository cannot do what was asked (unknown version, no alias, bad checkpoint)."""
+
+
+class PromotionError(ModelRepositoryError):
+    """Triton did not load or answer with the version; the alias was not moved."""
+
+
+# -- config.pbtxt -----------------------------------------------------------------------------
+
+
+def tensors(dim: int, identity: bool = False) \
+        -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """(inputs, outputs) as (name, Triton type, dims without the batch axis), derived from the
+    request graph's own example batch, so new inputs in ``semirec.trainer.registry.export.INPUTS`` follow; a
+    model with item identity also has ``semirec.trainer.registry.export.IDENTITY_INPUTS``."""
+    from semirec.trainer.registry.export import IDENTITY_INPUTS, INPUTS, OUTPUT, example_batch
+
+    types = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "int32": "INT32"}
+    batch = example_batch(1, dim, 2, 2, 2, identity=identity)
+    names = INPUTS + (IDENTITY_INPUTS if identity else ())
+    inputs = [(name, types[str(batch[name].dtype)], [-1, *map(int, batch[name].shape[2:])])
+              for name in names]
+    return inputs, [(OUTPUT, "FP32", [-1])]
+
+
+def render(dim: int = 128, variant: str = "python", id_buckets: int = 0) -> str:
+    """``config.pbtxt`` text (CPU python backend, or the TensorRT variant) for ``dim``-d items;
+    ``id_buckets`` > 0: a model with item identity (its inputs, and the bucket count as the
+    ``id_buckets`` parameter, which the serving client reads to hash item ids)."""
+    inputs, outputs = tensors(dim, identity=id_buckets > 0)
+
+    def block(kind: str, rows: list[tuple[str, str, list[int]]]) -> str:
+        lines = [f'  {{ name: "{n}", data_type: TYPE_{t}, dims: [ {", ".join(map(str, d))} ] }}'
+                 for n, t, d in rows]
+        return f"{kind} [\n" + ",\n".join(lines) + "\n]\n"
+
+    def warm(n: str, t: str, d: list[int]) -> str:
+        shape = [WARMUP_CANDIDATES if n.startswith("candidate") else WARMUP_LEN, *d[1:]]
+        return (f'    {{ key: "{n}", value: {{ data_type: TYPE_{t}, '
+                f'dims: [ {", ".join(map(str, shape))} ], zero_data: true }} }}')
+
+    head = ("# SEMI ranker: P(watched completely) of C candidate videos for B users; tensor\n"
+            "# contract and generator: semirec/trainer/registry/repository.py (render).\n"
+            f'name: "{MODEL}"\n')
+    if variant == "python":
+        head += 'backend: "python"\n'
+    elif variant == ENGINE_VARIANT:
+        head += f'platform: "tensorrt_plan"\ndefault_model_filename: "{PLAN}"\n'
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    body = (f"max_batch_size: {MAX_BATCH}\n"
+            "# promote() loads exactly the serving version (a config override naming it)\n"
+            "version_policy: { latest: { num_versions: 1 } }\n"
+            + block("input", inputs) + block("output", outputs)
+            + f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n")
+    if variant == "python":
+        body += ('instance_group [ { count: 1, kind: KIND_CPU } ]\n'
+                 'parameters: { key: "intra_op_threads", value: { string_value: "1" } }\n')
+    else:
+        body += "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
+    if id_buckets:
+        body += f'parameters: {{ key: "id_buckets", value: {{ string_value: "{id_buckets}" }} }}\n'
+
+    body += ("# a version is READY only after it answered this request\n"
+             "model_warmup [ {\n"
+             f'  name: "one user, {WARMUP_LEN} entries, {WARMUP_CANDIDATES} candidates"\n'
+             "  batch_size: 1\n  inputs: [\n"
+             + ",\n".join(warm(*row) for row in inputs) + "\n  ]\n} ]\n")
+    return head + body
+
+
+def trtexec_shapes(dim: int) -> str:
+    """``--minShapes/--optShapes/--maxShapes`` for ``trtexec`` over :data:`TRT_PROFILE`."""
+    inputs, _ = tensors(dim)
+    parts = []
+    for i, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
+        shapes = []
+        for name, _t, dims in inputs:
+            axis = "candidates" if name.startswith("candidate") else "len"
+            shape = [TRT_PROFILE["batch"][i], TRT_PROFILE[axis][i], *dims[1:]]
+            shapes.append(f"{name}:" + "x".join(map(str, shape)))
+        parts.append(f"{flag}=" + ",".join(shapes))
+    return " ".join(parts)
+
+
+def build_engine(version_dir: Path) -> Path:
+    """``trtexec`` (``$TRTEXEC`` or on PATH) builds ``model.plan`` from ``model.onnx`` with the
+    shapes in ``trtexec_args.txt`` (as ``triton_models/build_tensorrt.sh`` does). GPU only."""
+    import shlex
+    import subprocess
+
+    trtexec = os.environ.get("TRTEXEC") or shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec"
+    if not os.access(trtexec, os.X_OK):
+        raise ModelRepositoryError("trtexec not found (set TRTEXEC): the tensorrt variant needs it")
+    shapes = shlex.split((version_dir / "trtexec_args.txt").read_text())
+    tmp = version_dir / f"{PLAN}.tmp"
+    done = subprocess.run([trtexec, f"--onnx={version_dir / ONNX}", f"--saveEngine={tmp}",
+                           *shapes, "--skipInference"], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise ModelRepositoryError(f"trtexec failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return tmp.replace(version_dir / PLAN)
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    sha256: str
+    model: str
+    dim: int
+    created_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    checkpoint: str = ""
+    id_buckets: int = 0  # > 0: the model uses item identity (semirec.trainer.nets.identity)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "aliases": list(self.aliases), "model": self.model,
+                "dim": self.dim, "sha256": self.sha256, "created_at": self.created_at,
+                "metrics": self.metrics, "checkpoint": self.checkpoint}
+
+
+def _id_buckets(model_config: Mapping[str, Any]) -> int:
+    return int(model_config.get("id_buckets", 0)) if model_config.get("item_identity") else 0
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in [*path.rglob("*"), path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_json_atomic(path: Path, body: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class ModelRepository:
+    """Versions of ``ranker`` under ``root`` and the Triton server (gRPC) that serves them."""
+
+    def __init__(self, root: Path, triton_grpc: str | None = None, *, keep: int = 5,
+                 variant: str = "python", load_timeout_s: float = 300.0) -> None:
+        if keep < 2:
+            raise ValueError("keep must be >= 2 (serving and previous)")
+        self.root = Path(root)
+        self.dir = self.root / MODEL
+        self.triton_grpc = triton_grpc
+        self.keep = keep
+        self.variant = variant
+        self.load_timeout_s = load_timeout_s
+        self.last_promotion: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kw: Any) -> ModelRepository:
+        return cls(Path(settings.model_repository_path), settings.triton_grpc,
+                   keep=settings.model_keep_versions, variant=settings.triton_model_config or
+                   "python", **kw)
+
+    # -- reading -------------------------------------------------------------------------------
+    def versions(self) -> list[int]:
+        """Exported version numbers, ascending."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.dir.iterdir()
+                      if p.name.isdigit() and (p / META).is_file())
+
+    def aliases(self) -> dict[str, int]:
+        """``serving`` / ``previous`` -> version (absent when unset)."""
+        raw = self._state()
+        return {k: int(raw[k]) for k in ("serving", "previous") if raw.get(k) is not None}
+
+    def info(self, version: int) -> VersionInfo:
+        path = self.dir / str(version) / META
+        if not path.is_file():
+            raise ModelRepositoryError(f"{MODEL} version {version} does not exist in {self.dir}")
+        meta = json.loads(path.read_text())
+        names = tuple(k for k, v in self.aliases().items() if v == version)
+        return VersionInfo(version=int(meta["version"]), sha256=meta["checkpoint_sha256"],
+                           model=ModelConfig.from_dict(meta["model"]).full_name,
+                           dim=int(meta["dim"]),
+                           created_at=meta["created_at"], metrics=meta.get("metrics") or {},
+                           aliases=names, checkpoint=meta.get("checkpoint", ""),
+                           id_buckets=_id_buckets(meta["model"]))
+
+    def checkpoint_dir(self, version: int) -> Path:
+        """The safetensors checkpoint that ``version`` was exported from (a copy)."""
+        self.info(version)
+        return self.dir / str(version) / CHECKPOINT_DIR
+
+    def triton_config(self, version: int) -> str:
+        """The JSON config override that loads exactly ``version`` (for ``load_model``)."""
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+
+        info = self.info(version)
+        msg = text_format.Parse(render(info.dim, self.variant, info.id_buckets),
+                                model_config_pb2.ModelConfig())
+        msg.version_policy.specific.versions[:] = [version]
+        return json_format.MessageToJson(msg, preserving_proto_field_name=True)
+
+    # -- writing -------------------------------------------------------------------------------
+    def export(self, checkpoint_dir: Path, metrics: Mapping[str, Any] | None = None) -> int:
+        """Write a new version from a ranker checkpoint; returns its number.
+
+        The ONNX graph is checked against torch on a random batch (``max_abs_diff`` in the
+        meta); ``metrics`` default to the checkpoint's own."""
+        from semirec.trainer.nets import checkpoint
+        from semirec.trainer.registry.export import (
+            example_batch,
+            export_batched_onnx,
+            fit_buckets,
+            onnx_session,
+            torch_batch_scores,
+        )
+
+        checkpoint_dir = Path(checkpoint_dir)
+        model, cfg, ckpt_meta = checkpoint.load(checkpoint_dir)
+        dim = cfg.block.dim
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            tmp.mkdir()
+            export_batched_onnx(model, tmp / ONNX, dim)
+            batch = fit_buckets(model, example_batch(3, dim, 11, 6, 17, seed=7,
+                                                     identity=model.identity is not None))
+            got = onnx_session(tmp / ONNX).run(["score"], batch)[0]
+            diff = float(np.abs(got - torch_batch_scores(model, batch)).max())
+            if not diff < 1e-4:
+                raise ModelRepositoryError(f"ONNX export differs from torch by {diff:.2e}")
+            shutil.copytree(checkpoint_dir, tmp / CHECKPOINT_DIR,
+                            ignore=shutil.ignore_patterns("*.tmp", ".*"))
+            (tmp / MODEL_PY_FILE).write_text(MODEL_PY)
+            (tmp / "trtexec_args.txt").write_text(trtexec_shapes(dim) + "\n")
+            if self.variant == ENGINE_VARIANT:
+                build_engine(tmp)
+            meta = {
+                "model": cfg.to_dict(), "dim": dim,
+                "checkpoint": str(checkpoint_dir.resolve()),
+                "checkpoint_sha256": file_sha256(checkpoint_dir / checkpoint.WEIGHTS),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "metrics": dict(metrics if metrics is not None else ckpt_meta.get("metrics", {})),
+                "onnx_max_abs_diff": diff,
+            }
+            with self._locked():
+                state = self._state()
+                version = max([*self.versions(), int(state.get("last_version") or 0)]) + 1
+                _write_json_atomic(tmp / META, {"version": version, **meta})
+                _fsync_tree(tmp)
+                tmp.rename(self.dir / str(version))
+                self._save_state({**state, "last_version": version})
+                self._prune()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return version
+
+    def promote(self, version: int) -> dict[str, float]:
+        """Load ``version`` in Triton, wait until it answers, then make it ``serving``.
+
+        Returns timings: ``load_s`` (the ``load_model`` call: a new python stub starts and
+        warms up) and ``first_answer_s``. On failure the alias does not move and Triton keeps
+        the version it served."""
+        with self._locked():
+            self.info(version)
+            client = self._client()
+            started = time.perf_counter()
+            try:
+                client.load_model(MODEL, config=self.triton_config(version))
+            except Exception as exc:  # tritonclient raises InferenceServerException
+                raise PromotionError(f"Triton did not load {MODEL} version {version}: {exc}") \
+                    from exc
+            loaded = time.perf_counter()
+            self._wait_answers(client, version, self.info(version).dim)
+            timings = {"load_s": round(loaded - started, 3),
+                       "first_answer_s": round(time.perf_counter() - loaded, 3)}
+            state = self._state()
+            serving = state.get("serving")
+            if serving != version:
+                state = {**state, "serving": version, "previous": serving}
+            _write_json_atomic(self.dir / ALIASES, {**state, "promoted_at": time.time()})
+            self._prune()
+        self.last_promotion = timings
+        return timings
+
+    def rollback(self) -> int:
+        """Promote ``previous`` (which becomes ``serving``; the old serving becomes previous)."""
+        previous = self.aliases().get("previous")
+        if previous is None:
+            raise ModelRepositoryError("no previous version to roll back to")
+        self.promote(previous)
+        return previous
+
+    def load_serving(self) -> int | None:
+        """(Re)load the ``serving`` version, e.g. after Triton restarted; None when unset."""
+        serving = self.aliases().get("serving")
+        if serving is not None:
+            self.promote(serving)
+        return serving
+
+    def ensure_serving(self) -> int | None:
+        """Make Triton serve exactly the ``serving`` version when it does not (a restarted
+        tritonserver, or one that loaded another version from ``config.pbtxt``); no-op when it
+        does. Returns the serving version (None when unset)."""
+        serving = self.aliases().get("serving")
+        if serving is None:
+            return None
+        client = self._client()
+        try:
+            index = client.get_model_repository_index(as_json=True).get("models", [])
+            ready = {m.get("version") for m in index
+                     if m.get("name") == MODEL and m.get("state") == "READY"}
+        except Exception:  # server not answering: promote() reports it
+            ready = set()
+        if ready != {str(serving)}:
+            self.promote(serving)
+        return serving
+
+    def list(self) -> list[VersionInfo]:
+        """Every kept version, newest first."""
+        return [self.info(v) for v in reversed(self.versions())]
+
+    # -- internals -----------------------------------------------------------------------------
+    def _client(self):  # -> tritonclient.grpc.InferenceServerClient
+        if not self.triton_grpc:
+            raise ModelRepositoryError("no Triton address (SEMIREC_TRITON_GRPC)")
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.triton_grpc)
+
+    def _wait_answers(self, client, version: int, dim: int) -> None:
+        import tritonclient.grpc as grpcclient
+
+        from semirec.trainer.registry.export import example_batch
+
+        id_buckets = self.info(version).id_buckets
+        batch = example_batch(1, dim, 1, 1, 1, identity=id_buckets > 0)
+        if id_buckets:
+            batch["candidate_bucket"] %= id_buckets
+        inputs = []
+        for name, (n, t, _d) in zip(batch, tensors(dim, identity=id_buckets > 0)[0], strict=True):
+            tensor = grpcclient.InferInput(n, list(batch[name].shape), t)
+            tensor.set_data_from_numpy(batch[name])
+            inputs.append(tensor)
+        deadline = time.monotonic() + self.load_timeout_s
+        while True:
+            try:
+                result = client.infer(MODEL, inputs, model_version=str(version),
+                                      client_timeout=10.0)
+                answered = result.get_response().model_version
+                if answered == str(version):
+                    return
+                problem = f"version {answered} answered"
+            except Exception as exc:  # not ready yet, or refused
+                problem = str(exc)
+            if time.monotonic() > deadline:
+                raise PromotionError(f"{MODEL} version {version} never answered: {problem}")
+            time.sleep(0.05)
+
+    def _state(self) -> dict[str, Any]:
+        path = self.dir / ALIASES
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _save_state(self, state: Mapping[str, Any]) -> None:
+        _write_json_atomic(self.dir / ALIASES, state)
+
+    def _prune(self) -> list[int]:
+        """Remove versions beyond the newest ``keep`` that no alias names (lock held)."""
+        pinned = set(self.aliases().values())
+        versions = self.versions()
+        doomed = [v for v in versions[:-self.keep] if v not in pinned]
+        for v in doomed:
+            shutil.rmtree(self.dir / str(v), ignore_errors=True)
+        return doomed
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / LOCK, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
