@@ -137,7 +137,7 @@ def test_pretraining_aligns_the_two_domains() -> None:
     """Pairs whose video and product sequences share a latent vector (rotated for products):
     after CCL a video query retrieves its own product sequence among all records (random:
     1/96), which the untrained encoders cannot."""
-    from semirec.trainer.nets.fit import pretrain_ccl
+    from semirec.trainer.offline.fit import pretrain_ccl
     from semirec.trainer.offline.samples import SampleSet, user_batch
 
     rng = np.random.default_rng(0)
@@ -224,7 +224,7 @@ def test_ccl_cannot_pair_the_domains_from_timing_alone(use_time: bool) -> None:
     active hours alone: item vectors zeroed, accuracy far above chance. Without it (our
     setting) zeroed items leave nothing to pair by: accuracy = chance."""
     from semirec.trainer.nets.ccl import time_only_accuracy
-    from semirec.trainer.nets.fit import pretrain_ccl, user_codes
+    from semirec.trainer.offline.fit import pretrain_ccl, user_codes
     from semirec.trainer.offline.samples import user_batch
 
     records, table = _timing_only_records()

@@ -53,7 +53,7 @@ def test_semi_ccl_learns_the_toy_world(data, trained) -> None:
     assert info["ccl_records"] > 20 and info["ccl_loss_last"] < info["ccl_loss_first"]
 
     def scorer(samples, cands):
-        from semirec.trainer.nets.fit import predict
+        from semirec.trainer.offline.fit import predict
         return predict(model, samples, cands, data.table)
 
     semi = measure(scorer, data)
@@ -159,7 +159,7 @@ def test_a_seed_fixes_the_whole_run_whatever_ran_before(data, name) -> None:
 def test_scoring_batches_are_bounded_and_do_not_change_scores(data, trained) -> None:
     """predict() caps users per forward pass (SEMI's inter-domain attention is [users x heads x
     L x L]: one batch of the whole demo test set peaked at 14 GB); the cap changes no score."""
-    from semirec.trainer.nets.fit import predict
+    from semirec.trainer.offline.fit import predict
 
     model, _, _ = trained
     sizes: list[int] = []

@@ -129,7 +129,7 @@ def test_identity_learns_item_quality_and_unseen_items_fall_back_to_content(data
     features = data.features(ident.identity.bias.num_embeddings)
 
     def scorer(model, items):
-        from semirec.trainer.nets.fit import predict
+        from semirec.trainer.offline.fit import predict
         return lambda s, c: predict(model, s, c, data.table, items=items)
 
     plain = measure(scorer(base, None), data)

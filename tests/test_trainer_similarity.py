@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper, scaled
-from semirec.trainer.nets.fit import param_groups, predict
 from semirec.trainer.nets.layers import ContentSimilarity
 from semirec.trainer.nets.zoo import build
 from semirec.trainer.offline.evaluate import EvalProtocol, prepare, train_model
+from semirec.trainer.offline.fit import param_groups, predict
 from semirec.trainer.offline.metrics import auc
 from semirec.trainer.offline.samples import user_batch
 from semirec.trainer.offline.toy import toy_world

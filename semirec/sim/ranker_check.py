@@ -42,8 +42,8 @@ def check(models: list[str], seeds: int, users: int, cases: int) -> dict[str, An
     from semirec.serving.catalog import CatalogIndex
     from semirec.serving.features import rank_request
     from semirec.sim.truth_diagnostic import diagnose
-    from semirec.trainer.nets.fit import predict
     from semirec.trainer.offline.evaluate import model_config, prepare, train_model
+    from semirec.trainer.offline.fit import predict
     from semirec.trainer.offline.metrics import auc
     from semirec.trainer.offline.vectors import item_vectors
     from semirec.trainer.registry.export import torch_scores

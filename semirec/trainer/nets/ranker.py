@@ -57,7 +57,7 @@ class Ranker(nn.Module):
 
     def wide_parameters(self) -> list[nn.Parameter]:
         """Parameters of linear terms over a few hand-made features (a "wide" part, as in
-        Wide & Deep), which :func:`semirec.trainer.nets.fit.fit` trains with their own learning rate."""
+        Wide & Deep), which :func:`semirec.trainer.offline.fit.fit` trains with their own learning rate."""
         return []
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:

@@ -38,11 +38,11 @@ import torch
 from semirec.core.contracts import Event
 from semirec.trainer.nets.ccl import init_from_ccl, pairing_accuracy, time_only_accuracy
 from semirec.trainer.nets.configs import MODEL_NAMES, ModelConfig, paper, quick, scaled, split_name
-from semirec.trainer.nets.fit import Tick, fit, item_scale, predict, pretrain_ccl, user_codes
 from semirec.trainer.nets.identity import ItemCounts, ItemFeatures, item_buckets
 from semirec.trainer.nets.ranker import Ranker
 from semirec.trainer.nets.semi import SEMI
 from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.fit import Tick, fit, item_scale, predict, pretrain_ccl, user_codes
 from semirec.trainer.offline.metrics import auc, gauc, hit_rate, ndcg, pairwise_auc
 from semirec.trainer.offline.samples import (
     WINDOW_HOURS,

@@ -41,8 +41,8 @@ from safetensors.torch import load_file, save_file
 from semirec.core.samples import TrainingSample
 from semirec.trainer.nets import checkpoint
 from semirec.trainer.nets.configs import ModelConfig
-from semirec.trainer.nets.fit import predict
 from semirec.trainer.nets.ranker import Ranker
+from semirec.trainer.offline.fit import predict
 from semirec.trainer.offline.samples import (
     WINDOW_HOURS,
     SampleSet,
