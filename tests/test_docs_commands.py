@@ -46,7 +46,7 @@ def documented() -> tuple[set[str], set[tuple[str, ...]], set[str]]:
                     alts = [a for a in w.split("|") if WORD.fullmatch(a)]
                     if not alts:
                         break
-                    path = [p + [a] for p in path for a in alts]
+                    path = [[*p, a] for p in path for a in alts]
                 verbs.update(tuple(p) for p in path if p)
             for group in PYTEST.findall(line):
                 test_files.update(t.split("::")[0] for t in group.split())
