@@ -147,6 +147,7 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
     from semirec.serving.popularity import count_watches
     from semirec.streams.app import PRODUCER_BATCH_BYTES
     from semirec.streams.ingest import announce_changes, count_popularity, publish_samples
+    from semirec.streams.publish import Partitioner
 
     topics = settings.topics
     await ensure_topics(settings, {topics.samples: PARTITIONS, topics.user_updates: PARTITIONS})
@@ -154,7 +155,8 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
     await prod.start()
     out: dict[str, float] = {}
     try:
-        announce = announce_changes(lambda: prod, settings)
+        partitioner = Partitioner()  # one for every configuration, as a worker's runtime holds one
+        announce = announce_changes(lambda: prod, settings, partitioner)
         in_hook = [0.0]
 
         async def after_write(outcome: BatchOutcome) -> None:
@@ -169,9 +171,10 @@ async def hook_costs(settings: Settings, store: SequenceStore, batches: list, st
             "with_sample_encoding": IngestProcessor(settings, store, dead_letters,
                                                     before_save=encode_only),
             "with_samples": IngestProcessor(settings, store, dead_letters,
-                                            before_save=publish_samples(lambda: prod, settings)),
+                                            before_save=publish_samples(lambda: prod, settings, partitioner)),
             "with_hooks": IngestProcessor(
-                settings, store, dead_letters, before_save=publish_samples(lambda: prod, settings),
+                settings, store, dead_letters,
+                before_save=publish_samples(lambda: prod, settings, partitioner),
                 after_write=after_write, alongside=count_popularity(store, settings)),
         }
         hook_times = []

@@ -13,11 +13,13 @@ import asyncio
 import signal
 from dataclasses import dataclass
 
+import pytest
 from aiokafka import TopicPartition
 
 from semirec.streams.app import create_app, raw_topic
 from semirec.streams.batch_transport import Batch, BatchAgent, BatchConsumer, BatchTransport
 from semirec.streams.batches import Record, describe, describe_runs
+from semirec.streams.runtime import runtime_of
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import produce_raw, wait_committed
 from tests.test_ingest import comparable, stored_states
@@ -74,6 +76,24 @@ async def test_batches_ack_into_faust_bookkeeping_with_gaps_and_generations(sett
     consumer.assignment = lambda: set()
     assert not consumer.ack_batch(Batch(tp, records(tp, [18]), gen))
     assert consumer._new_offset(tp) is None
+
+
+async def test_each_app_owns_its_runtime(settings) -> None:
+    async def handler(_: object) -> None:
+        return None
+
+    one, two = create_app(settings, app_id="runtime-one"), create_app(settings, app_id="runtime-two")
+    a = BatchAgent(one, raw_topic(one, "shared", 1), "a", handler, batch_max=10)
+    b = BatchAgent(two, raw_topic(two, "shared", 1), "b", handler, batch_max=10)  # another app: fine
+    mine, theirs = runtime_of(one), runtime_of(two)
+    assert mine is not theirs and runtime_of(one) is mine
+    assert mine.fetch_max_wait_ms == settings.fetch_max_wait_ms
+    assert mine.batch_agents == [a] and theirs.batch_agents == [b]
+    assert set(mine.watches) == {"a"} and set(theirs.watches) == {"b"}
+    assert one.consumer.batch_queues == {"shared": a.queue}
+    assert two.consumer.batch_queues == {"shared": b.queue}
+    with pytest.raises(ValueError, match="already consumed"):
+        BatchAgent(one, raw_topic(one, "shared", 1), "c", handler, batch_max=10)
 
 
 async def test_two_workers_rebalance_under_load_with_exact_state(settings, redis_client,

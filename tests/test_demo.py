@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from semirec.cli import VERBS
-from semirec.cli.worker import AGENTS
+from semirec.cli.worker import AGENT_PLUGINS
 
 POLICIES = {"semirec", "popularity", "random", "oracle"}
 
@@ -44,7 +44,7 @@ def test_demo_runs_the_closed_loop_and_measures_it(tmp_path) -> None:
     # the missing parts are exactly the ones not built yet
     assert any("trainer" in m for m in s["missing_parts"]) == ("trainer" not in VERBS)
     assert any("Triton" in m for m in s["missing_parts"]) == ("model" not in VERBS)
-    assert "recommend" in AGENTS
+    assert "recommend" in AGENT_PLUGINS
     # online quality: the four policies on the same candidates; the oracle bounds them all
     for key in ("online_completion", "online_completion_after_shift"):
         q = s[key]

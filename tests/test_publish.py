@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from aiokafka.partitioner import murmur2
+
 from semirec.core.kafka import ensure_topics, producer
-from semirec.streams.publish import publish_many
+from semirec.streams.publish import Partitioner, publish_many
 from tests.kafka_utils import consume_all, produce_raw
 
 
@@ -15,8 +17,9 @@ async def test_publish_many_partitions_like_a_keyed_send(settings) -> None:
     await ensure_topics(settings, {settings.topics.samples: 4, reference: 4})
     prod = producer(settings, max_batch_size=16384)  # small batches: several per partition
     await prod.start()
+    partitioner = Partitioner(kept=50)  # fewer than the 97 keys: forgets and hashes again
     try:
-        await publish_many(prod, settings.topics.samples, records)
+        await publish_many(prod, settings.topics.samples, records, partitioner=partitioner)
     finally:
         await prod.stop()
     await produce_raw(settings, records, topic=reference)  # one keyed send each
@@ -32,3 +35,11 @@ async def test_publish_many_partitions_like_a_keyed_send(settings) -> None:
 
     assert by_partition(got) == by_partition(want)
     assert len(by_partition(got)) == 4
+
+
+def test_partitioner_keeps_its_bound() -> None:
+    partitioner = Partitioner(kept=3)
+    keys = [f"user-{i}".encode() for i in range(10)]
+    for key in keys + keys:
+        assert partitioner.key_hash(key) == murmur2(key) & 0x7FFFFFFF
+        assert 1 <= len(partitioner) <= 3

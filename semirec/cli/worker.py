@@ -14,7 +14,7 @@ from semirec.core.settings import Settings
 
 # agent name -> "module:register function" (register(app, settings) attaches the agent and
 # returns nothing); topics(settings) -> {topic: partitions} the agent needs.
-AGENTS: dict[str, tuple[str, str]] = {
+AGENT_PLUGINS: dict[str, tuple[str, str]] = {
     "ingest": ("semirec.streams.ingest:register_ingest", "semirec.core.kafka:ingest_topics"),
     "catalog": ("semirec.streams.catalog:register_catalog", "semirec.streams.catalog:catalog_topics"),
     "recommend": ("semirec.streams.recommend:register_recommend", "semirec.core.kafka:serving_topics"),
@@ -42,7 +42,7 @@ def _load(ref: str):
 
 
 @click.command()
-@click.option("--agent", "agents", multiple=True, type=click.Choice(sorted(AGENTS)),
+@click.option("--agent", "agents", multiple=True, type=click.Choice(sorted(AGENT_PLUGINS)),
               help="Agents to run (repeatable). Default: all.")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -59,15 +59,15 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
 
     from semirec.core.kafka import ensure_topics
     from semirec.streams.app import create_app
-    from semirec.streams.fatal import fatal_fault
+    from semirec.streams.runtime import runtime_of
 
     settings = Settings.from_env()
     if metrics_port is not None:
         settings = replace(settings, metrics_port=metrics_port)
-    chosen = agents or tuple(AGENTS)
+    chosen = agents or tuple(AGENT_PLUGINS)
     topics: dict[str, int] = {}
     for name in chosen:
-        topics.update(_load(AGENTS[name][1])(settings))
+        topics.update(_load(AGENT_PLUGINS[name][1])(settings))
     asyncio.run(ensure_topics(settings, topics))
     app = create_app(settings)
     if settings.metrics_port:
@@ -78,11 +78,12 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
         except OSError as exc:
             raise click.ClickException(str(exc)) from exc
     for name in chosen:
-        _load(AGENTS[name][0])(app, settings)
+        _load(AGENT_PLUGINS[name][0])(app, settings)
     tune_gc()
     try:
         Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:
-        if (fault := fatal_fault()) is not None:  # an agent stopped the worker (semirec.streams.fatal)
+        # an agent stopped the worker on a fatal fault (semirec.streams.fatal)
+        if (fault := runtime_of(app).fatal_fault) is not None:
             click.echo(f"Error: {fault.message}", err=True)
             sys.exit(fault.exit_code)

@@ -125,9 +125,9 @@ def verb_exists(name: str) -> bool:
 
 
 def agent_exists(name: str) -> bool:
-    from semirec.cli.worker import AGENTS
+    from semirec.cli.worker import AGENT_PLUGINS
 
-    return name in AGENTS
+    return name in AGENT_PLUGINS
 
 
 def ranker_cache_key(world_params: dict[str, Any], encoder_version: str, quick: bool = True) -> str:

@@ -27,8 +27,11 @@ PRODUCER_BATCH_BYTES = 512 * 1024  # below the 1,000,000-byte request limit (doc
 
 
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
-    """A faust app wired to our broker; no faust tables (user state lives in Redis)."""
-    from semirec.streams.batch_transport import FETCH_MAX_WAIT_KEY, use_batch_transport
+    """A faust app wired to our broker; no faust tables (user state lives in Redis). Its agents'
+    shared state is its :class:`semirec.streams.runtime.WorkerRuntime`, reached with
+    :func:`semirec.streams.runtime.runtime_of`."""
+    from semirec.streams.batch_transport import use_batch_transport
+    from semirec.streams.runtime import RUNTIME_ATTR, WorkerRuntime
 
     brokers = [f"kafka://{h.strip()}" for h in settings.kafka.split(",") if h.strip()]
     app = faust.App(
@@ -61,7 +64,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     )
     # every worker consumes through the batch transport (agents that claim no topic keep
     # faust's per-message path) with our fetch long-poll (SEMIREC_FETCH_MAX_WAIT_MS)
-    app.__dict__[FETCH_MAX_WAIT_KEY] = settings.fetch_max_wait_ms
+    setattr(app, RUNTIME_ATTR, WorkerRuntime(fetch_max_wait_ms=settings.fetch_max_wait_ms))
     use_batch_transport(app)
     return app
 

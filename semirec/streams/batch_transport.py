@@ -40,14 +40,14 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.futures import notify
 
 from semirec.core.faults import FatalError
-from semirec.streams.batches import Message, Record, describe_runs, stop_worker, watch
-from semirec.streams.fatal import stop_worker as stop_on_fault
+from semirec.streams.batches import Message, Record, describe_runs, stop_on_unexpected_error
+from semirec.streams.fatal import stop_on_fatal_fault
+from semirec.streams.runtime import runtime_of
 
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Sequence[Message]], Awaitable[Any]]
 QUEUE_BATCHES = 8  # fetch slices buffered per agent before the fetch loop waits
-AGENTS: list[BatchAgent] = []  # in this process, for the health checks
 
 
 class Batch:
@@ -67,17 +67,15 @@ class Batch:
         return f"<Batch {self.tp.topic}[{self.tp.partition}] {first}..{last} gen {self.generation}>"
 
 
-FETCH_MAX_WAIT_KEY = "_semirec_fetch_max_wait_ms"  # set on the app by semirec.streams.app.create_app
-
-
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's consumer thread, with the fetch long-poll from our settings: faust hard-codes
     1.5 s, and a broker that holds a fetch until then (Tansu does, measured: p50 415 ms per hop
-    at 1.5 s, 3 ms at 50 ms) adds that to every hop of a quiet stream."""
+    at 1.5 s, 3 ms at 50 ms) adds that to every hop of a quiet stream. The setting is the app's
+    runtime's ``fetch_max_wait_ms`` (set by :func:`semirec.streams.app.create_app`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        wait = self.app.__dict__.get(FETCH_MAX_WAIT_KEY)
+        wait = runtime_of(self.app).fetch_max_wait_ms
         if wait:
             consumer._fetch_max_wait_ms = int(wait)  # read by its Fetcher at start()
         return consumer
@@ -115,8 +113,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     @property
     def batch_queues(self) -> dict[str, Any]:
-        """Topic name -> the claiming agent's queue (see :func:`claims`)."""
-        return claims(self.app)
+        """Topic name -> the claiming agent's queue (the app runtime's ``batch_claims``)."""
+        return runtime_of(self.app).batch_claims
 
     def ack_batch(self, batch: Batch) -> bool:
         """Mark every offset of ``batch`` acked, unless it comes from an older generation or its
@@ -232,14 +230,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._read_offset[tp] = offset
 
 
-def claims(app: Any) -> dict[str, Any]:
-    """The app's claimed topics: name -> queue of the :class:`BatchAgent` that consumes it."""
-    found = app.__dict__.get("_semirec_batch_claims")
-    if found is None:
-        found = app.__dict__["_semirec_batch_claims"] = {}
-    return found
-
-
 class BatchTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport with :class:`BatchConsumer`."""
 
@@ -257,7 +247,9 @@ class BatchAgent:
 
     The handler gets the slices (each one partition's fetch, in order) that arrive within
     ``within_s`` of the first, joined, until they hold ``batch_max`` messages (the last slice may
-    pass it). An error it raises stops the worker without acking (docs/ingest.md).
+    pass it). An error it raises stops the worker without acking (docs/ingest.md). The agent
+    registers in the app's runtime (:func:`semirec.streams.runtime.runtime_of`): its watch, the
+    topics it claims, and itself for the health checks.
     """
 
     def __init__(self, app: Any, topic: Any, name: str, handler: BatchHandler, *,
@@ -265,6 +257,7 @@ class BatchAgent:
                  exit_delay_s: float | None = None) -> None:
         use_batch_transport(app)
         self.app = app
+        self.runtime = runtime = runtime_of(app)
         self.topic = topic
         self.name = name
         self.handler = handler
@@ -272,13 +265,13 @@ class BatchAgent:
         self.within_s = within_s
         self.exit_delay_s = exit_delay_s
         self.queue = app.FlowControlQueue(maxsize=QUEUE_BATCHES, clear_on_resume=True)
-        self.progress = watch(name)
+        self.progress = runtime.watch(name)
         self.running = False
         for topic_name in topic.topics:  # before the consumer starts: nothing goes astray
-            if claims(app).setdefault(topic_name, self.queue) is not self.queue:
+            if runtime.batch_claims.setdefault(topic_name, self.queue) is not self.queue:
                 raise ValueError(f"topic {topic_name} is already consumed by a batch agent")
         app.topics.add(topic)  # subscribe; the consumer never hands its messages to the conductor
-        AGENTS.append(self)
+        runtime.batch_agents.append(self)
         app.task(self._run)
 
     async def _run(self, app: Any) -> None:
@@ -310,9 +303,9 @@ class BatchAgent:
         except asyncio.CancelledError:
             raise
         except FatalError as exc:  # refused credentials, broken configuration: its exit code
-            await stop_on_fault(exc.fault)
+            await stop_on_fatal_fault(self.runtime, exc.fault)
         except Exception as exc:
-            await stop_worker(self.name, exc, exit_delay_s=self.exit_delay_s)
+            await stop_on_unexpected_error(self.runtime, self.name, exc, exit_delay_s=self.exit_delay_s)
         finally:
             self.running = False
 

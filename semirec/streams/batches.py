@@ -19,12 +19,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from semirec.core.contracts import ContractError
 from semirec.core.faults import FatalError, retry_transient
 from semirec.core.metrics import AgentMetrics
-from semirec.streams.fatal import stop_worker as stop_on_fault
+from semirec.streams.fatal import stop_on_fatal_fault
+
+if TYPE_CHECKING:
+    from semirec.streams.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ DeadLetterSink = Callable[[list[tuple[Message, ContractError]]], Awaitable[None]
 @dataclass(slots=True)
 class BatchWatch:
     """One agent's progress as the health checks see it: the batch in flight (since when, which
-    offsets) and the error that stopped the agent, if any."""
+    offsets) and the error that stopped the agent, if any. A worker's are in its runtime
+    (:meth:`semirec.streams.runtime.WorkerRuntime.watch`)."""
 
     agent: str
     in_flight_since: float | None = None  # time.monotonic() when the batch was handed over
@@ -81,14 +85,6 @@ class BatchWatch:
         if self.in_flight_since is None:
             return 0.0
         return (time.monotonic() if now is None else now) - self.in_flight_since
-
-
-WATCHES: dict[str, BatchWatch] = {}  # agent name -> its watch, in this worker process
-FATAL_HOOKS: list[Callable[[str], None]] = []  # told why, when an agent stops the worker
-
-
-def watch(agent: str) -> BatchWatch:
-    return WATCHES.setdefault(agent, BatchWatch(agent))
 
 
 def describe(messages: Sequence[Message]) -> str:
@@ -117,46 +113,51 @@ async def retry_while_redis_down(fn: Callable[..., Awaitable[Any]], *args: Any,
 
 
 async def run_batches(stream: Any, process: Callable[[Sequence[Message]], Awaitable[Any]], *,
-                      batch_max: int, within_s: float, agent: str | None = None,
-                      exit_delay_s: float | None = None) -> None:
+                      runtime: WorkerRuntime, batch_max: int, within_s: float,
+                      agent: str | None = None, exit_delay_s: float | None = None) -> None:
     """Feed ``noack_take`` batches to ``process``; ack each batch only once it returned.
-    ``agent`` defaults to the faust agent's name.
+    ``agent`` defaults to the faust agent's name; ``runtime`` is the app's
+    (:func:`semirec.streams.runtime.runtime_of`).
 
     Errors stop the worker while still inside the loop (leaving ``noack_take`` would re-enable
     faust's automatic acks), so the batch is never acked and nothing after it is processed: a
     fatal fault (e.g. Redis refusing the password) with its exit code
-    (:func:`semirec.streams.fatal.stop_worker`), any other error with exit 70 (:func:`stop_worker`)."""
+    (:func:`semirec.streams.fatal.stop_on_fatal_fault`), any other error with exit 70
+    (:func:`stop_on_unexpected_error`)."""
     name = agent or getattr(stream, "prefix", "") or "agent"
-    progress = watch(name)
+    progress = runtime.watch(name)
     async for batch in stream.noack_take(batch_max, within=within_s):
         messages = [e.message for e in batch]
         progress.start(messages)
         try:
             await process(messages)
         except FatalError as exc:
-            await stop_on_fault(exc.fault)
+            await stop_on_fatal_fault(runtime, exc.fault)
         except Exception as exc:
-            await stop_worker(name, exc, exit_delay_s=exit_delay_s)
+            await stop_on_unexpected_error(runtime, name, exc, exit_delay_s=exit_delay_s)
         for event in batch:
             await stream.ack(event)
         progress.done()
 
 
-async def guarded(agent: str, body: Awaitable[None], *, exit_delay_s: float | None = None) -> None:
-    """Run an agent's body; an error it did not handle stops the worker (:func:`stop_worker`)
-    instead of letting faust restart the agent past the unacknowledged batch."""
+async def guarded(agent: str, body: Awaitable[None], *, runtime: WorkerRuntime,
+                  exit_delay_s: float | None = None) -> None:
+    """Run an agent's body; an error it did not handle stops the worker
+    (:func:`stop_on_unexpected_error`) instead of letting faust restart the agent past the
+    unacknowledged batch."""
     try:
         await body
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        await stop_worker(agent, exc, exit_delay_s=exit_delay_s)
+        await stop_on_unexpected_error(runtime, agent, exc, exit_delay_s=exit_delay_s)
 
 
-async def stop_worker(agent: str, exc: BaseException, *,
-                      exit_delay_s: float | None = None) -> NoReturn:
-    """Count the crash, fail health, log one clear line, keep ``/metrics`` up for
-    ``exit_delay_s`` (one scrape sees the crash), then exit with :data:`EXIT_UNEXPECTED`.
+async def stop_on_unexpected_error(runtime: WorkerRuntime, agent: str, exc: BaseException, *,
+                                   exit_delay_s: float | None = None) -> NoReturn:
+    """Count the crash, fail health (``runtime``'s watch of ``agent`` and its fatal hooks), log
+    one clear line, keep ``/metrics`` up for ``exit_delay_s`` (one scrape sees the crash), then
+    exit with :data:`EXIT_UNEXPECTED`.
 
     Nothing after the failed batch is acknowledged or processed by this agent meanwhile (its
     coroutine never returns to the stream); the exit is immediate (``os._exit``): faust's
@@ -167,10 +168,10 @@ async def stop_worker(agent: str, exc: BaseException, *,
         from semirec.core.settings import Settings
 
         exit_delay_s = Settings.from_env().crash_exit_delay_s
-    progress = watch(agent)
+    progress = runtime.watch(agent)
     progress.failed = f"{type(exc).__name__}: {exc}"[:500]
     AgentMetrics(agent).crashed()
-    for hook in FATAL_HOOKS:
+    for hook in runtime.crash_hooks:
         hook(f"agent {agent}: {progress.failed}")
     log.critical("agent %s stopped by an unexpected error in the batch %s: %r; the batch is not "
                  "acknowledged; exiting with status %d in %.1fs so that a restarted worker "

@@ -143,15 +143,18 @@ def register_catalog(app: Any, settings: Settings) -> None:
     """Attach the catalog agent to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
     from semirec.streams.dlq import dead_letter_sink
+    from semirec.streams.runtime import runtime_of
 
     items = raw_topic(app, settings.topics.items, settings.event_partitions)
+    runtime = runtime_of(app)
     to_dlq = dead_letter_sink(app, settings, stage="catalog")
 
     async def body(stream: Any) -> None:
         store = ItemStore.from_url(settings.redis_url)
         processor = CatalogProcessor(store, to_dlq)
         try:
-            await run_batches(stream, processor.process, batch_max=min(settings.batch_max, BATCH_MAX),
+            await run_batches(stream, processor.process, runtime=runtime,
+                              batch_max=min(settings.batch_max, BATCH_MAX),
                               within_s=settings.batch_within_s, agent="catalog",
                               exit_delay_s=settings.crash_exit_delay_s)
         finally:
@@ -159,4 +162,5 @@ def register_catalog(app: Any, settings: Settings) -> None:
 
     @app.agent(items, name="catalog")
     async def catalog(stream: Any) -> None:
-        await guarded("catalog", body(stream), exit_delay_s=settings.crash_exit_delay_s)
+        await guarded("catalog", body(stream), runtime=runtime,
+                      exit_delay_s=settings.crash_exit_delay_s)

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from semirec.core.metrics import Health, bind, start_http
 from semirec.core.settings import Settings
-from semirec.streams.batches import FATAL_HOOKS, WATCHES
+from semirec.streams.runtime import runtime_of
 
 
 def agents_running(app: Any, stuck_after_s: float) -> bool:
@@ -26,11 +26,10 @@ def agents_running(app: Any, stuck_after_s: float) -> bool:
         actors = list(getattr(agent.supervisor, "_services", None) or ())
         if not actors or any(a.crashed or not a.started for a in actors):
             return False
-    from semirec.streams.batch_transport import AGENTS
-
-    if not all(a.running for a in AGENTS if a.app is app):
+    runtime = runtime_of(app)
+    if not all(a.running for a in runtime.batch_agents):
         return False
-    return all(w.failed is None and w.stuck_for() < stuck_after_s for w in WATCHES.values())
+    return all(w.failed is None and w.stuck_for() < stuck_after_s for w in runtime.watches.values())
 
 
 def serve_health(app: Any, settings: Settings) -> Health:
@@ -44,7 +43,7 @@ def serve_health(app: Any, settings: Settings) -> Health:
     health.add_check("kafka", lambda: app.rebalancing_count > 0 and not app.rebalancing)
     health.add_check("redis", redis_client.ping)
     health.add_check("agents", lambda: agents_running(app, settings.batch_stuck_s))
-    FATAL_HOOKS.append(health.fail)  # an agent stopped by an unexpected error: /healthz fails
+    runtime_of(app).crash_hooks.append(health.fail)  # an agent stopped by an unexpected error: /healthz fails
 
     @app.task
     async def metrics_http() -> None:

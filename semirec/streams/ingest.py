@@ -10,7 +10,7 @@ offset only after Redis has acknowledged the state.
 A crash between the Redis write and the commit replays the batch, and the per-partition
 applied offsets stored inside each user's state make the replay a no-op. Redis errors are
 retried with back-off forever: the agent never acks what it has not written. Any other
-error stops the worker without acking the batch (:func:`semirec.streams.batches.stop_worker`).
+error stops the worker without acking the batch (:func:`semirec.streams.batches.stop_on_unexpected_error`).
 With ``SEMIREC_LOG_SAMPLES`` (default on) every watch's point-in-time training sample (the
 user's state just before it) is published to ``samples`` (in chunks, while the batch is applied)
 and acknowledged before the state write (docs/online-training.md).
@@ -36,7 +36,7 @@ from semirec.core.store import SequenceStore
 from semirec.streams.batch_transport import BatchAgent
 from semirec.streams.batches import DeadLetterSink, Message, retry_while_redis_down
 from semirec.streams.event_codec import decode_event
-from semirec.streams.publish import publish_many
+from semirec.streams.publish import Partitioner, publish_many
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def count_popularity(store: SequenceStore, settings: Settings) -> Alongside:
     return count
 
 
-def announce_changes(producer: Producer, settings: Settings) -> AfterWrite:
+def announce_changes(producer: Producer, settings: Settings, partitioner: Partitioner) -> AfterWrite:
     """After a batch's state is written: publish one ``user-updates`` notice per changed user and
     await the broker's acks, so the recommendation agent never ranks on state older than the
     event that triggered it."""
@@ -257,12 +257,12 @@ def announce_changes(producer: Producer, settings: Settings) -> AfterWrite:
                                                     now)))
                    for uid, newest in out.changed.items() if newest is not None
                    for msg, event in (newest,)]
-        await publish_many(producer(), topic, notices)
+        await publish_many(producer(), topic, notices, partitioner=partitioner)
 
     return after_write
 
 
-def publish_samples(producer: Producer, settings: Settings) -> BeforeSave:
+def publish_samples(producer: Producer, settings: Settings, partitioner: Partitioner) -> BeforeSave:
     """Publish point-in-time samples to the ``samples`` topic (key = user_id) and wait for the
     broker's acks, before ingest writes the state they were taken from."""
     from semirec.core.samples import encode_sample
@@ -271,7 +271,8 @@ def publish_samples(producer: Producer, settings: Settings) -> BeforeSave:
 
     async def before_save(samples: list[TrainingSample]) -> None:
         await publish_many(producer(), topic,
-                           [(s.user_id.encode(), encode_sample(s)) for s in samples])
+                           [(s.user_id.encode(), encode_sample(s)) for s in samples],
+                           partitioner=partitioner)
 
     return before_save
 
@@ -280,8 +281,10 @@ def register_ingest(app: Any, settings: Settings) -> None:
     """Attach the ingest agent to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
     from semirec.streams.dlq import dead_letter_sink
+    from semirec.streams.runtime import runtime_of
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
+    partitioner = runtime_of(app).partitioner
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
     processors: list[IngestProcessor] = []
@@ -292,9 +295,9 @@ def register_ingest(app: Any, settings: Settings) -> None:
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
                 settings, store, to_dlq,
-                after_write=announce_changes(app.producer._ensure_producer, settings),
+                after_write=announce_changes(app.producer._ensure_producer, settings, partitioner),
                 alongside=count_popularity(store, settings),
-                before_save=publish_samples(app.producer._ensure_producer, settings)
+                before_save=publish_samples(app.producer._ensure_producer, settings, partitioner)
                 if settings.log_samples else None))
         return await processors[0].process(batch)
 

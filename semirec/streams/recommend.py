@@ -146,7 +146,9 @@ def register_recommend(app: Any, settings: Settings) -> None:
     """Attach the recommendation agents to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
     from semirec.streams.dlq import dead_letter_sink
+    from semirec.streams.runtime import runtime_of
 
+    runtime = runtime_of(app)
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     requests = raw_topic(app, settings.topics.recommendation_requests, settings.event_partitions)
     out = raw_topic(app, settings.topics.recommendations, settings.event_partitions)
@@ -173,10 +175,10 @@ def register_recommend(app: Any, settings: Settings) -> None:
 
     @app.agent(updates, name="recommend-updates")
     async def recommend_updates(stream: Any) -> None:
-        await run_batches(stream, shared().on_updates, batch_max=settings.rec_concurrency * 16,
-                          within_s=0.005)
+        await run_batches(stream, shared().on_updates, runtime=runtime,
+                          batch_max=settings.rec_concurrency * 16, within_s=0.005)
 
     @app.agent(requests, name="recommend-requests")
     async def recommend_requests(stream: Any) -> None:
-        await run_batches(stream, shared().on_requests, batch_max=settings.rec_concurrency * 16,
-                          within_s=0.005)
+        await run_batches(stream, shared().on_requests, runtime=runtime,
+                          batch_max=settings.rec_concurrency * 16, within_s=0.005)
