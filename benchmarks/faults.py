@@ -199,7 +199,7 @@ class RedisServer:
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = sync_redis_client(self.url())
+        client = sync_redis_client(self.url)
         deadline = time.monotonic() + 30
         while True:
             try:
