@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from semirec.core.item_store import ITEM_PREFIX
 from semirec.core.kafka import ensure_topics, producer
+from semirec.core.redis_client import sync_redis_client
 from semirec.core.settings import Settings, Topics
 from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack
 from semirec.streams.catalog import catalog_topics
@@ -75,7 +75,7 @@ async def committed_total(settings: Settings, group: str) -> int:
 
 async def agent_run(settings: Settings, env: dict[str, str], n: int, runtime: str, group: str,
                     cache: Path, log: Path) -> dict[str, float]:
-    r = redis.Redis.from_url(settings.redis_url)
+    r = sync_redis_client(settings.redis_url)
     r.flushdb()
     env = {**env, "SEMIREC_ENCODER_RUNTIME": runtime, "SEMIREC_CONSUMER_GROUP": group,
            "SEMIREC_CACHE_DIR": str(cache)}

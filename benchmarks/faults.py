@@ -36,6 +36,7 @@ import redis
 
 from semirec.core.contracts import ContractError, Event, encode_event, parse_event, validate_event
 from semirec.core.faults import EXIT_AUTH, EXIT_UNAVAILABLE
+from semirec.core.redis_client import sync_redis_client
 from semirec.core.sequences import UserState, replay, unpack
 from semirec.core.settings import Settings, Topics
 from semirec.core.stack import LOCAL_GROUP_TIMINGS, free_port, redis_binary
@@ -198,7 +199,7 @@ class RedisServer:
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        client = sync_redis_client(self.url)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -438,7 +439,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
         for name, scenario in SCENARIOS.items():
             if args.only and name not in args.only:
                 continue
-            redis.Redis.from_url(base.redis_url).flushdb()
+            sync_redis_client(base.redis_url).flushdb()
             n = args.fuzz if name.startswith("fuzz") else \
                 args.load_seconds if name == "triton-restart" else args.events
             started = time.monotonic()

@@ -18,6 +18,8 @@ import orjson
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from semirec.core.contracts import MAX_TS, MAX_TS_MS
+
 USERS = [f"u{i}" for i in range(40)] + ["user\u00a0nbsp", "zero\u200bwidth", "émile", "用户"]
 ITEMS = [f"i{i}" for i in range(150)] + ["item\u00a0x", "vidéo"]
 
@@ -30,7 +32,7 @@ json_values = st.recursive(
 odd_ids = st.text(min_size=0, max_size=12) | st.just("x" * 300) | st.just("a\x00b") \
     | st.just("tab\there") | st.just("c1\x85")
 timestamps = st.one_of(
-    st.floats(0, 2**41 / 1000, exclude_max=True, allow_nan=False).map(lambda t: 1.7e9 + t % 1e7),
+    st.floats(0, MAX_TS, exclude_max=True, allow_nan=False).map(lambda t: 1.7e9 + t % 1e7),
     st.integers(1_600_000_000, 1_800_000_000),
     st.integers(1_600_000_000, 1_800_000_000).map(
         lambda t: datetime.fromtimestamp(t, UTC).isoformat()),
@@ -188,7 +190,7 @@ def _entries(draw: st.DrawFn, ids: list[str]) -> Any:
             for i in range(draw(st.integers(0, 12)))]
     return _sometimes(draw, good, st.lists(st.lists(json_values, max_size=3), max_size=3)
                       | st.just([[-1, "v1"]]) | st.just([[1, "v1"]] * 256)
-                      | st.just([[2**41, "v1"]]) | st.lists(st.tuples(st.just(1), odd_ids),
+                      | st.just([[MAX_TS_MS, "v1"]]) | st.lists(st.tuples(st.just(1), odd_ids),
                                                               min_size=1, max_size=2))
 
 

@@ -40,11 +40,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import orjson
-import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from semirec.core.kafka import ensure_topics, ingest_topics, producer
+from semirec.core.redis_client import sync_redis_client
 from semirec.core.settings import REPO_ROOT as ROOT
 from semirec.core.settings import Settings, Topics
 from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack
@@ -123,7 +123,7 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
     commit of the last offset. ``cpu`` receives the CPU seconds the workers, the broker and
     redis-server (``stack_pids``) spent in that window: on a shared machine a steadier
     measure of the work per event than the rate."""
-    r = redis.Redis.from_url(settings.redis_url)
+    r = sync_redis_client(settings.redis_url)
     env = {**env, "SEMIREC_REDIS_URL": settings.redis_url,
            "SEMIREC_CONSUMER_GROUP": settings.consumer_group}
     procs = []
@@ -184,7 +184,7 @@ def reference_costs(n: int, env: dict[str, str]) -> dict[str, float]:
 
 
 def memory_per_user(url: str) -> tuple[float, float, int]:
-    r = redis.Redis.from_url(url)
+    r = sync_redis_client(url)
     used, packed, users = 0, 0, 0
     for key in r.scan_iter(match=f"{USER_PREFIX}*", count=1000):
         used += r.memory_usage(key, samples=0)

@@ -52,12 +52,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import redis.asyncio as aioredis
 
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.item_store import ItemStore, ItemVector
 from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
 from semirec.core.recommendations import parse_recommendation
+from semirec.core.redis_client import redis_client
 from semirec.core.sequences import Entry, UserState
 from semirec.core.settings import Settings
 from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
@@ -160,7 +160,7 @@ def bench_recall(n_videos: int, repeat: int = 50) -> float:
 
 async def put_catalog(redis_url: str, n_videos: int, n_products: int) -> None:
     rng = np.random.default_rng(1)
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     store = ItemStore(client)
     for domain, n in ((Domain.VIDEO, n_videos), (Domain.PRODUCT, n_products)):
         vecs = rng.normal(size=(n, DIM)).astype(np.float32)

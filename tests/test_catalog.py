@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from semirec.cli import cli
 from semirec.core.contracts import Domain, Reason
+from semirec.core.dead_letters import parse_dead_letter
 from semirec.core.item_store import ItemStore
 from semirec.core.kafka import ensure_topics
 from semirec.core.settings import Settings
@@ -107,12 +108,12 @@ async def test_catalog_agent_stores_vectors_and_dead_letters_bad_items(
     assert not (await stored(settings, ["img1", "x1"])).found.any()
 
     letters = await consume_all(settings, settings.topics.events_dlq, len(bad))
-    records = [orjson.loads(r.value) for r in letters]
-    assert sorted(r["reason"] for r in records) == sorted(str(b[2]) for b in bad)
-    assert {base64.b64decode(r["original_b64"]) for r in records} == {b[1] for b in bad}
+    records = [parse_dead_letter(r.value) for r in letters]
+    assert sorted(r.reason for r in records) == sorted(b[2] for b in bad)
+    assert {r.original() for r in records} == {b[1] for b in bad}
     for r in records:
-        assert r["stage"] == "catalog" and r["source"]["topic"] == settings.topics.items
-        assert r["message"]
+        assert r.stage == "catalog" and r.source.topic == settings.topics.items
+        assert r.message
 
 
 def test_items_encode_cli_bulk(settings: Settings, redis_client, cache_dir: Path,

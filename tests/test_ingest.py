@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import signal
 import time
 from collections import Counter
 
-import orjson
-
+from semirec.core.dead_letters import parse_dead_letter
 from semirec.core.sequences import UserState, replay
 from semirec.core.store import SequenceStore
 from tests.event_script import MALFORMED, encode, scripted_events
@@ -48,13 +46,13 @@ async def test_scripted_stream_with_dlq(settings, redis_client, tmp_path) -> Non
 
     letters = await consume_all(settings, settings.topics.events_dlq, len(MALFORMED))
     assert len(letters) == len(MALFORMED)
-    records = [orjson.loads(r.value) for r in letters]
-    assert Counter(r["reason"] for r in records) == Counter(m[2] for m in MALFORMED)
-    originals = {base64.b64decode(r["original_b64"]) for r in records}
+    records = [parse_dead_letter(r.value) for r in letters]
+    assert Counter(r.reason for r in records) == Counter(m[2] for m in MALFORMED)
+    originals = {r.original() for r in records}
     assert originals == {m[1] for m in MALFORMED}
     for r in records:
-        assert r["source"]["topic"] == settings.topics.events and r["message"]
-        assert r["source"]["offset"] >= 0 and r["stage"] == "ingest"
+        assert r.source.topic == settings.topics.events and r.message
+        assert r.source.offset >= 0 and r.stage == "ingest"
 
 
 async def test_worker_killed_mid_stream_replays_without_double_apply(settings, redis_client,

@@ -4,7 +4,6 @@ real worker processes), and health says so while it happens."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import urllib.request
 import orjson
 
 from semirec.core.contracts import Event, parse_event, validate_event
+from semirec.core.dead_letters import parse_dead_letter
 from semirec.core.kafka import ensure_topics, ingest_topics, producer
 from semirec.core.sequences import UserState, apply, replay
 from semirec.core.stack import free_port
@@ -67,16 +67,16 @@ async def test_oversized_events_are_dead_lettered_truncated_and_nothing_is_lost(
         states = await stored_states(settings)
     assert comparable(states) == expected_states(events)
 
-    letters = [orjson.loads(r.value)
+    letters = [parse_dead_letter(r.value)
                for r in await consume_all(settings, settings.topics.events_dlq, 2)]
     assert len(letters) == 2
     for letter in letters:
-        original = big[base64.b64decode(letter["key_b64"])]
-        prefix = base64.b64decode(letter["original_b64"])
-        assert letter["reason"] == "too_large" and letter["stage"] == "ingest"
-        assert letter["truncated"] is True and original.startswith(prefix) and prefix
-        assert letter["original_bytes"] == len(original)
-        assert letter["original_sha256"] == hashlib.sha256(original).hexdigest()
+        original = big[letter.key()]
+        prefix = letter.original()
+        assert letter.reason == "too_large" and letter.stage == "ingest"
+        assert letter.truncated is True and original.startswith(prefix) and prefix
+        assert letter.original_bytes == len(original)
+        assert letter.original_sha256 == hashlib.sha256(original).hexdigest()
 
     # restart: nothing is re-dead-lettered or re-applied, and the stream goes on
     more = scripted_events(users=6, per_user=40, seed=22)

@@ -3,7 +3,6 @@ redis-server and tritonserver with no ranker loaded: every answer comes from the
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import orjson
 import pytest
 
 from semirec.cli.recommend import ask
+from semirec.core.dead_letters import parse_dead_letter
 from semirec.core.kafka import ensure_topics, ingest_topics, serving_topics
 from semirec.core.recommendations import RecommendationRequest
 from semirec.trainer.offline.toy import toy_world
@@ -98,13 +98,13 @@ async def test_requests_are_answered_and_malformed_ones_dead_lettered(
         assert {i.item_id for i in answer.items} == {"v1", "v2", "v3"}
         assert answer.skipped_without_vector == 2 and answer.request_id == "r-given"
         assert {i.source for i in answer.items} == {"request"}
-    letters = [orjson.loads(r.value) for r in await consume_all(settings, settings.topics.events_dlq,
-                                                                len(bad))]
+    letters = [parse_dead_letter(r.value)
+               for r in await consume_all(settings, settings.topics.events_dlq, len(bad))]
     assert len(letters) == len(bad)
-    assert Counter(r["reason"] for r in letters) == Counter(
+    assert Counter(r.reason for r in letters) == Counter(
         ["undecodable", "bad_value", "missing_field", "key_mismatch", "not_an_object"])
-    assert {r["stage"] for r in letters} == {"recommend"}
-    assert {base64.b64decode(r["original_b64"]) for r in letters} == {v for _, v in bad}
+    assert {r.stage for r in letters} == {"recommend"}
+    assert {r.original() for r in letters} == {v for _, v in bad}
 
 
 def test_cli_recommend_and_watch(settings, redis_client, world, tmp_path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import faust
 import pytest
 
+from semirec.core.faults import EXIT_CONFIG, FatalError, classify
+from semirec.core.redis_client import redis_client, sync_redis_client
 from semirec.core.settings import Settings, SettingsError
 from semirec.streams.app import broker_credentials
 
@@ -39,6 +41,25 @@ def test_overrides() -> None:
 def test_bad_values_are_clear_errors(env, message) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_redis_cluster_urls_are_configuration_errors() -> None:
+    """The client factory is where a cluster client will be chosen; until then both the settings
+    and the factory refuse a cluster URL, as a configuration fault (exit 78), password hidden."""
+    with pytest.raises(SettingsError, match="Redis Cluster is not supported yet"):
+        Settings.from_env({"SEMIREC_REDIS_URL": "redis+cluster://r:7000/0"})
+    for make in (redis_client, sync_redis_client):
+        with pytest.raises(FatalError, match="Redis Cluster is not supported yet") as err:
+            make("rediss+cluster://:s3cret@r:7000/0")
+        fault = classify(err.value, kafka="k:9092", redis_url="", triton="t:8001")
+        assert fault is not None and fault.exit_code == EXIT_CONFIG and "s3cret" not in fault.message
+
+
+def test_redis_clients_keep_their_options() -> None:
+    for make in (redis_client, sync_redis_client):
+        client = make("redis://127.0.0.1:1/3", socket_timeout=1.0, health_check_interval=5)
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["health_check_interval"], kwargs["db"]) == (1.0, 5, 3)
 
 
 def test_sasl_reaches_aiokafka_and_faust_without_leaking_the_password() -> None:

@@ -212,9 +212,9 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
     held-out items) for the untrained and the pre-trained fusion, and saves the checkpoint.
     """
     from semirec.encoders import checkpoint as ckpt_io
+    from semirec.encoders.base import default_cache
     from semirec.encoders.config import EncoderConfig
     from semirec.encoders.features import FeatureExtractor
-    from semirec.encoders.pipeline import default_cache
     from semirec.encoders.pretrain import TrainConfig, new_fusion, prepare, pretrain
 
     _threads(threads)

@@ -18,6 +18,10 @@ import msgpack
 import orjson
 
 MAX_ID_BYTES = 255
+# The events' timestamp range: 0 <= ts < MAX_TS unix seconds (2**41 ms, September 2039); also
+# the bound of every other timestamp in the contracts (samples, requests)
+MAX_TS_MS = 2**41
+MAX_TS = MAX_TS_MS / 1000
 MAX_EVENT_BYTES = 64 * 1024
 # The id rule (event_id, user_id, item_id): 1..MAX_ID_BYTES UTF-8 bytes and no control character,
 # i.e. nothing of Unicode category Cc (U+0000-U+001F, U+007F-U+009F). Every other character is
@@ -130,7 +134,7 @@ def parse_ts(value: Any) -> float:
         raise ContractError(
             Reason.BAD_TIMESTAMP, f"ts must be a number or ISO-8601 string, got {type(value).__name__}"
         )
-    if not math.isfinite(ts) or ts < 0 or ts >= 2**41 / 1000:
+    if not math.isfinite(ts) or ts < 0 or ts >= MAX_TS:
         raise ContractError(Reason.BAD_TIMESTAMP, f"ts {value!r} is out of range")
     return ts
 

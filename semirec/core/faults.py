@@ -30,7 +30,9 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from semirec.core.settings import Settings, SettingsError
+from semirec.core.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +64,6 @@ class FatalError(RuntimeError):
     def __init__(self, fault: Fault) -> None:
         super().__init__(fault.message)
         self.fault = fault
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (``redis://:***@host:port/0``)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
-    except ValueError:
-        return "<unparsable URL>"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -142,8 +130,6 @@ def _kafka_tls_problem(kafka: str, timeout_s: float = 3.0) -> str | None:
     client certificate shows as the server's alert on the first read)."""
     import socket
 
-    from semirec.core.settings import Settings, SettingsError
-
     try:
         env = Settings.from_env()
     except SettingsError:
@@ -195,8 +181,6 @@ def classify(exc: BaseException, *, kafka: str | None = None, redis_url: str | N
              triton: str | None = None) -> Fault | None:
     """The :class:`Fault` behind ``exc`` (looking through causes), or ``None`` if it is none
     of ours to explain (a bug: let its traceback show). Addresses default to the environment's."""
-    from semirec.core.settings import Settings, SettingsError
-
     if kafka is None or redis_url is None or triton is None:
         try:
             env = Settings.from_env()
@@ -210,8 +194,6 @@ def classify(exc: BaseException, *, kafka: str | None = None, redis_url: str | N
 
 
 def _classify(exc: BaseException, kafka: str, redis_url: str, triton: str) -> Fault | None:
-    from semirec.core.settings import SettingsError
-
     for cur in _chain(exc):
         if isinstance(cur, FatalError):
             return cur.fault

@@ -26,6 +26,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from semirec.core.contracts import Domain
+from semirec.core.redis_client import redis_client
 
 ITEM_PREFIX = "semirec:item:"
 DOMAIN_SET_PREFIX = "semirec:items:"
@@ -116,7 +117,7 @@ class ItemStore:
 
     @classmethod
     def from_url(cls, url: str) -> ItemStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False))
+        return cls(redis_client(url, decode_responses=False))
 
     async def close(self) -> None:
         await self.client.aclose()

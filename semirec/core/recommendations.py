@@ -13,7 +13,7 @@ from typing import Annotated
 
 import msgspec
 
-from semirec.core.contracts import ContractError, Reason, id_problem
+from semirec.core.contracts import MAX_TS, ContractError, Reason, id_problem
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_K = 100
@@ -30,9 +30,9 @@ class RecommendationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=F
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] = 10
     # rank exactly these videos instead of recalling (unknown ones are skipped and counted)
     candidates: Annotated[list[Identifier], msgspec.Meta(max_length=MAX_REQUEST_CANDIDATES)] | None = None
-    # the moment to recommend for (unix seconds, the events' range: finite, 0 <= at < 2**41 ms);
+    # the moment to recommend for (unix seconds, the events' range: finite, 0 <= at < MAX_TS);
     # default: when the agent handles the request
-    at: Annotated[float, msgspec.Meta(ge=0, lt=2**41 / 1000)] | None = None
+    at: Annotated[float, msgspec.Meta(ge=0, lt=MAX_TS)] | None = None
 
 
 class UserUpdate(msgspec.Struct, frozen=True):

@@ -14,15 +14,14 @@ from typing import Annotated
 
 import msgspec
 
-from semirec.core.contracts import ContractError, Event, Reason, id_problem
+from semirec.core.contracts import MAX_TS, MAX_TS_MS, ContractError, Event, Reason, id_problem
 from semirec.core.sequences import UserState
 
 MAX_SAMPLE_BYTES = 512 * 1024  # two sequences of at most 255 entries with 255-byte ids fit
 MAX_ENTRIES = 255  # SEMIREC_SEQ_LEN's upper bound
-_TS_LIMIT = 2**41 / 1000  # the events' timestamp range (semirec.core.contracts.parse_ts)
 
-Seconds = Annotated[float, msgspec.Meta(ge=0, lt=_TS_LIMIT)]
-Entries = Annotated[list[tuple[Annotated[int, msgspec.Meta(ge=0, lt=2**41)], str]],
+Seconds = Annotated[float, msgspec.Meta(ge=0, lt=MAX_TS)]
+Entries = Annotated[list[tuple[Annotated[int, msgspec.Meta(ge=0, lt=MAX_TS_MS)], str]],
                     msgspec.Meta(max_length=MAX_ENTRIES)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from semirec.core.urls import redact, redis_url_problem
 
 # the repository checkout (an editable install): semirec/core/settings.py -> ../../
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,19 +24,8 @@ class SettingsError(ValueError):
 
 
 def _check_redis_url(url: str) -> None:
-    from semirec.core.faults import redact
-
-    shown = redact(url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port out of range or not a number
-    except ValueError as exc:
-        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: {exc}") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: the scheme must be redis://, rediss:// "
-                            "(TLS) or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise SettingsError(f"SEMIREC_REDIS_URL={shown!r}: no host")
+    if problem := redis_url_problem(url):
+        raise SettingsError(f"SEMIREC_REDIS_URL={redact(url)!r}: {problem}")
 
 
 def _check_kafka(servers: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
 
+from semirec.core.redis_client import redis_client
 from semirec.core.sequences import UserState, pack, unpack, version_token
 
 USER_PREFIX = "semirec:user:"
@@ -64,7 +65,7 @@ class SequenceStore:
 
     @classmethod
     def from_url(cls, url: str, *, cache_users: int = 0) -> SequenceStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), cache_users=cache_users)
+        return cls(redis_client(url, decode_responses=False), cache_users=cache_users)
 
     async def load(self, user_ids: Sequence[str]) -> list[tuple[bytes, UserState]]:
         """``(token, state)`` per user (token ``b""`` for a new user). Cached states are returned

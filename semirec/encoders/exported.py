@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from semirec.encoders.base import BaseEncoder, default_cache
 from semirec.encoders.cache import FeatureCache
 from semirec.encoders.config import EncoderConfig, cache_dir
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
-from semirec.encoders.pipeline import BaseEncoder, default_cache
 from semirec.encoders.text import Feeds
 from semirec.encoders.triton_repo import FUSION_MODELS, IMAGE_MODEL, TEXT_MODEL
 

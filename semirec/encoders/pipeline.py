@@ -9,30 +9,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from semirec.core.items import Item, ItemError, as_item
+from semirec.core.items import Item
 from semirec.encoders import checkpoint as ckpt_io
+from semirec.encoders.base import BaseEncoder, default_cache
 from semirec.encoders.cache import FeatureCache
 from semirec.encoders.config import EncoderConfig, cache_dir
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
 from semirec.encoders.fusion import ItemFusion
-
-
-@dataclass(slots=True)
-class EncodeResult:
-    vectors: np.ndarray  # [len(ok), out_dim] float32
-    ok: list[int]  # indices (into the input) of the encoded items
-    errors: dict[int, ItemError] = field(default_factory=dict)
-
-
-def default_cache() -> FeatureCache:
-    return FeatureCache(cache_dir() / "features.sqlite")
 
 
 def fuse(fusion: ItemFusion, domains: Sequence[str], feats: ItemFeatures,
@@ -51,40 +40,6 @@ def fuse(fusion: ItemFusion, domains: Sequence[str], feats: ItemFeatures,
                     torch.from_numpy(f.tags),
                 ).numpy()
     return out
-
-
-class BaseEncoder:
-    """Lenient and strict encoding over ``extractor`` (features) and :meth:`fuse_features`."""
-
-    extractor: FeatureExtractor
-    version: str
-    batch_size: int
-
-    def fuse_features(self, domains: Sequence[str], feats: ItemFeatures) -> np.ndarray:
-        raise NotImplementedError
-
-    def encode_lenient(self, items: Sequence[Item | dict[str, Any]]) -> EncodeResult:
-        parsed: list[Item] = []
-        errors: dict[int, ItemError] = {}
-        index: list[int] = []
-        for i, value in enumerate(items):
-            try:
-                parsed.append(as_item(value))
-                index.append(i)
-            except ItemError as exc:
-                errors[i] = exc
-        feats, ok, bad = self.extractor.extract(parsed)
-        errors.update({index[j]: e for j, e in bad.items()})
-        vectors = self.fuse_features([parsed[j].domain.value for j in ok], feats)
-        return EncodeResult(vectors, [index[j] for j in ok], dict(sorted(errors.items())))
-
-    def encode(self, items: Sequence[Item | dict[str, Any]]) -> np.ndarray:
-        """``[N, out_dim]`` float32; raises the first item's :class:`ItemError` if any is bad."""
-        result = self.encode_lenient(items)
-        if result.errors:
-            i, exc = next(iter(result.errors.items()))
-            raise type(exc)(exc.reason, f"item {i}: {exc}")
-        return result.vectors
 
 
 class ItemEncoder(BaseEncoder):

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from semirec.encoders.base import BaseEncoder
 from semirec.encoders.cache import FeatureCache
 from semirec.encoders.config import EncoderConfig
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
-from semirec.encoders.pipeline import BaseEncoder
 from semirec.encoders.triton_repo import FUSION_MODELS, IMAGE_MODEL, MAX_BATCH, TEXT_MODEL
 
 _DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(bool): "BOOL"}

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from semirec.core.item_store import ItemStore
 from semirec.core.recommendations import Recommendation, RecommendedItem, Timings
+from semirec.core.redis_client import redis_client
 from semirec.core.sequences import UserState, unpack
 from semirec.core.settings import Settings
 from semirec.core.store import SequenceStore
@@ -93,7 +94,7 @@ class Recommender:
 
         ranker = TritonRanker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000) \
             if triton else None
-        return cls(settings, redis_client=aioredis.Redis.from_url(settings.redis_url), ranker=ranker)
+        return cls(settings, redis_client=redis_client(settings.redis_url), ranker=ranker)
 
     async def refresh(self) -> None:
         """Pull catalog changes and the popularity window from Redis."""

@@ -1,5 +1,5 @@
-"""Dead letters: the original bytes (or a bounded prefix of them) plus where they came from and
-why they were refused.
+"""Dead letters (:class:`semirec.core.dead_letters.DeadLetter`): the original bytes (or a bounded
+prefix of them) plus where they came from and why they were refused.
 
 A letter must always be publishable, whatever arrived: when the whole original does not fit
 the producer's request limit, the letter keeps the first :data:`PREFIX_BYTES` bytes, the
@@ -15,10 +15,11 @@ import time
 from typing import Any
 
 import faust
-import orjson
+import msgspec
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from semirec.core.contracts import Reason
+from semirec.core.dead_letters import DeadLetter, LetterSource, encode_dead_letter
 from semirec.core.settings import Settings
 
 PREFIX_BYTES = 64 * 1024  # of an original that does not fit whole
@@ -39,37 +40,35 @@ def letter_key(message: Any) -> bytes | None:
 
 def dead_letter(message: Any, reason: Reason | str, text: str, *, stage: str,
                 limit: int = DEFAULT_LIMIT) -> bytes:
-    """The DLQ record (JSON) for a ``Message`` that failed at ``stage``; its record (with
-    :func:`letter_key`) never exceeds ``limit`` bytes."""
+    """The encoded :class:`~semirec.core.dead_letters.DeadLetter` for a ``Message`` that failed
+    at ``stage``; its record (with :func:`letter_key`) never exceeds ``limit`` bytes."""
     value = message.value or b""
     key = message.key
-    record = {
-        "original_b64": "",
-        "original_bytes": len(value),
-        "original_sha256": hashlib.sha256(value).hexdigest(),
-        "truncated": False,
-        "key_b64": None if key is None else base64.b64encode(key[:KEY_BYTES]).decode(),
-        "key_bytes": None if key is None else len(key),
-        "source": {"topic": message.topic, "partition": message.partition,
-                   "offset": message.offset, "timestamp_ms": round(message.timestamp * 1000)},
-        "reason": str(reason),
-        "message": text[:TEXT_CHARS],
-        "stage": stage,
-        "rejected_at_ms": int(time.time() * 1000),
-    }
+    letter = DeadLetter(
+        original_b64=base64.b64encode(value).decode(),
+        original_bytes=len(value),
+        original_sha256=hashlib.sha256(value).hexdigest(),
+        truncated=False,
+        key_b64=None if key is None else base64.b64encode(key[:KEY_BYTES]).decode(),
+        key_bytes=None if key is None else len(key),
+        source=LetterSource(message.topic, message.partition, message.offset,
+                            round(message.timestamp * 1000)),
+        reason=Reason(reason),
+        message=text[:TEXT_CHARS],
+        stage=stage,
+        rejected_at_ms=int(time.time() * 1000),
+    )
     out_key = letter_key(message)
-    record["original_b64"] = base64.b64encode(value).decode()
-    letter = orjson.dumps(record)
-    if record_size(out_key, letter) > limit:
-        record["original_b64"] = base64.b64encode(value[:PREFIX_BYTES]).decode()
-        record["truncated"] = True
-        letter = orjson.dumps(record)
-    if record_size(out_key, letter) > limit:  # a limit below the bounded letter: drop the prefix
-        record["original_b64"] = ""
-        letter = orjson.dumps(record)
-    if record_size(out_key, letter) > limit:
+    raw = encode_dead_letter(letter)
+    if record_size(out_key, raw) > limit:
+        letter = msgspec.structs.replace(
+            letter, original_b64=base64.b64encode(value[:PREFIX_BYTES]).decode(), truncated=True)
+        raw = encode_dead_letter(letter)
+    if record_size(out_key, raw) > limit:  # a limit below the bounded letter: drop the prefix
+        raw = encode_dead_letter(msgspec.structs.replace(letter, original_b64=""))
+    if record_size(out_key, raw) > limit:
         raise ValueError(f"producer limit {limit} is below a bounded dead letter")
-    return letter
+    return raw
 
 
 async def send_dead_letters(topic: faust.TopicT, letters: list[tuple[bytes | None, bytes]]) -> None:

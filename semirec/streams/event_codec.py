@@ -19,6 +19,7 @@ from semirec.core.contracts import (
     ACTION_FOR_DOMAIN,
     MAX_EVENT_BYTES,
     MAX_ID_BYTES,
+    MAX_TS,
     ContractError,
     Domain,
     Event,
@@ -43,7 +44,6 @@ _JSON = msgspec.json.Decoder(EventBody)
 _MSGPACK = msgspec.msgpack.Decoder(EventBody)
 _DOMAINS = {d.value: (d, ACTION_FOR_DOMAIN[d]) for d in Domain}
 _MSGPACK_MAP = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
-_TS_MAX = 2**41 / 1000
 _ASCII_SAFE = MAX_ID_BYTES // 4  # this many characters fit the byte limit in any encoding
 
 
@@ -84,10 +84,10 @@ def fast_event(raw: bytes, key: bytes | None) -> Event | None:
         except ContractError:
             return None
     elif type(ts) is int:
-        if not 0 <= ts < _TS_MAX:
+        if not 0 <= ts < MAX_TS:
             return None
         ts = float(ts)
-    elif not (math.isfinite(ts) and 0 <= ts < _TS_MAX):
+    elif not (math.isfinite(ts) and 0 <= ts < MAX_TS):
         return None
     return Event(body.event_id, body.user_id, body.item_id, domain[0], body.action, ts,
                  body.complete)

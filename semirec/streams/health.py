@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from semirec.core.metrics import Health, bind, start_http
+from semirec.core.redis_client import redis_client
 from semirec.core.settings import Settings
 from semirec.streams.runtime import runtime_of
 
@@ -37,11 +36,11 @@ def serve_health(app: Any, settings: Settings) -> Health:
     runs; the port is bound now, so a taken port fails before the worker starts."""
     sock = bind(settings.metrics_port)
     health = Health()
-    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0)
+    redis = redis_client(settings.redis_url, socket_timeout=1.0)
     # joined its group (a first rebalance happened) and no rebalance is under way; not the
     # generation id, which starts at 0 on Tansu and at 1 on Kafka
     health.add_check("kafka", lambda: app.rebalancing_count > 0 and not app.rebalancing)
-    health.add_check("redis", redis_client.ping)
+    health.add_check("redis", redis.ping)
     health.add_check("agents", lambda: agents_running(app, settings.batch_stuck_s))
     runtime_of(app).crash_hooks.append(health.fail)  # an agent stopped by an unexpected error: /healthz fails
 
