@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer
 
 from semirec.core.settings import Settings
 from semirec.core.store import SequenceStore
-from semirec.streams.batches import Record
 from semirec.streams.ingest import IngestProcessor
+from semirec.streams.messages import Record
 
 
 async def main(n: int) -> float:

@@ -34,9 +34,9 @@ from semirec.core.metrics import AgentMetrics
 from semirec.core.sequences import UserState, apply, pack
 from semirec.core.settings import Settings
 from semirec.core.store import SequenceStore
-from semirec.streams.batches import Record
 from semirec.streams.event_codec import decode_event
 from semirec.streams.ingest import BatchOutcome, IngestProcessor
+from semirec.streams.messages import Record
 
 REPEATS = 3
 PARTITIONS = 4

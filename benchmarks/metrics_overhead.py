@@ -26,8 +26,8 @@ from semirec.core.metrics import AgentMetrics
 from semirec.core.settings import Settings
 from semirec.core.stack import EmbeddedStack
 from semirec.core.store import SequenceStore
-from semirec.streams.batches import Record
 from semirec.streams.ingest import IngestProcessor
+from semirec.streams.messages import Record
 
 
 class NoMetrics(AgentMetrics):

@@ -18,7 +18,7 @@ from aiokafka import TopicPartition
 
 from semirec.streams.app import create_app, raw_topic
 from semirec.streams.batch_transport import Batch, BatchAgent, BatchConsumer, BatchTransport
-from semirec.streams.batches import Record, describe, describe_runs
+from semirec.streams.messages import Record, describe, describe_runs
 from semirec.streams.runtime import runtime_of
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import produce_raw, wait_committed

@@ -9,8 +9,8 @@ import pytest
 
 from semirec.core.contracts import Reason
 from semirec.core.dead_letters import DeadLetter, LetterSource, encode_dead_letter, parse_dead_letter
-from semirec.streams.batches import Record
 from semirec.streams.dlq import DEFAULT_LIMIT, KEY_BYTES, PREFIX_BYTES, dead_letter, letter_key, record_size
+from semirec.streams.messages import Record
 
 
 @pytest.mark.parametrize("size", [0, 10, 700_000, 749_000, 760_000, 800_000, 5_000_000])

@@ -139,3 +139,22 @@ def test_core_imports_no_layer_above_it(edges) -> None:
     bad = [f"{a} -> {b}" for a, targets in edges.items() if within(a, "semirec.core")
            for b in targets if any(within(b, f"semirec.{layer}") for layer in LAYERS_ABOVE_CORE)]
     assert not bad
+
+
+# package -> the semirec packages it may import (besides itself): docs/architecture.md
+ALLOWED = {
+    "semirec.serving": {"semirec.core"},
+    "semirec.worlds": {"semirec.core"},
+    "semirec.trainer.nets": {"semirec.core"},
+}
+
+
+def test_lower_layers_import_only_below_them(edges) -> None:
+    bad = []
+    for package, allowed in ALLOWED.items():
+        for a, targets in edges.items():
+            if not within(a, package):
+                continue
+            bad += [f"{a} -> {b}" for b in targets if within(b, "semirec") and not within(b, package)
+                    and not any(within(b, ok) for ok in allowed)]
+    assert not bad, bad

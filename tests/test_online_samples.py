@@ -13,8 +13,8 @@ import pytest
 from semirec.core.contracts import ContractError, Reason, encode_event
 from semirec.core.samples import TrainingSample, decode_sample, encode_sample
 from semirec.core.store import SequenceStore
-from semirec.streams.batches import Record
 from semirec.streams.ingest import IngestProcessor
+from semirec.streams.messages import Record
 from semirec.trainer.nets.configs import paper
 from semirec.trainer.nets.zoo import build
 from semirec.trainer.offline.samples import build_samples

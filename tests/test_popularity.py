@@ -88,8 +88,8 @@ async def test_ingest_counts_each_batch_alongside_its_state_write(settings, redi
     when process returns (before the batch would be acked)."""
     from semirec.core.contracts import encode_event
     from semirec.core.store import SequenceStore
-    from semirec.streams.batches import Record
     from semirec.streams.ingest import IngestProcessor, count_popularity
+    from semirec.streams.messages import Record
 
     async def no_dead_letters(bad) -> None:
         raise AssertionError(bad)

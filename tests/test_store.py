@@ -6,8 +6,8 @@ from semirec.core import store as store_module
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.sequences import UserState, pack, version_token
 from semirec.core.store import SequenceStore, user_key
-from semirec.streams.batches import Record
 from semirec.streams.ingest import IngestProcessor
+from semirec.streams.messages import Record
 
 
 def click(n: int, user: str = "u1") -> Event:

@@ -40,8 +40,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.futures import notify
 
 from semirec.core.faults import FatalError
-from semirec.streams.batches import Message, Record, describe_runs, stop_on_unexpected_error
+from semirec.streams.batches import stop_on_unexpected_error
 from semirec.streams.fatal import stop_on_fatal_fault
+from semirec.streams.messages import Message, Record, describe_runs
 from semirec.streams.runtime import runtime_of
 
 log = logging.getLogger(__name__)

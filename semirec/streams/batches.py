@@ -16,15 +16,14 @@ import asyncio
 import logging
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from semirec.core.contracts import ContractError
 from semirec.core.faults import FatalError, retry_transient
 from semirec.core.metrics import AgentMetrics
 from semirec.streams.fatal import stop_on_fatal_fault
+from semirec.streams.messages import Message
 
 if TYPE_CHECKING:
     from semirec.streams.runtime import WorkerRuntime
@@ -34,74 +33,16 @@ log = logging.getLogger(__name__)
 EXIT_UNEXPECTED = 70  # EX_SOFTWARE: the worker stopped on an error it does not know how to handle
 
 
-class Message(Protocol):
-    """What a processor needs of a Kafka message (faust's ``Message`` fits)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float
-
-
-@dataclass(slots=True)
-class Record:
-    """A plain :class:`Message`, for callers that do not read through faust (tests, benchmarks)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float = 0.0
-
-
 DeadLetterSink = Callable[[list[tuple[Message, ContractError]]], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class BatchWatch:
-    """One agent's progress as the health checks see it: the batch in flight (since when, which
-    offsets) and the error that stopped the agent, if any. A worker's are in its runtime
-    (:meth:`semirec.streams.runtime.WorkerRuntime.watch`)."""
-
-    agent: str
-    in_flight_since: float | None = None  # time.monotonic() when the batch was handed over
-    span: str = ""  # "topic[partition] first..last" per partition of the batch in flight
-    failed: str | None = None
-
-    def start(self, messages: Sequence[Message], span: str | None = None) -> None:
-        """``span``: :func:`describe` of ``messages``, when the caller knows it cheaper."""
-        self.in_flight_since = time.monotonic()
-        self.span = describe(messages) if span is None else span
-
-    def done(self) -> None:
-        self.in_flight_since = None
-        self.span = ""
-
-    def stuck_for(self, now: float | None = None) -> float:
-        """Seconds the batch in flight has been processing (0 when idle)."""
-        if self.in_flight_since is None:
-            return 0.0
-        return (time.monotonic() if now is None else now) - self.in_flight_since
 
 
-def describe(messages: Sequence[Message]) -> str:
-    return describe_runs((m.topic, m.partition, m.offset, m.offset) for m in messages)
 
 
-def describe_runs(runs: Iterable[tuple[str, int, int, int]]) -> str:
-    """``topic[partition] first..last`` per partition of ``(topic, partition, first, last)``
-    runs (e.g. fetch slices), partitions in order."""
-    spans: dict[tuple[str, int], list[int]] = {}
-    for topic, partition, first, last in runs:
-        lo_hi = spans.get((topic, partition))
-        if lo_hi is None:
-            spans[topic, partition] = [first, last]
-        else:
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], first), max(lo_hi[1], last)
-    return ", ".join(f"{t}[{p}] {lo}..{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
+
+
+
 
 
 async def retry_while_redis_down(fn: Callable[..., Awaitable[Any]], *args: Any,

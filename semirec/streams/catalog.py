@@ -31,11 +31,11 @@ from semirec.core.metrics import AgentMetrics
 from semirec.core.settings import Settings
 from semirec.streams.batches import (
     DeadLetterSink,
-    Message,
     guarded,
     retry_while_redis_down,
     run_batches,
 )
+from semirec.streams.messages import Message
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 64  # items per batch: bounds the time one encode call holds the partition

@@ -34,8 +34,9 @@ from semirec.core.sequences import UserState, apply, pack
 from semirec.core.settings import Settings
 from semirec.core.store import SequenceStore
 from semirec.streams.batch_transport import BatchAgent
-from semirec.streams.batches import DeadLetterSink, Message, retry_while_redis_down
+from semirec.streams.batches import DeadLetterSink, retry_while_redis_down
 from semirec.streams.event_codec import decode_event
+from semirec.streams.messages import Message
 from semirec.streams.publish import Partitioner, publish_many
 
 log = logging.getLogger(__name__)

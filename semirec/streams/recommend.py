@@ -37,7 +37,8 @@ from semirec.core.recommendations import (
 from semirec.core.settings import Settings
 from semirec.serving import metrics
 from semirec.serving.recommender import Job, Recommender
-from semirec.streams.batches import DeadLetterSink, Message, retry_while_redis_down, run_batches
+from semirec.streams.batches import DeadLetterSink, retry_while_redis_down, run_batches
+from semirec.streams.messages import Message
 
 log = logging.getLogger(__name__)
 REFRESH_S = 1.0

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from semirec.streams.batches import BatchWatch
+from semirec.streams.messages import BatchWatch
 from semirec.streams.publish import Partitioner
 
 if TYPE_CHECKING:
     from semirec.core.faults import Fault
-    from semirec.streams.batch_transport import BatchAgent
+
+class RunningAgent(Protocol):
+    """What the health checks read of a batch agent (:class:`semirec.streams.batch_transport.BatchAgent`)."""
+
+    @property
+    def running(self) -> bool: ...
+
 
 RUNTIME_ATTR = "semirec_runtime"  # the app attribute that holds its WorkerRuntime
 
@@ -31,7 +37,7 @@ class WorkerRuntime:
     watches: dict[str, BatchWatch] = field(default_factory=dict)  # agent name -> its watch
     # told why when an agent stops the worker on an unexpected error (not a fatal fault)
     crash_hooks: list[Callable[[str], None]] = field(default_factory=list)
-    batch_agents: list[BatchAgent] = field(default_factory=list)  # for the health checks
+    batch_agents: list[RunningAgent] = field(default_factory=list)  # for the health checks
     batch_claims: dict[str, Any] = field(default_factory=dict)  # topic -> its batch agent's queue
     fatal_fault: Fault | None = None  # the first fatal fault an agent met (semirec.streams.fatal)
     partitioner: Partitioner = field(default_factory=Partitioner)
