@@ -28,12 +28,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import orjson
 import redis
 
+from benchmarks.fault_kit import Row, env_for, signal_worker
+from benchmarks.faults_serving import fuzzed_requests, fuzzed_samples, triton_restart
 from semirec.core.contracts import ContractError, Event, encode_event, parse_event, validate_event
 from semirec.core.faults import EXIT_AUTH, EXIT_UNAVAILABLE
 from semirec.core.redis_client import sync_redis_client
@@ -46,22 +48,6 @@ from tests.kafka_utils import consume_all, produce_raw
 
 BASE_TS = 1_700_000_000
 PASSWORD = "fault-suite-secret"
-
-
-@dataclass
-class Row:
-    fault: str
-    load: str
-    lost: int = 0  # sequence entries the event log implies that Redis lacks
-    extra: int = 0  # entries in Redis the log does not imply (applied twice)
-    users_wrong: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # named timings
-    notes: list[str] = field(default_factory=list)
-    ok: bool = True  # the scenario's own checks (exit codes, nothing committed, ...)
-
-    @property
-    def exact(self) -> bool:
-        return self.ok and self.lost == 0 and self.extra == 0 and self.users_wrong == 0
 
 
 # -- the event log ---------------------------------------------------------------------------
@@ -94,37 +80,11 @@ def encoded(events: list[Event], seed: int = 1) -> list[tuple[bytes, bytes]]:
 
 # -- the stack, a worker, the comparison -----------------------------------------------------
 
-def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a ``semirec worker`` child needs to see ``settings``."""
-    env = dict(os.environ)
-    env.update(LOCAL_GROUP_TIMINGS)
-    env.update({"SEMIREC_KAFKA": settings.kafka, "SEMIREC_REDIS_URL": settings.redis_url,
-                "SEMIREC_CONSUMER_GROUP": settings.consumer_group,
-                "SEMIREC_EVENT_PARTITIONS": str(settings.event_partitions)})
-    for f in fields(Topics):
-        env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
-    env.update(extra)
-    return env
-
-
 def start_worker(settings: Settings, log: Path, **extra: str) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "semirec", "worker", "--agent", "ingest"],
                                 env=env_for(settings, **extra), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def signal_worker(proc: subprocess.Popen, sig: int, timeout: float = 30) -> float:
-    """Send ``sig`` to the worker's process group; seconds until it exited."""
-    started = time.monotonic()
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return time.monotonic() - started
 
 
 async def committed(settings: Settings) -> dict[int, int]:
@@ -390,24 +350,6 @@ async def _redis_kill9(settings: Settings, n: int, workdir: Path) -> Row:
     return await redis_restart(settings, n, workdir, sig=signal.SIGKILL, fsync="always")
 
 
-async def _triton_restart(settings: Settings, n: int, workdir: Path) -> Row:
-    from benchmarks.faults_serving import triton_restart
-
-    return await triton_restart(settings, n, workdir)  # type: ignore[return-value]
-
-
-async def _fuzz_requests(settings: Settings, n: int, workdir: Path) -> Row:
-    from benchmarks.faults_serving import fuzzed_requests
-
-    return await fuzzed_requests(settings, n, workdir)  # type: ignore[return-value]
-
-
-async def _fuzz_samples(settings: Settings, n: int, workdir: Path) -> Row:
-    from benchmarks.faults_serving import fuzzed_samples
-
-    return await fuzzed_samples(settings, n, workdir)  # type: ignore[return-value]
-
-
 SCENARIOS: dict[str, Scenario] = {
     "kill9-worker": kill9_worker,
     "redis-restart": redis_restart,
@@ -416,9 +358,9 @@ SCENARIOS: dict[str, Scenario] = {
     "sigterm-redis-down": sigterm_while_redis_down,
     "broker-unreachable": broker_unreachable,
     "fuzz-events": fuzzed_events,
-    "triton-restart": _triton_restart,
-    "fuzz-requests": _fuzz_requests,
-    "fuzz-samples": _fuzz_samples,
+    "triton-restart": triton_restart,
+    "fuzz-requests": fuzzed_requests,
+    "fuzz-samples": fuzzed_samples,
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks.fault_kit import Row, env_for, signal_worker
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
 from semirec.core.recommendations import Recommendation, RecommendationRequest, encode
@@ -96,8 +97,6 @@ def start_worker(settings: Settings, log: Path, *agents: str, **env: str) -> sub
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    from benchmarks.faults import env_for
-
     return env_for(settings, SEMIREC_TRITON_GRPC=settings.triton_grpc, **extra)
 
 
@@ -159,10 +158,9 @@ class Load:
 
 
 async def triton_restart(settings: Settings, n: int, workdir: Path, *, rate: float = 10.0,
-                         down_s: float = 5.0) -> object:
+                         down_s: float = 5.0) -> Row:
     """tritonserver stopped (SIGTERM) under recommendation load, started again after
     ``down_s`` and its serving version reloaded; ``n`` = seconds of load after recovery."""
-    from benchmarks.faults import Row, signal_worker
     from tests.kafka_utils import committed, consume_all
     from tests.serving_utils import Recommendations
 
@@ -278,11 +276,10 @@ async def _drain(recs, seconds: float) -> None:
         await recs.wait(lambda s: time.monotonic() >= end, timeout=seconds + 5)
 
 
-async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> object:
+async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> Row:
     """``n`` hypothesis-drawn recommendation requests (valid and malformed mixed) through a
     real recommendation agent ranking with a real tritonserver: every valid request answered
     once, every other one dead-lettered with the reason the contract gives."""
-    from benchmarks.faults import Row, signal_worker
     from benchmarks.fuzz import collect, request_message
     from semirec.core.contracts import ContractError
     from semirec.core.recommendations import parse_recommendation, parse_request
@@ -341,14 +338,13 @@ async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> object:
     return row
 
 
-async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> object:
+async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> Row:
     """``n`` hypothesis-drawn training samples (valid and malformed mixed) through the
     incremental trainer (in process, from an untrained checkpoint): every valid sample queued
     and trained in one round, every other one dead-lettered with the contract's reason, every
     offset committed with the checkpoint."""
     import logging
 
-    from benchmarks.faults import Row
     from benchmarks.fuzz import collect, sample_message
     from semirec.core.contracts import ContractError
     from semirec.core.samples import decode_sample

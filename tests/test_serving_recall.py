@@ -13,7 +13,7 @@ from semirec.core.sequences import Entry, UserState
 from semirec.serving.catalog import CatalogIndex
 from semirec.serving.features import rank_request
 from semirec.serving.popularity import PopularitySnapshot, count_watches
-from semirec.serving.recall import SOURCES, Recall, RecallConfig
+from semirec.serving.recall import SOURCES, Recall, RecallConfig, RecallRequest, default_sources
 from semirec.trainer.offline.samples import build_samples
 from semirec.trainer.offline.toy import toy_world
 
@@ -161,6 +161,43 @@ async def test_a_new_video_is_recallable_before_anyone_watched_it(store, world) 
         "content_video": 0, "content_product": 0, "fresh": 5, "popular": 25})).candidates(
         user(products=clicks))
     assert ("brand-new", "fresh") in {(c.item_id, c.source) for c in cands}
+
+
+class Editorial:
+    """A custom source: an editor's picks, in order, whatever the user's taste."""
+
+    name = "editorial"
+
+    def __init__(self, picks: list[str]) -> None:
+        self.picks = picks
+
+    def ranked(self, request: RecallRequest, budget: int) -> list[tuple[str, float]]:
+        return [(v, 1.0) for v in self.picks]
+
+    def fill(self, request: RecallRequest, budget: int) -> list[tuple[str, float]]:
+        return []
+
+
+def test_a_custom_source_plugs_in(world) -> None:
+    index = CatalogIndex(DIM)
+    index.upsert([it["item_id"] for it in world.items], world.vectors,
+                 [Domain(it["domain"]) for it in world.items])
+    pop = PopularitySnapshot()
+    pop.ranked = [f"v{i}" for i in range(100, 200)]
+    pop.counts = {v: 200 - k for k, v in enumerate(pop.ranked)}
+    quotas = {"editorial": 3, "content_video": 10, "content_product": 10, "fresh": 5, "popular": 5}
+    config = RecallConfig(total=30, quotas=quotas)
+    picks = ["v7", "v3", "v11", "v5", "v9"]  # v3 is watched: skipped; v5 beyond the quota
+    recall = Recall(index, pop, config, sources=[Editorial(picks), *default_sources(index, pop, config)])
+    cands = recall.candidates(user(products=["p2", "p6"], videos=["v3", "v1"]))
+    assert [(c.item_id, c.source) for c in cands[:3]] == [("v7", "editorial"), ("v11", "editorial"),
+                                                          ("v5", "editorial")]
+    assert len(cands) == 30 and len({c.item_id for c in cands}) == 30
+    assert "v3" not in {c.item_id for c in cands} and {c.source for c in cands[3:]} <= set(SOURCES)
+    rest = [c.source for c in cands[3:]]  # then the default sources, in order, within the room
+    assert rest == ["content_video"] * 10 + ["content_product"] * 10 + ["fresh"] * 5 + ["popular"] * 2
+    with pytest.raises(ValueError, match=r"without a quota.*editorial"):
+        Recall(index, pop, RecallConfig(), sources=[Editorial(picks)])
 
 
 async def test_request_tensors_equal_the_trainers_point_in_time_samples(store, world) -> None:

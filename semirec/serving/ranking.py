@@ -1,5 +1,7 @@
 """Rankers: SEMI on Triton (async gRPC), the same ONNX graph in process, and the fallback.
 
+:class:`ModelRanker` is what the recommender needs from a model ranker; both classes here
+implement it.
 :class:`TritonRanker` calls the ``ranker`` model with a time budget per call and raises
 :class:`RankerUnavailable` for anything that is not a score (server down, timeout, model not
 loaded, bad response), so the recommender can fall back. :class:`OnnxRanker` runs a version
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -20,6 +23,22 @@ from semirec.serving.errors import RankerUnavailable
 MODEL = "ranker"
 OUTPUT = "score"
 _DTYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(bool): "BOOL"}
+
+
+class ModelRanker(Protocol):
+    async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Scores [B, C] and the answering model version; raises RankerUnavailable."""
+        ...
+
+    async def identity_buckets(self) -> int:
+        """0, or the hashed-id bucket count of a model with item identity."""
+        ...
+
+    async def problem(self) -> str | None:
+        """Why the ranker cannot answer now, in one line, or None."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class TritonRanker:
@@ -123,6 +142,12 @@ class OnnxRanker:
 
     async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
         return await asyncio.to_thread(self.rank_sync, tensors), self.version
+
+    async def problem(self) -> str | None:
+        return None  # loaded in process: it answers or raises
+
+    async def close(self) -> None:
+        """Nothing to release beyond the session, which goes with the object."""
 
 
 def fallback_scores(similarity: np.ndarray, popularity: np.ndarray, weight: float = 0.5) -> np.ndarray:

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -32,7 +31,7 @@ from semirec.serving.catalog import CatalogIndex
 from semirec.serving.errors import RankerUnavailable
 from semirec.serving.features import identity_tensors, rank_request
 from semirec.serving.popularity import PopularitySnapshot, watch_counts
-from semirec.serving.ranking import fallback_scores
+from semirec.serving.ranking import ModelRanker, fallback_scores
 from semirec.serving.recall import Candidate, Recall, RecallConfig
 
 log = logging.getLogger(__name__)
@@ -63,14 +62,6 @@ class _Work:
     vecs: np.ndarray
     skipped: int
     recall_s: float  # the (shared) state read + this job's recall
-
-
-class ModelRanker(Protocol):
-    async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]: ...
-
-    async def identity_buckets(self) -> int:
-        """0, or the hashed-id bucket count of a model with item identity."""
-        ...
 
 
 class Recommender:
@@ -105,7 +96,7 @@ class Recommender:
             metrics.CATALOG_ITEMS.labels(domain).set(n)
 
     async def close(self) -> None:
-        if self.ranker is not None and hasattr(self.ranker, "close"):
+        if self.ranker is not None:
             await self.ranker.close()
         await self.redis.aclose()
 

@@ -66,8 +66,7 @@ class RecommendProcessor:
             if not self._started:
                 await retry_while_redis_down(self.recommender.refresh)
                 ranker = self.recommender.ranker
-                if ranker is not None and hasattr(ranker, "problem") \
-                        and (problem := await ranker.problem()):
+                if ranker is not None and (problem := await ranker.problem()):
                     log.warning("%s; serving the fallback (similarity + popularity) until it "
                                 "answers", problem)
                 self._started = True

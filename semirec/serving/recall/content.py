@@ -1,0 +1,57 @@
+"""Content sources: faiss neighbours of the user's recent videos (``content_video``) and of the
+recent product clicks (``content_product``: the cross-domain pull; item vectors of both domains
+share one space, docs/encoders.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from semirec.serving.catalog import CatalogIndex
+from semirec.serving.recall.base import Ranked, RecallRequest
+
+
+class ProfileSearch:
+    """The neighbours of every domain's profile in one faiss call per recall (the scan is
+    memory-bound: two queries cost about one), shared by the content sources."""
+
+    def __init__(self, catalog: CatalogIndex, domains: Sequence[str], depth: int) -> None:
+        self.catalog = catalog
+        self.domains = tuple(domains)
+        self.depth = depth  # hits per profile beyond the excluded videos (the largest quota)
+
+    def hits(self, request: RecallRequest, domain: str) -> list[tuple[str, float]]:
+        found: dict[str, list[tuple[str, float]]] | None = request.memo.get(self)
+        if found is None:
+            queries = [(d, p) for d in self.domains if (p := request.profiles.get(d)) is not None]
+            found = {}
+            if queries:
+                results = self.catalog.search(np.stack([p for _, p in queries]),
+                                              self.depth + len(request.exclude))
+                found = {d: hits for (d, _), hits in zip(queries, results, strict=True)}
+            request.memo[self] = found
+        return found.get(domain, [])
+
+    def lead(self, request: RecallRequest) -> str | None:
+        """The first domain with a profile: the one whose source fills with the mixed profile."""
+        return next((d for d in self.domains if request.profiles.get(d) is not None), None)
+
+
+class ContentSource:
+    """``content_<domain>``: cosine neighbours of that domain's profile; its fill (a small world)
+    is the neighbours of the mixed profile, tagged by the first domain with a profile."""
+
+    def __init__(self, search: ProfileSearch, domain: str) -> None:
+        self.search = search
+        self.domain = domain
+        self.name = f"content_{domain}"
+
+    def ranked(self, request: RecallRequest, budget: int) -> Ranked:
+        return self.search.hits(request, self.domain)
+
+    def fill(self, request: RecallRequest, budget: int) -> Ranked:
+        if request.mixed is None or self.search.lead(request) != self.domain:
+            return ()
+        (hits,) = self.search.catalog.search(request.mixed[None], request.total + len(request.exclude))
+        return hits

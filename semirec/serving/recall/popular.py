@@ -1,0 +1,51 @@
+"""``popular``: the most completed videos over the popularity window (the last 24 event-time
+hours by default), with their similarity to the user; its fill is the rest of that ranking."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+
+from semirec.serving.catalog import CatalogIndex, normalised
+from semirec.serving.popularity import PopularitySnapshot
+from semirec.serving.recall.base import RecallRequest
+
+
+class PopularSource:
+    name = "popular"
+
+    def __init__(self, catalog: CatalogIndex, popularity: PopularitySnapshot, depth: int) -> None:
+        self.catalog = catalog
+        self.popularity = popularity
+        self.depth = depth  # videos of the ranking kept (room for excluded watches included)
+        self._key: tuple[int, int] | None = None
+        self._ids: list[str] = []
+        self._unit = np.zeros((0, catalog.dim), np.float32)
+
+    def _refresh(self) -> None:
+        """The pool changes only when the snapshots do: derive it (and its rows) once."""
+        key = (self.catalog.generation, self.popularity.version)
+        if key == self._key:
+            return
+        self._ids = list(islice((i for i in self.popularity.ranked if self.catalog.is_video(i)),
+                                self.depth))
+        self._unit = self.catalog.unit(self.catalog.rows(self._ids))
+        self._key = key
+
+    def ranked(self, request: RecallRequest, budget: int) -> list[tuple[str, float]]:
+        """The ``total`` + excluded most popular videos with their similarity to the user (the
+        same list serves the quota and the fill pass)."""
+        sims = request.memo.get(self)
+        if sims is None:
+            self._refresh()
+            ids = self._ids[: request.total + len(request.exclude)]
+            if request.mixed is None:
+                sims = [(i, 0.0) for i in ids]
+            else:
+                query = normalised(np.asarray(request.mixed, np.float32)[None])[0]
+                sims = list(zip(ids, (self._unit[: len(ids)] @ query).tolist(), strict=True))
+            request.memo[self] = sims
+        return sims
+
+    fill = ranked
