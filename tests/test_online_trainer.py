@@ -194,3 +194,26 @@ async def test_kill_9_and_resume_loses_no_sample(settings, stack: EmbeddedStack,
     assert set(held) == {s.event_id for s in samples}  # none lost
     twice = sum(n - 1 for n in Counter(held).values())
     assert twice <= 400, twice  # at most one round trained again
+
+
+async def test_publish_records_a_rejection_and_the_history_is_bounded(tmp_path: Path) -> None:
+    """The publish step alone (no Kafka, no Triton: a rejected round touches neither): a typed
+    record with the gate's reasons; the trainer keeps only the newest ``history`` records."""
+    from dataclasses import FrozenInstanceError
+
+    from semirec.core.settings import Settings
+    from semirec.trainer.online.gate import judge
+    from semirec.trainer.online.learner import RoundResult
+
+    trainer = OnlineTrainer(Settings(), state_dir=tmp_path / "state",
+                            repo=ModelRepository(tmp_path / "models"), history=2)
+    metrics = {"n": 10.0, "positives": 5.0, "auc": float("nan")}
+    result = RoundResult(judge(metrics, metrics), None, None, [], [], 3, 0.1)  # type: ignore[arg-type]
+    for _ in range(3):
+        trainer.rounds.append(await trainer.publish(result, None))  # as round() does
+    assert len(trainer.rounds) == 2
+    record = trainer.rounds[-1]
+    assert not record.promoted and record.exported is None and record.skipped_without_vector == 3
+    assert record.reasons[0].startswith("too_few_samples") and record.candidate["auc"] is None
+    with pytest.raises(FrozenInstanceError):
+        record.trained = 1  # type: ignore[misc]
