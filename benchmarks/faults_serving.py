@@ -405,14 +405,14 @@ async def fuzzed_samples(settings: Settings, n: int, workdir: Path) -> Row:
                            settings.event_partitions)
     row.lost = len(valid - queued)
     row.extra = len(queued - valid)
-    used = record["trained"] + record["holdout"] + record["skipped_without_vector"]
+    used = record.trained + record.holdout + record.skipped_without_vector
     row.ok &= got_reasons == reasons and set(stages) <= {"trainer"} and used == len(valid)
     row.ok &= all(done.get(p, 0) >= e for p, e in ends.items())
     if got_reasons != reasons:
         row.notes.append(f"dead letters {dict(got_reasons)} != contract {dict(reasons)}")
     row.notes += ["reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
-                  f"round: {record['trained']} trained, {record['holdout']} held out, "
-                  f"{record['skipped_without_vector']} without a vector; offsets committed {done}"]
+                  f"round: {record.trained} trained, {record.holdout} held out, "
+                  f"{record.skipped_without_vector} without a vector; offsets committed {done}"]
     return row
 
 

@@ -157,9 +157,9 @@ async def run(args: argparse.Namespace) -> dict:
                 c.join()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    promoted = [r for r in trainer.rounds if "version" in r]
-    ages = [a for r in promoted for a in r.get("freshness_ages", [])]
-    windows = [r["promote_window"] for r in promoted]
+    promoted = [r.promotion for r in trainer.rounds if r.promotion is not None]
+    ages = [a for p in promoted for a in p.ages]
+    windows = [p.window for p in promoted]
 
     def in_swap(t: float) -> bool:
         return any(a - 0.05 <= t <= b + 0.05 for a, b in windows)
@@ -177,8 +177,8 @@ async def run(args: argparse.Namespace) -> dict:
         "swap_p99_ms": round(p99["during"], 2), "steady_p99_ms": round(p99["steady"], 2),
         "requests": len(log), "requests_during_swaps": len(during),
         "rounds": len(trainer.rounds), "promotions": len(promoted),
-        "promotion_load_s": [r["promote"]["load_s"] for r in promoted],
-        "rejections": [r["reasons"] for r in trainer.rounds if "version" not in r],
+        "promotion_load_s": [p.load_s for p in promoted],
+        "rejections": [list(r.reasons) for r in trainer.rounds if not r.promoted],
         "samples_streamed": sent, "rate_per_s": args.rate, "clients": args.clients,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from semirec.core.contracts import Domain
 from semirec.core.item_store import ItemStore, ItemVector
+from semirec.core.model_updates import MODEL_UPDATE_KEY, ModelUpdate, parse_model_update
 from semirec.core.samples import encode_sample
 from semirec.core.stack import EmbeddedStack
 from semirec.trainer.nets import checkpoint
@@ -79,16 +80,17 @@ async def produce_samples(settings, samples) -> dict[int, int]:
                              topic=settings.topics.samples)
 
 
-async def read_updates(settings, count: int, timeout: float = 30.0) -> list[dict]:
+async def read_updates(settings, count: int, timeout: float = 30.0) -> list[ModelUpdate]:
     consumer = AIOKafkaConsumer(settings.topics.model_updates, auto_offset_reset="earliest",
                                 **settings.kafka_kwargs())
     await consumer.start()
-    out: list[dict] = []
+    out: list[ModelUpdate] = []
     try:
         deadline = time.monotonic() + timeout
         while len(out) < count and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=500)).values():
-                out += [json.loads(m.value) for m in messages]
+                assert all(m.key == MODEL_UPDATE_KEY for m in messages)
+                out += [parse_model_update(m.value) for m in messages]
     finally:
         await consumer.stop()
     return out
@@ -110,18 +112,19 @@ async def test_rounds_promote_into_triton_and_announce(settings, stack: Embedded
         await asyncio.wait_for(trainer.run(max_rounds=2), 120)
     finally:
         await trainer.stop()
-    promoted = [r for r in trainer.rounds if "version" in r]
+    promoted = [r.promotion for r in trainer.rounds if r.promotion is not None]
     assert len(trainer.rounds) == 2 and promoted, trainer.rounds  # post-shift: the old model lost
-    first = promoted[0]
-    assert first["candidate"]["auc"] > first["serving"]["auc"]
-    assert repo.aliases()["serving"] == promoted[-1]["version"] > start
+    first = next(r for r in trainer.rounds if r.promoted)
+    assert first.candidate["auc"] > first.serving["auc"] and first.exported == promoted[0].version
+    assert repo.aliases()["serving"] == promoted[-1].version > start
     client = grpcclient.InferenceServerClient(stack.addresses.triton_grpc)
-    assert client.is_model_ready("ranker", str(promoted[-1]["version"]))
+    assert client.is_model_ready("ranker", str(promoted[-1].version))
     updates = await read_updates(settings, len(promoted))
-    assert [u["version"] for u in updates] == [r["version"] for r in promoted]
-    assert updates[0]["model_version"] == f"ranker/{promoted[0]['version']}"
-    assert updates[0]["samples_trained"] == promoted[0]["trained"] > 0
-    assert updates[0]["freshness"]["p95_s"] > 0 and "auc" in updates[0]["metrics"]
+    assert [u.version for u in updates] == [p.version for p in promoted]
+    assert updates[0].model_version == f"ranker/{promoted[0].version}"
+    assert updates[0].samples_trained == first.trained > 0
+    assert updates[0].freshness == promoted[0].freshness and updates[0].freshness.p95_s > 0
+    assert "auc" in updates[0].metrics and updates[0].previous_version == start
     # offsets are committed only with a durable checkpoint, and they are the checkpoint's
     state = json.loads((tmp_path / "state" / (tmp_path / "state" / CURRENT).read_text().strip()
                         / STATE).read_text())
@@ -130,7 +133,7 @@ async def test_rounds_promote_into_triton_and_announce(settings, stack: Embedded
     assert got == {int(p): o for p, o in state["offsets"].items()}
     # a round takes at most round_samples: 400 new, then 80 held out + 320 new
     assert sum(got.values()) == 720 < sum(ends.values())
-    assert state["serving_version"] == promoted[-1]["version"]
+    assert state["serving_version"] == promoted[-1].version
 
 
 def _state(root: Path) -> tuple[dict, dict] | None:
@@ -191,3 +194,26 @@ async def test_kill_9_and_resume_loses_no_sample(settings, stack: EmbeddedStack,
     assert set(held) == {s.event_id for s in samples}  # none lost
     twice = sum(n - 1 for n in Counter(held).values())
     assert twice <= 400, twice  # at most one round trained again
+
+
+async def test_publish_records_a_rejection_and_the_history_is_bounded(tmp_path: Path) -> None:
+    """The publish step alone (no Kafka, no Triton: a rejected round touches neither): a typed
+    record with the gate's reasons; the trainer keeps only the newest ``history`` records."""
+    from dataclasses import FrozenInstanceError
+
+    from semirec.core.settings import Settings
+    from semirec.trainer.online.gate import judge
+    from semirec.trainer.online.learner import RoundResult
+
+    trainer = OnlineTrainer(Settings(), state_dir=tmp_path / "state",
+                            repo=ModelRepository(tmp_path / "models"), history=2)
+    metrics = {"n": 10.0, "positives": 5.0, "auc": float("nan")}
+    result = RoundResult(judge(metrics, metrics), None, None, [], [], 3, 0.1)  # type: ignore[arg-type]
+    for _ in range(3):
+        trainer.rounds.append(await trainer.publish(result, None))  # as round() does
+    assert len(trainer.rounds) == 2
+    record = trainer.rounds[-1]
+    assert not record.promoted and record.exported is None and record.skipped_without_vector == 3
+    assert record.reasons[0].startswith("too_few_samples") and record.candidate["auc"] is None
+    with pytest.raises(FrozenInstanceError):
+        record.trained = 1  # type: ignore[misc]

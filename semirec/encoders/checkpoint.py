@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from semirec.core import durable
 from semirec.encoders.config import EncoderConfig
 from semirec.encoders.fusion import ItemFusion
 
@@ -78,10 +79,9 @@ def save(directory: Path, fusion: ItemFusion, config: EncoderConfig, meta: dict[
     state = {k: v.detach().contiguous().clone() for k, v in fusion.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "semirec-encoder-1"})
-    tmp.replace(directory / WEIGHTS)
-    cfg_tmp = directory / (CONFIG + ".tmp")
-    cfg_tmp.write_text(json.dumps({"config": config.to_dict(), "meta": meta}, indent=2, sort_keys=True))
-    cfg_tmp.replace(directory / CONFIG)
+    durable.replace(tmp, directory / WEIGHTS)
+    durable.write_atomic(directory / CONFIG,
+                         json.dumps({"config": config.to_dict(), "meta": meta}, indent=2, sort_keys=True))
     return read(directory)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
 from semirec.trainer.nets.ranker import Ranker
 from semirec.trainer.nets.zoo import build
@@ -21,12 +22,16 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 def save(directory: Path, model: Ranker, cfg: ModelConfig, meta: dict[str, Any] | None = None) \
         -> Path:
+    """Weights, then config (each durable: :mod:`semirec.core.durable`); a crash leaves the old
+    checkpoint or a folder without ``config.json``, which :func:`load` refuses."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS), metadata={"format": str(FORMAT)})
+    tmp = directory / f".{WEIGHTS}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": str(FORMAT)})
+    durable.replace(tmp, directory / WEIGHTS)
     body = {"format": FORMAT, "model": cfg.to_dict(), "meta": meta or {}}
-    (directory / CONFIG).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    durable.write_atomic(directory / CONFIG, json.dumps(body, indent=2, sort_keys=True) + "\n")
     return directory
 
 

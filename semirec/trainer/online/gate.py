@@ -67,8 +67,8 @@ def window_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray) -> 
 
 
 def finite(metrics: Mapping[str, float]) -> dict[str, float | None]:
-    """``metrics`` with nan as None, for JSON (meta.json, ``model-updates``)."""
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
+    """``metrics`` as plain floats with nan as None, for JSON (meta.json, ``model-updates``)."""
+    return {k: (None if np.isnan(v) else float(v)) for k, v in metrics.items()}
 
 
 def judge(serving: Mapping[str, float], candidate: Mapping[str, float],

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 import time
 from collections import OrderedDict, deque
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from semirec.core import durable
 from semirec.core.samples import TrainingSample
 from semirec.trainer.nets import checkpoint
 from semirec.trainer.nets.configs import ModelConfig
@@ -288,19 +288,10 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": groups}
 
 
-def _fsync_dir(path: Path) -> None:
-    for p in [*path.iterdir(), path]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_state(root: Path, learner: Learner, offsets: Mapping[int, int],
                extra: Mapping[str, Any] | None = None, keep: int = 2) -> Path:
     """Write model + optimizer + held samples + offsets as one new checkpoint folder, fsync it,
-    then point ``CURRENT`` at it (atomic rename). Returns the folder."""
+    then point ``CURRENT`` at it (:mod:`semirec.core.durable`). Returns the folder."""
     root.mkdir(parents=True, exist_ok=True)
     seq = 1 + max([int(p.name[5:]) for p in root.glob("ckpt-*") if p.name[5:].isdigit()],
                   default=0)
@@ -316,26 +307,11 @@ def save_state(root: Path, learner: Learner, offsets: Mapping[int, int],
             "seen": list(learner.seen), "rounds": learner.rounds, "online": asdict(learner.online),
             "saved_at": time.time(), **(extra or {})}
     (tmp / STATE).write_text(json.dumps(body) + "\n")
-    _fsync_dir(tmp)
-    tmp.rename(final)
-    pointer = root / f".{CURRENT}.tmp"
-    with open(pointer, "w") as f:
-        f.write(final.name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    pointer.replace(root / CURRENT)
-    _fsync_dir_only(root)
+    durable.replace(tmp, final)  # the whole folder fsynced, renamed, root fsynced
+    durable.write_atomic(root / CURRENT, final.name + "\n")
     for old in sorted(root.glob("ckpt-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_dir_only(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_state(root: Path, online: OnlineConfig) -> tuple[Learner, dict[int, int], dict[str, Any]] | None:

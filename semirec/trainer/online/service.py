@@ -4,12 +4,17 @@
 Reads ``samples`` with its own consumer group (all partitions assigned to this one learner),
 fetches item vectors from Redis, runs a round every N samples or T seconds, and on a passed gate
 exports the candidate into the model repository, checkpoints, promotes it in Triton and announces
-it on ``model-updates``. Order of a promoted round, so that a crash anywhere is recoverable:
+it on ``model-updates``. A round is three steps:
 
-1. export version n (files only; Triton does not see it yet);
-2. checkpoint (model = candidate, ``serving_version`` = n, offsets) and only then commit offsets;
-3. promote n in Triton (a restart finishes an interrupted promotion: step 2 recorded it);
-4. announce on ``model-updates``.
+- :meth:`OnlineTrainer.decide`: fine-tune a candidate and judge it (reads only);
+- :meth:`OnlineTrainer.persist`: export version n (files only; Triton does not see it yet), then
+  checkpoint (model = candidate, ``serving_version`` = n, offsets) and only then commit offsets;
+- :meth:`OnlineTrainer.publish`: promote n in Triton (a restart finishes an interrupted
+  promotion: the checkpoint recorded it), announce it on ``model-updates``
+  (:class:`semirec.core.model_updates.ModelUpdate`), metrics.
+
+so that a crash anywhere is recoverable. Each round leaves a :class:`RoundRecord` in
+:attr:`OnlineTrainer.rounds` (the newest :data:`ROUND_HISTORY`).
 
 A version promoted by hand (``semirec model promote|rollback``) is noticed at the next round:
 the learner continues from that version's checkpoint.
@@ -18,16 +23,24 @@ the learner continues from that version's checkpoint.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 import time
+from collections import deque
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from semirec.core.contracts import ContractError
+from semirec.core.model_updates import (
+    MODEL_UPDATE_KEY,
+    DataThrough,
+    Freshness,
+    ModelUpdate,
+    encode_model_update,
+)
 from semirec.core.samples import decode_sample
 from semirec.core.settings import Settings
 from semirec.trainer.nets import checkpoint
@@ -66,6 +79,40 @@ class _Received:
         self.timestamp = (record.timestamp or 0) / 1000
 
 
+ROUND_HISTORY = 256  # rounds kept in OnlineTrainer.rounds (newest last; older ones dropped)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A version Triton now serves, and what it took."""
+
+    version: int
+    load_s: float  # Triton's load_model call
+    first_answer_s: float  # from loaded to the version's first answer
+    window: tuple[float, float]  # unix s: promote called -> alias moved
+    freshness: Freshness  # as announced on model-updates
+    ages: tuple[float, ...]  # each newly trained sample's age at the first answer (s)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round decided (:attr:`OnlineTrainer.rounds`: tests, benchmarks)."""
+
+    trained: int  # new samples trained on (not the replay draw)
+    holdout: int  # newest samples held out for the gate (trained on next round)
+    skipped_without_vector: int
+    serving: dict[str, float | None]  # the gate's metrics, nan as None
+    candidate: dict[str, float | None]
+    reasons: tuple[str, ...]  # why not promoted: the gate's, or "promotion_failed ..."
+    seconds: float  # fine-tuning and judging
+    exported: int | None = None  # version written to the model repository (gate passed)
+    promotion: Promotion | None = None  # set once Triton serves the exported version
+
+    @property
+    def promoted(self) -> bool:
+        return self.promotion is not None
+
+
 class TrainerError(RuntimeError):
     """The trainer cannot start (no model to start from, no topic)."""
 
@@ -73,7 +120,7 @@ class TrainerError(RuntimeError):
 class OnlineTrainer:
     def __init__(self, settings: Settings, online: OnlineConfig | None = None, *,
                  state_dir: Path | None = None, repo: ModelRepository | None = None,
-                 init: Path | None = None) -> None:
+                 init: Path | None = None, history: int = ROUND_HISTORY) -> None:
         self.settings = settings
         self.online = online or OnlineConfig(seq_len=settings.seq_len,
                                              bucket_s=settings.time_bucket_s)
@@ -82,7 +129,7 @@ class OnlineTrainer:
         self.init = init
         self.offsets: dict[int, int] = {}
         self.serving_version: int | None = None
-        self.rounds: list[dict[str, Any]] = []  # what each round decided (tests, benchmark)
+        self.rounds: deque[RoundRecord] = deque(maxlen=history)  # the newest rounds, oldest first
         self.learner: Learner | None = None
         # (version, serving alias then) of a promotion that failed (Triton down): retried at
         # each round until it succeeds or someone promotes another version by hand
@@ -212,37 +259,61 @@ class OnlineTrainer:
                                                     key=letter_key(m)))
         await asyncio.gather(*futures)
 
-    async def round(self) -> dict[str, Any]:
-        """One candidate: fetch vectors, fine-tune, judge, then promote or reject; checkpoint."""
-        learner = self.learner
-        assert learner is not None
-        await self._retry_promotion()
+    async def round(self) -> RoundRecord:
+        """One round: :meth:`decide`, :meth:`persist`, :meth:`publish`; kept in :attr:`rounds`."""
+        await self._retry_promotion()  # an earlier round's publish that Triton refused
+        result = await self.decide()
+        version = await self.persist(result)
+        record = await self.publish(result, version)
+        self.rounds.append(record)
+        return record
+
+    async def decide(self) -> RoundResult:
+        """Fine-tune a candidate on the pending samples and judge it (the gate's verdict).
+
+        Only reads (the serving alias, item vectors from Redis); the learner is settled by
+        :meth:`persist`."""
         await self._follow_manual_promotions()
         await self._fetch_vectors()
-        result: RoundResult = await asyncio.to_thread(learner.round, self.table)
-        ROUND_SECONDS.observe(result.seconds)
-        verdict = result.verdict
-        for name, metrics in (("serving", verdict.serving), ("candidate", verdict.candidate)):
-            for metric in ("auc", "gauc", "logloss"):
-                if metric in metrics and not np.isnan(metrics[metric]):
-                    EVAL.labels(name, metric).set(metrics[metric])
-        record: dict[str, Any] = {"trained": len(result.trained), "holdout": len(result.holdout),
-                                  "skipped_without_vector": result.skipped_without_vector,
-                                  "serving": finite(verdict.serving),
-                                  "candidate": finite(verdict.candidate),
-                                  "reasons": list(verdict.reasons), "seconds": result.seconds}
+        assert self.learner is not None
+        return await asyncio.to_thread(self.learner.round, self.table)
+
+    async def persist(self, result: RoundResult) -> int | None:
+        """Settle the round and make it durable: a passed candidate is exported as a new
+        version (files only; Triton does not see it yet) and becomes the learner's model; then
+        the checkpoint (naming that version) and only then the committed offsets. Returns the
+        exported version (None: rejected)."""
+        learner = self.learner
+        assert learner is not None
         version = None
-        if verdict.promote:
+        if result.verdict.promote:
             version = await asyncio.to_thread(self._export, result)
             learner.accept(result)
             self.serving_version = version
         else:
             learner.reject(result)
+        await self._checkpoint()
+        return version
+
+    async def publish(self, result: RoundResult, version: int | None) -> RoundRecord:
+        """Metrics of the round; an exported ``version`` is promoted in Triton (a failure is
+        retried at the next round) and announced on ``model-updates``."""
+        verdict = result.verdict
+        ROUND_SECONDS.observe(result.seconds)
+        for name, metrics in (("serving", verdict.serving), ("candidate", verdict.candidate)):
+            for metric in ("auc", "gauc", "logloss"):
+                if metric in metrics and not np.isnan(metrics[metric]):
+                    EVAL.labels(name, metric).set(metrics[metric])
+        record = RoundRecord(trained=len(result.trained), holdout=len(result.holdout),
+                             skipped_without_vector=result.skipped_without_vector,
+                             serving=finite(verdict.serving), candidate=finite(verdict.candidate),
+                             reasons=tuple(verdict.reasons), seconds=result.seconds,
+                             exported=version)
+        if version is None:
             for reason in verdict.reasons:
                 REJECTIONS.labels(reason.split()[0]).inc()
             log.info("candidate rejected: %s", "; ".join(verdict.reasons))
-        await self._checkpoint()
-        if version is not None:
+        else:
             began = time.time()
             try:
                 timings = await asyncio.to_thread(self.repo.promote, version)
@@ -251,18 +322,19 @@ class OnlineTrainer:
                 log.error("promotion of version %s failed: %s; retried at the next round",
                           version, why)
                 REJECTIONS.labels("promotion_failed").inc()
-                record["reasons"].append(f"promotion_failed {why}")
+                record = replace(record, reasons=(*record.reasons, f"promotion_failed {why}"))
                 self.unpromoted = (version, self.repo.aliases().get("serving"))
             else:
                 PROMOTION_SECONDS.observe(timings["load_s"] + timings["first_answer_s"])
-                record.update(version=version, promote=timings,
-                              promote_window=(began, time.time()))
-                record["freshness"], record["freshness_ages"] = self._observe_freshness(result)
+                freshness, ages = self._observe_freshness(result)
+                record = replace(record, promotion=Promotion(
+                    version=version, load_s=timings["load_s"],
+                    first_answer_s=timings["first_answer_s"], window=(began, time.time()),
+                    freshness=freshness, ages=tuple(ages)))
                 TRAINED.inc(len(result.trained))
                 SERVING.set(version)
-                await self._announce(version, result, record)
-        ROUNDS.labels("promoted" if "version" in record else "rejected").inc()
-        self.rounds.append(record)
+                await self._announce(version, result, freshness)
+        ROUNDS.labels("promoted" if record.promoted else "rejected").inc()
         return record
 
     # -- steps ---------------------------------------------------------------------------------
@@ -334,32 +406,29 @@ class OnlineTrainer:
             await self.consumer.commit({TopicPartition(topic, p): o
                                         for p, o in self.offsets.items()})
 
-    def _observe_freshness(self, result: RoundResult) -> tuple[dict[str, float], list[float]]:
+    def _observe_freshness(self, result: RoundResult) -> tuple[Freshness, list[float]]:
         """Age of each newly trained sample now that a model trained on it answers."""
         now = time.time()
         ages = [now - s.appended_at for s in result.trained if s.appended_at > 0]
         for age in ages:
             FRESHNESS.observe(age)
         if not ages:
-            return {}, []
-        return {"p50_s": float(np.percentile(ages, 50)), "p95_s": float(np.percentile(ages, 95)),
-                "max_s": float(max(ages))}, ages
+            return Freshness(), []
+        return Freshness(p50_s=float(np.percentile(ages, 50)),
+                         p95_s=float(np.percentile(ages, 95)), max_s=float(max(ages))), ages
 
-    async def _announce(self, version: int, result: RoundResult, record: dict[str, Any]) -> None:
+    async def _announce(self, version: int, result: RoundResult, freshness: Freshness) -> None:
         trained = result.trained
-        body = {
-            "model": "ranker", "version": version, "model_version": f"ranker/{version}",
-            "previous_version": self.repo.aliases().get("previous"),
-            "metrics": finite(result.verdict.candidate),
-            "serving_metrics": finite(result.verdict.serving),
-            "samples_trained": len(trained),
-            "data_through": {
-                "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
-                "event_ts": max((s.ts for s in trained), default=None),
-                "appended_at": max((s.appended_at for s in trained), default=None),
-            },
-            "freshness": record.get("freshness", {}),
-            "promoted_at": time.time(),
-        }
-        await self.producer.send_and_wait(self.settings.topics.model_updates, key=b"ranker",
-                                          value=json.dumps(body).encode())
+        update = ModelUpdate(
+            model="ranker", version=version, model_version=f"ranker/{version}",
+            previous_version=self.repo.aliases().get("previous"),
+            metrics=finite(result.verdict.candidate),
+            serving_metrics=finite(result.verdict.serving),
+            samples_trained=len(trained),
+            data_through=DataThrough(
+                offsets={str(p): o for p, o in sorted(self.offsets.items())},
+                event_ts=max((s.ts for s in trained), default=None),
+                appended_at=max((s.appended_at for s in trained), default=None)),
+            freshness=freshness, promoted_at=time.time())
+        await self.producer.send_and_wait(self.settings.topics.model_updates,
+                                          key=MODEL_UPDATE_KEY, value=encode_model_update(update))

@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
 
 MODEL = "ranker"
@@ -213,22 +214,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in [*path.rglob("*"), path]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_json_atomic(path: Path, body: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _json(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
 
 class ModelRepository:
@@ -340,9 +327,8 @@ class ModelRepository:
             with self._locked():
                 state = self._state()
                 version = max([*self.versions(), int(state.get("last_version") or 0)]) + 1
-                _write_json_atomic(tmp / META, {"version": version, **meta})
-                _fsync_tree(tmp)
-                tmp.rename(self.dir / str(version))
+                (tmp / META).write_text(_json({"version": version, **meta}))
+                durable.replace(tmp, self.dir / str(version))  # fsynced, renamed, dir fsynced
                 self._save_state({**state, "last_version": version})
                 self._prune()
         finally:
@@ -372,7 +358,7 @@ class ModelRepository:
             serving = state.get("serving")
             if serving != version:
                 state = {**state, "serving": version, "previous": serving}
-            _write_json_atomic(self.dir / ALIASES, {**state, "promoted_at": time.time()})
+            durable.write_atomic(self.dir / ALIASES, _json({**state, "promoted_at": time.time()}))
             self._prune()
         self.last_promotion = timings
         return timings
@@ -456,7 +442,7 @@ class ModelRepository:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def _save_state(self, state: Mapping[str, Any]) -> None:
-        _write_json_atomic(self.dir / ALIASES, state)
+        durable.write_atomic(self.dir / ALIASES, _json(state))
 
     def _prune(self) -> list[int]:
         """Remove versions beyond the newest ``keep`` that no alias names (lock held)."""
