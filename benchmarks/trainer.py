@@ -176,7 +176,7 @@ async def run(args: argparse.Namespace) -> dict:
         "swap_failed": sum(1 for _, _, ok in log if not ok),
         "swap_p99_ms": round(p99["during"], 2), "steady_p99_ms": round(p99["steady"], 2),
         "requests": len(log), "requests_during_swaps": len(during),
-        "rounds": len(trainer.rounds), "promotions": len(promoted),
+        "rounds": trainer.rounds_run, "promotions": len(promoted),
         "promotion_load_s": [p.load_s for p in promoted],
         "rejections": [list(r.reasons) for r in trainer.rounds if not r.promoted],
         "samples_streamed": sent, "rate_per_s": args.rate, "clients": args.clients,

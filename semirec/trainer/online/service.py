@@ -130,6 +130,7 @@ class OnlineTrainer:
         self.offsets: dict[int, int] = {}
         self.serving_version: int | None = None
         self.rounds: deque[RoundRecord] = deque(maxlen=history)  # the newest rounds, oldest first
+        self.rounds_run = 0  # every round since start (``rounds`` keeps only the newest)
         self.learner: Learner | None = None
         # (version, serving alias then) of a promotion that failed (Triton down): retried at
         # each round until it succeeds or someone promotes another version by hand
@@ -266,6 +267,7 @@ class OnlineTrainer:
         version = await self.persist(result)
         record = await self.publish(result, version)
         self.rounds.append(record)
+        self.rounds_run += 1
         return record
 
     async def decide(self) -> RoundResult:
