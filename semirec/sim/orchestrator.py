@@ -351,7 +351,10 @@ class Demo:
             self.parts.append(Part(agent, [sys.executable, "-m", "semirec", "worker", "--agent", agent,
                                            "--loglevel", "warning"],
                                    part_env, self.run_dir / f"{agent}.log", port))
-        if verb_exists("trainer"):
+        if verb_exists("trainer") and "export" not in self.facts:
+            # it starts from the serving ranker: without one (--no-train) it would exit at once
+            self.missing.append("incremental trainer: no ranker on Triton to start from (--no-train)")
+        elif verb_exists("trainer"):
             self.parts.append(Part("trainer", [sys.executable, "-m", "semirec", "trainer", "run",
                                                "--state", str(self.run_dir / "trainer-state")],
                                    env, self.run_dir / "trainer.log"))
