@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from semirec.cli import VERBS
 from semirec.cli.worker import AGENT_PLUGINS
+from tests.process_utils import Job, descendants, wait_gone
 
 POLICIES = {"semirec", "popularity", "random", "oracle"}
 
@@ -58,3 +61,48 @@ def test_demo_runs_the_closed_loop_and_measures_it(tmp_path) -> None:
     for name in ("index.html", "summary.json", "throughput.png", "lag.png", "freshness.png",
                  "completion.png"):
         assert (report / name).is_file(), name
+
+
+# the cheapest demo that reaches every agent: a tiny world, no ranker (so no trainer), no encoder
+CHEAP = ["demo", "--size", "tiny", "--users", "10", "--rate", "2000", "--sessions-per-s", "1",
+         "--new-videos", "0", "--no-train", "--no-pretrain-encoder", "--json"]
+AGENT_LINES = {"stopped ingest worker", "stopped catalog worker", "stopped recommend worker"}
+STACK_LINES = ["stopped tritonserver", "stopped redis-server", "stopped Tansu broker"]
+
+
+def _assert_stopped_in_order(job: Job, seconds: float, pgids: set[int], cache: Path) -> None:
+    """Within 10 s, one line per part (the agents, then Triton, redis, the broker), no traceback
+    (in the output or the agents' logs), nothing left of any part's process group."""
+    assert seconds < 10, job.text
+    assert "Traceback" not in job.text
+    stopped = [ln.split(" (")[0] for ln in job.err if re.match(r"(stopped|killed|exited) ", ln)]
+    assert set(stopped[:3]) == AGENT_LINES and stopped[3:] == STACK_LINES, job.text
+    for log in cache.glob("runs/*/*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), log
+    assert not wait_gone(pgids), "processes left behind"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_run_stops_agents_then_the_stack(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    job = Job([*CHEAP, "--minutes", "0.5", "--report", str(tmp_path / "report")],
+              {**os.environ, "SEMIREC_DEMO_CACHE": str(cache)})
+    job.wait_for(r"^\d\d:\d\d:\d\d [\w ]+: events", job.err, timeout=300)  # 10 s into the loop
+    pgids = {job.proc.pid, *descendants(job.proc.pid)}
+    seconds = job.ctrl_c(timeout=30)
+    assert job.proc.returncode == 130, job.text
+    _assert_stopped_in_order(job, seconds, pgids, cache)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_keep_stops_agents_then_the_stack(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    job = Job([*CHEAP, "--minutes", "0.1", "--keep", "--report", str(tmp_path / "report")],
+              {**os.environ, "SEMIREC_DEMO_CACHE": str(cache)})
+    job.wait_for(r"^\{", job.out, timeout=300)  # the summary: the run is over
+    job.wait_for(r"Ctrl-C stops everything", job.err, timeout=30)
+    assert json.loads(job.out[0])["missing_parts"]  # --no-train: no ranker, no trainer
+    pgids = {job.proc.pid, *descendants(job.proc.pid)}
+    seconds = job.ctrl_c(timeout=30)
+    assert job.proc.returncode in (0, 1), job.text  # the summary's verdict, as without Ctrl-C
+    _assert_stopped_in_order(job, seconds, pgids, cache)

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from semirec.core.stack import StackError, _wait
+from tests.process_utils import Job, descendants, wait_gone
 
 KEYS = {"kafka", "redis", "triton_grpc", "triton_http", "triton_metrics"}
 
@@ -93,3 +94,29 @@ def test_a_port_that_never_opens_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_ctrl_c_stops_every_part_in_order(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the foreground group) reaches only `semirec stack up`,
+    which stops Triton, redis and the broker in that order, one line each, no traceback."""
+    job = Job(["stack", "up", "--json"], {**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        addrs = json.loads(job.wait_for(r"^\{", job.out, timeout=120))
+        kids = descendants(job.proc.pid)  # tansu, redis-server, tritonserver (+ its python stubs)
+        pgids = {job.proc.pid, *kids}  # each service leads its own group
+        assert len(children(job.proc.pid)) == 3
+        # ready means every advertised endpoint answers, metrics included
+        with urllib.request.urlopen(f"http://{addrs['triton_metrics']}/metrics") as r:
+            assert r.status == 200
+    except BaseException:
+        job.kill()
+        raise
+    seconds = job.ctrl_c(timeout=10)
+    assert job.proc.returncode == 0, job.text
+    assert seconds < 10
+    assert "Traceback" not in job.text
+    stopped = [ln.split(" (")[0] for ln in job.err if ln.startswith("stopped ")]
+    assert stopped == ["stopped tritonserver", "stopped redis-server", "stopped Tansu broker"], job.text
+    assert not wait_gone(pgids), "processes left behind"
+    assert not [k for k in kids if alive(k)]
+    assert not list(tmp_path.glob("semirec-stack-*")), "temp dir left behind"

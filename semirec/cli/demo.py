@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,12 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
                        sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,
                        report_dir=report_dir, keep=keep, quick=train_budget == "quick",
                        encoder=encoder, pretrain_encoder=not no_pretrain_encoder)
+    # SIGTERM and SIGHUP stop the demo as Ctrl-C does (KeyboardInterrupt); the parts run in their
+    # own sessions, so the terminal's signals reach only us and we stop them in order
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     run = Demo(opts, console)
+    summary: dict[str, Any] | None = None
     try:
         summary = run.run(live_view=not as_json and console.is_terminal)
         if as_json:
@@ -94,7 +100,13 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
             run.keep_running()
     except (DemoError, StackError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the agents and the stack")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C waits too
+            signal.signal(sig, signal.SIG_IGN)
         with console.status("stopping agents and the stack"):
             run.stop()
+    if summary is None:
+        sys.exit(130)
     sys.exit(0 if summary["ok"] else 1)

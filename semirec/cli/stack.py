@@ -13,6 +13,11 @@ import click
 from semirec.core.stack import COMPONENTS, DEFAULT_MODEL_REPOSITORY, EmbeddedStack, StackError
 
 
+def print_stopped(label: str, seconds: float, how: str) -> None:
+    """One stderr line per part stopped: ``stopped tritonserver (0.4 s)``."""
+    print(f"{how} {label} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
 @click.group()
 def stack() -> None:
     """The embedded stack (Tansu broker, redis-server, tritonserver on CPU)."""
@@ -28,17 +33,24 @@ def stack() -> None:
               default=DEFAULT_MODEL_REPOSITORY, show_default=True)
 def up(as_json: bool, directory: Path | None, without: tuple[str, ...],
        model_repository: Path) -> None:
-    """Start the stack on free ports, print its addresses, run until SIGINT/SIGTERM."""
+    """Start the stack on free ports, print its addresses, run until SIGINT/SIGTERM/SIGHUP;
+    then stop Triton, redis and the broker in that order, one stderr line each."""
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    starting = True
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        if starting:  # abort the start; EmbeddedStack.start stops what it started
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     components = [c for c in COMPONENTS if c not in without]
+    s = EmbeddedStack(components, directory=directory, model_repository=model_repository,
+                      on_stop=print_stopped)
     try:
-        s = EmbeddedStack(components, directory=directory, model_repository=model_repository)
         s.start()
-    except StackError as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
+        starting = False
         addrs = {k: v for k, v in s.addresses.as_dict().items() if v}
         if as_json:
             print(json.dumps(addrs), flush=True)
@@ -50,5 +62,10 @@ def up(as_json: bool, directory: Path | None, without: tuple[str, ...],
             if dead := s.dead():
                 raise click.ClickException(f"stack component(s) exited: {', '.join(dead)}; "
                                            f"logs in {s.dir}")
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:  # a signal while starting: start() has stopped what it started
+        print("interrupted while starting", file=sys.stderr, flush=True)
+        sys.exit(130)
     finally:
         s.stop()

@@ -2,8 +2,13 @@
 
 Each service runs as a child process on a free loopback port, in a private temporary
 directory. :class:`EmbeddedStack` is a context manager used by ``semirec stack up`` and by
-the pytest fixtures alike; leaving it stops every child and removes its directory.
-Children also get ``PR_SET_PDEATHSIG`` so they die with us even on ``SIGKILL``.
+the pytest fixtures alike; leaving it stops every child, in reverse start order, and removes
+its directory.
+
+Each child runs in its own session (its own process group): a terminal's Ctrl-C reaches only
+the parent, which then stops the children in order (the agents of ``semirec demo`` before the
+broker they commit to). Children also get ``PR_SET_PDEATHSIG`` so they die with us even on
+``SIGKILL``; stopping one kills what is left of its process group (Triton's backend stubs).
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from semirec.core.settings import REPO_MODEL_REPOSITORY as DEFAULT_MODEL_REPOSITORY
 
 COMPONENTS = ("kafka", "redis", "triton")
+LABELS = {"kafka": "Tansu broker", "redis": "redis-server", "triton": "tritonserver"}
+STOP_TIMEOUT_S = 5.0  # per component: SIGTERM, then SIGKILL to its process group
+TRITON_EXIT_TIMEOUT_S = 3  # tritonserver's own wait for in-flight requests on SIGTERM (default 30)
+
+StopReport = Callable[[str, float, str], None]  # (label, seconds, how: "stopped"/"killed"/"exited")
 
 
 class StackError(RuntimeError):
@@ -86,12 +96,45 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` (the thread that forked it) dies.
+
+    Checks the parent after ``prctl``: a parent that died before it would leave an orphan."""
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> tuple[float, str]:
+    """SIGTERM ``proc`` (the leader of its own process group), wait up to ``timeout``, then
+    SIGKILL the group; kill whatever is left of the group either way. Returns (seconds, how)."""
+    t0 = time.monotonic()
+    how = "stopped"
+    if proc.poll() is not None:
+        how = "exited"
+    else:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            how = "killed"
+            _killpg(proc.pid)
+            proc.wait()
+    _killpg(proc.pid)  # leftovers: children of the child (Triton's python-backend stubs)
+    return time.monotonic() - t0, how
+
+
+def _killpg(pgid: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _site_packages() -> Path:
@@ -170,6 +213,7 @@ class EmbeddedStack:
         model_repository: Path = DEFAULT_MODEL_REPOSITORY,
         startup_timeout: float = 60.0,
         redis_appendonly: bool = True,
+        on_stop: StopReport | None = None,
     ) -> None:
         self.components = tuple(components)
         unknown = set(self.components) - set(COMPONENTS)
@@ -180,6 +224,7 @@ class EmbeddedStack:
         self.model_repository = Path(model_repository)
         self.timeout = startup_timeout
         self.redis_appendonly = redis_appendonly
+        self.on_stop = on_stop  # told about each component as it is stopped
         self.procs: dict[str, subprocess.Popen] = {}
         # how to start each component again: argv, env, readiness check, the ports it binds
         self._argv: dict[str, tuple[list[str], dict[str, str] | None, Callable[[], bool],
@@ -204,17 +249,11 @@ class EmbeddedStack:
         return self.addresses
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
+        """Stop the components in reverse start order (Triton, redis, the broker), one by one."""
+        for name in reversed(list(self.procs)):
+            seconds, how = stop_process(self.procs.pop(name), STOP_TIMEOUT_S)
+            if self.on_stop is not None:
+                self.on_stop(LABELS[name], seconds, how)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -227,13 +266,7 @@ class EmbeddedStack:
 
     def pause(self, name: str) -> None:
         """Stop one component (fault tests); :meth:`resume` starts it again on the same port."""
-        proc = self.procs[name]
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(self.procs[name], STOP_TIMEOUT_S)
 
     def resume(self, name: str) -> None:
         argv, env, ready, ports = self._argv[name]
@@ -267,7 +300,8 @@ class EmbeddedStack:
                 stdin=subprocess.DEVNULL,
                 cwd=self.dir,
                 env=env,
-                preexec_fn=_die_with_parent,
+                start_new_session=True,  # the terminal's Ctrl-C is for us: we stop it in order
+                preexec_fn=die_with_parent(os.getpid()),
             )
         return log
 
@@ -343,12 +377,22 @@ class EmbeddedStack:
             "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0", "--model-control-mode=explicit",
             "--metrics-config=summary_latencies=true", "--exit-on-error=false",
-            "--log-verbose=0",
+            "--log-verbose=0", f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
         ]
         log = self._spawn("triton", argv, env)
 
         def ready() -> bool:
-            return _http_ok(f"http://127.0.0.1:{http}/v2/health/ready")
+            # Ready means every endpoint we advertise answers, not just /v2/health/ready.
+            # tritonserver loads the models, then starts its endpoints one after another on
+            # the main thread: gRPC, HTTP, then metrics (the log's "Started GRPCInferenceService",
+            # "Started HTTPService", "Started Metrics Service", 40-120 ms apart here). HTTP's
+            # threads answer /v2/health/ready 200 as soon as it listens, so a probe of that alone
+            # can return while the metrics port still refuses connections (the flaky
+            # test_stack_up_serves_all_and_stops_cleanly: URLError Connection refused on
+            # /metrics right after ready). Metrics is checked last because it starts last.
+            return (_http_ok(f"http://127.0.0.1:{http}/v2/health/ready")
+                    and _port_open(grpc)
+                    and _http_ok(f"http://127.0.0.1:{metrics}/metrics"))
 
         self._argv["triton"] = (argv, env, ready, [http, grpc, metrics])
         _wait("tritonserver", ready, self.procs["triton"], log, self.timeout)

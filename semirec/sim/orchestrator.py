@@ -3,8 +3,14 @@
 ``semirec demo``: the embedded stack; the world (with held-out new videos); item vectors
 (cached) written to Redis; the SEMI ranker trained with quick settings (cached); exported to
 Triton; the ingest, catalog and recommendation agents and the incremental trainer as separate
-processes (each in its own process group, so none is left behind); then the closed loop
-(:mod:`semirec.sim.loop`) and the end-of-run summary and report (:mod:`semirec.sim.report`).
+processes; then the closed loop (:mod:`semirec.sim.loop`) and the end-of-run summary and report
+(:mod:`semirec.sim.report`).
+
+Every part, like every service of the stack, runs in its own session (process group): a
+terminal's Ctrl-C reaches only the demo, which stops the agents and the trainer first (SIGTERM
+together, a bounded wait, then SIGKILL) and the stack after them (Triton, redis, the broker),
+one line per part; had the broker shared our process group it would die first and the agents
+would retry it until killed. ``PR_SET_PDEATHSIG`` takes every part down if the demo is killed.
 
 A part that is not built yet (a CLI verb or worker agent that does not exist) is reported as
 missing and the run goes on without it; a part that exists but fails to start stops the run
@@ -14,6 +20,7 @@ with its log's tail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -30,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from semirec.core.settings import Settings
-from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, free_port
+from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, die_with_parent, free_port
 from semirec.sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP
 
 TRAIN_MODEL = "semi_ccl+sim"  # SEMI with explicit content similarity (docs/demo.md)
 KEEP_RUNS = 5  # run folders kept under the demo cache
 RANK_TIMEOUT_MS = 1000  # the demo's Triton budget (production default 100 ms); env overrides
+PART_STOP_TIMEOUT_S = 6.0  # SIGTERM to the agents and the trainer, then SIGKILL
 
 
 class DemoError(RuntimeError):
@@ -79,10 +87,15 @@ class Part:
     ready_port: int | None = None
     proc: subprocess.Popen | None = None
 
+    @property
+    def label(self) -> str:
+        return self.name if self.name == "trainer" else f"{self.name} worker"
+
     def start(self) -> None:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=die_with_parent(os.getpid()))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -105,17 +118,35 @@ class Part:
             time.sleep(0.2)
         raise DemoError(f"{self.name} was not ready after {timeout:.0f}s; log {self.log}:\n{_tail(self.log)}")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
+    def terminate(self) -> bool:
+        """SIGTERM the part's process group; False if it had exited already (or never started)."""
+        if not self.alive():
+            return False
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
+        return True
+
+    def finish(self, deadline: float) -> str:
+        """Wait for a terminated part until ``deadline`` (monotonic), then SIGKILL its group;
+        kill what is left of the group either way. Returns "stopped", "killed" or "exited"."""
+        if self.proc is None:
+            return "exited"
+        how = "stopped"
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            how = "killed"
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):  # its children, if it left any
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return how
+
+    def stop(self, timeout: float = PART_STOP_TIMEOUT_S) -> str:
+        running = self.terminate()
+        how = self.finish(time.monotonic() + timeout)
+        return how if running else "exited"
 
 
 def verb_exists(name: str) -> bool:
@@ -320,7 +351,10 @@ class Demo:
             self.parts.append(Part(agent, [sys.executable, "-m", "semirec", "worker", "--agent", agent,
                                            "--loglevel", "warning"],
                                    part_env, self.run_dir / f"{agent}.log", port))
-        if verb_exists("trainer"):
+        if verb_exists("trainer") and "export" not in self.facts:
+            # it starts from the serving ranker: without one (--no-train) it would exit at once
+            self.missing.append("incremental trainer: no ranker on Triton to start from (--no-train)")
+        elif verb_exists("trainer"):
             self.parts.append(Part("trainer", [sys.executable, "-m", "semirec", "trainer", "run",
                                                "--state", str(self.run_dir / "trainer-state")],
                                    env, self.run_dir / "trainer.log"))
@@ -357,7 +391,7 @@ class Demo:
         models = self.run_dir / "models"
         models.mkdir(exist_ok=True)
         with self._step("starting the embedded stack (Tansu, redis-server, tritonserver)"):
-            self.stack = EmbeddedStack(model_repository=models)
+            self.stack = EmbeddedStack(model_repository=models, on_stop=self._stopped)
             self.stack.start()
         env = {**os.environ, **self.stack.addresses.env(), **LOCAL_GROUP_TIMINGS,
                "SEMIREC_MODEL_REPOSITORY": str(models)}
@@ -428,8 +462,17 @@ class Demo:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
+    def _stopped(self, label: str, seconds: float, how: str) -> None:
+        self.console.print(f"{how} {label} ({seconds:.1f} s)", highlight=False)
+
     def stop(self) -> None:
-        for part in reversed(self.parts):
-            part.stop()
+        """Stop the agents and the trainer (SIGTERM together, one bounded wait), then the stack
+        (Triton, redis, the broker), one line per part; the broker outlives its consumers."""
+        parts, self.parts = list(reversed(self.parts)), []
+        t0 = time.monotonic()
+        running = {part.name: part.terminate() for part in parts}
+        for part in parts:
+            how = part.finish(t0 + PART_STOP_TIMEOUT_S)
+            self._stopped(part.label, time.monotonic() - t0, how if running[part.name] else "exited")
         if self.stack is not None:
             self.stack.stop()
