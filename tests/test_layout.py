@@ -158,3 +158,13 @@ def test_lower_layers_import_only_below_them(edges) -> None:
             bad += [f"{a} -> {b}" for b in targets if within(b, "semirec") and not within(b, package)
                     and not any(within(b, ok) for ok in allowed)]
     assert not bad, bad
+
+
+def test_the_wheel_ships_one_namespace() -> None:
+    """Only `semirec` is installed; tests and benchmarks stay in the repository."""
+    import tomllib
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["semirec*"]
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert packages == {"semirec", "tests", "benchmarks"}, packages
