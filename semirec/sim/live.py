@@ -17,6 +17,8 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
+from semirec.sim.quality import POLICIES
+
 RATE_WINDOW_S = 5.0
 USERS_SHOWN = 4
 
@@ -125,11 +127,10 @@ def render(state: LiveState, now: float | None = None) -> Group:
                  f"{clock(state.new_videos_at) if state.new_videos_at else '-'}")
     quality = Table(title="online completion (mean true P(complete) of the top-k)", title_justify="left")
     quality.add_column("")
-    for policy in ("semirec", "popularity", "random", "oracle"):
+    for policy in POLICIES:
         quality.add_column(policy, justify="right")
     for label, q in (("recent", state.quality), ("whole run", state.quality_all)):
-        quality.add_row(label, *[_fmt((q or {}).get(p), ".3f") for p in
-                                 ("semirec", "popularity", "random", "oracle")])
+        quality.add_row(label, *[_fmt((q or {}).get(p), ".3f") for p in POLICIES])
     users = Table(title="a few users", title_justify="left")
     users.add_column("user")
     users.add_column("latest action")
