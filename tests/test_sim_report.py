@@ -117,6 +117,8 @@ def test_live_view_renders_the_state() -> None:
         state.recs.add(20, T0 + i)
     state.freshness_ms.extend([10.0, 20.0, 90.0])
     state.quality = {"semirec": 0.61, "popularity": 0.52, "random": 0.45, "oracle": 0.8}
+    state.quality_live = {"semirec": 0.47, "similarity": 0.49, "popularity": 0.4, "random": 0.41,
+                          "oracle": 0.9}
     state.users["u00007"] = UserView("u00007", "watched Try-on: Love this dress ✓ finished", T0 + 18,
                                      ["Haul: soft sweater", "Review: boots"], T0 + 19, "ranker/2")
     state.missing_parts = ["incremental trainer: not built yet"]
@@ -124,6 +126,7 @@ def test_live_view_renders_the_state() -> None:
     console.print(render(state, now=T0 + 19.5))
     text = console.export_text()
     for needle in ("live", "events/s", "(1,000)", "(400)", "12 / 0", "ranker/2", "0.610", "0.520",
+                   "similarity", "live audience", "0.470", "0.490",
                    "u00007", "Love this dress", "Haul: soft sweater", "incremental trainer",
                    "17:46:58"):
         assert needle in text, needle

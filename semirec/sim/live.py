@@ -72,6 +72,7 @@ class LiveState:
     promotions: list[tuple[float, str]] = field(default_factory=list)
     quality: dict[str, float] | None = None  # recent online completion per policy
     quality_all: dict[str, float] | None = None
+    quality_live: dict[str, float] | None = None  # the audience's traffic only
     shift_at: float | None = None  # wall time of the interest shift
     new_videos_at: float | None = None
     users: dict[str, UserView] = field(default_factory=dict)
@@ -129,7 +130,8 @@ def render(state: LiveState, now: float | None = None) -> Group:
     quality.add_column("")
     for policy in POLICIES:
         quality.add_column(policy, justify="right")
-    for label, q in (("recent", state.quality), ("whole run", state.quality_all)):
+    for label, q in (("recent", state.quality), ("live audience", state.quality_live),
+                     ("whole run", state.quality_all)):
         quality.add_row(label, *[_fmt((q or {}).get(p), ".3f") for p in POLICIES])
     users = Table(title="a few users", title_justify="left")
     users.add_column("user")

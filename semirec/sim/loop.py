@@ -309,6 +309,7 @@ class ClosedLoop:
             s = self.state
             s.ingest_lag, s.recommend_lag = ingest, recommend
             s.quality, s.quality_all = self.quality.recent(300), self.quality.overall()
+            s.quality_live = self.quality.live_means()
             fresh = self.result.freshness_ms[seen:]  # received since the previous sample
             seen = len(self.result.freshness_ms)
             self.result.timeline.append(Sample(

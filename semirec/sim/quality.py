@@ -183,6 +183,10 @@ class QualityLog:
     def live(self) -> list[Scored]:
         return [r for r in self.rows if r.live]
 
+    def live_means(self) -> dict[str, float] | None:
+        """Per-policy means over the audience's traffic (no history replay)."""
+        return _means(self.live())
+
     def first_after_shift(self, shift_world: float | None, seconds: float = FIRST_AFTER_SHIFT_S,
                           ) -> list[Scored]:
         """Live rows scored in the first ``seconds`` (world time) from the shift on."""
