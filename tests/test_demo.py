@@ -22,7 +22,7 @@ from semirec.cli import VERBS
 from semirec.cli.worker import AGENT_PLUGINS
 from tests.process_utils import Job, descendants, wait_gone
 
-POLICIES = {"semirec", "popularity", "random", "oracle"}
+POLICIES = {"semirec", "similarity", "popularity", "random", "oracle"}
 
 
 @pytest.mark.slow
@@ -48,18 +48,22 @@ def test_demo_runs_the_closed_loop_and_measures_it(tmp_path) -> None:
     assert any("trainer" in m for m in s["missing_parts"]) == ("trainer" not in VERBS)
     assert any("Triton" in m for m in s["missing_parts"]) == ("model" not in VERBS)
     assert "recommend" in AGENT_PLUGINS
-    # online quality: the four policies on the same candidates; the oracle bounds them all
-    for key in ("online_completion", "online_completion_after_shift"):
+    # online quality: the five policies on the same candidates; the oracle bounds them all
+    for key in ("online_completion", "online_completion_after_shift", "online_completion_live",
+                "online_completion_live_before_shift", "online_completion_live_after_shift"):
         q = s[key]
         assert set(q) == POLICIES, key
         assert all(0 < v < 1 for v in q.values())
-        assert q["oracle"] >= max(q["semirec"], q["popularity"], q["random"])
+        assert q["oracle"] >= max(v for p, v in q.items() if p != "oracle")
+    live = s["recommendations_scored_live"]
+    assert 0 < live["all"] < s["recommendations_scored"]  # the history replay is not live
+    assert live["all"] == live["before_shift"] + live["after_shift"] >= live["first_minute_after_shift"] > 0
     assert s["recommendations"] >= s["users_active"]
     assert s["freshness_p99_ms"] is not None and s["freshness_p99_ms"] > 0
     assert s["audience"]["watches"] > 0 and s["audience"]["sessions"] > 0
     assert isinstance(s["promotions"], int) and isinstance(s["fallbacks"], int)
     for name in ("index.html", "summary.json", "throughput.png", "lag.png", "freshness.png",
-                 "completion.png"):
+                 "completion.png", "completion_live.png"):
         assert (report / name).is_file(), name
 
 

@@ -112,3 +112,25 @@ def test_completion_follows_the_truth_of_what_was_recommended(world) -> None:
     # 4,000 Bernoulli draws: the rate is within 4 standard errors of the true mean
     assert abs(good - good_p) < 4 * np.sqrt(0.25 / 4000)
     assert abs(bad - bad_p) < 4 * np.sqrt(0.25 / 4000)
+
+
+def test_the_demo_offset_keeps_serving_hour_blocks_on_the_world_session_hours(world) -> None:
+    """World and wall time share hour boundaries: a watch and a request in the same world hour
+    (the session's intent) are in serving's age-0 block, whatever minute the demo starts at."""
+    from semirec.core.sequences import Entry
+    from semirec.sim.loop import hour_aligned_offset
+
+    end = world.events[-1].ts
+    for now in (NOW, NOW + 59.5, NOW + 1799.0, NOW + 3599.0, NOW + 3600.0):
+        offset = hour_aligned_offset(now, end)
+        assert offset % 3600 == 0
+        assert now - 1.0 - 3600 < end + offset <= now - 1.0  # the history ends before the stream starts
+        audience = Audience(LiveWorld(world), offset=offset)
+        truth = audience.live.truth
+        for e in world.events[-200::20]:
+            wall = e.ts + offset
+            hour_start = truth.cfg.start_ts + (e.ts - truth.cfg.start_ts) // 3600 * 3600
+            for request_world in (hour_start, hour_start + 3599.9):
+                assert Entry(int(wall * 1000), e.item_id).hour() == int((request_world + offset) // 3600)
+                assert audience.world_ts(request_world + offset) == pytest.approx(request_world)
+            assert Entry(int(wall * 1000), e.item_id).hour() != int((hour_start + 3600 + offset) // 3600)

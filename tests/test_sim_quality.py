@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semirec.sim.quality import QualityLog, Scored, popularity_expectation, slate_quality
+from semirec.sim.quality import (
+    Histories,
+    QualityLog,
+    Scored,
+    content_similarity,
+    popularity_expectation,
+    slate_quality,
+)
 
 
 def _brute_force_popularity(probs: list[float], pop: list[int], k: int) -> float:
@@ -128,3 +135,75 @@ def test_ranker_check_similarity_is_the_cosine_to_the_newest_items() -> None:
     got = similarity_scores(samples, table)
     # mean of the unit vectors: (1, 10) / 11; the target's unit is (1, 1) / sqrt 2
     np.testing.assert_allclose(got, [np.sqrt(0.5), 0.0], atol=1e-6)
+
+
+def test_similarity_policy_is_the_exact_top_k_by_similarity() -> None:
+    prob = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.3}
+    sim = {"a": 0.2, "b": 0.8, "c": 0.7, "d": 0.2}
+    q = slate_quality(["a", "b"], list(prob), prob, {}, k=2, similarity=sim)
+    assert q.similarity == pytest.approx((0.1 + 0.5) / 2)  # b and c, the two most similar
+    # a tie at the boundary: c, then a or d at random -> (0.5 + (0.9 + 0.3) / 2) / 2
+    q = slate_quality(["a", "b"], list(prob), prob, {}, k=2, similarity={**sim, "b": 0.0})
+    assert q.similarity == pytest.approx((0.5 + 0.6) / 2)
+    # no history (no scores): every candidate ties, so similarity is the random policy
+    q = slate_quality(["a", "b"], list(prob), prob, {}, k=2)
+    assert q.similarity == pytest.approx(q.random)
+    assert set(q.policies()) == {"semirec", "similarity", "popularity", "random", "oracle"}
+
+
+def test_content_similarity_is_the_mean_cosine_to_the_history() -> None:
+    rng = np.random.default_rng(0)
+    cands, hist = rng.normal(size=(5, 8)), rng.normal(size=(3, 8))
+    cos = [[c @ h / np.linalg.norm(c) / np.linalg.norm(h) for h in hist] for c in cands]
+    got = content_similarity(cands, hist)
+    assert got == pytest.approx(np.mean(cos, axis=1))
+    assert content_similarity(3 * cands, 0.5 * hist) == pytest.approx(got)  # cosine: scale-free
+    assert content_similarity(cands, hist[:0]).tolist() == [0.0] * 5
+
+
+def test_histories_give_the_newest_clicks_and_watches_at_a_moment() -> None:
+    h = Histories()
+    for t in range(15):
+        h.add("u", "product", 100.0 + t, f"p{t}")
+    h.add("u", "video", 105.0, "v1")
+    h.add("u", "video", 103.0, "v0")  # out of order: kept in time order
+    h.add("u", "video", 105.0, "v1")  # the same entry again: kept once
+    h.add("w", "video", 100.0, "x")
+    assert h.newest("u", 200.0) == [f"p{t}" for t in range(5, 15)] + ["v0", "v1"]
+    assert h.newest("u", 104.0) == [f"p{t}" for t in range(5)] + ["v0"]  # inclusive of the moment
+    assert h.newest("u", 99.0) == [] and h.newest("nobody", 200.0) == []
+    assert h.newest("u", 200.0, n=2) == ["p13", "p14", "v0", "v1"]
+
+
+def _scored(world_ts: float, semirec: float, *, after: bool, live: bool) -> Scored:
+    prob = {"a": semirec, "b": 0.2}
+    return Scored(world_ts, world_ts, "v1", False, after, slate_quality(["a"], list(prob), prob, {}, k=1),
+                  live=live)
+
+
+def test_quality_log_splits_live_traffic_from_the_history_replay() -> None:
+    log = QualityLog()
+    shift = 1000.0
+    for i in range(10):
+        log.add(_scored(900.0 + i, 0.9, after=False, live=False))  # history replay
+    log.add(_scored(950.0, 0.6, after=False, live=True))
+    log.add(_scored(shift, 0.3, after=True, live=True))  # the first minute starts at the shift
+    log.add(_scored(shift + 59.0, 0.5, after=True, live=True))
+    log.add(_scored(shift + 60.0, 0.7, after=True, live=True))  # the second minute
+    log.add(_scored(shift + 10.0, 0.1, after=True, live=False))  # not the audience's
+    s = log.summary(shift_world=shift)
+    whole = (9.0 + 0.6 + 0.3 + 0.5 + 0.7 + 0.1) / 15
+    assert s["online_completion"]["semirec"] == pytest.approx(whole, abs=1e-4)
+    assert s["online_completion_live"]["semirec"] == pytest.approx((0.6 + 0.3 + 0.5 + 0.7) / 4, abs=1e-4)
+    assert s["online_completion_live_before_shift"]["semirec"] == pytest.approx(0.6, abs=1e-4)
+    assert s["online_completion_live_after_shift"]["semirec"] == pytest.approx(0.5, abs=1e-4)
+    assert s["online_completion_first_minute_after_shift"]["semirec"] == pytest.approx(0.4, abs=1e-4)
+    assert s["online_completion_live"]["random"] == pytest.approx(0.5 * 0.525 + 0.1, abs=1e-4)
+    assert s["recommendations_scored"] == 15
+    assert s["recommendations_scored_live"] == {"all": 4, "before_shift": 1, "after_shift": 3,
+                                                "first_minute_after_shift": 2}
+    assert log.series(940.0, 60.0, live_only=True)["semirec"] == pytest.approx([0.6, 0.4, 0.7])
+    none = QualityLog().summary()
+    assert none["online_completion_live"] is None
+    assert none["online_completion_first_minute_after_shift"] is None
+    assert log.summary()["online_completion_first_minute_after_shift"] is None  # no shift yet

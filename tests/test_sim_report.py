@@ -24,12 +24,14 @@ def _quality(semirec: float, pop_first: bool) -> QualityLog:
     for i in range(40):
         prob = {"a": semirec, "b": 0.3, "c": 0.5}
         q = slate_quality(["a"], list(prob), prob, {"b": 5} if pop_first else {"c": 5}, k=1)
-        log.add(Scored(T0 + i, T0 + i, "ranker/1" if i < 20 else "ranker/2", False, i >= 20, q))
+        # the history replay until T0 + 10, then the audience (live); the shift at T0 + 20
+        log.add(Scored(T0 + i, T0 + i, "ranker/1" if i < 20 else "ranker/2", False, i >= 20, q,
+                       live=i >= 10))
     return log
 
 
 def _result(ingest_lag: int | None = 0) -> LoopResult:
-    r = LoopResult(offset=0.0, started=T0, live_started=T0 + 10, shift_wall=T0 + 20,
+    r = LoopResult(offset=0.0, started=T0, live_started=T0 + 10, shift_wall=T0 + 20, shift_world=T0 + 20,
                    new_videos_wall=T0 + 20, ended=T0 + 40, events_published=500, history_events=400,
                    recommendations=300, fallbacks=3, freshness_ms=[10.0, 20.0, 30.0, 200.0],
                    active_users={"u1", "u2"}, users_recommended={"u1", "u2", "u3"},
@@ -55,7 +57,7 @@ AUDIENCE = SimpleNamespace(stats=lambda: {"sessions": 3})
 def test_summary_holds_the_contract_keys_and_checks() -> None:
     s = summarize(_result(), _quality(0.9, True), AUDIENCE, _state(), missing=[], crashed=[],
                   error=None, started=T0)
-    assert set(s["online_completion"]) == {"semirec", "popularity", "random", "oracle"}
+    assert set(s["online_completion"]) == {"semirec", "similarity", "popularity", "random", "oracle"}
     assert s["online_completion"]["semirec"] == pytest.approx(0.9)
     assert s["online_completion"]["popularity"] == pytest.approx(0.3)
     assert s["online_completion_after_shift"]["random"] == pytest.approx((0.9 + 0.3 + 0.5) / 3, abs=1e-4)
@@ -64,6 +66,13 @@ def test_summary_holds_the_contract_keys_and_checks() -> None:
     assert s["events_ingested"] == 500
     assert s["ok"] and all(s["checks"].values())
     assert s["online_completion_per_model_version"]["ranker/2"]["recommendations"] == 20
+    assert s["recommendations_scored"] == 40
+    assert s["recommendations_scored_live"] == {"all": 30, "before_shift": 10, "after_shift": 20,
+                                                "first_minute_after_shift": 20}
+    for key in ("online_completion_live", "online_completion_live_before_shift",
+                "online_completion_live_after_shift", "online_completion_first_minute_after_shift"):
+        assert s[key]["semirec"] == pytest.approx(0.9) and s[key]["similarity"] == pytest.approx(
+            s[key]["random"]), key  # no similarity scores given: every candidate ties
 
     bad = summarize(_result(ingest_lag=7), _quality(0.2, True), AUDIENCE, _state(),
                     missing=["trainer: not built"], crashed=["ingest"], error=None, started=T0)
@@ -80,11 +89,14 @@ def test_report_directory_has_the_page_plots_and_summary(tmp_path) -> None:
     page = write_report(tmp_path / "r", s, _result(), quality)
     assert page.name == "index.html"
     text = page.read_text()
-    for name in ("throughput", "lag", "freshness", "completion"):
+    for name in ("throughput", "lag", "freshness", "completion", "completion_live"):
         png = tmp_path / "r" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert f'src="{name}.png"' in text
     assert "trainer: not built" in text and "some checks failed" in text
+    for column in ("whole run", "live before shift", "live after shift", "live 1st min after shift",
+                   "<th>similarity</th>"):
+        assert column in text, column
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["promotions"] == 1
 
 
@@ -105,6 +117,8 @@ def test_live_view_renders_the_state() -> None:
         state.recs.add(20, T0 + i)
     state.freshness_ms.extend([10.0, 20.0, 90.0])
     state.quality = {"semirec": 0.61, "popularity": 0.52, "random": 0.45, "oracle": 0.8}
+    state.quality_live = {"semirec": 0.47, "similarity": 0.49, "popularity": 0.4, "random": 0.41,
+                          "oracle": 0.9}
     state.users["u00007"] = UserView("u00007", "watched Try-on: Love this dress ✓ finished", T0 + 18,
                                      ["Haul: soft sweater", "Review: boots"], T0 + 19, "ranker/2")
     state.missing_parts = ["incremental trainer: not built yet"]
@@ -112,6 +126,7 @@ def test_live_view_renders_the_state() -> None:
     console.print(render(state, now=T0 + 19.5))
     text = console.export_text()
     for needle in ("live", "events/s", "(1,000)", "(400)", "12 / 0", "ranker/2", "0.610", "0.520",
+                   "similarity", "live audience", "0.470", "0.490",
                    "u00007", "Love this dress", "Haul: soft sweater", "incremental trainer",
                    "17:46:58"):
         assert needle in text, needle

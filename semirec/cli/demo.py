@@ -16,16 +16,20 @@ from semirec.sim.orchestrator import DemoOptions
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from semirec.sim.quality import POLICIES
+    from semirec.sim.report import COMPLETION_COLUMNS
+
     table = Table(title="online completion: mean true P(complete) of the top-k (same candidates, "
-                        "same moment)", title_justify="left")
+                        "same moment; whole run = history replay + live audience)", title_justify="left")
     table.add_column("policy")
-    for col in ("whole run", "before shift", "after shift"):
+    for _, col in COMPLETION_COLUMNS:
         table.add_column(col, justify="right")
-    for policy in ("semirec", "popularity", "random", "oracle"):
-        row = [((s.get(key) or {}).get(policy)) for key in
-               ("online_completion", "online_completion_before_shift", "online_completion_after_shift")]
+    for policy in POLICIES:
+        row = [((s.get(key) or {}).get(policy)) for key, _ in COMPLETION_COLUMNS]
         table.add_row(policy, *["-" if v is None else f"{v:.3f}" for v in row])
     console.print(table)
+    console.print(f"recommendations scored: {s.get('recommendations_scored')}, live "
+                  f"{s.get('recommendations_scored_live')}")
     console.print(f"events published {s['events_published']:,}, ingested {s['events_ingested']}; "
                   f"recommendations {s['recommendations']:,} ({s['fallbacks']:,} fallbacks); "
                   f"freshness p50 {s['freshness_p50_ms']} ms, p99 {s['freshness_p99_ms']} ms; "
@@ -42,8 +46,11 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.command()
 @click.option("--users", default=300, show_default=True, type=click.IntRange(10, 100_000),
               help="Users in the generated world.")
-@click.option("--minutes", default=2.0, show_default=True, type=click.FloatRange(0.1, 600),
+@click.option("--minutes", default=3.0, show_default=True, type=click.FloatRange(0.1, 600),
               help="Length of the live phase (closed loop) after the history is streamed.")
+@click.option("--shift-at", default=1 / 3, show_default="1/3", type=click.FloatRange(0, 1),
+              help="When the world's interests shift and the new videos appear, as a fraction of the "
+                   "live phase.")
 @click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(1, 100_000),
               help="History events published per second.")
 @click.option("--sessions-per-s", default=3.0, show_default=True, type=click.FloatRange(0.1, 1000),
@@ -65,8 +72,8 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 @click.option("--no-train", is_flag=True, help="Skip the ranker (recommendations use the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object last on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the stack and agents running until Ctrl-C.")
-def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_videos: int, size: str,
-         seed: int, encoder: Path | None, no_pretrain_encoder: bool,
+def demo(users: int, minutes: float, shift_at: float, rate: float, sessions_per_s: float, new_videos: int,
+         size: str, seed: int, encoder: Path | None, no_pretrain_encoder: bool,
          report_dir: Path | None, train_budget: str, no_train: bool, as_json: bool, keep: bool) -> None:
     """The whole system live: stack, world, encoders, SEMI on Triton, agents, trainer, and a
     simulated audience whose online completion is measured exactly against the world's truth.
@@ -80,7 +87,7 @@ def demo(users: int, minutes: float, rate: float, sessions_per_s: float, new_vid
     from semirec.sim.orchestrator import Demo, DemoError
 
     console = Console(stderr=True)
-    opts = DemoOptions(users=users, minutes=minutes, seed=seed, rate=rate,
+    opts = DemoOptions(users=users, minutes=minutes, shift_at=shift_at, seed=seed, rate=rate,
                        sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,
                        report_dir=report_dir, keep=keep, quick=train_budget == "quick",
                        encoder=encoder, pretrain_encoder=not no_pretrain_encoder)

@@ -17,6 +17,8 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
+from semirec.sim.quality import POLICIES
+
 RATE_WINDOW_S = 5.0
 USERS_SHOWN = 4
 
@@ -70,6 +72,7 @@ class LiveState:
     promotions: list[tuple[float, str]] = field(default_factory=list)
     quality: dict[str, float] | None = None  # recent online completion per policy
     quality_all: dict[str, float] | None = None
+    quality_live: dict[str, float] | None = None  # the audience's traffic only
     shift_at: float | None = None  # wall time of the interest shift
     new_videos_at: float | None = None
     users: dict[str, UserView] = field(default_factory=dict)
@@ -125,11 +128,11 @@ def render(state: LiveState, now: float | None = None) -> Group:
                  f"{clock(state.new_videos_at) if state.new_videos_at else '-'}")
     quality = Table(title="online completion (mean true P(complete) of the top-k)", title_justify="left")
     quality.add_column("")
-    for policy in ("semirec", "popularity", "random", "oracle"):
+    for policy in POLICIES:
         quality.add_column(policy, justify="right")
-    for label, q in (("recent", state.quality), ("whole run", state.quality_all)):
-        quality.add_row(label, *[_fmt((q or {}).get(p), ".3f") for p in
-                                 ("semirec", "popularity", "random", "oracle")])
+    for label, q in (("recent", state.quality), ("live audience", state.quality_live),
+                     ("whole run", state.quality_all)):
+        quality.add_row(label, *[_fmt((q or {}).get(p), ".3f") for p in POLICIES])
     users = Table(title="a few users", title_justify="left")
     users.add_column("user")
     users.add_column("latest action")

@@ -4,25 +4,30 @@ Phases:
 
 1. **history**: the world's events are published at a steady rate (paused while the ingest or
    recommendation agent is more than ``max_behind_s`` seconds of events behind), their timestamps moved by one
-   ``offset`` so that the history ends when streaming starts (world time = wall time - offset);
+   ``offset`` (a whole number of hours, :func:`hour_aligned_offset`) so that the history ends
+   before streaming starts (world time = wall time - offset; hour blocks the same in both);
    recommendations triggered by them are scored at the triggering event's world time; then the
    agents catch up (lag 0), so the audience starts on fresh recommendations;
 2. **live**: the audience opens sessions at a steady rate and reacts to its recommendations;
-   half-way, the world's interests shift and the held-out new videos are published to ``items``;
+   at ``shift_at`` of it, the world's interests shift and the held-out new videos are published
+   to ``items``;
 3. **drain**: no new sessions; open ones finish; then the ingest and recommendation agents'
    lag must reach 0.
 
 Every recommendation received is scored by :mod:`semirec.sim.quality` at its world moment against the
 same candidates (the published ``candidates`` when the agent runs with
 ``SEMIREC_PUBLISH_CANDIDATES=1``, otherwise every video published so far). Popularity for the
-popularity policy is counted here, from the complete watches this loop published. The truth is
-read for the audience and this evaluation only.
+popularity policy is counted here, from the complete watches this loop published; the similarity
+policy reads the item vectors the system serves (Redis) and each user's clicks and complete
+watches as published here. A recommendation is ``live`` when the audience triggered it (not the
+history replay). The truth is read for the audience and this evaluation only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,21 +39,31 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from semirec.core.contracts import Event, encode_event
+from semirec.core.item_store import ItemStore
 from semirec.core.kafka import ensure_topics, producer
 from semirec.core.settings import Settings
 from semirec.sim.audience import Audience, Outbox
 from semirec.sim.live import LiveState, UserView
-from semirec.sim.quality import QualityLog, Scored, slate_quality
+from semirec.sim.quality import Histories, QualityLog, Scored, content_similarity, slate_quality
 from semirec.worlds.live import LiveWorld
 from semirec.worlds.world import World
 
 INGEST_GROUP, CATALOG_GROUP, RECOMMEND_GROUP = "semirec-ingest", "semirec-catalog", "semirec-recommend"
+HOUR_S = 3600
+
+
+def hour_aligned_offset(now: float, history_end: float, margin_s: float = 1.0) -> float:
+    """The largest whole number of hours that moves ``history_end`` at least ``margin_s`` before
+    ``now``: world and wall time then share hour boundaries, so serving's hour blocks (age 0 =
+    the request's hour) are the world's session hours."""
+    return math.floor((now - history_end - margin_s) / HOUR_S) * HOUR_S
 
 
 @dataclass(frozen=True, slots=True)
 class LoopConfig:
     rate: float = 400.0  # history events per second
     live_s: float = 120.0  # length of the live phase
+    shift_at: float = 0.5  # the interest shift, as a fraction of the live phase
     sessions_per_s: float = 3.0  # live sessions opened per second
     shift_strength: float = 1.0
     k: int = 10
@@ -118,7 +133,13 @@ class ClosedLoop:
         self.new_ids: set[str] = set()
         self.shift_world = float("inf")
         self.crashed: list[str] = []
+        self.live_ids: set[str] = set()  # event and request ids the audience sent
+        self.histories = Histories()
+        self._vec_row: dict[str, int] = {}  # item id -> row of _vecs (the vectors serving reads)
+        self._vecs = np.zeros((0, 0), np.float32)
+        self._vec_absent: set[str] = set()  # asked for and not in Redis (asked again after new items)
         self._producer: Any = None
+        self._store: Any = None
 
     # -- publishing ---------------------------------------------------------------------------
     async def _send_events(self, events: list[Event], world_ts: list[float]) -> None:
@@ -129,6 +150,7 @@ class ClosedLoop:
                 self.popularity[e.item_id] += 1
             if e.appends:
                 self.result.active_users.add(e.user_id)
+                self.histories.add(e.user_id, e.domain.value, wt, e.item_id)
             futures.append(await self._producer.send(self.settings.topics.events, encode_event(e),
                                                      key=e.user_id.encode()))
         await asyncio.gather(*futures)
@@ -136,6 +158,8 @@ class ClosedLoop:
         self.state.events.add(len(events), time.time())
 
     async def _send_outbox(self, out: Outbox) -> None:
+        self.live_ids.update(e.event_id for e in out.events)
+        self.live_ids.update(req["request_id"] for req in out.requests)
         if out.events:
             await self._send_events(out.events, [self.audience.world_ts(e.ts) for e in out.events])
             for e in out.events:
@@ -175,6 +199,30 @@ class ClosedLoop:
                 del self.state.users[oldest.user_id]
         return view
 
+    # -- item vectors (the similarity policy) ------------------------------------------------
+    async def _load_vectors(self, item_ids: list[str]) -> None:
+        """Read the vectors of ``item_ids`` not yet known from Redis (the ones serving reads)."""
+        want = [i for i in dict.fromkeys(item_ids) if i not in self._vec_row and i not in self._vec_absent]
+        if not want or self._store is None:
+            return
+        got = await self._store.get_many(want, skip_other_dims=True)
+        found = [i for i, ok in zip(want, got.found.tolist(), strict=True) if ok]
+        self._vec_absent.update(i for i, ok in zip(want, got.found.tolist(), strict=True) if not ok)
+        if found:
+            rows = got.vectors[got.found]
+            self._vecs = rows if not len(self._vecs) else np.concatenate([self._vecs, rows])
+            base = len(self._vec_row)
+            self._vec_row.update({i: base + j for j, i in enumerate(found)})
+
+    def similarity(self, user_id: str, cands: list[str], at: float) -> dict[str, float]:
+        """Mean cosine of each candidate to the user's newest clicks and watches at ``at``."""
+        newest = [self._vec_row[i] for i in self.histories.newest(user_id, at) if i in self._vec_row]
+        known = [c for c in cands if c in self._vec_row]
+        if not newest or not known:
+            return {}
+        scores = content_similarity(self._vecs[[self._vec_row[c] for c in known]], self._vecs[newest])
+        return dict(zip(known, scores.tolist(), strict=True))
+
     # -- recommendations -----------------------------------------------------------------------
     def score(self, rec: dict[str, Any], now: float) -> Scored | None:
         """Score one recommendation at its world moment (None when it cannot be scored)."""
@@ -196,9 +244,10 @@ class ClosedLoop:
             self.result.unscored["unknown_user"] += 1
             return None
         prob = dict(zip(ids, probs.tolist(), strict=True))
-        q = slate_quality(top, cands, prob, self.popularity, self.cfg.k, self.new_ids)
+        q = slate_quality(top, cands, prob, self.popularity, self.cfg.k, self.new_ids,
+                          similarity=self.similarity(str(user), cands, world_ts))
         return Scored(now, world_ts, str(rec.get("model_version")), bool(rec.get("fallback")),
-                      world_ts >= self.shift_world, q)
+                      world_ts >= self.shift_world, q, live=trigger in self.live_ids)
 
     async def on_recommendation(self, raw: bytes) -> None:
         now = time.time()
@@ -222,6 +271,7 @@ class ClosedLoop:
         if fresh is not None:
             r.freshness_ms.append(float(fresh))
             self.state.freshness_ms.append(float(fresh))
+        await self._load_vectors([c for c in rec.get("candidates") or [] if c not in self._vec_row])
         scored = self.score(rec, now)
         if scored is not None:
             self.quality.add(scored)
@@ -259,6 +309,7 @@ class ClosedLoop:
             s = self.state
             s.ingest_lag, s.recommend_lag = ingest, recommend
             s.quality, s.quality_all = self.quality.recent(300), self.quality.overall()
+            s.quality_live = self.quality.live_means()
             fresh = self.result.freshness_ms[seen:]  # received since the previous sample
             seen = len(self.result.freshness_ms)
             self.result.timeline.append(Sample(
@@ -302,7 +353,7 @@ class ClosedLoop:
         r.live_started = time.time()
         ends = r.live_started + cfg.live_s
         self.state.live_ends = ends
-        shift_at = r.live_started + cfg.live_s / 2
+        shift_at = r.live_started + cfg.live_s * cfg.shift_at
         opened = 0.0
         last = time.monotonic()
         while time.time() < ends:
@@ -327,6 +378,7 @@ class ClosedLoop:
         self.state.shift_at = now
         self.state.notes.append(f"{time.strftime('%H:%M:%S')} interests shifted")
         if self.world.new_items:
+            self._vec_absent.clear()  # the catalog agent is about to write them
             self.new_ids = {it["item_id"] for it in self.world.new_items}
             self.known_videos += sorted(self.new_ids)
             await self.publish_items(self.world.new_items)
@@ -361,6 +413,8 @@ class ClosedLoop:
         await ensure_topics(self.settings, {**ingest_topics(self.settings), **serving_topics(self.settings),
                                             t.items: self.settings.event_partitions})
         self._producer = producer(self.settings)
+        self._store = ItemStore.from_url(self.settings.redis_url)
+        await self._load_vectors([it["item_id"] for it in self.world.items])
         consumer = AIOKafkaConsumer(**self.settings.consumer_kwargs(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await self._producer.start()
@@ -386,6 +440,7 @@ class ClosedLoop:
                     await task
             await consumer.stop()
             await self._producer.stop()
+            await self._store.close()
             self.result.ended = time.time()
             self.state.phase = "done"
         return self.result

@@ -38,7 +38,7 @@ from typing import Any
 
 from semirec.core.settings import Settings
 from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, die_with_parent, free_port
-from semirec.sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP
+from semirec.sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP, hour_aligned_offset
 
 TRAIN_MODEL = "semi_ccl+sim"  # SEMI with explicit content similarity (docs/demo.md)
 KEEP_RUNS = 5  # run folders kept under the demo cache
@@ -53,7 +53,8 @@ class DemoError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     users: int = 300
-    minutes: float = 2.0  # length of the live phase
+    minutes: float = 3.0  # length of the live phase
+    shift_at: float = 1 / 3  # the interest shift, as a fraction of the live phase
     seed: int = 0
     rate: float = 200.0  # history events per second
     sessions_per_s: float = 3.0
@@ -407,10 +408,10 @@ class Demo:
         state = LiveState(missing_parts=list(self.missing))
         quality = QualityLog()
         live = LiveWorld(world, seed=self.opts.seed)
-        offset = time.time() - world.events[-1].ts - 1.0
+        offset = hour_aligned_offset(time.time(), world.events[-1].ts)  # whole hours: same hour blocks
         audience = Audience(live, offset=offset, seed=self.opts.seed)
         cfg = LoopConfig(rate=self.opts.rate, live_s=self.opts.minutes * 60,
-                         sessions_per_s=self.opts.sessions_per_s)
+                         sessions_per_s=self.opts.sessions_per_s, shift_at=self.opts.shift_at)
         titles = {it["item_id"]: it["title"] for it in world.items + world.new_items}
         loop = ClosedLoop(settings, world, live, audience, cfg, state, quality, offset=offset,
                           alive=self.dead_parts, titles=titles)

@@ -1,8 +1,9 @@
 """The end of a run: the summary (``--json``), its checks, and a report directory.
 
-The report directory holds ``summary.json``, ``index.html`` and four PNG plots: throughput,
-lag, freshness, and online completion per policy over time with promotions, the interest shift
-and the new videos marked.
+The report directory holds ``summary.json``, ``index.html`` and five PNG plots: throughput,
+lag, freshness, online completion per policy over time (every recommendation, history replay
+included) and the same for the audience's traffic alone, with promotions, the interest shift,
+the first minute after it and the new videos marked.
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from semirec.sim.quality import POLICIES, QualityLog
+from semirec.sim.quality import FIRST_AFTER_SHIFT_S, POLICIES, QualityLog
 
-PLOTS = ("throughput", "lag", "freshness", "completion")
+PLOTS = ("throughput", "lag", "freshness", "completion", "completion_live")
+# summary key -> column of the tables (report page, the CLI's summary)
+COMPLETION_COLUMNS = (
+    ("online_completion", "whole run"),
+    ("online_completion_before_shift", "before shift"),
+    ("online_completion_after_shift", "after shift"),
+    ("online_completion_live", "live"),
+    ("online_completion_live_before_shift", "live before shift"),
+    ("online_completion_live_after_shift", "live after shift"),
+    ("online_completion_first_minute_after_shift", "live 1st min after shift"),
+)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -28,7 +39,7 @@ def summarize(result: Any, quality: QualityLog, audience: Any, state: Any, *, mi
               crashed: list[str], error: str | None, started: float,
               facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's figures and checks; ``ok`` is true only if every check passed."""
-    q = quality.summary(new_since_wall=result.new_videos_wall)
+    q = quality.summary(new_since_wall=result.new_videos_wall, shift_world=result.shift_world)
     ingest_lag, rec_lag = result.final_ingest_lag, result.final_recommend_lag
     ingested = None if ingest_lag is None else result.events_published - ingest_lag
     without = sorted(result.active_users - result.users_recommended)
@@ -131,15 +142,24 @@ def write_plots(out: Path, summary: dict[str, Any], result: Any, quality: Qualit
     ax.legend(loc="upper right", fontsize=8)
     save(fig, "freshness")
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    series = quality.series(t0, 5.0)
-    for policy in POLICIES:
-        ax.plot(series["t"], series[policy], label=policy, lw=2 if policy == "semirec" else 1)
-    _marks(ax, summary, t0)
-    ax.set(xlabel="seconds since the stream started", ylabel="mean true P(complete) of top-k",
-           title="Online completion per policy (5 s bins)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=4)
-    save(fig, "completion")
+    for name, live_only, title in (
+            ("completion", False, "Online completion per policy, every recommendation (5 s bins)"),
+            ("completion_live", True, "Online completion per policy, the audience only (5 s bins)")):
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        series = quality.series(t0, 5.0, live_only=live_only)
+        for policy in POLICIES:
+            ax.plot(series["t"], series[policy], label=policy, lw=2 if policy == "semirec" else 1)
+        _marks(ax, summary, t0)
+        if live_only and summary.get("interest_shift_at"):
+            shift = summary["interest_shift_at"] - t0
+            ax.axvspan(shift, shift + FIRST_AFTER_SHIFT_S, color="tab:orange", alpha=0.12,
+                       label="first minute after the shift")
+            if summary.get("live_started_at"):
+                ax.set_xlim(left=summary["live_started_at"] - t0 - 5)
+        ax.set(xlabel="seconds since the stream started", ylabel="mean true P(complete) of top-k",
+               title=title)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, ncol=5)
+        save(fig, name)
     return files
 
 
@@ -155,11 +175,11 @@ def write_report(out: Path, summary: dict[str, Any], result: Any, quality: Quali
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     plots = write_plots(out, summary, result, quality)
-    oc = summary.get("online_completion") or {}
-    after = summary.get("online_completion_after_shift") or {}
-    before = summary.get("online_completion_before_shift") or {}
+    columns = [summary.get(key) or {} for key, _ in COMPLETION_COLUMNS]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COMPLETION_COLUMNS)
+    scored_live = html.escape(str(summary.get("recommendations_scored_live")))
     policy_rows = "".join(
-        f"<tr><th>{p}</th>" + "".join(f"<td>{d.get(p, '-')}</td>" for d in (oc, before, after)) + "</tr>"
+        f"<tr><th>{p}</th>" + "".join(f"<td>{d.get(p, '-')}</td>" for d in columns) + "</tr>"
         for p in POLICIES)
     checks = _table([(k, "PASS" if v else "FAIL") for k, v in summary["checks"].items()])
     figures = _table([(k, summary.get(k)) for k in (
@@ -174,7 +194,9 @@ th,td{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style>
 </head><body>
 <h1>semirec demo: {'all checks passed' if summary['ok'] else 'some checks failed'}</h1>
 <h2>Online completion (mean true P(complete) of the top-k, same candidates, same moment)</h2>
-<table><tr><th>policy</th><th>whole run</th><th>before the shift</th><th>after the shift</th></tr>
+<p>"whole run" includes the history replay (ranker/1 was trained on it); "live" is the
+audience's traffic alone; recommendations scored live: {scored_live}</p>
+<table><tr><th>policy</th>{head}</tr>
 {policy_rows}</table>
 <h2>Checks</h2>{checks}
 {'<h2>Missing parts</h2><ul>' + missing + '</ul>' if missing else ''}
