@@ -9,6 +9,7 @@ Code that must act differently on a cluster (multi-key scripts, MGET across slot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +19,9 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster as synccluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 from redis.connection import parse_url
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from semirec.core.urls import _split_netloc, cluster_seeds, is_cluster_url
@@ -76,3 +79,29 @@ def sync_redis_client(url: str, **options: Any) -> redis.Redis:
         kw.setdefault("retry", Retry(_backoff(), CLUSTER_RETRIES))
         return synccluster.RedisCluster(startup_nodes=nodes, **kw)  # type: ignore[return-value]
     return redis.Redis.from_url(url, **options)
+
+
+async def script_calls(client: aiocluster.RedisCluster, script: AsyncScript,
+                       calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run ``script`` once per ``(keys, args)`` (each call's keys in one slot) in one cluster
+    pipeline: one round trip per node. A node that lacks the script (a replica promoted since
+    it was loaded) gets it, and only the calls it refused are sent again; any other error
+    raises (callers retry: semirec.core.faults classifies cluster errors as transient)."""
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(3):
+        async with client.pipeline() as pipe:
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            got = await pipe.execute(raise_on_error=False)
+        for i, r in zip(todo, got, strict=True):
+            results[i] = r
+        todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+        if not todo or attempt == 2:
+            break
+        await client.script_load(script.script)  # on every primary
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
