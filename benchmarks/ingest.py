@@ -104,7 +104,7 @@ async def committed_total(settings: Settings) -> int:
     await admin.start()
     try:
         tps = [TopicPartition(settings.topics.events, p) for p in range(settings.event_partitions)]
-        got = await admin.list_consumer_group_offsets(settings.consumer_group, partitions=tps)
+        got = await admin.list_consumer_group_offsets(settings.events_group, partitions=tps)
         return sum(m.offset for m in got.values() if m.offset > 0)
     finally:
         await admin.close()
@@ -125,7 +125,7 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
     measure of the work per event than the rate."""
     r = sync_redis_client(settings.redis_url)
     env = {**env, "SEMIREC_REDIS_URL": settings.redis_url,
-           "SEMIREC_CONSUMER_GROUP": settings.consumer_group}
+           "SEMIREC_CONSUMER_GROUP": settings.events_group}
     procs = []
     for i in range(workers):
         with open(log.with_suffix(f".{i}.log"), "wb") as out:
@@ -203,7 +203,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                   for i in range(RAW_PASSES)]
         raw = statistics.median(passes)
         env = {**os.environ, **stack.addresses.env(), **LOCAL_GROUP_TIMINGS,
-               "SEMIREC_CONSUMER_GROUP": settings.consumer_group, "SEMIREC_COMMIT_INTERVAL_S": "0.2"}
+               "SEMIREC_CONSUMER_GROUP": settings.events_group, "SEMIREC_COMMIT_INTERVAL_S": "0.2"}
         for f in fields(Topics):
             env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
         noop = reference_rate("faust_noop.py", "faust_noop_events_per_s", len(messages), env)
