@@ -52,8 +52,8 @@ async def ensure_topics(settings: Settings, partitions: dict[str, int], *,
 
 def partition_mismatch(topic: str, have: int, want: int) -> str:
     return (f"topic {topic!r} has {have} partitions but SEMIREC_EVENT_PARTITIONS={want}: set "
-            f"SEMIREC_EVENT_PARTITIONS={have}, or grow the topic to {want} (kafka-topics --alter "
-            "--partitions; this moves users to other partitions, see docs/operations.md)")
+            f"SEMIREC_EVENT_PARTITIONS={have}, or grow every semirec topic to {want} "
+            "(kafka-topics --alter --partitions; docs/operations.md, Scaling out)")
 
 
 def ingest_topics(settings: Settings) -> dict[str, int]:
