@@ -118,16 +118,22 @@ async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_
         keys, args = _count_call(watches, completes, per_hour, 0, 1)
         await script(keys=keys, args=args)
         return sum(completes.values())
-    by_shard: dict[int, list[str]] = {}
-    for item in watches:
-        by_shard.setdefault(shard_of(item, shards), []).append(item)
-    calls = []
-    for shard, items in by_shard.items():
-        mine = set(items)
-        calls.append(_count_call(
-            {i: watches[i] for i in items}, {i: completes[i] for i in items if i in completes},
-            {h: c for h, counts in per_hour.items()
-             if (c := Counter({i: n for i, n in counts.items() if i in mine}))}, shard, shards))
+    shard = {item: shard_of(item, shards) for item in watches}
+    parts: dict[int, tuple[dict[str, int], dict[str, int], dict[int, Counter[str]]]] = {}
+    for item, n in watches.items():
+        part = parts.get(shard[item])
+        if part is None:
+            parts[shard[item]] = part = ({}, {}, {})
+        part[0][item] = n
+        if item in completes:
+            part[1][item] = completes[item]
+    for hour, counts in per_hour.items():
+        for item, n in counts.items():
+            hours = parts[shard[item]][2]
+            if hour not in hours:
+                hours[hour] = Counter()
+            hours[hour][item] = n
+    calls = [_count_call(w, c, h, s, shards) for s, (w, c, h) in parts.items()]
     await script_calls(client, script, calls)  # type: ignore[arg-type]
     return sum(completes.values())
 
