@@ -165,10 +165,24 @@ class LocalRedisCluster:
         reply = _ask(replica_port, "CLUSTER", "FAILOVER")
         if not reply.startswith("+OK"):
             raise StackError(f"CLUSTER FAILOVER on {replica_port}: {reply.strip()}")
+        self.wait_master(replica_port, timeout)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (a crash: its replica takes over after the node timeout)."""
+        self.procs[port].kill()
+        self.procs[port].wait()
+
+    def wait_master(self, port: int, timeout: float | None = None) -> None:
+        """Until the node on ``port`` is a master and the cluster is ok again."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        while "role:master" not in _ask(replica_port, "INFO", "replication"):
+        while True:
+            try:
+                if "role:master" in _ask(port, "INFO", "replication"):
+                    break
+            except OSError:
+                pass
             if time.monotonic() > deadline:
-                raise StackError(f"the replica on {replica_port} did not take over")
+                raise StackError(f"the node on {port} did not become a master")
             time.sleep(0.05)
         self.wait_ok(timeout)
 
