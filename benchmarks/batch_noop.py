@@ -21,7 +21,7 @@ from semirec.streams.batch_transport import BatchAgent
 def main() -> None:
     settings = Settings.from_env()
     n = int(os.environ["BENCH_EVENTS"])
-    app = create_app(settings, app_id=f"{settings.consumer_group}-batch-noop")
+    app = create_app(settings, app_id=f"{settings.events_group}-batch-noop")
     topic = raw_topic(app, settings.topics.events, settings.event_partitions)
     seen = {"n": 0, "t0": 0.0}
 

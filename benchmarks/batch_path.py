@@ -24,7 +24,7 @@ from semirec.streams.messages import Record
 async def main(n: int) -> float:
     s = Settings.from_env()
     consumer = AIOKafkaConsumer(
-        s.topics.events, **s.kafka_kwargs(), group_id=f"{s.consumer_group}-batch-path",
+        s.topics.events, **s.kafka_kwargs(), group_id=f"{s.events_group}-batch-path",
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.batch_max,
         session_timeout_ms=round(s.session_timeout_s * 1000),
         heartbeat_interval_ms=round(s.heartbeat_interval_s * 1000),

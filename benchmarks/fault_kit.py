@@ -36,7 +36,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(LOCAL_GROUP_TIMINGS)
     env.update({"SEMIREC_KAFKA": settings.kafka, "SEMIREC_REDIS_URL": settings.redis_url,
-                "SEMIREC_CONSUMER_GROUP": settings.consumer_group,
+                "SEMIREC_CONSUMER_GROUP": settings.events_group,
                 "SEMIREC_EVENT_PARTITIONS": str(settings.event_partitions)})
     for f in fields(Topics):
         env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)

@@ -242,7 +242,7 @@ async def triton_restart(settings: Settings, n: int, workdir: Path, *, rate: flo
         row.ok &= counted == fallbacks_seen
         letters = await consume_all(settings, settings.topics.events_dlq, 0, 2)
         row.ok &= not letters
-        group = await committed(settings, settings.consumer_group,
+        group = await committed(settings, settings.events_group,
                                 settings.topics.recommendation_requests, settings.event_partitions)
         row.ok &= all(group.get(p, 0) >= e for p, e in load.request_ends.items())
         row.ok &= "Traceback" not in log.read_text(errors="replace")
@@ -311,7 +311,7 @@ async def fuzzed_requests(settings: Settings, n: int, workdir: Path) -> Row:
                 if proc.poll() is not None:
                     tail = log.read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"worker exited with {proc.returncode}:\n{tail}")
-                got = await committed(settings, settings.consumer_group, topic,
+                got = await committed(settings, settings.events_group, topic,
                                       settings.event_partitions)
                 if all(got.get(p, 0) >= e for p, e in ends.items()):
                     break

@@ -19,7 +19,7 @@ from semirec.streams.app import create_app, raw_topic
 def main() -> None:
     settings = Settings.from_env()
     n = int(os.environ["BENCH_EVENTS"])
-    app = create_app(settings, app_id=f"{settings.consumer_group}-noop")
+    app = create_app(settings, app_id=f"{settings.events_group}-noop")
     topic = raw_topic(app, settings.topics.events, settings.event_partitions)
     seen = {"n": 0, "t0": 0.0}
 

@@ -15,11 +15,14 @@ One run, one machine, one embedded stack (Tansu + redis-server):
   worker_cpu_us_per_event  CPU microseconds per event the worker, the broker and redis-server
                        spent during that run (steadier than rates on a shared machine)
   two_workers_events_per_s  the same with two worker processes in one group (4 partitions)
+  cluster_worker_events_per_s  with --redis-cluster: one worker writing to a local 3-master
+                       Redis Cluster (semirec.core.redis_cluster) instead of one redis-server;
+                       cluster_worker_cpu_us_per_event: its CPU per event (worker and the 3 nodes)
   costs_us_per_event   the ingest path's per-event cost by stage (benchmarks/ingest_costs.py)
   redis_bytes_per_user MEMORY USAGE of a user key with full sequences (target <= 2x packed)
   packed_bytes_per_user len() of the packed state
 
-Usage: python -m benchmarks.ingest [--events N] [--users U] [--json]
+Usage: python -m benchmarks.ingest [--events N] [--users U] [--redis-cluster] [--json]
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ async def committed_total(settings: Settings) -> int:
     await admin.start()
     try:
         tps = [TopicPartition(settings.topics.events, p) for p in range(settings.event_partitions)]
-        got = await admin.list_consumer_group_offsets(settings.consumer_group, partitions=tps)
+        got = await admin.list_consumer_group_offsets(settings.events_group, partitions=tps)
         return sum(m.offset for m in got.values() if m.offset > 0)
     finally:
         await admin.close()
@@ -125,7 +128,7 @@ async def worker_rate(settings: Settings, n: int, env: dict[str, str], log: Path
     measure of the work per event than the rate."""
     r = sync_redis_client(settings.redis_url)
     env = {**env, "SEMIREC_REDIS_URL": settings.redis_url,
-           "SEMIREC_CONSUMER_GROUP": settings.consumer_group}
+           "SEMIREC_CONSUMER_GROUP": settings.events_group}
     procs = []
     for i in range(workers):
         with open(log.with_suffix(f".{i}.log"), "wb") as out:
@@ -203,7 +206,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                   for i in range(RAW_PASSES)]
         raw = statistics.median(passes)
         env = {**os.environ, **stack.addresses.env(), **LOCAL_GROUP_TIMINGS,
-               "SEMIREC_CONSUMER_GROUP": settings.consumer_group, "SEMIREC_COMMIT_INTERVAL_S": "0.2"}
+               "SEMIREC_CONSUMER_GROUP": settings.events_group, "SEMIREC_COMMIT_INTERVAL_S": "0.2"}
         for f in fields(Topics):
             env[f"SEMIREC_TOPIC_{f.name.upper()}"] = getattr(settings.topics, f.name)
         noop = reference_rate("faust_noop.py", "faust_noop_events_per_s", len(messages), env)
@@ -223,6 +226,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                                             workers=2)
         costs = reference_costs(len(messages), {**env, "SEMIREC_REDIS_URL": settings.redis_url
                                                 .rsplit("/", 1)[0] + "/3"})
+        cluster = await cluster_rate(settings, len(messages), env) if args.redis_cluster else {}
     return {
         "events": len(messages), "users": users,
         "raw_consume_per_s": round(raw), "raw_consume_passes": [round(p) for p in passes],
@@ -241,13 +245,33 @@ async def main_async(args: argparse.Namespace) -> dict:
         "costs_us_per_event": costs,
         "redis_bytes_per_user": round(used), "packed_bytes_per_user": round(packed),
         "redis_over_packed": round(used / packed, 3),
+        **cluster,
     }
+
+
+async def cluster_rate(settings: Settings, n: int, env: dict[str, str]) -> dict:
+    """One worker writing to a local 3-master Redis Cluster."""
+    from semirec.core.redis_cluster import LocalRedisCluster
+
+    with LocalRedisCluster(masters=3) as cluster, tempfile.TemporaryDirectory() as tmp:
+        on_cluster = replace(settings, consumer_group="bench-cluster", redis_url=cluster.url)
+        cpu: dict[str, float] = {}
+        nodes = {f"redis{i}": proc.pid for i, proc in enumerate(cluster.procs.values())}
+        rate = await worker_rate(on_cluster, n, env, Path(tmp) / "cluster.log", cpu=cpu,
+                                 stack_pids=nodes)
+    per_event = {"worker": cpu.get("worker", 0.0),
+                 "redis_nodes": sum(v for k, v in cpu.items() if k.startswith("redis"))}
+    return {"cluster_worker_events_per_s": round(rate),
+            "cluster_worker_cpu_us_per_event": {k: round(v / n * 1e6, 1)
+                                                for k, v in per_event.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="also measure one worker writing to a local 3-master Redis Cluster")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

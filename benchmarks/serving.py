@@ -257,8 +257,8 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
     procs = []
     # as deployed (docker-compose, the demo): ingest and recommendation agents in their own
     # processes and consumer groups
-    for agent, group in (("ingest", settings.consumer_group),
-                         ("recommend", f"{settings.consumer_group}-recommend")):
+    for agent, group in (("ingest", settings.events_group),
+                         ("recommend", f"{settings.events_group}-recommend")):
         with open(log.with_name(f"{agent}.log"), "ab") as out:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "semirec", "worker", "--agent", agent],

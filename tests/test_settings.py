@@ -5,9 +5,9 @@ from __future__ import annotations
 import faust
 import pytest
 
-from semirec.core.faults import EXIT_CONFIG, FatalError, classify
 from semirec.core.redis_client import redis_client, sync_redis_client
 from semirec.core.settings import Settings, SettingsError
+from semirec.core.urls import redact
 from semirec.streams.app import broker_credentials
 
 
@@ -43,16 +43,28 @@ def test_bad_values_are_clear_errors(env, message) -> None:
         Settings.from_env(env)
 
 
-def test_redis_cluster_urls_are_configuration_errors() -> None:
-    """The client factory is where a cluster client will be chosen; until then both the settings
-    and the factory refuse a cluster URL, as a configuration fault (exit 78), password hidden."""
-    with pytest.raises(SettingsError, match="Redis Cluster is not supported yet"):
-        Settings.from_env({"SEMIREC_REDIS_URL": "redis+cluster://r:7000/0"})
-    for make in (redis_client, sync_redis_client):
-        with pytest.raises(FatalError, match="Redis Cluster is not supported yet") as err:
-            make("rediss+cluster://:s3cret@r:7000/0")
-        fault = classify(err.value, kafka="k:9092", redis_url="", triton="t:8001")
-        assert fault is not None and fault.exit_code == EXIT_CONFIG and "s3cret" not in fault.message
+def test_redis_cluster_urls_choose_the_cluster_client() -> None:
+    """A ``redis+cluster://`` URL (any nodes of the cluster) makes the one factory build redis-py's
+    cluster client; a database other than 0 is a configuration error; passwords never show."""
+    import redis.asyncio.cluster as aiocluster
+
+    s = Settings.from_env({"SEMIREC_REDIS_URL": "redis+cluster://r1:7000,r2:7001"})
+    assert s.redis_url == "redis+cluster://r1:7000,r2:7001"
+    with pytest.raises(SettingsError, match="only database 0"):
+        Settings.from_env({"SEMIREC_REDIS_URL": "redis+cluster://r:7000/1"})
+    with pytest.raises(SettingsError, match="not host:port"):
+        Settings.from_env({"SEMIREC_REDIS_URL": "redis+cluster://r:7000,r:x"})
+    client = redis_client("rediss+cluster://u:s3cret@r1:7000,r2:7001/0", socket_timeout=1.0)
+    assert isinstance(client, aiocluster.RedisCluster)
+    assert [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()] == \
+        [("r1", 7000), ("r2", 7001)]
+    kwargs = client.nodes_manager.connection_kwargs
+    assert (kwargs["password"], kwargs["username"], kwargs["socket_timeout"]) == ("s3cret", "u", 1.0)
+    assert redact("rediss+cluster://u:s3cret@r1:7000,r2:7001/0") == \
+        "rediss+cluster://u:***@r1:7000,r2:7001/0"
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"SEMIREC_REDIS_URL": "redis+cluster://:s3cret@r:7000/2"})
+    assert "s3cret" not in str(err.value)
 
 
 def test_redis_clients_keep_their_options() -> None:

@@ -147,11 +147,12 @@ async def _serve(settings: Settings, groups: list[str], topics: list[str], port:
 
 @click.command()
 @click.option("--group", "-g", "groups", multiple=True, metavar="G",
-              help="Consumer group (repeatable). Default: our groups (SEMIREC_CONSUMER_GROUP and "
-                   "any group named semirec* that the broker lists).")
+              help="Consumer group (repeatable). Default: our groups (ingest's: "
+                   "SEMIREC_CONSUMER_GROUP or SEMIREC_INGEST_GROUP, and any group named semirec* "
+                   "that the broker lists).")
 @click.option("--topic", "-t", "topics", multiple=True, metavar="T",
               help="Topic (repeatable). Default: every topic the group has committed offsets for "
-                   "(for SEMIREC_CONSUMER_GROUP before its first commit: the events topic).")
+                   "(for ingest's group before its first commit: the events topic).")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"partitions": [...], "total_lag": N}; one line per sample with --watch.')
 @click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",

@@ -52,8 +52,11 @@ def _load(ref: str):
 def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> None:
     """Run stream agents (default: all) until SIGINT/SIGTERM.
 
-    Reads addresses from SEMIREC_* variables. Start more workers with the same
-    SEMIREC_CONSUMER_GROUP to share the partitions.
+    Reads addresses from SEMIREC_* variables. A worker running one agent joins that agent's
+    consumer group (SEMIREC_INGEST_GROUP, SEMIREC_CATALOG_GROUP, SEMIREC_RECOMMEND_GROUP;
+    SEMIREC_CONSUMER_GROUP overrides): start more such workers to share the partitions. Topics
+    are created if missing; existing ones must have SEMIREC_EVENT_PARTITIONS partitions (else
+    exit 78). SEMIREC_INSTANCE_ID (unique per worker) turns on static group membership.
     """
     from faust.worker import Worker
 
@@ -68,8 +71,8 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
     topics: dict[str, int] = {}
     for name in chosen:
         topics.update(_load(AGENT_PLUGINS[name][1])(settings))
-    asyncio.run(ensure_topics(settings, topics))
-    app = create_app(settings)
+    asyncio.run(ensure_topics(settings, topics, check=True))
+    app = create_app(settings, app_id=settings.group_for(chosen))
     if settings.metrics_port:
         from semirec.streams.health import serve_health
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semirec.core.settings import Settings, SettingsError
-from semirec.core.urls import redact
+from semirec.core.urls import is_cluster_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo += [e for e in (cur.__cause__, cur.__context__) if e is not None]
 
 
+@functools.cache
+def _cluster_transient() -> tuple[type[BaseException], ...]:
+    import redis.exceptions as rex
+
+    return (rex.MovedError, rex.AskError, rex.TryAgainError, rex.ClusterDownError,
+            rex.MasterDownError, rex.SlotNotCoveredError, rex.RedisClusterUnreachableError,
+            rex.ReadOnlyError)
+
+# replies of a node in the middle of a failover, whatever class redis-py gave them
+_TRANSIENT_REPLIES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN",
+                      "LOADING")
+
+
 def _redis_fault(exc: BaseException, redis_url: str) -> Fault | None:
     import redis.exceptions as rex
 
@@ -91,6 +105,20 @@ def _redis_fault(exc: BaseException, redis_url: str) -> Fault | None:
     ):
         return Fault("auth", f"{where} refused the credentials ({text}): fix the password "
                              "(and user) in SEMIREC_REDIS_URL")
+    if isinstance(exc, rex.MovedError | rex.AskError) and not is_cluster_url(redis_url):
+        return Fault("config", f"{where} is a Redis Cluster node ({text}): address the cluster "
+                               "with SEMIREC_REDIS_URL=redis+cluster://host:port[,host:port...]")
+    if isinstance(exc, _cluster_transient()) or (
+            isinstance(exc, rex.ResponseError) and text.startswith(_TRANSIENT_REPLIES)):
+        # a failover or a resharding in progress (the cluster client already followed the
+        # redirections it could): the cluster settles within seconds, so retry
+        return Fault("unavailable", f"{where} is failing over or resharding: {text}")
+    if isinstance(exc, rex.RedisClusterException):
+        if "not enabled" in text:
+            return Fault("config", f"{where} is not a Redis Cluster ({text}): address one server "
+                                   "with SEMIREC_REDIS_URL=redis://host:port/0")
+        if "cannot be connected" in text or "reachable" in text:
+            return Fault("unavailable", f"cannot reach {where}: {text}")
     if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.BusyLoadingError):
         if "SSL" in text or "certificate" in text:
             return Fault("config", f"TLS with {where} failed ({text}): check the rediss:// URL "

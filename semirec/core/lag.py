@@ -199,13 +199,14 @@ async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Seq
                           timeout_s: float = 10.0) -> list[GroupTarget]:
     """Which groups on which topics, as ``kafka-consumer-groups --describe`` decides:
 
-    - ``topics`` given: each group on those topics (with no ``groups``: SEMIREC_CONSUMER_GROUP
-      and those of our other groups that have committed offsets there);
+    - ``topics`` given: each group on those topics (with no ``groups``: ingest's group,
+      SEMIREC_CONSUMER_GROUP or SEMIREC_INGEST_GROUP, and those of our other groups that have
+      committed offsets there);
     - only ``groups``: each group on every topic it has committed offsets for (none: the
       group does not exist);
-    - neither: our own groups (SEMIREC_CONSUMER_GROUP and any group the broker lists whose
-      name starts with ``semirec``), each on its topics; SEMIREC_CONSUMER_GROUP before its
-      first commit is shown on the events topic (everything there is its backlog).
+    - neither: our own groups (ingest's and any group the broker lists whose name starts with
+      ``semirec``), each on its topics; ingest's group before its first commit is shown on the
+      events topic (everything there is its backlog).
     """
     admin = AIOKafkaAdminClient(**settings.kafka_kwargs(), request_timeout_ms=int(timeout_s * 1000))
     try:
@@ -218,20 +219,20 @@ async def resolve_targets(settings: Settings, groups: Sequence[str], topics: Seq
             listed = {g for g, *_ in await admin.list_consumer_groups()}
         except Exception:  # not every broker answers ListGroups (Tansu); offsets still tell
             listed = set()
-        ours = sorted(g for g in listed if g.startswith("semirec") and g != settings.consumer_group)
-        chosen = list(groups) or [settings.consumer_group, *ours]
+        ours = sorted(g for g in listed if g.startswith("semirec") and g != settings.events_group)
+        chosen = list(groups) or [settings.events_group, *ours]
         scope = await (_partitions(admin, topics) if topics else _all_partitions(admin))
         out = []
         for group in chosen:
             found = await _group_topics(admin, group, scope)
             exists = bool(found) or group in listed
-            if topics and not groups and group != settings.consumer_group and not found:
+            if topics and not groups and group != settings.events_group and not found:
                 continue  # --topic alone: our other groups only where they consume it
             if topics:
                 out.append(GroupTarget(group, list(topics), exists))
             elif found:
                 out.append(GroupTarget(group, found, exists))
-            elif not groups and group == settings.consumer_group:
+            elif not groups and group == settings.events_group:
                 out.append(GroupTarget(group, [settings.topics.events], exists))
             else:
                 out.append(GroupTarget(group, [], exists))

@@ -51,6 +51,15 @@ EVENTS_PROCESSED = Counter(
 EVENTS_REJECTED = Counter(
     "semirec_events_rejected", "Messages sent to the dead-letter topic, by reason code.",
     ["agent", "reason"], registry=REGISTRY)
+EVENTS_REPLAY_SKIPPED = Counter(
+    "semirec_events_replay_skipped", "Events skipped by replay protection: offset at or below "
+    "the last one the user's state applied from that partition (a batch consumed again after a "
+    "crash or rebalance).", ["agent"], registry=REGISTRY)
+REPLAY_RESETS = Counter(
+    "semirec_replay_protection_resets", "User states whose last applied offset of a partition "
+    "lay at or past the partition's log end (the topic was recreated or mirrored to another "
+    "cluster): their replay protection for it was reset and the events applied.", ["agent"],
+    registry=REGISTRY)
 PROCESSING_SECONDS = Histogram(
     "semirec_processing_seconds", "Wall time of one processing stage (e.g. a whole batch).",
     ["agent", "stage"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
@@ -114,6 +123,12 @@ class AgentMetrics:
 
     def processed(self, n: int = 1) -> None:
         self._processed.inc(n)
+
+    def replay_skipped(self, n: int) -> None:
+        EVENTS_REPLAY_SKIPPED.labels(self.agent).inc(n)
+
+    def replay_reset(self, n: int) -> None:
+        REPLAY_RESETS.labels(self.agent).inc(n)
 
     def rejected(self, reason: str, n: int = 1) -> None:
         EVENTS_REJECTED.labels(self.agent, reason).inc(n)

@@ -7,7 +7,7 @@ Every process (worker, CLI, trainer, tests) builds its view of the world from
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,17 @@ class Settings:
     dedup_window: int = 64
     event_partitions: int = 4
     topic_replication: int = 1
-    consumer_group: str = "semirec-ingest"
+    # Kafka consumer groups: each agent has its own (a worker running one agent joins it); a
+    # worker running several agents joins "semirec-<agents, sorted, joined by '-'>"; a non-empty
+    # SEMIREC_CONSUMER_GROUP puts every agent of the worker in that one group instead.
+    consumer_group: str = ""
+    ingest_group: str = "semirec-ingest"
+    catalog_group: str = "semirec-catalog"
+    recommend_group: str = "semirec-recommend"
+    # Static group membership (Kafka group.instance.id): a worker restarted with the same id
+    # within the session timeout gets its partitions back without a rebalance. Unique per
+    # worker process (e.g. the pod or host name); "" = dynamic membership.
+    instance_id: str = ""
     batch_max: int = 5000  # events per ingest batch under backlog (docs/ingest.md: -15% CPU vs 2,000)
     batch_within_s: float = 0.05
     encoder_checkpoint: str = ""  # item-encoder checkpoint dir; "" = the untrained fusion
@@ -217,6 +227,19 @@ class Settings:
             raise SettingsError("SEMIREC_RANK_TIMEOUT_MS, SEMIREC_REC_CONCURRENCY and "
                                 "SEMIREC_POPULARITY_WINDOW_HOURS must be positive, "
                                 "SEMIREC_RANK_BATCH 1..64 (the ranker's max_batch_size)")
+
+    def group_for(self, agents: Sequence[str]) -> str:
+        """The consumer group a worker running ``agents`` joins (see ``consumer_group``)."""
+        if self.consumer_group:
+            return self.consumer_group
+        if len(agents) == 1:
+            return getattr(self, f"{agents[0]}_group")
+        return "semirec-" + "-".join(sorted(agents))
+
+    @property
+    def events_group(self) -> str:
+        """The group whose backlog on the events topic is ingest's (tools' default)."""
+        return self.consumer_group or self.ingest_group
 
     def kafka_kwargs(self) -> dict[str, Any]:
         """``bootstrap_servers`` plus security options for any aiokafka client."""

@@ -5,8 +5,11 @@ output. The braces make the user id the Redis Cluster hash tag, so every operati
 one slot. Writes go through a small Lua compare-and-set on the blob's header (format and
 write version), one script call per chunk of users, each key decided on its own: a lost race
 (e.g. a zombie worker after a rebalance) is detected and the caller re-reads and re-applies;
-the applied offsets inside the state make that idempotent. The chunked script (and MGET)
-touch keys in many slots: a Redis Cluster client must group them by slot first.
+the applied offsets inside the state make that idempotent.
+
+On a Redis Cluster (:func:`semirec.core.redis_client.is_cluster`) a chunk's keys live in many
+slots, so the same script runs once per user, all of a chunk's calls in one cluster pipeline
+(one round trip per node), and reads are MGETs split by slot (again one round trip per node).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
 
-from semirec.core.redis_client import redis_client
+from semirec.core.redis_client import is_cluster, redis_client, script_calls
 from semirec.core.sequences import UserState, pack, unpack, version_token
 
 USER_PREFIX = "semirec:user:"
@@ -60,6 +63,7 @@ class SequenceStore:
     def __init__(self, client: aioredis.Redis, *, cache_users: int = 0) -> None:
         self.client = client
         self._cas = client.register_script(_CAS)
+        self.cluster = is_cluster(client)
         self.cache_users = cache_users
         self._cache: OrderedDict[str, tuple[bytes, UserState]] = OrderedDict()
 
@@ -114,8 +118,9 @@ class SequenceStore:
 
     async def load_blobs(self, user_ids: Sequence[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
+        read = self.client.mget_nonatomic if self.cluster else self.client.mget
         for lo in range(0, len(user_ids), CHUNK):
-            out += await self.client.mget([user_key(u) for u in user_ids[lo : lo + CHUNK]])
+            out += await read([user_key(u) for u in user_ids[lo : lo + CHUNK]])
         return out
 
     async def compare_and_set(self, writes: Iterable[tuple[str, bytes, bytes]]) -> list[bool]:
@@ -127,10 +132,21 @@ class SequenceStore:
         won: list[bool] = []
         for lo in range(0, len(writes), CHUNK):
             chunk = writes[lo : lo + CHUNK]
+            if self.cluster:
+                won += await self._cas_per_key(chunk)
+                continue
             args = [part for _, token, new in chunk for part in (token, new)]
             got = await self._cas(keys=[user_key(uid) for uid, _, _ in chunk], args=args)
             won += [bool(r) for r in got]
         return won
+
+    async def _cas_per_key(self, chunk: Sequence[tuple[str, bytes, bytes]]) -> list[bool]:
+        """The compare-and-set of each user on its own, all in one cluster pipeline. An error
+        raises: the caller retries the batch, and the writes that did land then lose their
+        compare-and-set and are re-read and re-applied (a no-op: the applied offsets)."""
+        got = await script_calls(self.client, self._cas,  # type: ignore[arg-type]
+                                 [([user_key(uid)], [token, new]) for uid, token, new in chunk])
+        return [bool(r[0]) for r in got]
 
     async def get(self, user_id: str) -> UserState | None:
         blob = await self.client.get(user_key(user_id))

@@ -12,11 +12,19 @@ reads per candidate (:func:`watch_counts`).
 
 Counting is at-least-once: a batch replayed after a crash between the count and the commit is
 counted twice. Popularity is a ranking signal, so this is accepted (exact sequences are not).
+
+On a Redis Cluster every one of these keys is split into :data:`CLUSTER_SHARDS` shards, each
+with its own hash tag (``semirec:video:watches{pop7}``, ``semirec:pop:<hour>{pop7}``,
+``semirec:pop:hours{pop7}``; a video's shard is ``crc32(id) % CLUSTER_SHARDS``), so the counts
+spread over the cluster's slots and nodes instead of one hot slot. A batch runs the same script
+once per shard, in one cluster pipeline (one round trip per node); readers gather the shards.
+On one server the keys keep their plain names (one shard).
 """
 
 from __future__ import annotations
 
 import weakref
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 
@@ -26,16 +34,31 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from semirec.core.contracts import Domain, Event
+from semirec.core.redis_client import is_cluster, script_calls
 
 HOURS_KEY = "semirec:pop:hours"
 WATCHES_KEY = "semirec:video:watches"
 COMPLETES_KEY = "semirec:video:completes"
 PREFIX = "semirec:pop:"
 KEEP_S = 14 * 24 * 3600  # wall-clock expiry of an hour's counts
+CLUSTER_SHARDS = 32  # hash tags the counts spread over on a Redis Cluster
 
 
-def hour_key(hour: int) -> str:
-    return f"{PREFIX}{hour}"
+def shards_of(client: aioredis.Redis) -> int:
+    return CLUSTER_SHARDS if is_cluster(client) else 1
+
+
+def sharded(key: str, shard: int, shards: int) -> str:
+    """``key`` of one shard: the plain name with one shard, else with the shard's hash tag."""
+    return key if shards == 1 else f"{key}{{pop{shard}}}"
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    return zlib.crc32(item_id.encode()) % shards if shards > 1 else 0
+
+
+def hour_key(hour: int, shard: int = 0, shards: int = 1) -> str:
+    return sharded(f"{PREFIX}{hour}", shard, shards)
 
 
 # One call per batch: the counts travel as one msgpack argument and Redis applies them, instead
@@ -89,25 +112,64 @@ async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_
                 counts[item] += 1
     if not watches:
         return 0
+    shards = shards_of(client)
+    script = _count_script(client)
+    if shards == 1:
+        keys, args = _count_call(watches, completes, per_hour, 0, 1)
+        await script(keys=keys, args=args)
+        return sum(completes.values())
+    shard = {item: shard_of(item, shards) for item in watches}
+    parts: dict[int, tuple[dict[str, int], dict[str, int], dict[int, Counter[str]]]] = {}
+    for item, n in watches.items():
+        part = parts.get(shard[item])
+        if part is None:
+            parts[shard[item]] = part = ({}, {}, {})
+        part[0][item] = n
+        if item in completes:
+            part[1][item] = completes[item]
+    for hour, counts in per_hour.items():
+        for item, n in counts.items():
+            hours = parts[shard[item]][2]
+            if hour not in hours:
+                hours[hour] = Counter()
+            hours[hour][item] = n
+    calls = [_count_call(w, c, h, s, shards) for s, (w, c, h) in parts.items()]
+    await script_calls(client, script, calls)  # type: ignore[arg-type]
+    return sum(completes.values())
+
+
+def _count_call(watches: dict[str, int], completes: dict[str, int],
+                per_hour: dict[int, Counter[str]], shard: int, shards: int) -> tuple[list[str], list]:
+    """The count script's keys and arguments for one shard's items."""
     hours = sorted(per_hour)
     payload = _msgpack.encode((
         [(item, n, completes.get(item, 0)) for item, n in watches.items()],
         [(str(h), [x for pair in per_hour[h].items() for x in pair]) for h in hours]))
-    await _count_script(client)(keys=[WATCHES_KEY, COMPLETES_KEY, HOURS_KEY,
-                                      *map(hour_key, hours)], args=[payload, KEEP_S])
-    return sum(completes.values())
+    keys = [sharded(WATCHES_KEY, shard, shards), sharded(COMPLETES_KEY, shard, shards),
+            sharded(HOURS_KEY, shard, shards), *(hour_key(h, shard, shards) for h in hours)]
+    return keys, [payload, KEEP_S]
 
 
 async def watch_counts(client: aioredis.Redis, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(watches, completes) of each video so far, float32 (0 for a video never watched)."""
     if not item_ids:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    shards = shards_of(client)
+    by_shard: dict[int, list[int]] = {}
+    for row, item in enumerate(item_ids):
+        by_shard.setdefault(shard_of(item, shards), []).append(row)
+    watches = np.zeros(len(item_ids), np.float32)
+    completes = np.zeros(len(item_ids), np.float32)
     async with client.pipeline(transaction=False) as pipe:
-        pipe.hmget(WATCHES_KEY, item_ids)
-        pipe.hmget(COMPLETES_KEY, item_ids)
-        got_w, got_c = await pipe.execute()
-    return (np.asarray([int(v or 0) for v in got_w], np.float32),
-            np.asarray([int(v or 0) for v in got_c], np.float32))
+        for shard, rows in by_shard.items():
+            names = [item_ids[r] for r in rows]
+            pipe.hmget(sharded(WATCHES_KEY, shard, shards), names)
+            pipe.hmget(sharded(COMPLETES_KEY, shard, shards), names)
+        got = await pipe.execute()
+    for n, rows in enumerate(by_shard.values()):
+        watches[rows] = [int(v or 0) for v in got[2 * n]]
+        completes[rows] = [int(v or 0) for v in got[2 * n + 1]]
+    return watches, completes
 
 
 class PopularitySnapshot:
@@ -121,17 +183,26 @@ class PopularitySnapshot:
         self.version = 0  # bumped by every refresh (callers cache what they derive from it)
 
     async def refresh(self, client: aioredis.Redis) -> None:
-        newest = await client.zrevrange(HOURS_KEY, 0, 0, withscores=True)
+        shards = shards_of(client)
+        hours_keys = [sharded(HOURS_KEY, s, shards) for s in range(shards)]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in hours_keys:
+                pipe.zrevrange(key, 0, 0, withscores=True)
+            newest = [row for got in await pipe.execute() for row in got]
         self.version += 1
         if not newest:
             self.counts, self.ranked, self.newest_hour = {}, [], None
             return
-        top = int(newest[0][1])
-        hours = await client.zrangebyscore(HOURS_KEY, top - self.window_hours + 1, top)
+        top = max(int(score) for _, score in newest)
+        async with client.pipeline(transaction=False) as pipe:
+            for key in hours_keys:
+                pipe.zrangebyscore(key, top - self.window_hours + 1, top)
+            per_shard = await pipe.execute()
         total: Counter[str] = Counter()
         async with client.pipeline(transaction=False) as pipe:
-            for h in hours:
-                pipe.hgetall(hour_key(int(h)))
+            for shard, hours in enumerate(per_shard):
+                for h in hours:
+                    pipe.hgetall(hour_key(int(h), shard, shards))
             for got in await pipe.execute():
                 for item, n in got.items():
                     total[item.decode()] += int(n)

@@ -35,7 +35,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
 
     brokers = [f"kafka://{h.strip()}" for h in settings.kafka.split(",") if h.strip()]
     app = faust.App(
-        app_id or settings.consumer_group,
+        app_id or settings.events_group,  # the consumer group (cli/worker.py: group_for)
         broker=brokers,
         broker_credentials=broker_credentials(settings),
         broker_session_timeout=settings.session_timeout_s,
@@ -44,6 +44,9 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.batch_max,
         consumer_auto_offset_reset="earliest",
+        # static membership (SEMIREC_INSTANCE_ID): a restart within the session timeout keeps
+        # the worker's partitions, no rebalance of the whole group
+        consumer_group_instance_id=settings.instance_id or None,
         # Do not wait for in-flight batches on stop or rebalance: a batch retrying an outage may
         # never finish, and SIGTERM must stop the worker within seconds. Nothing is lost: agents
         # ack a batch only after writing it, only acked offsets are committed, and a replay of

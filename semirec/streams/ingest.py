@@ -19,6 +19,7 @@ and acknowledged before the state write (docs/online-training.md).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import Counter, defaultdict
@@ -48,6 +49,8 @@ class BatchOutcome:
     applied_events: int = 0  # events that changed a sequence
     users_written: int = 0
     cas_conflicts: int = 0
+    replay_skipped: int = 0  # events at or below their user's applied offset (a replay)
+    replay_resets: int = 0  # user partitions whose applied offset lay past the log end
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     events: list[tuple[Message, Event]] = field(default_factory=list)  # the valid ones
     # user_id -> the newest (message, event) of each user whose state was written in this batch
@@ -55,6 +58,8 @@ class BatchOutcome:
 
 
 AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
+# partition -> its log end offset (the consumer's high watermark), None when unknown
+LogEnd = Callable[[int], int | None]
 # user_id -> partition -> (event, offset) in offset order
 ByUser = dict[str, dict[int, list[tuple[Event, int]]]]
 _offset = itemgetter(1)
@@ -72,8 +77,12 @@ class IngestProcessor:
                  *, retry_max_s: float = 5.0, metrics: AgentMetrics | None = None,
                  after_write: AfterWrite | None = None,
                  before_save: BeforeSave | None = None,
-                 alongside: Alongside | None = None) -> None:
+                 alongside: Alongside | None = None,
+                 log_end: LogEnd | None = None) -> None:
         self.settings = settings
+        # a state that applied an offset the partition never reached (log end) comes from
+        # another incarnation of the topic: its replay protection is reset, not trusted
+        self.log_end = log_end
         # work on the batch's valid events that needs no state (popularity counts): runs while
         # the state is written, awaited before the after-write hook and the ack
         self.alongside = alongside
@@ -137,6 +146,10 @@ class IngestProcessor:
         m.observe("batch", seconds)
         m.batch(out.messages)
         m.processed(len(out.events))
+        if out.replay_skipped:
+            m.replay_skipped(out.replay_skipped)
+        if out.replay_resets:
+            m.replay_reset(out.replay_resets)
         for reason, n in out.rejected.items():
             m.rejected(reason, n)
         m.state_written([e.ts for _, e in out.events],
@@ -158,7 +171,7 @@ class IngestProcessor:
             blobs = None
             try:
                 for uid, (token, state) in zip(pending, loaded, strict=True):
-                    if applied := self._apply(state, by_user[uid], samples, stamps):
+                    if applied := self._apply(state, by_user[uid], samples, stamps, out):
                         state.version += 1
                         writes.append((uid, token, state, applied))
                     if log_samples is not None and len(samples) >= SAMPLES_CHUNK:
@@ -189,10 +202,14 @@ class IngestProcessor:
 
     def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]],
                samples: list[TrainingSample] | None = None,
-               stamps: dict[tuple[int, int], float] | None = None) -> int:
+               stamps: dict[tuple[int, int], float] | None = None,
+               out: BatchOutcome | None = None) -> int:
         applied = 0
         for partition, pairs in parts.items():
             pairs.sort(key=_offset)  # already in offset order when read from one fetch
+            last = state.applied.get(partition)
+            if last is not None and pairs[0][1] <= last and out is not None:
+                self._replayed(state, partition, last, pairs, out)
             observe = None
             if stamps is not None and samples is not None:
                 def observe(s: UserState, e: Event, o: int, p: int = partition) -> None:
@@ -201,6 +218,22 @@ class IngestProcessor:
                              dedup_window=self.settings.dedup_window, before_watch=observe)
         return applied
 
+    def _replayed(self, state: UserState, partition: int, last: int,
+                  pairs: list[tuple[Event, int]], out: BatchOutcome) -> None:
+        """Some of ``pairs`` are at or below the state's applied offset: a replay, counted; or,
+        when that offset is at or past the partition's log end, a state from an earlier topic
+        of the same name (recreated, or mirrored from another cluster): trusting it would skip
+        every event up to there, so its offset is forgotten and the events applied (the
+        item/timestamp and event-id rules still drop true duplicates)."""
+        end = self.log_end(partition) if self.log_end is not None else None
+        if end is not None and last >= end:
+            del state.applied[partition]
+            out.replay_resets += 1
+            log.warning("user state applied offset %d of partition %d, past its log end %d: "
+                        "the topic was recreated or mirrored; applying its events again",
+                        last, partition, end)
+            return
+        out.replay_skipped += bisect.bisect_right(pairs, last, key=_offset)
 
 def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
     """After the batch's own work stopped (done or raised): cancel what still runs, and mark the
@@ -278,6 +311,21 @@ def publish_samples(producer: Producer, settings: Settings, partitioner: Partiti
     return before_save
 
 
+def high_watermark(app: Any, topic: str) -> LogEnd:
+    """The worker's consumer's high watermark of ``topic``'s partitions (None before its first
+    fetch of one)."""
+    from faust.types import TP
+
+    def log_end(partition: int) -> int | None:
+        try:
+            end = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # no consumer (yet), or the partition is not assigned here
+            return None
+        return end if isinstance(end, int) and end >= 0 else None
+
+    return log_end
+
+
 def register_ingest(app: Any, settings: Settings) -> None:
     """Attach the ingest agent to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
@@ -295,7 +343,7 @@ def register_ingest(app: Any, settings: Settings) -> None:
             store = SequenceStore.from_url(settings.redis_url,
                                            cache_users=settings.state_cache_users)
             processors.append(IngestProcessor(
-                settings, store, to_dlq,
+                settings, store, to_dlq, log_end=high_watermark(app, settings.topics.events),
                 after_write=announce_changes(app.producer._ensure_producer, settings, partitioner),
                 alongside=count_popularity(store, settings),
                 before_save=publish_samples(app.producer._ensure_producer, settings, partitioner)
