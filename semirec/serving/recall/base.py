@@ -3,7 +3,7 @@ and :func:`merge`, which keeps the first source's candidate when several find th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from semirec.core.sequences import Entry, UserState
 from semirec.serving.catalog import CatalogIndex
+from semirec.serving.popularity import PopularitySnapshot
 
 Ranked = Iterable[tuple[str, float]]  # (video id, similarity to the user's profile), best first
 
@@ -97,3 +98,23 @@ def mixed(profiles: dict[str, np.ndarray | None]) -> np.ndarray | None:
     if not both:
         return None
     return np.mean([p / max(float(np.linalg.norm(p)), 1e-12) for p in both], axis=0)
+
+
+class SnapshotPool:
+    """A source's pool of videos and their unit rows, derived once per pair of snapshots (the
+    catalog's generation, the popularity's version): ``derive`` names the pool's ids."""
+
+    def __init__(self, catalog: CatalogIndex, popularity: PopularitySnapshot,
+                 derive: Callable[[], list[str]]) -> None:
+        self.catalog, self.popularity, self._derive = catalog, popularity, derive
+        self._key: tuple[int, int] | None = None
+        self.ids: list[str] = []
+        self.unit = np.zeros((0, catalog.dim), np.float32)
+
+    def refresh(self) -> SnapshotPool:
+        key = (self.catalog.generation, self.popularity.version)
+        if key != self._key:
+            self.ids = self._derive()
+            self.unit = self.catalog.unit(self.catalog.rows(self.ids))
+            self._key = key
+        return self

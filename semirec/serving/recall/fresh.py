@@ -10,7 +10,7 @@ import numpy as np
 
 from semirec.serving.catalog import CatalogIndex
 from semirec.serving.popularity import PopularitySnapshot
-from semirec.serving.recall.base import RecallRequest
+from semirec.serving.recall.base import RecallRequest, SnapshotPool
 
 
 class FreshSource:
@@ -20,27 +20,20 @@ class FreshSource:
         self.catalog = catalog
         self.popularity = popularity
         self.pool = pool  # newest videos considered
-        self._key: tuple[int, int] | None = None
-        self._ids: list[str] = []
-        self._unit = np.zeros((0, catalog.dim), np.float32)
+        self._pool = SnapshotPool(catalog, popularity, self._unwatched)
 
-    def _refresh(self) -> None:
-        key = (self.catalog.generation, self.popularity.version)
-        if key == self._key:
-            return
-        self._ids = [i for i in self.catalog.newest_videos(self.pool) if i not in self.popularity.counts]
-        self._unit = self.catalog.unit(self.catalog.rows(self._ids))
-        self._key = key
+    def _unwatched(self) -> list[str]:
+        return [i for i in self.catalog.newest_videos(self.pool) if i not in self.popularity.counts]
 
     def ranked(self, request: RecallRequest, budget: int) -> Iterator[tuple[str, float]]:
         """Lazy: a caller takes a few dozen of the pool."""
-        self._refresh()
+        pool = self._pool.refresh()
         query = request.mixed
         if query is None:
-            return ((i, 0.0) for i in self._ids)
-        sims = self._unit @ (query / max(float(np.linalg.norm(query)), 1e-12))
+            return ((i, 0.0) for i in pool.ids)
+        sims = pool.unit @ (query / max(float(np.linalg.norm(query)), 1e-12))
         order = np.argsort(-sims, kind="stable").tolist()
-        ids, values = self._ids, sims.tolist()
+        ids, values = pool.ids, sims.tolist()
         return ((ids[j], values[j]) for j in order)
 
     def fill(self, request: RecallRequest, budget: int) -> Iterator[tuple[str, float]]:

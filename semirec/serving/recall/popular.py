@@ -9,7 +9,7 @@ import numpy as np
 
 from semirec.serving.catalog import CatalogIndex, normalised
 from semirec.serving.popularity import PopularitySnapshot
-from semirec.serving.recall.base import RecallRequest
+from semirec.serving.recall.base import RecallRequest, SnapshotPool
 
 
 class PopularSource:
@@ -19,32 +19,24 @@ class PopularSource:
         self.catalog = catalog
         self.popularity = popularity
         self.depth = depth  # videos of the ranking kept (room for excluded watches included)
-        self._key: tuple[int, int] | None = None
-        self._ids: list[str] = []
-        self._unit = np.zeros((0, catalog.dim), np.float32)
+        # the pool changes only when the snapshots do: derived (with its rows) once
+        self._pool = SnapshotPool(catalog, popularity, self._most_popular)
 
-    def _refresh(self) -> None:
-        """The pool changes only when the snapshots do: derive it (and its rows) once."""
-        key = (self.catalog.generation, self.popularity.version)
-        if key == self._key:
-            return
-        self._ids = list(islice((i for i in self.popularity.ranked if self.catalog.is_video(i)),
-                                self.depth))
-        self._unit = self.catalog.unit(self.catalog.rows(self._ids))
-        self._key = key
+    def _most_popular(self) -> list[str]:
+        return list(islice((i for i in self.popularity.ranked if self.catalog.is_video(i)), self.depth))
 
     def ranked(self, request: RecallRequest, budget: int) -> list[tuple[str, float]]:
         """The ``total`` + excluded most popular videos with their similarity to the user (the
         same list serves the quota and the fill pass)."""
         sims = request.memo.get(self)
         if sims is None:
-            self._refresh()
-            ids = self._ids[: request.total + len(request.exclude)]
+            pool = self._pool.refresh()
+            ids = pool.ids[: request.total + len(request.exclude)]
             if request.mixed is None:
                 sims = [(i, 0.0) for i in ids]
             else:
                 query = normalised(np.asarray(request.mixed, np.float32)[None])[0]
-                sims = list(zip(ids, (self._unit[: len(ids)] @ query).tolist(), strict=True))
+                sims = list(zip(ids, (pool.unit[: len(ids)] @ query).tolist(), strict=True))
             request.memo[self] = sims
         return sims
 
