@@ -43,6 +43,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.kafka import ensure_topics, ingest_topics, producer
 from semirec.core.redis_client import sync_redis_client
 from semirec.core.settings import REPO_ROOT as ROOT
@@ -250,7 +251,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    at_start = machine()
+    result = finish(asyncio.run(main_async(args)), at_start)
+    print_describe(result["machine"])
     if not args.json:
         for k, v in result.items():
             print(f"{k:>24}: {v}")

@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.item_store import ItemStore, ItemVector
 from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
@@ -303,8 +303,8 @@ async def main_async(args: argparse.Namespace) -> dict:
     repo_dir = work / "models"
     shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
                     ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
-    result: dict = {"machine": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    at_start = machine()
+    result: dict = {"load_avg_1m": at_start["load_avg_1_5_15"][0]}
     try:
         with EmbeddedStack(model_repository=repo_dir, directory=work / "stack") as stack:
             import torch
@@ -333,7 +333,8 @@ async def main_async(args: argparse.Namespace) -> dict:
                 result["worker_env"] = worker_env
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    finish(result, at_start)
+    result["load_avg_1m_end"] = result["machine"]["load_avg_at_end"][0]
     return result
 
 
@@ -347,6 +348,7 @@ def main() -> None:
                         help="comma-separated subset of rank,recall,freshness (default: all)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
+    print_describe(result["machine"])
     if not args.json:
         for key, value in result.items():
             print(f"{key:32} {value}")
