@@ -23,6 +23,13 @@
                      Tansu, redis, the ingest worker, this benchmark's producer and subscriber:
                      per event sent; triton with its stubs and the recommendation worker: per
                      recommendation delivered): what bounds the rate this machine sustains
+  cpu_ms_per_rec     CPU ms of all processes together (Tansu, redis, tritonserver + stubs, the
+                     ingest and the recommendation worker; this benchmark's load generator apart)
+                     per recommendation delivered in the 100 /s run; cpu_ms_per_rec_by_process
+                     its breakdown                                       (target <= 6)
+  freshness_p50_ms_25, freshness_p99_ms_25, freshness_stages_25, cpu_ms_per_rec_25
+                     the same at 25 events/s, where nothing queues      (target p99 <= 100);
+                     idle_cpu_ms_per_s: CPU ms per second each process spends with no events
   recs_per_s         the highest rate of triggered recommendations delivered with freshness p99
                      under 100 ms (25, 50, 75 /s, then from 150 /s if 100 /s held, stepped up
                      until one fails; 0 when none holds)                 (target >= 150)
@@ -228,8 +235,10 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
     await receiver
     # per event each process handled: the ranking side only ranked what was delivered
     done = {"triton": len(got), "recommend_worker": len(got)}
-    cpu = {name: round((tree_cpu_s(pid) - cpu0[name]) * 1000 / max(1, done.get(name, n)), 2)
-           for name, pid in (pids or {}).items()}
+    spent = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in (pids or {}).items()}
+    cpu = {name: round(s * 1000 / max(1, done.get(name, n)), 2) for name, s in spent.items()}
+    # all processes together (the load generator apart) per delivered recommendation
+    per_rec = {name: round(s * 1000 / max(1, len(got)), 2) for name, s in spent.items()}
     cpu["benchmark"] = round((time.process_time() - bench0) * 1000 / n, 2)
     await prod.stop()
     await consumer.stop()
@@ -240,7 +249,19 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
             "p99_ms": round(percentile(fresh, 99), 1) if fresh else None,
             "stages_p50_p99_ms": {k: [round(percentile(v, 50), 1), round(percentile(v, 99), 1)]
                                   for k, v in stages.items()},
-            "cpu_ms_per_event": cpu}
+            "cpu_ms_per_event": cpu,
+            "cpu_ms_per_rec": round(sum(spent.values()) * 1000 / max(1, len(got)), 2) if spent else None,
+            "cpu_ms_per_rec_by_process": per_rec}
+
+
+async def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU ms per second each process spends with no events flowing (fetch long-polls,
+    snapshot refreshes, heartbeats), and their sum."""
+    cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    await asyncio.sleep(seconds)
+    out = {name: round((tree_cpu_s(pid) - cpu0[name]) * 1000 / seconds, 1) for name, pid in pids.items()}
+    out["all"] = round(sum(out.values()), 1)
+    return out
 
 
 def sustained(run: dict) -> bool:
@@ -269,6 +290,7 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
         await paced_run(settings, 20, 5, 5000, "warm")  # joins groups, loads the index
         steady = await paced_run(settings, 100, seconds, 5000, "steady", pids)
         await asyncio.sleep(3.0)  # let a backlog drain before the steps
+        idle = await idle_cpu(pids, 3.0)
         steps = []
         for rate in (25, 50, 75, 150, 200, 300, 400, 600):  # up until one fails
             if rate > 100 and not sustained(steady):
@@ -279,7 +301,14 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
                 break
             await asyncio.sleep(1.0)
         ok = [s for s in [steady, *steps] if sustained(s)]
-        return {"freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
+        at25 = next(s for s in steps if s["rate"] == 25)
+        return {"cpu_ms_per_rec": steady["cpu_ms_per_rec"],
+                "cpu_ms_per_rec_by_process": steady["cpu_ms_per_rec_by_process"],
+                "freshness_p50_ms_25": at25["p50_ms"], "freshness_p99_ms_25": at25["p99_ms"],
+                "freshness_stages_25": at25["stages_p50_p99_ms"],
+                "cpu_ms_per_rec_25": at25["cpu_ms_per_rec"],
+                "idle_cpu_ms_per_s": idle,
+                "freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
                 "freshness_stages": steady["stages_p50_p99_ms"],
                 "freshness_cpu_ms_per_event": steady["cpu_ms_per_event"], "freshness_steady": steady,
                 "rate_steps": steps,
