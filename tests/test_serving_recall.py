@@ -66,6 +66,31 @@ async def test_index_loads_and_follows_upserts(store, world) -> None:
     assert index.video_count == 201
 
 
+class CountingStore(ItemStore):
+    """The real store, counting the change-feed reads (what an idle refresh must not repeat)."""
+
+    reads = 0
+
+    async def changed_since(self, since_ms: int) -> list[tuple[str, int]]:
+        self.reads += 1
+        return await super().changed_since(since_ms)
+
+
+async def test_an_idle_refresh_does_not_re_read_the_overlap(store) -> None:
+    counting = CountingStore(store.client)
+    index = CatalogIndex(DIM)
+    await index.refresh(counting)
+    await index.refresh(counting)  # the window moved: read once more, then its mark is known
+    reads = counting.reads
+    for _ in range(3):
+        assert await index.refresh(counting) == 0
+    assert counting.reads == reads  # one ZCOUNT + ZREVRANGE each, no re-read of 280 items
+    vec = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    await store.put_many([ItemVector("vidle", Domain.VIDEO, vec, "toy")])
+    assert await index.refresh(counting) == 1 and counting.reads == reads + 1
+    assert index.search(vec[None], 1)[0][0][0] == "vidle"
+
+
 def test_a_re_encoded_video_keeps_its_place_among_the_newest() -> None:
     index = CatalogIndex(dim=4)
     one = np.eye(4, dtype=np.float32)
