@@ -165,6 +165,12 @@ class CatalogIndex:
         out[found] = self._vectors[rows[found]]
         return out, found
 
+    def gather(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Raw vectors of ``rows`` into ``out`` (no intermediate copy); unknown rows (-1) zero."""
+        np.take(self._vectors, np.maximum(rows, 0), axis=0, out=out)
+        if len(rows) and rows.min() < 0:
+            out[rows < 0] = 0.0
+
     def is_video(self, item_id: str) -> bool:
         row = self._row.get(item_id)
         return row is not None and row in self._video_rows
