@@ -114,6 +114,10 @@ class Settings:
     # Longest a fetch waits for data (faust hard-codes 1.5 s); a broker that holds fetches until
     # then (Tansu) adds it to every hop of a quiet stream, so local stacks export 50.
     fetch_max_wait_ms: int = 500
+    # The same for a worker running the recommendation agent (0: fetch_max_wait_ms): on Tansu
+    # the user-updates hop waits up to this for every notice (freshness), at the cost of more
+    # empty fetches while idle; the embedded stack exports 10.
+    rec_fetch_max_wait_ms: int = 0
     # Triton model repository (the ranker's versions and aliases); "" = the repo's triton_models/
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
@@ -192,6 +196,8 @@ class Settings:
         _check_redis_url(self.redis_url)
         _check_kafka(self.kafka)
         _check_triton(self.triton_grpc)
+        if self.fetch_max_wait_ms < 0 or self.rec_fetch_max_wait_ms < 0:
+            raise SettingsError("SEMIREC_FETCH_MAX_WAIT_MS and SEMIREC_REC_FETCH_MAX_WAIT_MS must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:
