@@ -134,6 +134,9 @@ class Settings:
     # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
     recall_candidates: int = 500  # candidates recalled (and ranked) per recommendation
     rank_timeout_ms: int = 100  # time budget of one Triton call before falling back
+    # 1 = the ranker's inputs go through system shared memory (Triton on the same host: no 2 MB
+    # protobuf per call on either side); the embedded stack exports 1
+    triton_shared_memory: int = 0
     popularity_window_hours: int = 24  # event-time window of the popularity source
     rec_concurrency: int = 16  # recommendations in flight per agent
     rank_batch: int = 8  # users ranked in one Triton call (one gRPC request, one model run)

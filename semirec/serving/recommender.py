@@ -83,8 +83,8 @@ class Recommender:
     def from_settings(cls, settings: Settings, *, triton: bool = True) -> Recommender:
         from semirec.serving.ranking import TritonRanker
 
-        ranker = TritonRanker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000) \
-            if triton else None
+        ranker = TritonRanker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000,
+                              shared_memory=bool(settings.triton_shared_memory)) if triton else None
         return cls(settings, redis_client=redis_client(settings.redis_url), ranker=ranker)
 
     async def refresh(self) -> None:
