@@ -1,6 +1,8 @@
 """Recommendation agent: user updates and requests -> topic ``recommendations``.
 
-Two faust agents share one :class:`semirec.serving.recommender.Recommender`:
+Two batch agents (:class:`semirec.streams.batch_transport.BatchAgent`: one hand-over per fetch
+slice, a window that closes once the fetch is handed over) share one
+:class:`semirec.serving.recommender.Recommender`:
 
 - ``recommend-updates`` reads ``user-updates`` (published by ingest after its Redis write, so a
   user's state is never older than the event that triggered the recommendation). Per batch the
