@@ -33,6 +33,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.item_store import ITEM_PREFIX
 from semirec.core.kafka import ensure_topics, producer
 from semirec.core.redis_client import sync_redis_client
@@ -150,7 +151,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    at_start = machine()
+    result = finish(asyncio.run(main_async(args)), at_start)
+    print_describe(result["machine"])
     if not args.json:
         for k, v in result.items():
             print(f"{k:>22}: {v}")

@@ -26,8 +26,6 @@ Last stdout line with --json: {"items_per_s_eager", "items_per_s_exported", "rat
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,34 +36,18 @@ import click
 import numpy as np
 import orjson
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
-         "amx_bf16")
+from benchmarks.machine import finish, print_describe
+from benchmarks.machine import machine as shared_machine
+
 PATHS = ("eager_padded", "eager", "exported", "exported_int8")
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, the instruction-set flags that matter for the GEMM kernels, load."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
+    """:func:`benchmarks.machine.machine` plus torch's version and CPU capability."""
     import torch
 
-    return {
-        "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
-        "cpu_vendor": info.get("vendor_id", ""),
-        "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
-        "cpu_mhz": info.get("cpu MHz", ""),
-        "cpus": os.cpu_count(),
-        "isa_flags": [f for f in FLAGS if f in flags],
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
+    return {**shared_machine(), "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 class Stages:
@@ -212,9 +194,10 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
         "max_abs_diff_padded": float(np.abs(vectors["eager_padded"] - vectors["exported"]).max()),
         "export_cpu_s": round(export_cpu, 1),
         "encoder_version": encoders["eager"].version,
-        "machine": {**at_start, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "onnxruntime_session": encoders["exported"].settings,
     }
+    finish(summary, at_start)
+    print_describe(summary["machine"])
     if image_sizes:
         summary["image_size_sweep"] = image_size_sweep(
             [int(x) for x in image_sizes.split(",")], sweep_images)

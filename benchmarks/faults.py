@@ -36,6 +36,7 @@ import redis
 
 from benchmarks.fault_kit import Row, env_for, signal_worker
 from benchmarks.faults_serving import fuzzed_requests, fuzzed_samples, triton_restart
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.contracts import ContractError, Event, encode_event, parse_event, validate_event
 from semirec.core.faults import EXIT_AUTH, EXIT_UNAVAILABLE
 from semirec.core.redis_client import sync_redis_client
@@ -404,9 +405,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS))
     parser.add_argument("--json", action="store_true", help="only the final JSON line")
     args = parser.parse_args()
+    at_start = machine()
     rows = asyncio.run(main_async(args))
-    print(json.dumps({"rows": [{**asdict(r), "exact": r.exact} for r in rows],
-                      "all_exact": all(r.exact for r in rows), "load_avg": os.getloadavg()[0]}))
+    out = finish({"rows": [{**asdict(r), "exact": r.exact} for r in rows],
+                  "all_exact": all(r.exact for r in rows), "load_avg": os.getloadavg()[0]}, at_start)
+    print_describe(out["machine"])
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.kafka import ensure_topics, ingest_topics, producer
 from semirec.core.redis_client import sync_redis_client
 from semirec.core.settings import REPO_ROOT as ROOT
@@ -274,7 +275,9 @@ def main() -> None:
                         help="also measure one worker writing to a local 3-master Redis Cluster")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    at_start = machine()
+    result = finish(asyncio.run(main_async(args)), at_start)
+    print_describe(result["machine"])
     if not args.json:
         for k, v in result.items():
             print(f"{k:>24}: {v}")

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import orjson
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.metrics import AgentMetrics
 from semirec.core.settings import Settings
 from semirec.core.stack import EmbeddedStack
@@ -123,7 +124,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    at_start = machine()
+    result = finish(asyncio.run(main_async(args)), at_start)
+    print_describe(result["machine"])
     if not args.json:
         for k, v in result.items():
             print(f"{k:28s} {v}")

@@ -25,11 +25,13 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.trainer.nets.configs import paper
 from semirec.trainer.nets.ranker import UserBatch
 from semirec.trainer.nets.zoo import build
@@ -90,6 +92,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    at_start = machine()
 
     sgemm = sgemm_gflops()
     model = build(paper("semi")).eval()
@@ -97,7 +100,7 @@ def main() -> None:
     one = example_request(candidates=1)
     flops = request_flops(model, big)
 
-    out: dict[str, float] = {"sgemm_gflops_1core": round(sgemm, 1), "request_flops_500": flops}
+    out: dict[str, Any] = {"sgemm_gflops_1core": round(sgemm, 1), "request_flops_500": flops}
     torch_500 = best_seconds(lambda: torch_scores(model, big), args.repeat)
     torch_1 = best_seconds(lambda: torch_scores(model, one), args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,6 +121,8 @@ def main() -> None:
     out["request_ms_500_unshared_torch"] = round(unshared * 1e3, 1)
     out["ideal_ms_500"] = round(flops / (sgemm * 1e9) * 1e3, 3)
     out["onnx_max_abs_diff"] = parity
+    finish(out, at_start)
+    print_describe(out["machine"])
 
     if not args.json:
         width = max(map(len, out))

@@ -23,6 +23,13 @@
                      Tansu, redis, the ingest worker, this benchmark's producer and subscriber:
                      per event sent; triton with its stubs and the recommendation worker: per
                      recommendation delivered): what bounds the rate this machine sustains
+  cpu_ms_per_rec     CPU ms of all processes together (Tansu, redis, tritonserver + stubs, the
+                     ingest and the recommendation worker; this benchmark's load generator apart)
+                     per recommendation delivered in the 100 /s run; cpu_ms_per_rec_by_process
+                     its breakdown                                       (target <= 6)
+  freshness_p50_ms_25, freshness_p99_ms_25, freshness_stages_25, cpu_ms_per_rec_25
+                     the same at 25 events/s, where nothing queues      (target p99 <= 100);
+                     idle_cpu_ms_per_s: CPU ms per second each process spends with no events
   recs_per_s         the highest rate of triggered recommendations delivered with freshness p99
                      under 100 ms (25, 50, 75 /s, then from 150 /s if 100 /s held, stepped up
                      until one fails; 0 when none holds)                 (target >= 150)
@@ -41,7 +48,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -53,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.item_store import ItemStore, ItemVector
 from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
@@ -171,9 +178,11 @@ async def put_catalog(redis_url: str, n_videos: int, n_products: int) -> None:
 
 
 async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str,
-                    pids: dict[str, int] | None = None) -> dict:
+                    pids: dict[str, int] | None = None, drain_s: float = 3.0) -> dict:
     """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received,
-    and the CPU each process of ``pids`` spent per event sent (``benchmark``: this process)."""
+    and the CPU each process of ``pids`` spent per event sent (``benchmark``: this process).
+    Receives until every recommendation arrived or ``drain_s`` after the last event, so on a
+    machine too busy to keep up the CPU still counts against the recommendations it paid for."""
     cpu0 = {name: tree_cpu_s(pid) for name, pid in (pids or {}).items()}
     bench0 = time.process_time()
     from aiokafka import AIOKafkaConsumer
@@ -198,7 +207,7 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
 
     async def receive(until: float) -> None:
         nonlocal fallbacks
-        while time.monotonic() < until:
+        while time.monotonic() < until and len(got) < n:
             for records in (await consumer.getmany(timeout_ms=20)).values():
                 now = time.time()
                 for r in records:
@@ -215,7 +224,7 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
                                 stages.setdefault(stage, []).append(ms)
 
     n = int(rate * seconds)
-    receiver = asyncio.create_task(receive(time.monotonic() + seconds + 3.0))
+    receiver = asyncio.create_task(receive(time.monotonic() + seconds + drain_s))
     start = time.monotonic()
     for i in range(n):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
@@ -228,8 +237,10 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
     await receiver
     # per event each process handled: the ranking side only ranked what was delivered
     done = {"triton": len(got), "recommend_worker": len(got)}
-    cpu = {name: round((tree_cpu_s(pid) - cpu0[name]) * 1000 / max(1, done.get(name, n)), 2)
-           for name, pid in (pids or {}).items()}
+    spent = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in (pids or {}).items()}
+    cpu = {name: round(s * 1000 / max(1, done.get(name, n)), 2) for name, s in spent.items()}
+    # all processes together (the load generator apart) per delivered recommendation
+    per_rec = {name: round(s * 1000 / max(1, len(got)), 2) for name, s in spent.items()}
     cpu["benchmark"] = round((time.process_time() - bench0) * 1000 / n, 2)
     await prod.stop()
     await consumer.stop()
@@ -240,7 +251,19 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
             "p99_ms": round(percentile(fresh, 99), 1) if fresh else None,
             "stages_p50_p99_ms": {k: [round(percentile(v, 50), 1), round(percentile(v, 99), 1)]
                                   for k, v in stages.items()},
-            "cpu_ms_per_event": cpu}
+            "cpu_ms_per_event": cpu,
+            "cpu_ms_per_rec": round(sum(spent.values()) * 1000 / max(1, len(got)), 2) if spent else None,
+            "cpu_ms_per_rec_by_process": per_rec}
+
+
+async def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU ms per second each process spends with no events flowing (fetch long-polls,
+    snapshot refreshes, heartbeats), and their sum."""
+    cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    await asyncio.sleep(seconds)
+    out = {name: round((tree_cpu_s(pid) - cpu0[name]) * 1000 / seconds, 1) for name, pid in pids.items()}
+    out["all"] = round(sum(out.values()), 1)
+    return out
 
 
 def sustained(run: dict) -> bool:
@@ -267,8 +290,9 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
     try:
         pids = {**stack_pids, "ingest_worker": procs[0].pid, "recommend_worker": procs[1].pid}
         await paced_run(settings, 20, 5, 5000, "warm")  # joins groups, loads the index
-        steady = await paced_run(settings, 100, seconds, 5000, "steady", pids)
+        steady = await paced_run(settings, 100, seconds, 5000, "steady", pids, drain_s=60.0)
         await asyncio.sleep(3.0)  # let a backlog drain before the steps
+        idle = await idle_cpu(pids, 3.0)
         steps = []
         for rate in (25, 50, 75, 150, 200, 300, 400, 600):  # up until one fails
             if rate > 100 and not sustained(steady):
@@ -279,7 +303,14 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
                 break
             await asyncio.sleep(1.0)
         ok = [s for s in [steady, *steps] if sustained(s)]
-        return {"freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
+        at25 = next(s for s in steps if s["rate"] == 25)
+        return {"cpu_ms_per_rec": steady["cpu_ms_per_rec"],
+                "cpu_ms_per_rec_by_process": steady["cpu_ms_per_rec_by_process"],
+                "freshness_p50_ms_25": at25["p50_ms"], "freshness_p99_ms_25": at25["p99_ms"],
+                "freshness_stages_25": at25["stages_p50_p99_ms"],
+                "cpu_ms_per_rec_25": at25["cpu_ms_per_rec"],
+                "idle_cpu_ms_per_s": idle,
+                "freshness_p50_ms": steady["p50_ms"], "freshness_p99_ms": steady["p99_ms"],
                 "freshness_stages": steady["stages_p50_p99_ms"],
                 "freshness_cpu_ms_per_event": steady["cpu_ms_per_event"], "freshness_steady": steady,
                 "rate_steps": steps,
@@ -303,8 +334,8 @@ async def main_async(args: argparse.Namespace) -> dict:
     repo_dir = work / "models"
     shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo_dir,
                     ignore=shutil.ignore_patterns("[0-9]*", "aliases.json"))
-    result: dict = {"machine": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    at_start = machine()
+    result: dict = {"load_avg_1m": at_start["load_avg_1_5_15"][0]}
     try:
         with EmbeddedStack(model_repository=repo_dir, directory=work / "stack") as stack:
             import torch
@@ -333,7 +364,8 @@ async def main_async(args: argparse.Namespace) -> dict:
                 result["worker_env"] = worker_env
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    finish(result, at_start)
+    result["load_avg_1m_end"] = result["machine"]["load_avg_at_end"][0]
     return result
 
 
@@ -347,6 +379,7 @@ def main() -> None:
                         help="comma-separated subset of rank,recall,freshness (default: all)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
+    print_describe(result["machine"])
     if not args.json:
         for key, value in result.items():
             print(f"{key:32} {value}")

@@ -33,6 +33,7 @@ import msgspec
 import numpy as np
 import torch
 
+from benchmarks.machine import finish, machine, print_describe
 from semirec.core.contracts import Domain
 from semirec.core.item_store import ItemStore, ItemVector
 from semirec.core.samples import encode_sample
@@ -193,7 +194,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    out = asyncio.run(run(args))
+    at_start = machine()
+    out = finish(asyncio.run(run(args)), at_start)
+    print_describe(out["machine"])
     if not args.json:
         for key, value in out.items():
             print(f"{key:24s} {value}")

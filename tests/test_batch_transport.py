@@ -142,3 +142,43 @@ def test_the_batch_in_flight_is_described_from_its_slices() -> None:
     span = describe_runs(runs)
     assert span == describe([m for s in slices for m in s])
     assert span == "events[0] 3..3, events[2] 0..7, events[10] 5..9"
+
+
+@pytest.mark.parametrize("close_on_fetch", [True, False])
+async def test_the_window_closes_once_the_fetch_is_handed_over(settings, close_on_fetch) -> None:
+    """A quiet stream does not wait ``within_s``: the batch goes to the handler as soon as the
+    fetch that brought it is handed over completely (its later slices joined); without
+    ``close_on_fetch`` the window stays open for ``within_s``."""
+    app = create_app(settings, app_id=f"window-test-{close_on_fetch}")
+    loop = asyncio.get_running_loop()
+    got: list[tuple[float, list[int]]] = []
+
+    async def handler(messages) -> None:
+        got.append((loop.time(), [m.offset for m in messages]))
+
+    within = 0.6
+    agent = BatchAgent(app, raw_topic(app, "window", 1), "window", handler, batch_max=100,
+                       within_s=within, close_on_fetch=close_on_fetch)
+    consumer = app.consumer
+    tp = TopicPartition("window", 0)
+    consumer.assignment = lambda: {tp}
+    consumer._committed_offset[tp] = 0
+    gen = app.consumer_generation_id
+    task = asyncio.ensure_future(agent._run(app))
+    try:
+        start = loop.time()
+        consumer.fetches = 1  # fetch 1 is being handed over: two slices
+        agent.queue.force_put_nowait(Batch(tp, records(tp, [0, 1]), gen, 1))
+        await asyncio.sleep(0.05)
+        assert not got, "the fetch is not handed over yet: its other slices may follow"
+        agent.queue.force_put_nowait(Batch(tp, records(tp, [2]), gen, 1))
+        consumer._fetch_handed_over()
+        while not got and loop.time() - start < 3 * within:
+            await asyncio.sleep(0.01)
+        assert [offsets for _, offsets in got] == [[0, 1, 2]]
+        waited = got[0][0] - start
+        assert (waited < within / 2) if close_on_fetch else (waited >= within * 0.95)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -11,7 +11,7 @@ from semirec.core.contracts import Domain, Event
 from semirec.core.item_store import ItemStore, ItemVector
 from semirec.core.sequences import Entry, UserState
 from semirec.serving.catalog import CatalogIndex
-from semirec.serving.features import rank_request
+from semirec.serving.features import rank_batch, rank_request
 from semirec.serving.popularity import PopularitySnapshot, count_watches
 from semirec.serving.recall import SOURCES, Recall, RecallConfig, RecallRequest, default_sources
 from semirec.trainer.offline.samples import build_samples
@@ -64,6 +64,31 @@ async def test_index_loads_and_follows_upserts(store, world) -> None:
     await index.refresh(store)
     assert index.search(vec[None], 1)[0][0][0] != "vnew"
     assert index.video_count == 201
+
+
+class CountingStore(ItemStore):
+    """The real store, counting the change-feed reads (what an idle refresh must not repeat)."""
+
+    reads = 0
+
+    async def changed_since(self, since_ms: int) -> list[tuple[str, int]]:
+        self.reads += 1
+        return await super().changed_since(since_ms)
+
+
+async def test_an_idle_refresh_does_not_re_read_the_overlap(store) -> None:
+    counting = CountingStore(store.client)
+    index = CatalogIndex(DIM)
+    await index.refresh(counting)
+    await index.refresh(counting)  # the window moved: read once more, then its mark is known
+    reads = counting.reads
+    for _ in range(3):
+        assert await index.refresh(counting) == 0
+    assert counting.reads == reads  # one ZCOUNT + ZREVRANGE each, no re-read of 280 items
+    vec = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    await store.put_many([ItemVector("vidle", Domain.VIDEO, vec, "toy")])
+    assert await index.refresh(counting) == 1 and counting.reads == reads + 1
+    assert index.search(vec[None], 1)[0][0][0] == "vidle"
 
 
 def test_a_re_encoded_video_keeps_its_place_among_the_newest() -> None:
@@ -226,3 +251,21 @@ async def test_request_tensors_equal_the_trainers_point_in_time_samples(store, w
             watches += 1
         apply(state, [(event, offset)], seq_len=8)
     assert watches == len(samples) > 5
+
+
+async def test_batched_tensors_equal_one_request_per_user(store, world) -> None:
+    """The agent's batch (written in place, candidates by catalog row) = each user's own request
+    stacked, with padding, a user without state and an unknown candidate row."""
+    index = await loaded(store)
+    ids = [it["item_id"] for it in world.items]
+    videos = [i for i in ids if i.startswith("v")]
+    users = [(user(products=ids[-5:], videos=videos[:12]), videos[20:27], 1.7e9 + 7200),
+             (None, videos[30:33], 1.7e9), (user(videos=[*videos[40:43], "unknown"]), videos[50:51], 1.7e9)]
+    got, missing = rank_batch([(s, index.rows(c), at) for s, c, at in users], index, seq_len=8, pad_to=9)
+    reqs = [rank_request(s, index.vectors(c)[0], index, at=at, seq_len=8, pad_to=9) for s, c, at in users]
+    for name in reqs[0].tensors:
+        np.testing.assert_array_equal(got[name], np.concatenate([r.tensors[name] for r in reqs]))
+    assert missing == sum(r.missing_sequence_vectors for r in reqs) == 1
+    out = np.ones((2, DIM), np.float32)
+    index.gather(np.asarray([index.rows([videos[0]])[0], -1]), out)
+    np.testing.assert_array_equal(out, np.vstack([index.vectors([videos[0]])[0], np.zeros((1, DIM))]))

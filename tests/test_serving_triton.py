@@ -142,6 +142,30 @@ async def test_a_group_of_users_is_ranked_in_one_call_with_each_users_own_scores
     await rec.close()
 
 
+async def test_inputs_through_shared_memory_give_the_same_scores(
+        settings, redis_client, world, served, stack) -> None:
+    """SEMIREC_TRITON_SHARED_MEMORY: the tensors travel through a registered system shared-memory
+    region (reused call after call) instead of the gRPC message; the scores are the same."""
+    await put_catalog(settings.redis_url, world)
+    plain = TritonRanker(stack.addresses.triton_grpc, timeout_s=5)
+    shared = TritonRanker(stack.addresses.triton_grpc, timeout_s=5, shared_memory=True)
+    rec = await recommender(settings, ranker=plain)
+    states = [state_with(products_of(c % CATS, 4 + c), [f"v{c}", f"v{c + 9}"]) for c in range(3)]
+    from semirec.serving.features import rank_batch
+
+    for n in (3, 1, 3):
+        pools = [rec.catalog.rows([c.item_id for c in rec.recall.candidates(s)]) for s in states[:n]]
+        tensors, _ = rank_batch([(s, r, T0) for s, r in zip(states[:n], pools, strict=True)],
+                                rec.catalog, pad_to=settings.recall_candidates)
+        want, version = await plain.rank(tensors)
+        got, version_shm = await shared.rank(tensors)
+        assert version == version_shm and np.array_equal(got, want)
+    assert len(shared._all_regions) == 1 and len(shared._regions) == 1  # one region, reused
+    await shared.close()
+    assert not shared._all_regions
+    await rec.close()
+
+
 async def test_the_agent_publishes_model_ranked_recommendations(
         settings, redis_client, world, served, tmp_path) -> None:
     await put_catalog(settings.redis_url, world)

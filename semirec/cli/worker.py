@@ -68,6 +68,8 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
     if metrics_port is not None:
         settings = replace(settings, metrics_port=metrics_port)
     chosen = agents or tuple(AGENT_PLUGINS)
+    if "recommend" in chosen and settings.rec_fetch_max_wait_ms:  # one consumer for all agents
+        settings = replace(settings, fetch_max_wait_ms=settings.rec_fetch_max_wait_ms)
     topics: dict[str, int] = {}
     for name in chosen:
         topics.update(_load(AGENT_PLUGINS[name][1])(settings))

@@ -148,6 +148,15 @@ class ItemStore:
         rows = await self.client.zrangebyscore(CHANGES_KEY, since_ms, "+inf", withscores=True)
         return [(m.decode(), int(score)) for m, score in rows]
 
+    async def change_mark(self, since_ms: int) -> tuple[int, float | None]:
+        """How many items were written at or after ``since_ms`` and the newest write's ms: one
+        cheap round trip that tells a reader whether :meth:`changed_since` has news."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcount(CHANGES_KEY, since_ms, "+inf")
+            pipe.zrevrange(CHANGES_KEY, 0, 0, withscores=True)
+            count, newest = await pipe.execute()
+        return int(count), (float(newest[0][1]) if newest else None)
+
     async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         if not item_ids:
             return {}

@@ -124,6 +124,10 @@ class Settings:
     # Longest a fetch waits for data (faust hard-codes 1.5 s); a broker that holds fetches until
     # then (Tansu) adds it to every hop of a quiet stream, so local stacks export 50.
     fetch_max_wait_ms: int = 500
+    # The same for a worker running the recommendation agent (0: fetch_max_wait_ms): on Tansu
+    # the user-updates hop waits up to this for every notice (freshness), at the cost of more
+    # empty fetches while idle; the embedded stack exports 10.
+    rec_fetch_max_wait_ms: int = 0
     # Triton model repository (the ranker's versions and aliases); "" = the repo's triton_models/
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
@@ -140,6 +144,9 @@ class Settings:
     # Serving (the recommendation agent, `semirec recommend`, benchmarks/serving.py)
     recall_candidates: int = 500  # candidates recalled (and ranked) per recommendation
     rank_timeout_ms: int = 100  # time budget of one Triton call before falling back
+    # 1 = the ranker's inputs go through system shared memory (Triton on the same host: no 2 MB
+    # protobuf per call on either side); the embedded stack exports 1
+    triton_shared_memory: int = 0
     popularity_window_hours: int = 24  # event-time window of the popularity source
     rec_concurrency: int = 16  # recommendations in flight per agent
     rank_batch: int = 8  # users ranked in one Triton call (one gRPC request, one model run)
@@ -202,6 +209,8 @@ class Settings:
         _check_redis_url(self.redis_url)
         _check_kafka(self.kafka)
         _check_triton(self.triton_grpc)
+        if self.fetch_max_wait_ms < 0 or self.rec_fetch_max_wait_ms < 0:
+            raise SettingsError("SEMIREC_FETCH_MAX_WAIT_MS and SEMIREC_REC_FETCH_MAX_WAIT_MS must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:

@@ -61,6 +61,31 @@ def rank_request(state: UserState | None, candidates: np.ndarray, catalog: Catal
     return RankRequest({k: t[None] for k, t in tensors.items()}, n, miss_v + miss_p)
 
 
+def rank_batch(users: Sequence[tuple[UserState | None, np.ndarray, float]], catalog: CatalogIndex,
+               *, seq_len: int = 50, bucket_s: int = 3600,
+               pad_to: int = 0) -> tuple[dict[str, np.ndarray], int]:
+    """The tensors of several users at once ``[B, ...]`` (each row equal to
+    :func:`rank_request`'s), written in place: ``users`` are ``(state, candidate catalog rows,
+    at)``; returns the tensors and the sequence entries without a vector."""
+    b, dim = len(users), catalog.dim
+    n = max([pad_to, *(len(rows) for _, rows, _ in users)])
+    t = {"video": np.zeros((b, seq_len, dim), np.float32), "video_age": np.zeros((b, seq_len), np.int64),
+         "video_mask": np.zeros((b, seq_len), bool),
+         "product": np.zeros((b, seq_len, dim), np.float32),
+         "product_age": np.zeros((b, seq_len), np.int64), "product_mask": np.zeros((b, seq_len), bool),
+         "candidates": np.zeros((b, n, dim), np.float32)}
+    missing = 0
+    for j, (state, rows, at) in enumerate(users):
+        hour = int(at // bucket_s)
+        if state is not None:
+            for name, entries in (("video", state.video), ("product", state.product)):
+                v, a, m, miss = _domain(entries, catalog, seq_len, hour, bucket_s)
+                t[name][j], t[f"{name}_age"][j], t[f"{name}_mask"][j] = v, a, m
+                missing += miss
+        catalog.gather(rows, t["candidates"][j, : len(rows)])
+    return t, missing
+
+
 def item_bucket(item_id: str, buckets: int) -> int:
     """The hashed id bucket of a ranker with item identity: the first 8 bytes of BLAKE2b(id)
     as an unsigned little-endian integer, modulo ``buckets`` (semirec.trainer.nets.identity.item_bucket;

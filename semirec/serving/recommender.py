@@ -29,7 +29,7 @@ from semirec.serving import metrics
 from semirec.serving.breaker import CircuitBreaker, State
 from semirec.serving.catalog import CatalogIndex
 from semirec.serving.errors import RankerUnavailable
-from semirec.serving.features import identity_tensors, rank_request
+from semirec.serving.features import identity_tensors, rank_batch
 from semirec.serving.popularity import PopularitySnapshot, watch_counts
 from semirec.serving.ranking import ModelRanker, fallback_scores
 from semirec.serving.recall import Candidate, Recall, RecallConfig
@@ -59,7 +59,7 @@ class _Work:
     state: UserState | None
     at: float
     pool: list[Candidate]
-    vecs: np.ndarray
+    rows: np.ndarray  # the candidates' catalog rows
     skipped: int
     recall_s: float  # the (shared) state read + this job's recall
 
@@ -83,8 +83,8 @@ class Recommender:
     def from_settings(cls, settings: Settings, *, triton: bool = True) -> Recommender:
         from semirec.serving.ranking import TritonRanker
 
-        ranker = TritonRanker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000) \
-            if triton else None
+        ranker = TritonRanker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000,
+                              shared_memory=bool(settings.triton_shared_memory)) if triton else None
         return cls(settings, redis_client=redis_client(settings.redis_url), ranker=ranker)
 
     async def refresh(self) -> None:
@@ -135,8 +135,8 @@ class Recommender:
                 pool, skipped = self.recall.candidates(state), 0
             else:
                 pool, skipped = self._given(job.candidates, state)
-            vecs, _ = self.catalog.vectors([c.item_id for c in pool])
-            work.append(_Work(job, state, time.time() if job.at is None else job.at, pool, vecs,
+            rows = self.catalog.rows([c.item_id for c in pool])
+            work.append(_Work(job, state, time.time() if job.at is None else job.at, pool, rows,
                               skipped, read_s + time.perf_counter() - t))
         recalled = time.perf_counter()
         ranked_all = await self._rank_many(work)
@@ -200,14 +200,12 @@ class Recommender:
     async def _rank_group(self, group: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
         why = "no_model" if self.ranker is None else "breaker_open"
         if self.ranker is not None and self.breaker.allow():
-            reqs = [rank_request(w.state, w.vecs, self.catalog, at=w.at,
-                                 seq_len=self.settings.seq_len, bucket_s=self.settings.time_bucket_s,
-                                 pad_to=self.settings.recall_candidates) for w in group]
-            missing = sum(r.missing_sequence_vectors for r in reqs)
+            tensors, missing = rank_batch([(w.state, w.rows, w.at) for w in group], self.catalog,
+                                          seq_len=self.settings.seq_len,
+                                          bucket_s=self.settings.time_bucket_s,
+                                          pad_to=self.settings.recall_candidates)
             if missing:
                 metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
-            tensors = {name: np.concatenate([r.tensors[name] for r in reqs])
-                       for name in reqs[0].tensors}
             try:
                 if buckets := await self.ranker.identity_buckets():
                     ids = [[c.item_id for c in w.pool] for w in group]

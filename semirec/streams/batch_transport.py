@@ -54,12 +54,13 @@ QUEUE_BATCHES = 8  # fetch slices buffered per agent before the fetch loop waits
 class Batch:
     """One partition's fetch slice, tracked by faust's consumer as a single unacked message."""
 
-    __slots__ = ("__weakref__", "acked", "generation", "messages", "refcount", "tp")
+    __slots__ = ("__weakref__", "acked", "fetch", "generation", "messages", "refcount", "tp")
 
-    def __init__(self, tp: Any, messages: list[Message], generation: int) -> None:
+    def __init__(self, tp: Any, messages: list[Message], generation: int, fetch: int = 0) -> None:
         self.tp = tp
         self.messages = messages
         self.generation = generation
+        self.fetch = fetch  # the consumer's fetch round that brought it (BatchConsumer.fetches)
         self.acked = False
         self.refcount = 1  # faust's wait_empty logs it
 
@@ -86,6 +87,21 @@ class BatchConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with a fetch loop that hands claimed topics over by slice."""
 
     _in_flight: set[Batch] | None = None
+    fetches = 0  # fetch results taken by the fetch loop so far
+    fetches_handed_over = 0  # of those, the ones whose every slice is queued
+    _handed_over: asyncio.Event | None = None
+
+    @property
+    def handed_over(self) -> asyncio.Event:
+        """Set (and replaced) each time a fetch result has been handed over completely."""
+        if self._handed_over is None:
+            self._handed_over = asyncio.Event()
+        return self._handed_over
+
+    def _fetch_handed_over(self) -> None:
+        self.fetches_handed_over = self.fetches
+        event, self._handed_over = self.handed_over, asyncio.Event()
+        event.set()
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -161,33 +177,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if not self.flow_active:  # as faust's getmany: fetched during a stop, read again
                     await self.perform_seek()
                     continue
-                for tp, recs in records.items():
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
-                        break
-                    if active is not None and tp not in active \
-                            and tp not in self._buffered_partitions:
-                        continue
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    queue = batch_queues.get(tp.topic)
-                    if queue is None:
-                        for rec in recs:  # ordinary topics: faust's own per-message path
-                            await self._deliver_one(tp, rec, callback, acks_enabled_for)
-                        continue
-                    r_offset = read_offset[tp]
-                    if r_offset is not None:
-                        recs = [r for r in recs if r.offset >= r_offset]
-                    if not recs:
-                        continue
-                    await self._add_gaps(tp, r_offset, recs)
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    batch = Batch(tp, [Record(r.key, r.value, r.topic, r.partition, r.offset,
-                                              r.timestamp / 1000.0) for r in recs], generation)
-                    self._unacked_messages.add(batch)
-                    await self.wait_first(queue.put(batch), self.suspend_flow.wait())
-                    read_offset[tp] = recs[-1].offset
-                    del batch
+                self.fetches += 1
+                try:
+                    await self._hand_over(records, active, generation, callback, read_offset,
+                                          batch_queues, commit_every, acks_enabled_for)
+                finally:
+                    self._fetch_handed_over()
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -201,6 +196,40 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except Exception as exc:
             self.log.exception("Drain messages raised: %r", exc)
             raise
+
+    async def _hand_over(self, records: Any, active: Any, generation: int, callback: Any,
+                         read_offset: Any, batch_queues: dict[str, Any], commit_every: Any,
+                         acks_enabled_for: Any) -> None:  # pragma: no cover - a faust hook
+        """One fetch result: each claimed topic's partition slice to its agent's queue as one
+        :class:`Batch`, other topics message by message (faust's path)."""
+        for tp, recs in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                break
+            if active is not None and tp not in active \
+                    and tp not in self._buffered_partitions:
+                continue
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            queue = batch_queues.get(tp.topic)
+            if queue is None:
+                for rec in recs:  # ordinary topics: faust's own per-message path
+                    await self._deliver_one(tp, rec, callback, acks_enabled_for)
+                continue
+            r_offset = read_offset[tp]
+            if r_offset is not None:
+                recs = [r for r in recs if r.offset >= r_offset]
+            if not recs:
+                continue
+            await self._add_gaps(tp, r_offset, recs)
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            batch = Batch(tp, [Record(r.key, r.value, r.topic, r.partition, r.offset,
+                                      r.timestamp / 1000.0) for r in recs], generation,
+                          self.fetches)
+            self._unacked_messages.add(batch)
+            await self.wait_first(queue.put(batch), self.suspend_flow.wait())
+            read_offset[tp] = recs[-1].offset
+            del batch
 
     async def _add_gaps(self, tp: Any, r_offset: int | None, recs: list[Any]) -> None:
         """Offsets that will never arrive (compaction, transaction markers) count as acked, as in
@@ -248,13 +277,16 @@ class BatchAgent:
 
     The handler gets the slices (each one partition's fetch, in order) that arrive within
     ``within_s`` of the first, joined, until they hold ``batch_max`` messages (the last slice may
-    pass it). An error it raises stops the worker without acking (docs/ingest.md). The agent
+    pass it). With ``close_on_fetch`` (the default) the window closes as soon as the fetch result
+    that brought the last slice is handed over completely and nothing else is queued: a quiet
+    stream does not wait ``within_s`` for nothing, while under load the slices that queued up
+    meanwhile are still joined. An error it raises stops the worker without acking (docs/ingest.md). The agent
     registers in the app's runtime (:func:`semirec.streams.runtime.runtime_of`): its watch, the
     topics it claims, and itself for the health checks.
     """
 
     def __init__(self, app: Any, topic: Any, name: str, handler: BatchHandler, *,
-                 batch_max: int, within_s: float = 0.05,
+                 batch_max: int, within_s: float = 0.05, close_on_fetch: bool = True,
                  exit_delay_s: float | None = None) -> None:
         use_batch_transport(app)
         self.app = app
@@ -264,6 +296,7 @@ class BatchAgent:
         self.handler = handler
         self.batch_max = batch_max
         self.within_s = within_s
+        self.close_on_fetch = close_on_fetch
         self.exit_delay_s = exit_delay_s
         self.queue = app.FlowControlQueue(maxsize=QUEUE_BATCHES, clear_on_resume=True)
         self.progress = runtime.watch(name)
@@ -289,13 +322,15 @@ class BatchAgent:
                 deadline = loop.time() + self.within_s
                 while size < self.batch_max:
                     if self.queue.empty():
+                        if self.close_on_fetch and consumer.fetches_handed_over >= batches[-1].fetch:
+                            break  # the fetch is all here and nothing else queued: no waiting
                         remaining = deadline - loop.time()
                         if remaining <= 0:
                             break
-                        try:
-                            batches.append(await asyncio.wait_for(self.queue.get(), remaining))
-                        except TimeoutError:
-                            break
+                        got = await self._next(consumer, remaining)
+                        if got is None:
+                            continue  # the fetch was handed over (checked above) or time is up
+                        batches.append(got)
                     else:
                         batches.append(self.queue.get_nowait())
                     size += len(batches[-1].messages)
@@ -309,6 +344,23 @@ class BatchAgent:
             await stop_on_unexpected_error(self.runtime, self.name, exc, exit_delay_s=self.exit_delay_s)
         finally:
             self.running = False
+
+    async def _next(self, consumer: BatchConsumer, timeout: float) -> Batch | None:
+        """The next queued batch, or None once ``timeout`` passed or (``close_on_fetch``) the
+        consumer finished handing over a fetch result."""
+        getter = asyncio.ensure_future(self.queue.get())
+        waits = {getter}
+        if self.close_on_fetch:
+            waits.add(asyncio.ensure_future(consumer.handed_over.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                if not w.done():
+                    w.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
 
     async def _process(self, consumer: BatchConsumer, batches: list[Batch]) -> None:
         messages = [m for b in batches for m in b.messages] if len(batches) > 1 \

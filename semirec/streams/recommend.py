@@ -1,6 +1,8 @@
 """Recommendation agent: user updates and requests -> topic ``recommendations``.
 
-Two faust agents share one :class:`semirec.serving.recommender.Recommender`:
+Two batch agents (:class:`semirec.streams.batch_transport.BatchAgent`: one hand-over per fetch
+slice, a window that closes once the fetch is handed over) share one
+:class:`semirec.serving.recommender.Recommender`:
 
 - ``recommend-updates`` reads ``user-updates`` (published by ingest after its Redis write, so a
   user's state is never older than the event that triggered the recommendation). Per batch the
@@ -37,7 +39,8 @@ from semirec.core.recommendations import (
 from semirec.core.settings import Settings
 from semirec.serving import metrics
 from semirec.serving.recommender import Job, Recommender
-from semirec.streams.batches import DeadLetterSink, retry_while_redis_down, run_batches
+from semirec.streams.batch_transport import BatchAgent
+from semirec.streams.batches import DeadLetterSink, retry_while_redis_down
 from semirec.streams.messages import Message
 
 log = logging.getLogger(__name__)
@@ -146,9 +149,7 @@ def register_recommend(app: Any, settings: Settings) -> None:
     """Attach the recommendation agents to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
     from semirec.streams.dlq import dead_letter_sink
-    from semirec.streams.runtime import runtime_of
 
-    runtime = runtime_of(app)
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     requests = raw_topic(app, settings.topics.recommendation_requests, settings.event_partitions)
     out = raw_topic(app, settings.topics.recommendations, settings.event_partitions)
@@ -173,12 +174,15 @@ def register_recommend(app: Any, settings: Settings) -> None:
         await shared().start()
         await shared().refresh_forever()
 
-    @app.agent(updates, name="recommend-updates")
-    async def recommend_updates(stream: Any) -> None:
-        await run_batches(stream, shared().on_updates, runtime=runtime,
-                          batch_max=settings.rec_concurrency * 16, within_s=0.005)
+    async def on_updates(batch: Sequence[Message]) -> int:
+        return await shared().on_updates(batch)
 
-    @app.agent(requests, name="recommend-requests")
-    async def recommend_requests(stream: Any) -> None:
-        await run_batches(stream, shared().on_requests, runtime=runtime,
-                          batch_max=settings.rec_concurrency * 16, within_s=0.005)
+    async def on_requests(batch: Sequence[Message]) -> int:
+        return await shared().on_requests(batch)
+
+    # batch agents (semirec/streams/batch_transport.py): one hand-over per fetch slice instead of
+    # faust's per-message path, and a window that closes as soon as the fetch is handed over
+    for topic, name, handler in ((updates, "recommend-updates", on_updates),
+                                 (requests, "recommend-requests", on_requests)):
+        BatchAgent(app, topic, name, handler, batch_max=settings.rec_concurrency * 16,
+                   within_s=0.005, exit_delay_s=settings.crash_exit_delay_s)

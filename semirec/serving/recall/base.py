@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -20,6 +21,10 @@ class Candidate(NamedTuple):  # a tuple: 500 are made per recall (a dataclass co
     item_id: str
     source: str
     similarity: float  # cosine to the user's profile (0 when the user has none)
+
+
+# plain tuples -> Candidate without a Python-level __new__ per candidate (500 per recall)
+_candidate = partial(tuple.__new__, Candidate)
 
 
 @dataclass(slots=True)
@@ -56,13 +61,13 @@ def merge(request: RecallRequest, quotas: Sequence[tuple[RecallSource, int]],
     """Quota pass (each source up to its quota, in order), then the fill pass (each filler
     while room is left); a video is kept once, with the source that found it first."""
     total, exclude = request.total, request.exclude
-    chosen: dict[str, Candidate] = {}
+    chosen: dict[str, tuple[str, str, float]] = {}
 
     def take(source: str, ranked: Ranked, room: int) -> None:
         for item_id, sim in ranked:
             if item_id in exclude or item_id in chosen:
                 continue
-            chosen[item_id] = Candidate(item_id, source, sim)
+            chosen[item_id] = (item_id, source, sim)
             room -= 1
             if not room:
                 return
@@ -76,7 +81,7 @@ def merge(request: RecallRequest, quotas: Sequence[tuple[RecallSource, int]],
         if room <= 0:
             break
         take(source.name, source.fill(request, room), room)
-    return list(chosen.values())
+    return list(map(_candidate, chosen.values()))
 
 
 def profile(entries: Sequence[Entry], catalog: CatalogIndex, n: int) -> np.ndarray | None:
