@@ -53,7 +53,7 @@ from semirec.trainer.offline.samples import (
     user_batch,
 )
 from semirec.trainer.online.counts import CountsState, StampedItems, StreamCounts
-from semirec.trainer.online.gate import GateConfig, Verdict, judge, window_metrics
+from semirec.trainer.online.gate import GateConfig, Verdict, judge, paired_logloss, window_metrics
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +262,11 @@ class Learner:
             candidate, opt = self.fine_tune(fit_set, tensor, self.items(fit_samples))
         if holdout:
             held, items = to_sample_set(holdout, rows, seq_len, bucket), self.items(holdout)
-            serving = window_metrics(held.label, self.probs(self.model, held, tensor, items),
-                                     held.user)
-            cand = window_metrics(held.label, self.probs(candidate, held, tensor, items), held.user)
+            p_serving = self.probs(self.model, held, tensor, items)
+            p_candidate = self.probs(candidate, held, tensor, items)
+            serving = window_metrics(held.label, p_serving, held.user)
+            cand = {**window_metrics(held.label, p_candidate, held.user),
+                    **paired_logloss(held.label, p_serving, p_candidate)}
         else:
             serving = cand = {"n": 0.0, "positives": 0.0}
         verdict = judge(serving, cand, self.online.gate)
