@@ -116,6 +116,7 @@ def sample_ids(samples: Iterable[TrainingSample]) -> set[str]:
         out.add(s.item_id)
         out.update(i for _, i in s.video)
         out.update(i for _, i in s.product)
+        out.update(i for _, i in s.skipped)
     return out
 
 
@@ -128,10 +129,10 @@ def to_sample_set(samples: Sequence[TrainingSample], rows: Mapping[str, int], se
     (``window_hours``; None keeps every age), as the exported graph masks them at serving."""
     n = len(samples)
     arrays = {k: np.zeros((n, seq_len), np.int32)
-              for k in ("video", "video_age", "product", "product_age")}
+              for k in ("video", "video_age", "product", "product_age", "skipped", "skipped_age")}
     for i, s in enumerate(samples):
         hour = int(s.ts // bucket_s)
-        for domain in ("video", "product"):
+        for domain in ("video", "product", "skipped"):
             entries = [(ts, rows[item]) for ts, item in getattr(s, domain) if item in rows]
             entries = entries[-seq_len:]
             if entries:
