@@ -92,3 +92,24 @@ def test_the_learner_fine_tunes_and_judges_a_model_with_item_identity(tmp_path: 
     (folder / BUFFERS).write_text(json.dumps(body))
     old, _, _ = load_state(tmp_path, online)
     assert old.counts.counts == {} and old.pending == learner.pending
+
+
+def test_the_truth_diagnostic_scores_a_graph_with_item_identity(tmp_path: Path) -> None:
+    """The demo can serve an ``+id`` ranker: its offline diagnostic feeds the counts too."""
+    from semirec.sim.truth_diagnostic import diagnose, onnx_scorer
+    from semirec.trainer.registry.export import export_batched_onnx
+    from semirec.worlds import load_world
+
+    world = load_world("world", seed=0, users=40)
+    dim = 128  # the serving catalog's width
+    vectors = np.random.default_rng(0).normal(size=(len(world.items), dim)).astype(np.float32)
+    cfg = replace(paper("semi_ccl+sim+rec+id"), block=BlockConfig(dim=dim, heads=4, ffn=D),
+                  id_buckets=1024)
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    with torch.no_grad():  # counts matter: a strong rate weight
+        model.identity.rate_weight.fill_(5.0)
+    onnx = export_batched_onnx(model, tmp_path / "model.onnx", dim)
+    scorer = onnx_scorer(onnx, world, vectors, id_buckets=1024)
+    out = diagnose(world, vectors, scorer, cases=10)
+    assert out["cases"] == 10 and 0.0 < out["model"] < 1.0
