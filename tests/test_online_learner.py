@@ -158,3 +158,66 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert restored.pending == learner.pending and list(restored.replay) == list(learner.replay)
     assert list(restored.seen) == list(learner.seen)
     assert load_state(tmp_path / "none", learner.online) is None
+
+
+# -- a gate for one minute of traffic -------------------------------------------------------------
+
+
+def test_a_small_slice_is_judged_by_a_confidence_bound_on_the_paired_log_loss() -> None:
+    serving = {"n": 40.0, "positives": 15.0, "auc": 0.70, "gauc": 0.65, "logloss": 0.60}
+    noisy = {**serving, "auc": 0.60, "logloss_diff": 0.03, "logloss_diff_se": 0.02}
+    assert judge(serving, noisy).promote  # worse on average, but within the slice's noise
+    worse = judge(serving, {**noisy, "logloss_diff": 0.12, "logloss_diff_se": 0.03})
+    assert not worse.promote and worse.reasons[0].startswith("worse_logloss_bound")
+    unpaired = judge(serving, serving)
+    assert not unpaired.promote and unpaired.reasons[0].startswith("too_few_samples")
+    strict = judge(serving, noisy, GateConfig(small_min_samples=0))
+    assert not strict.promote and strict.reasons[0].startswith("too_few_samples 40 < 100")
+    tiny = judge(serving, {**noisy, "n": 20.0})
+    assert not tiny.promote and tiny.reasons[0].startswith("too_few_samples")
+    one_sided = judge(serving, {**noisy, "positives": 39.0})
+    assert not one_sided.promote and one_sided.reasons[0].startswith("one_sided_labels")
+
+
+def test_rounds_of_a_minute_of_traffic_follow_a_shift_and_refuse_a_broken_candidate() -> None:
+    """Rounds of 150 new samples hold out 30-40: the strict gate (100 watches) never promotes; the
+    confidence bound promotes candidates that follow the shift (AUC on the later logged watches
+    well above the frozen model's) and still refuses one that ranks backwards."""
+    results = {}
+    for small in (0, 30):
+        learner, table, post = setup(0)
+        learner.online = replace(learner.online, round_samples=150,
+                                 gate=GateConfig(small_min_samples=small))
+        frozen = learner.model
+        cut = int(len(post) * 0.6)
+        promoted = 0
+        for start in range(0, cut, 150):
+            learner.add(post[start:min(start + 150, cut)])
+            result = learner.round(table)
+            assert result.verdict.candidate["n"] < 40
+            if result.verdict.promote:
+                learner.accept(result)
+                promoted += 1
+            else:
+                learner.reject(result)
+        test = to_sample_set(post[cut:], table.rows)
+        gain = auc(test.label, learner.probs(learner.model, test, table.tensor)) - auc(
+            test.label, learner.probs(frozen, test, table.tensor))
+        results[small] = (promoted, gain)
+    print(f"\n(promotions, post-shift AUC gain) strict / bound: {results}")
+    assert results[0] == (0, 0.0)
+    assert results[30][0] >= 2 and results[30][1] > 0.1, results
+
+    learner, table, post = setup(0, shift_at=1.0)
+
+    def sabotage(fit_set, tensor):
+        model = copy.deepcopy(learner.model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(-1.0)
+        return model, learner._optimizer(model, None)
+
+    learner.add(post[:150])
+    result = learner.round(table, train_model=sabotage)
+    assert result.verdict.candidate["n"] == 30 and not result.verdict.promote
+    assert result.verdict.reasons[0].startswith("worse_logloss_bound"), result.verdict.reasons

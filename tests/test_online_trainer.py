@@ -217,3 +217,52 @@ async def test_publish_records_a_rejection_and_the_history_is_bounded(tmp_path: 
     assert record.reasons[0].startswith("too_few_samples") and record.candidate["auc"] is None
     with pytest.raises(FrozenInstanceError):
         record.trained = 1  # type: ignore[misc]
+
+
+async def test_a_model_with_item_identity_and_recency_is_fine_tuned_and_served(
+        settings, stack: EmbeddedStack, world, redis_client, tmp_path: Path) -> None:
+    """``semi+sim+rec+id`` (what the demo can serve): the trainer counts items from the
+    samples, fine-tunes, promotes into Triton, and the promoted version answers with the
+    identity inputs."""
+    import numpy as np
+
+    from semirec.trainer.registry.export import example_batch
+
+    w, post, _ = world
+    cfg = replace(paper("semi+sim+rec+id"), block=BlockConfig(dim=D, heads=4, ffn=D),
+                  id_buckets=4096)
+    torch.manual_seed(0)
+    ckpt = checkpoint.save(tmp_path / "pre", build(cfg), cfg)
+    await put_vectors(settings, w)
+    repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
+    start = repo.export(ckpt)
+    repo.promote(start)
+    await produce_samples(settings, post[:800])
+    online = OnlineConfig(round_samples=400, min_round_samples=50, round_seconds=1.0,
+                          gate=GateConfig(min_samples=50, min_positives=5))
+    trainer = OnlineTrainer(settings, online, state_dir=tmp_path / "state", repo=repo)
+    await trainer.start()
+    try:
+        await asyncio.wait_for(trainer.run(max_rounds=2), 180)
+    finally:
+        await trainer.stop()
+    assert trainer.learner is not None and trainer.learner.counts.counts
+    # every consumed sample counted once (two rounds: 400 new, then 80 held out + 320 new)
+    assert sum(n for n, _ in trainer.learner.counts.counts.values()) == len(trainer.learner.seen) \
+        == 720
+    promoted = [r.promotion for r in trainer.rounds if r.promotion is not None]
+    assert promoted, trainer.rounds  # an untrained start loses to any fine-tuned candidate
+    client = grpcclient.InferenceServerClient(stack.addresses.triton_grpc)
+    version = str(promoted[-1].version)
+    names = {i.name for i in client.get_model_metadata("ranker", version).inputs}
+    assert {"candidate_bucket", "candidate_watches", "candidate_completes"} <= names
+    feeds = example_batch(1, D, 3, 3, 4, identity=True)
+    feeds["candidate_bucket"] %= 4096
+    inputs = []
+    for name, value in feeds.items():
+        dtype = {np.float32: "FP32", np.int64: "INT64", np.bool_: "BOOL"}[value.dtype.type]
+        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    scores = client.infer("ranker", inputs, model_version=version).as_numpy("score")
+    assert scores.shape == (1, 4) and np.isfinite(scores).all()

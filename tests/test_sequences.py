@@ -151,10 +151,32 @@ def test_replayed_offsets_are_skipped_per_partition() -> None:
     assert state.applied == {3: 11, 4: 11}
 
 
-def test_incomplete_watches_change_nothing() -> None:
+def test_incomplete_watches_are_kept_apart_bounded_and_deduplicated() -> None:
     state = UserState()
-    assert apply(state, [(ev(1, complete=False), 0)]) == 0
-    assert state == UserState()
+    watches = [(ev(i, complete=False), i) for i in range(1, 8)]
+    assert apply(state, watches, seq_len=5) == 7
+    assert state.video == [] and [e.item_id for e in state.skipped] == [f"i{i}" for i in range(3, 8)]
+    retry = ev(7, complete=False, event_id="retry-of-e7")  # same item and millisecond
+    assert apply(state, [(retry, 8)], seq_len=5) == 0
+    seen: list[str] = []
+    apply(state, [(ev(9, complete=False), 9), (ev(9, complete=False), 10)], seq_len=5,
+          before_watch=lambda s, e, o: seen.append(e.event_id))
+    assert seen == ["e9"] and len(state.skipped) == 5
+
+
+def test_format_1_blobs_still_decode() -> None:
+    """A blob written before incomplete watches were kept (format 1: no third list)."""
+    state = replay(scripted_events(users=1, per_user=60))
+    state = next(iter(state.values()))
+    assert state.skipped  # the script has incomplete watches
+    blob = bytearray(pack(state))
+    blob[0] = 1
+    n = len(state.skipped)
+    ids = "\x00".join(e.item_id for e in state.skipped).encode()
+    old = bytes(blob[: len(blob) - (1 + 8 * n + 4 + len(ids))])
+    got = unpack(old)
+    assert got.skipped == [] and got.video == state.video and got.product == state.product
+    assert got.recent == state.recent and got.applied == state.applied
 
 
 def test_pack_round_trip_and_compactness() -> None:
@@ -162,8 +184,8 @@ def test_pack_round_trip_and_compactness() -> None:
     for state in states.values():
         state.version = 7
         assert unpack(pack(state)) == state
-    full = max(states.values(), key=lambda s: len(s.video) + len(s.product))
-    raw_ids = sum(len(e.item_id) for e in full.video + full.product)
+    full = max(states.values(), key=lambda s: len(s.video) + len(s.product) + len(s.skipped))
+    entries = full.video + full.product + full.skipped
+    raw_ids = sum(len(e.item_id) for e in entries)
     # 9 bytes per entry (ts + length) + ids + 8 per recent digest + small header
-    assert len(pack(full)) <= 9 * (len(full.video) + len(full.product)) + raw_ids \
-        + 8 * len(full.recent) + 64
+    assert len(pack(full)) <= 9 * len(entries) + raw_ids + 8 * len(full.recent) + 64

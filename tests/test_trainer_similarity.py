@@ -61,6 +61,38 @@ def test_features_are_the_cosine_to_the_mean_direction_and_the_max_cosine() -> N
                                        atol=1e-5, rtol=1e-5)
 
 
+def test_recency_features_use_the_newest_hour_block_and_the_newest_entries() -> None:
+    """``+rec``: the same two cosines against the entries of the newest hour block present and
+    against the newest ``RECENT`` real entries (right-aligned, newest last)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 8, D, generator=g)
+    mask = torch.tensor([[False] * 2 + [True] * 6, [True] * 8, [False] * 8])
+    age = torch.tensor([[0, 0, 9, 7, 7, 3, 2, 2], [30, 20, 10, 5, 4, 0, 0, 0], [0] * 8])
+    cands = torch.randn(3, 4, D, generator=g)
+    sim = ContentSimilarity(recency=True)
+    got = sim.features(cands, *sim.context(x, mask, age))
+    assert got.shape == (3, 4, 6)
+    plain = ContentSimilarity()
+    torch.testing.assert_close(got[..., :2], plain.features(cands, *plain.context(x, mask)))
+    subsets = {0: ([6, 7], [3, 4, 5, 6, 7]), 1: ([5, 6, 7], [3, 4, 5, 6, 7]), 2: ([], [])}
+    for b, (block, newest) in subsets.items():
+        for c in range(4):
+            unit = F.normalize(cands[b, c], dim=0)
+            want = []
+            for rows in (block, newest):
+                if not rows:
+                    want += [torch.tensor(0.0), torch.tensor(0.0)]
+                    continue
+                real = F.normalize(x[b, rows], dim=-1)
+                want += [unit @ F.normalize(real.mean(0), dim=0), (real @ unit).max()]
+            torch.testing.assert_close(got[b, c, 2:], torch.stack(want), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="comes after"):
+        paper("semi_ccl+rec")
+    cfg = paper("semi_ccl+sim+rec+id")
+    assert cfg.recency_similarity and cfg.content_similarity and cfg.item_identity
+    assert cfg.full_name == "semi_ccl+sim+rec+id"
+
+
 def test_the_wide_term_learns_at_its_own_rate_without_decay() -> None:
     model = build(tiny("semi_ccl+sim"))
     cfg = replace(scaled(tiny("semi_ccl+sim"), 10_000, 0).train, lr=1e-3)
@@ -77,7 +109,7 @@ def test_the_wide_term_learns_at_its_own_rate_without_decay() -> None:
     assert both.content_similarity and both.item_identity and both.name == "semi_ccl"
 
 
-@pytest.mark.parametrize("name", ["semi_ccl+sim", "semi_video+sim"])
+@pytest.mark.parametrize("name", ["semi_ccl+sim", "semi_video+sim", "semi_ccl+sim+rec"])
 def test_request_graphs_compute_the_features_in_the_graph(tmp_path: Path, name: str) -> None:
     """No new tensor: the ONNX graphs (one request, and Triton's batched one) compute the
     similarity from the sequences and candidates they already get, windowed like the rest."""
@@ -85,7 +117,7 @@ def test_request_graphs_compute_the_features_in_the_graph(tmp_path: Path, name: 
     model = build(tiny(name)).eval()
     with torch.no_grad():  # make the features matter in the comparison
         model.similarity_weight.weight.fill_(2.0)
-    plain = build(tiny(name.removesuffix("+sim"))).eval()
+    plain = build(tiny(name.split("+")[0])).eval()
     single = onnx_session(export_onnx(model, tmp_path / "one.onnx", D))
     assert {i.name for i in single.get_inputs()} == {
         i.name for i in onnx_session(export_onnx(plain, tmp_path / "plain.onnx", D)).get_inputs()}

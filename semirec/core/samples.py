@@ -17,7 +17,7 @@ import msgspec
 from semirec.core.contracts import MAX_TS, MAX_TS_MS, ContractError, Event, Reason, id_problem
 from semirec.core.sequences import UserState
 
-MAX_SAMPLE_BYTES = 512 * 1024  # two sequences of at most 255 entries with 255-byte ids fit
+MAX_SAMPLE_BYTES = 512 * 1024  # three sequences of at most 255 entries with 255-byte ids fit
 MAX_ENTRIES = 255  # SEMIREC_SEQ_LEN's upper bound
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, lt=MAX_TS)]
@@ -38,6 +38,9 @@ class TrainingSample(msgspec.Struct, frozen=True):
     offset: Count
     appended_at: Seconds  # the watch's Kafka record timestamp (unix s): model freshness starts here
     logged_at: Seconds  # when ingest built the sample (unix s)
+    # (ts_ms, item_id) of incomplete watches before it, oldest first (absent in samples logged
+    # before the user state kept them: read as none)
+    skipped: Entries = []
 
 
 def sample_of(state: UserState, event: Event, partition: int, offset: int, appended_at: float,
@@ -46,7 +49,7 @@ def sample_of(state: UserState, event: Event, partition: int, offset: int, appen
     return TrainingSample(
         event.event_id, event.user_id, event.item_id, bool(event.complete), event.ts,
         list(state.video), list(state.product), partition, offset,  # Entry is a (ts_ms, id) tuple
-        appended_at, logged_at)
+        appended_at, logged_at, list(state.skipped))
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -62,7 +65,7 @@ def encode_sample(sample: TrainingSample) -> bytes:
 
 _MISSING = re.compile(r"missing required field")
 _TYPE = re.compile(r"^Expected `(str|int|float|bool|array|object|null)[^`]*`, got")
-_TIME = re.compile(r"at `\$\.(ts|appended_at|logged_at|video\[\d+\]\[0\]|product\[\d+\]\[0\])`$")
+_TIME = re.compile(r"at `\$\.(ts|appended_at|logged_at|(video|product|skipped)\[\d+\]\[0\])`$")
 
 
 def _reason(exc: msgspec.ValidationError) -> Reason:
@@ -99,7 +102,7 @@ def decode_sample(raw: bytes, key: bytes | None = None, *, check_key: bool = Fal
         raise ContractError(Reason.UNDECODABLE, f"training sample: {exc}") from None
     for name, value in (("event_id", sample.event_id), ("user_id", sample.user_id),
                         ("item_id", sample.item_id),
-                        *((f"{seq}[]", e[1]) for seq in ("video", "product")
+                        *((f"{seq}[]", e[1]) for seq in ("video", "product", "skipped")
                           for e in getattr(sample, seq))):
         if problem := id_problem(name, value):
             raise ContractError(Reason.BAD_VALUE, f"training sample: {problem}")

@@ -1,14 +1,17 @@
 """Per-user rolling sequences: the one definition of how events become state.
 
-A user's state holds the newest ``seq_len`` complete video watches and product clicks, each
-as ``(ts_ms, item_id)`` in time order (ties broken by item_id, so the result depends only on
-the set of events, not on their arrival order), a bounded window of recently applied
+A user's state holds the newest ``seq_len`` complete video watches and product clicks and,
+apart, the newest ``seq_len`` incomplete video watches (``skipped``: with the complete ones they
+give a user's completion rate by content), each as ``(ts_ms, item_id)`` in time order (ties
+broken by item_id, so the result depends only on the set of events, not on their arrival
+order), a bounded window of recently applied
 event-id digests and, per source partition, the last applied offset (replay protection).
-It is stored as one packed binary value (:func:`pack` / :func:`unpack`).
+It is stored as one packed binary value (:func:`pack` / :func:`unpack`; format 2 added the
+incomplete watches, and format-1 blobs still decode, with none).
 
 De-duplication (producer retries, at any delay): an event whose ``(ts_ms, item_id)`` is
-already an entry of its domain's sequence is a duplicate, however many events came between
-(a retry carries the original's item and timestamp). A retry whose original has been
+already an entry of its sequence (incomplete watches: of ``skipped``) is a duplicate, however
+many events came between (a retry carries the original's item and timestamp). A retry whose original has been
 truncated away is older than everything kept and is dropped like any late event. The
 event-id window catches what the entry rule cannot see: a retry re-stamped with another
 timestamp, within the user's last ``dedup_window`` applied events. Consequence, by design:
@@ -29,7 +32,7 @@ from typing import NamedTuple
 
 from semirec.core.contracts import Domain, Event
 
-FORMAT = 1
+FORMAT = 2  # 1: no incomplete watches (still decoded)
 _HEAD = struct.Struct("<BQ")  # format, write version
 _APPLIED = struct.Struct("<Iq")  # partition, offset
 _SEP = "\x00"  # item ids never contain control characters (see contracts)
@@ -52,9 +55,14 @@ class UserState:
     recent: list[int] = field(default_factory=list)  # event-id digests, oldest first
     applied: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
     version: int = 0  # bumped on every write (compare-and-set token)
+    skipped: list[Entry] = field(default_factory=list)  # incomplete video watches
 
     def sequence(self, domain: Domain) -> list[Entry]:
         return self.video if domain is Domain.VIDEO else self.product
+
+    def sequence_of(self, event: Event) -> list[Entry]:
+        """The list ``event`` joins: complete watches, product clicks or incomplete watches."""
+        return self.sequence(event.domain) if event.appends else self.skipped
 
     def view(self, bucket_s: int = 3600) -> dict[str, list[dict[str, object]]]:
         """``{"video": [{"item_id", "hour"}...], "product": [...]}``, oldest first."""
@@ -79,16 +87,18 @@ def apply(
     seq_len: int = 50,
     dedup_window: int = 64,
     before_watch: Observer | None = None,
+    kept: dict[str, int] | None = None,
 ) -> int:
     """Apply ``(event, offset)`` pairs (in offset order) to ``state`` in place.
 
     Offsets at or below the partition's last applied offset are replays and are skipped
-    (offline callers pass increasing offsets, e.g. from ``enumerate``). Incomplete watches,
-    entries already kept (same item and millisecond) and event_ids in the recent window change
-    nothing. Returns how many events were applied.
+    (offline callers pass increasing offsets, e.g. from ``enumerate``). Entries already kept
+    (same item and millisecond in the same list) and event_ids in the recent window change
+    nothing. Incomplete watches go to ``state.skipped``. Returns how many events were applied.
     ``before_watch(state, event, offset)`` sees every video event that is not a replay, a
     recent duplicate or an entry already kept (complete or not) with the state exactly as it
     was before that event (point-in-time training samples); it must not change the state.
+    ``kept`` (optional) counts the applied events per list: ``video``, ``product``, ``skipped``.
     """
     applied = 0
     last = state.applied.get(partition, -1)
@@ -96,15 +106,10 @@ def apply(
     for event, offset in events:
         if offset <= last:
             continue
-        if not event.appends:
-            if before_watch is not None and event.domain is Domain.VIDEO \
-                    and digest(event.event_id) not in recent:
-                before_watch(state, event, offset)
-            continue
         d = digest(event.event_id)
         if d in recent:
             continue
-        seq = state.sequence(event.domain)
+        seq = state.sequence_of(event)
         entry = Entry(event.ts_ms, event.item_id)
         at = bisect.bisect_left(seq, entry)
         if at < len(seq) and seq[at] == entry:
@@ -123,6 +128,9 @@ def apply(
                 recent.discard(state.recent.pop(0))
         state.applied[partition] = last = offset
         applied += 1
+        if kept is not None:
+            name = "skipped" if seq is state.skipped else event.domain.value
+            kept[name] = kept.get(name, 0) + 1
     return applied
 
 
@@ -137,8 +145,8 @@ def replay(events: Iterable[Event], *, seq_len: int = 50, dedup_window: int = 64
 
 # -- packed binary codec -------------------------------------------------------------------
 # header (format u8, version u64) | n_applied u8, (partition u32, offset i64)* |
-# n_recent u16, digest u64* | per domain (video, product): n u8, ts_ms i64 * n,
-# ids_len u32, item ids joined by NUL (UTF-8)
+# n_recent u16, digest u64* | per list (video, product, and from format 2 skipped): n u8,
+# ts_ms i64 * n, ids_len u32, item ids joined by NUL (UTF-8)
 
 _new_entry = partial(tuple.__new__, Entry)  # Entry from a (ts, id) pair without a Python frame
 
@@ -160,6 +168,7 @@ def pack(state: UserState) -> bytes:
     out += struct.pack(f"<H{len(state.recent)}Q", len(state.recent), *state.recent)
     _pack_entries(out, state.video)
     _pack_entries(out, state.product)
+    _pack_entries(out, state.skipped)
     return bytes(out)
 
 
@@ -175,7 +184,7 @@ def _unpack_entries(blob: bytes, pos: int) -> tuple[list[Entry], int]:
 
 def unpack(blob: bytes) -> UserState:
     fmt, version = _HEAD.unpack_from(blob, 0)
-    if fmt != FORMAT:
+    if fmt not in (1, FORMAT):
         raise ValueError(f"unknown user-state format {fmt}")
     pos = _HEAD.size
     applied = {}
@@ -188,8 +197,9 @@ def unpack(blob: bytes) -> UserState:
     recent = list(struct.unpack_from(f"<{n_recent}Q", blob, pos + 2))
     pos += 2 + 8 * n_recent
     video, pos = _unpack_entries(blob, pos)
-    product, _ = _unpack_entries(blob, pos)
-    return UserState(video, product, recent, applied, version)
+    product, pos = _unpack_entries(blob, pos)
+    skipped = _unpack_entries(blob, pos)[0] if fmt >= 2 else []
+    return UserState(video, product, recent, applied, version, skipped)
 
 
 def version_token(blob: bytes | None) -> bytes:

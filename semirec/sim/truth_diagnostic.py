@@ -116,20 +116,39 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
             **means(out), "among_candidates": {**means(among), "candidates": float(np.mean(sizes))}}
 
 
-def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int = 50) -> Scorer:
+def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int = 50,
+                id_buckets: int = 1 << 18) -> Scorer:
+    """Scores of the graph as serving computes them; a graph with item identity also gets each
+    candidate's watch / complete-watch counts before the request, from the world's events (what
+    serving reads from Redis), with ``id_buckets`` (the models' default, 2^18)."""
     from semirec.core.contracts import Domain
     from semirec.serving.catalog import CatalogIndex
-    from semirec.serving.features import rank_request
+    from semirec.serving.features import identity_tensors, rank_request
     from semirec.serving.ranking import OnnxRanker
 
     catalog = CatalogIndex()
     catalog.upsert([it["item_id"] for it in world.items], vectors,
                    [Domain(it["domain"]) for it in world.items])
-    ranker = OnnxRanker(model_onnx)
+    ranker = OnnxRanker(model_onnx, id_buckets=id_buckets)
+    watched: dict[str, list[float]] = {}
+    completed: dict[str, list[float]] = {}
+    for e in world.events:
+        if e.domain == "video":
+            watched.setdefault(e.item_id, []).append(e.ts)
+            if e.complete:
+                completed.setdefault(e.item_id, []).append(e.ts)
+    times = {k: np.sort(np.asarray(v)) for k, v in watched.items()}
+    done = {k: np.sort(np.asarray(v)) for k, v in completed.items()}
+    empty = np.zeros(0)
 
     def score(user_id: str, state: Any, ids: list[str], candidates: np.ndarray, at: float) -> np.ndarray:
         req = rank_request(state, candidates, catalog, at=at, seq_len=seq_len)
-        return np.asarray(ranker.rank_sync(req.tensors)).reshape(-1)[: len(candidates)]
+        tensors = req.tensors
+        if ranker.id_buckets:
+            w = np.array([np.searchsorted(times.get(i, empty), at) for i in ids], np.float32)
+            c = np.array([np.searchsorted(done.get(i, empty), at) for i in ids], np.float32)
+            tensors = {**tensors, **identity_tensors(ids, w, c, ranker.id_buckets)}
+        return np.asarray(ranker.rank_sync(tensors)).reshape(-1)[: len(candidates)]
 
     return score
 

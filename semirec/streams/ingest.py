@@ -46,14 +46,15 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class BatchOutcome:
     messages: int = 0
-    applied_events: int = 0  # events that changed a sequence
+    applied_events: int = 0  # events that changed a sequence (incomplete watches not counted)
     users_written: int = 0
     cas_conflicts: int = 0
     replay_skipped: int = 0  # events at or below their user's applied offset (a replay)
     replay_resets: int = 0  # user partitions whose applied offset lay past the log end
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     events: list[tuple[Message, Event]] = field(default_factory=list)  # the valid ones
-    # user_id -> the newest (message, event) of each user whose state was written in this batch
+    # user_id -> the newest (message, event) of each user whose video / product sequence changed
+    # in this batch (a state changed only by incomplete watches is written, not announced)
     changed: dict[str, tuple[Message, Event] | None] = field(default_factory=dict)
 
 
@@ -171,9 +172,10 @@ class IngestProcessor:
             blobs = None
             try:
                 for uid, (token, state) in zip(pending, loaded, strict=True):
-                    if applied := self._apply(state, by_user[uid], samples, stamps, out):
+                    applied, appended = self._apply(state, by_user[uid], samples, stamps, out)
+                    if applied:
                         state.version += 1
-                        writes.append((uid, token, state, applied))
+                        writes.append((uid, token, state, appended))
                     if log_samples is not None and len(samples) >= SAMPLES_CHUNK:
                         sending.append(asyncio.ensure_future(log_samples(samples)))
                         samples = []
@@ -190,11 +192,12 @@ class IngestProcessor:
                 with self.metrics.redis("cas"):
                     won = await self.store.save([w[:3] for w in writes], blobs)
             lost = []
-            for (uid, _, _, applied), ok in zip(writes, won, strict=True):
+            for (uid, _, _, appended), ok in zip(writes, won, strict=True):
                 if ok:
                     out.users_written += 1
-                    out.applied_events += applied
-                    out.changed[uid] = None
+                    out.applied_events += appended
+                    if appended:
+                        out.changed[uid] = None
                 else:
                     lost.append(uid)
             out.cas_conflicts += len(lost)
@@ -203,8 +206,9 @@ class IngestProcessor:
     def _apply(self, state: UserState, parts: dict[int, list[tuple[Event, int]]],
                samples: list[TrainingSample] | None = None,
                stamps: dict[tuple[int, int], float] | None = None,
-               out: BatchOutcome | None = None) -> int:
-        applied = 0
+               out: BatchOutcome | None = None) -> tuple[int, int]:
+        """(events applied, of which joined the video / product sequences)."""
+        applied, kept = 0, dict[str, int]()
         for partition, pairs in parts.items():
             pairs.sort(key=_offset)  # already in offset order when read from one fetch
             last = state.applied.get(partition)
@@ -215,8 +219,9 @@ class IngestProcessor:
                 def observe(s: UserState, e: Event, o: int, p: int = partition) -> None:
                     samples.append(sample_of(s, e, p, o, stamps.get((p, o), 0.0), time.time()))
             applied += apply(state, pairs, partition=partition, seq_len=self.settings.seq_len,
-                             dedup_window=self.settings.dedup_window, before_watch=observe)
-        return applied
+                             dedup_window=self.settings.dedup_window, before_watch=observe,
+                             kept=kept)
+        return applied, applied - kept.get("skipped", 0)
 
     def _replayed(self, state: UserState, partition: int, last: int,
                   pairs: list[tuple[Event, int]], out: BatchOutcome) -> None:
@@ -234,6 +239,7 @@ class IngestProcessor:
                         last, partition, end)
             return
         out.replay_skipped += bisect.bisect_right(pairs, last, key=_offset)
+
 
 def settle(futures: Sequence[asyncio.Future[Any]]) -> None:
     """After the batch's own work stopped (done or raised): cancel what still runs, and mark the

@@ -81,6 +81,9 @@ class ModelConfig:
     # explicit content similarity of the candidate to each sequence (beyond the paper; SEMI only;
     # semirec.trainer.nets.layers.ContentSimilarity): cosine to the mean direction and the max cosine
     content_similarity: bool = False
+    # recency / session similarity (``+rec``, with ``+sim`` only): the same two features against
+    # the entries of the newest hour block and against the newest RECENT_ENTRIES entries
+    recency_similarity: bool = False
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -97,6 +100,7 @@ class ModelConfig:
     def full_name(self) -> str:
         """The name with its additions, as ``--models`` takes it (``semi_ccl+sim+id``)."""
         return (self.name + (SIMILARITY_SUFFIX if self.content_similarity else "")
+                + (RECENCY_SUFFIX if self.recency_similarity else "")
                 + (IDENTITY_SUFFIX if self.item_identity else ""))
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,12 +121,14 @@ class ModelConfig:
             id_buckets=raw.get("id_buckets", 1 << 18),
             rate_prior_strength=raw.get("rate_prior_strength", 10.0),
             content_similarity=raw.get("content_similarity", False),
+            recency_similarity=raw.get("recency_similarity", False),
         )
 
 
 IDENTITY_SUFFIX = "+id"
 SIMILARITY_SUFFIX = "+sim"
-SUFFIXES = (SIMILARITY_SUFFIX, IDENTITY_SUFFIX)  # in this order: ``semi_ccl+sim+id``
+RECENCY_SUFFIX = "+rec"
+SUFFIXES = (SIMILARITY_SUFFIX, RECENCY_SUFFIX, IDENTITY_SUFFIX)  # in this order: ``semi_ccl+sim+rec+id``
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -135,8 +141,8 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def base_name(name: str) -> str:
-    """``semi_ccl+sim+id`` -> ``semi_ccl``: the network; ``+sim`` adds explicit content
-    similarity (SEMI only), ``+id`` item identity."""
+    """``semi_ccl+sim+rec+id`` -> ``semi_ccl``: the network; ``+sim`` adds explicit content
+    similarity (SEMI only), ``+rec`` its recency / session features, ``+id`` item identity."""
     return split_name(name)[0]
 
 
@@ -145,20 +151,26 @@ def check_name(name: str) -> None:
     if base not in MODEL_NAMES or (base == "pop" and suffix):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} "
                          f"(a neural one may end in {IDENTITY_SUFFIX!r}, a SEMI one in "
-                         f"{SIMILARITY_SUFFIX!r} or {SIMILARITY_SUFFIX + IDENTITY_SUFFIX!r})")
+                         f"{SIMILARITY_SUFFIX!r}, {SIMILARITY_SUFFIX + RECENCY_SUFFIX!r}, each "
+                         f"then maybe {IDENTITY_SUFFIX!r})")
     if SIMILARITY_SUFFIX in suffix and not base.startswith("semi"):
         raise ValueError(f"{name!r}: {SIMILARITY_SUFFIX!r} (content similarity) exists for the "
                          "SEMI models only")
+    if RECENCY_SUFFIX in suffix and SIMILARITY_SUFFIX not in suffix:
+        raise ValueError(f"{name!r}: {RECENCY_SUFFIX!r} (recency similarity) comes after "
+                         f"{SIMILARITY_SUFFIX!r}")
 
 
 def paper(name: str) -> ModelConfig:
     """The paper's settings for model ``name`` (CCL for the ``*_ccl`` models); ``+sim`` turns
-    explicit content similarity on and ``+id`` item identity (neither is in the paper)."""
+    explicit content similarity on, ``+rec`` its recency features and ``+id`` item identity
+    (none is in the paper)."""
     check_name(name)
     base, suffix = split_name(name)
     return ModelConfig(name=base, ccl=CCLConfig() if base.endswith("_ccl") else None,
                        item_identity=IDENTITY_SUFFIX in suffix,
-                       content_similarity=SIMILARITY_SUFFIX in suffix)
+                       content_similarity=SIMILARITY_SUFFIX in suffix,
+                       recency_similarity=RECENCY_SUFFIX in suffix)
 
 
 # chosen on validation AUC only (docs/results.md, "Settings chosen on validation")

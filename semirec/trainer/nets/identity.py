@@ -96,7 +96,9 @@ class ItemFeatures:
     buckets: np.ndarray  # [rows] int64
     counts: ItemCounts
 
-    def inputs(self, rows: np.ndarray, ts: np.ndarray) -> ItemInputs:
+    def inputs(self, rows: np.ndarray, ts: np.ndarray, index: np.ndarray | None = None) -> ItemInputs:
+        """Inputs of item ``rows`` [S, C] at times ``ts`` [S] (``index``: the samples'
+        positions, unused here; :class:`semirec.trainer.online.counts.StampedItems` needs them)."""
         watches, completes = self.counts.before(rows, ts)
         return (torch.from_numpy(self.buckets[np.asarray(rows, np.int64)]),
                 torch.from_numpy(watches), torch.from_numpy(completes))

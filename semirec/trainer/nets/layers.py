@@ -142,22 +142,48 @@ class ContentSimilarity(nn.Module):
     logit and inputs of the head: the attention can in principle compute them, but an MLP over
     ``[u, v_t]`` has to learn an inner product from data and does so poorly (docs/trainer.md).
 
-    ``context`` runs once per user (normalised entries with padding zeroed, their mean
-    direction, the key bias); ``features`` per candidate.
+    With ``recency`` (``+rec``) the same two features are also computed against two subsets of
+    the entries, for session intent and recent taste: the entries of the newest hour block
+    present (the smallest age among the real entries: the current session when it is 0) and
+    the newest :data:`RECENT` real entries. Both subsets come from the ages and masks the
+    graph already gets (entries are right-aligned, newest last).
+
+    ``context`` runs once per user (normalised entries with padding zeroed, per subset its
+    mean direction and key bias); ``features`` per candidate.
     """
 
-    FEATURES = 2  # per domain
+    RECENT = 5  # entries in the "newest k" subset
 
-    def context(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __init__(self, recency: bool = False) -> None:
+        super().__init__()
+        self.recency = recency
+        self.features_per_domain = 6 if recency else 2
+        self.context_size = 7 if recency else 3  # tensors per domain in the user context
+
+    def context(self, x: Tensor, mask: Tensor, age: Tensor | None = None) -> tuple[Tensor, ...]:
         unit = nn.functional.normalize(x, dim=-1) * mask[..., None].to(x.dtype)
-        mean = nn.functional.normalize(unit.sum(1), dim=-1)  # zero vector stays zero
-        bias = torch.where(mask, 0.0, NEG).to(x.dtype)[:, None, :]  # [B, 1, L]
-        return unit, mean, bias
+        masks = [mask]
+        if self.recency:
+            if age is None:
+                raise ValueError("recency similarity needs the entries' ages")
+            newest = age.masked_fill(~mask, 1 << 30).amin(1, keepdim=True)  # [B, 1]
+            at_or_after = mask.sum(1, keepdim=True) - mask.long().cumsum(1) + mask.long()
+            masks += [mask & (age == newest), mask & (at_or_after <= self.RECENT)]
+        out: list[Tensor] = [unit]
+        for m in masks:
+            part = unit * m[..., None].to(x.dtype)
+            out.append(nn.functional.normalize(part.sum(1), dim=-1))  # zero vector stays zero
+            out.append(torch.where(m, 0.0, NEG).to(x.dtype)[:, None, :])  # [B, 1, L]
+        return tuple(out)
 
-    def features(self, candidates: Tensor, unit: Tensor, mean: Tensor, bias: Tensor) -> Tensor:
-        """[B, C, d] candidates -> [B, C, 2] (cosine to the mean direction, max cosine)."""
+    def features(self, candidates: Tensor, unit: Tensor, *parts: Tensor) -> Tensor:
+        """[B, C, d] candidates -> [B, C, 2 or 6]: per subset (all entries; with recency the
+        newest hour block and the newest ``RECENT``) the cosine to its mean direction and the max
+        cosine."""
         c = nn.functional.normalize(candidates, dim=-1)
-        to_mean = (c * mean[:, None, :]).sum(-1)
-        cos = torch.baddbmm(bias, c, unit.transpose(1, 2))  # [B, C, L], padding -1e9
-        has_any = (bias.amax(-1) == 0).to(c.dtype)  # [B, 1]
-        return torch.stack([to_mean, cos.amax(-1) * has_any], dim=-1)
+        cos = torch.bmm(c, unit.transpose(1, 2))  # [B, C, L]
+        out = []
+        for mean, bias in zip(parts[0::2], parts[1::2], strict=True):
+            has_any = (bias.amax(-1) == 0).to(c.dtype)  # [B, 1]
+            out += [(c * mean[:, None, :]).sum(-1), (cos + bias).amax(-1) * has_any]
+        return torch.stack(out, dim=-1)

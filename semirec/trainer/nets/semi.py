@@ -52,8 +52,10 @@ class SEMI(Ranker):
         self.intra = nn.ModuleDict({d: SequenceEncoder(cfg) for d in self.domains})
         self.inter = _block(cfg)
         self.target = nn.ModuleDict({d: _block(cfg) for d in self.domains})
-        n_sim = ContentSimilarity.FEATURES * len(self.domains) if cfg.content_similarity else 0
-        self.similarity = ContentSimilarity() if n_sim else None
+        self.similarity = (ContentSimilarity(cfg.recency_similarity) if cfg.content_similarity
+                           else None)
+        n_sim = 0 if self.similarity is None else \
+            self.similarity.features_per_domain * len(self.domains)
         # the similarity features' own linear term of the logit (zero at the start)
         self.similarity_weight = nn.Linear(n_sim, 1) if n_sim else None
         if self.similarity_weight is not None:
@@ -75,8 +77,8 @@ class SEMI(Ranker):
             ctx.extend(self.target[d].keys_values(part, mask))
         if self.similarity is not None:  # after the 3 tensors per domain of the target blocks
             for d in self.domains:
-                x, _, mask = user.domain(d)
-                ctx.extend(self.similarity.context(x, mask))
+                x, age, mask = user.domain(d)
+                ctx.extend(self.similarity.context(x, mask, age))
         return tuple(ctx)
 
     def wide_parameters(self) -> list[nn.Parameter]:
@@ -90,8 +92,8 @@ class SEMI(Ranker):
         ]
         if self.similarity is None or self.similarity_weight is None:
             return self.head(torch.cat([*users, query], dim=-1))
-        n = 3 * len(self.domains)
-        sims = torch.cat([self.similarity.features(candidates, *ctx[n + 3 * i : n + 3 * i + 3])
+        n, k = 3 * len(self.domains), self.similarity.context_size
+        sims = torch.cat([self.similarity.features(candidates, *ctx[n + k * i : n + k * (i + 1)])
                           for i in range(len(self.domains))], dim=-1)
         return (self.head(torch.cat([*users, query, sims], dim=-1))
                 + self.similarity_weight(sims).squeeze(-1))

@@ -53,7 +53,7 @@ def predict(
         ctx = model.encode_user(user_batch(samples, idx, table, seq_len))
         rows = np.ascontiguousarray(candidates[idx])
         cands = table[torch.from_numpy(rows).long()]
-        ident = _identity(model, items, rows, samples.ts[idx])
+        ident = _identity(model, items, rows, samples.ts[idx], idx)
         out[idx] = model.logits(ctx, cands, ident).numpy()
     return out
 
@@ -63,12 +63,13 @@ def user_codes(samples: SampleSet) -> np.ndarray:
     return np.unique(samples.user.astype(str), return_inverse=True)[1].astype(np.int64)
 
 
-def _identity(model: Ranker, items: ItemFeatures | None, rows: np.ndarray, ts: np.ndarray):
+def _identity(model: Ranker, items: ItemFeatures | None, rows: np.ndarray, ts: np.ndarray,
+              index: np.ndarray):
     if model.identity is None:
         return None
     if items is None:
         raise ValueError("a model with item identity needs ItemFeatures")
-    return items.inputs(rows, ts)
+    return items.inputs(rows, ts, index)
 
 
 def param_groups(model: Ranker, cfg: TrainConfig) -> list[dict]:
@@ -119,7 +120,7 @@ def fit(
                                   rng):
             user = user_batch(train, idx, table, cfg.seq_len)
             target = table[torch.from_numpy(train.target[idx]).long()]
-            ident = _identity(model, items, train.target[idx, None], train.ts[idx])
+            ident = _identity(model, items, train.target[idx, None], train.ts[idx], idx)
             loss = F.binary_cross_entropy_with_logits(model(user, target, ident), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -35,6 +35,14 @@ class SampleSet:
     video_age: np.ndarray  # [S, L] int32 hours before the request
     product: np.ndarray  # [S, L] int32
     product_age: np.ndarray  # [S, L] int32
+    # incomplete watches before the sample, as ``video`` ([S, 0] when not built)
+    skipped: np.ndarray | None = None
+    skipped_age: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("skipped", "skipped_age"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros((len(self.target), 0), np.int32))
 
     def __len__(self) -> int:
         return len(self.target)
@@ -59,8 +67,10 @@ def in_window(age_hours: np.ndarray | torch.Tensor, window_hours: int = WINDOW_H
 def blank_outside_window(arrays: Mapping[str, np.ndarray], window_hours: int) -> None:
     """In place: entries of ``arrays["video"|"product"]`` (right-aligned rows, 0 = padding)
     outside :func:`in_window` become padding (row 0, age 0); they are the oldest, so the rest
-    stays right-aligned."""
-    for domain in ("video", "product"):
+    stays right-aligned (also ``skipped`` when present)."""
+    for domain in ("video", "product", "skipped"):
+        if domain not in arrays:
+            continue
         out = (arrays[domain] > 0) & ~in_window(arrays[f"{domain}_age"], window_hours)
         arrays[domain][out] = 0
         arrays[f"{domain}_age"][out] = 0
@@ -94,7 +104,7 @@ def build_samples(
     """
     states: dict[str, UserState] = {}
     cols: dict[str, list] = {k: [] for k in ("user", "target", "label", "ts", "event")}
-    seqs: list[tuple[list[Entry], list[Entry], int]] = []
+    seqs: list[tuple[list[Entry], list[Entry], list[Entry], int]] = []
     last_ts = -np.inf
     for offset, event in enumerate(events):
         if event.ts < last_ts:
@@ -109,14 +119,17 @@ def build_samples(
             cols["label"].append(float(bool(event.complete)))
             cols["ts"].append(event.ts)
             cols["event"].append(event.event_id)
-            seqs.append((list(state.video), list(state.product), int(event.ts // bucket_s)))
+            seqs.append((list(state.video), list(state.product), list(state.skipped),
+                         int(event.ts // bucket_s)))
         apply(state, [(event, offset)], seq_len=seq_len)
     n = len(seqs)
     arrays = {k: np.zeros((n, seq_len), np.int32) for k in ("video", "video_age", "product",
-                                                            "product_age")}
-    for i, (video, product, hour) in enumerate(seqs):
+                                                            "product_age", "skipped",
+                                                            "skipped_age")}
+    for i, (video, product, skipped, hour) in enumerate(seqs):
         _snapshot(video, rows, hour, bucket_s, arrays["video"][i], arrays["video_age"][i])
         _snapshot(product, rows, hour, bucket_s, arrays["product"][i], arrays["product_age"][i])
+        _snapshot(skipped, rows, hour, bucket_s, arrays["skipped"][i], arrays["skipped_age"][i])
     if window_hours is not None:
         blank_outside_window(arrays, window_hours)
     return SampleSet(

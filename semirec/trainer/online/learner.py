@@ -7,6 +7,8 @@ time), fine-tunes a copy of the serving model on the rest plus a draw from the r
 scores both models on the held-out slice and asks :func:`semirec.trainer.online.gate.judge`. A promoted
 candidate becomes the serving state; a rejected one is dropped (its samples stay in the replay
 buffer). The held-out slice is trained on in the next round.
+A model with item identity is fed each sample's item counts as the samples stream gives them
+(:mod:`semirec.trainer.online.counts`).
 
 :class:`OnlineTrainer` wraps it for production (``semirec trainer run``): a consumer of
 ``samples`` in its own group, item vectors from Redis, promotion through the model
@@ -50,7 +52,8 @@ from semirec.trainer.offline.samples import (
     length_batches,
     user_batch,
 )
-from semirec.trainer.online.gate import GateConfig, Verdict, judge, window_metrics
+from semirec.trainer.online.counts import CountsState, StampedItems, StreamCounts
+from semirec.trainer.online.gate import GateConfig, Verdict, judge, paired_logloss, window_metrics
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ def sample_ids(samples: Iterable[TrainingSample]) -> set[str]:
         out.add(s.item_id)
         out.update(i for _, i in s.video)
         out.update(i for _, i in s.product)
+        out.update(i for _, i in s.skipped)
     return out
 
 
@@ -125,10 +129,10 @@ def to_sample_set(samples: Sequence[TrainingSample], rows: Mapping[str, int], se
     (``window_hours``; None keeps every age), as the exported graph masks them at serving."""
     n = len(samples)
     arrays = {k: np.zeros((n, seq_len), np.int32)
-              for k in ("video", "video_age", "product", "product_age")}
+              for k in ("video", "video_age", "product", "product_age", "skipped", "skipped_age")}
     for i, s in enumerate(samples):
         hour = int(s.ts // bucket_s)
-        for domain in ("video", "product"):
+        for domain in ("video", "product", "skipped"):
             entries = [(ts, rows[item]) for ts, item in getattr(s, domain) if item in rows]
             entries = entries[-seq_len:]
             if entries:
@@ -167,9 +171,6 @@ class Learner:
 
     def __init__(self, model: Ranker, cfg: ModelConfig, online: OnlineConfig,
                  optimizer_state: dict[str, Any] | None = None) -> None:
-        if getattr(model, "identity", None) is not None:
-            raise ValueError("online fine-tuning of a model with item identity is not supported "
-                             "yet (it needs the items' counts at each sample's time)")
         self.cfg = cfg
         self.online = online
         self.model = model.eval()
@@ -177,6 +178,7 @@ class Learner:
         self.pending: list[TrainingSample] = []
         self.replay: deque[TrainingSample] = deque(maxlen=online.replay_size)
         self.seen: OrderedDict[str, None] = OrderedDict()
+        self.counts = StreamCounts()  # item watch counts from the stream (item identity)
         self.rounds = 0
         self.rng = np.random.default_rng(online.seed)
 
@@ -196,11 +198,21 @@ class Learner:
             if len(self.seen) > self.online.dedup_size:
                 self.seen.popitem(last=False)
             self.pending.append(s)
+            self.counts.observe(s)
             added += 1
         return added
 
-    def fine_tune(self, train: SampleSet, table: torch.Tensor) -> tuple[Ranker, torch.optim.Optimizer]:
-        """A copy of the serving model (and optimizer) trained on ``train``."""
+    def items(self, samples: Sequence[TrainingSample]) -> StampedItems | None:
+        """Item identity inputs of ``samples`` (their stamped counts; None for a model
+        without item identity)."""
+        if self.model.identity is None:
+            return None
+        return StampedItems(*self.counts.inputs(samples, self.cfg.id_buckets))
+
+    def fine_tune(self, train: SampleSet, table: torch.Tensor, items: StampedItems | None = None) \
+            -> tuple[Ranker, torch.optim.Optimizer]:
+        """A copy of the serving model (and optimizer) trained on ``train`` (``items``: its
+        item identity inputs, :meth:`items`)."""
         model = copy.deepcopy(self.model)  # item_scale stays the offline model's
         opt = self._optimizer(model, copy.deepcopy(self.optimizer.state_dict()))
         labels = torch.from_numpy(train.label)
@@ -211,15 +223,19 @@ class Learner:
                                       self.rng):
                 user = user_batch(train, idx, table, self.online.seq_len)
                 target = table[torch.from_numpy(train.target[idx]).long()]
-                loss = F.binary_cross_entropy_with_logits(model(user, target), labels[idx])
+                ident = None if items is None else items.inputs(train.target[idx, None],
+                                                                train.ts[idx], idx)
+                loss = F.binary_cross_entropy_with_logits(model(user, target, ident), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         model.eval()
         return model, opt
 
-    def probs(self, model: Ranker, samples: SampleSet, table: torch.Tensor) -> np.ndarray:
-        logits = predict(model, samples, samples.target[:, None], table, self.online.seq_len)
+    def probs(self, model: Ranker, samples: SampleSet, table: torch.Tensor,
+              items: StampedItems | None = None) -> np.ndarray:
+        logits = predict(model, samples, samples.target[:, None], table, self.online.seq_len,
+                         items=items)
         return 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
 
     def round(self, table: ItemTable, train_model=None) -> RoundResult:
@@ -236,15 +252,22 @@ class Learner:
         buffer = list(self.replay) if draw else []
         replayed = [buffer[i] for i in self.rng.choice(len(buffer), draw, replace=False)]
         rows, seq_len, bucket = table.rows, self.online.seq_len, self.online.bucket_s
-        fit_set = to_sample_set(train + [s for s in replayed if s.item_id in rows], rows, seq_len,
-                                bucket)
+        fit_samples = train + [s for s in replayed if s.item_id in rows]
+        fit_set = to_sample_set(fit_samples, rows, seq_len, bucket)
         tensor = table.tensor
-        candidate, opt = (train_model or self.fine_tune)(fit_set, tensor) if len(fit_set) \
-            else (copy.deepcopy(self.model), self._optimizer(self.model, None))
+        if not len(fit_set):
+            candidate, opt = copy.deepcopy(self.model), self._optimizer(self.model, None)
+        elif train_model is not None:
+            candidate, opt = train_model(fit_set, tensor)
+        else:
+            candidate, opt = self.fine_tune(fit_set, tensor, self.items(fit_samples))
         if holdout:
-            held = to_sample_set(holdout, rows, seq_len, bucket)
-            serving = window_metrics(held.label, self.probs(self.model, held, tensor), held.user)
-            cand = window_metrics(held.label, self.probs(candidate, held, tensor), held.user)
+            held, items = to_sample_set(holdout, rows, seq_len, bucket), self.items(holdout)
+            p_serving = self.probs(self.model, held, tensor, items)
+            p_candidate = self.probs(candidate, held, tensor, items)
+            serving = window_metrics(held.label, p_serving, held.user)
+            cand = {**window_metrics(held.label, p_candidate, held.user),
+                    **paired_logloss(held.label, p_serving, p_candidate)}
         else:
             serving = cand = {"n": 0.0, "positives": 0.0}
         verdict = judge(serving, cand, self.online.gate)
@@ -261,6 +284,7 @@ class Learner:
     def _settle(self, result: RoundResult) -> None:
         self.replay.extend(result.trained)
         self.pending = list(result.holdout)  # trained on in the next round
+        self.counts.keep(s.event_id for s in (*self.pending, *self.replay))
         self.rounds += 1
 
 
@@ -269,7 +293,18 @@ class Learner:
 CURRENT = "CURRENT"
 OPTIMIZER, STATE, BUFFERS = "optimizer.safetensors", "state.json", "buffers.json"
 _samples_encoder = msgspec.json.Encoder()
-_buffers_decoder = msgspec.json.Decoder(dict[str, list[TrainingSample]])
+
+
+class Buffers(msgspec.Struct):
+    """``buffers.json``: the samples a checkpoint holds and the stream's item counts (absent
+    from checkpoints written before item identity was trained online: counts start at 0)."""
+
+    pending: list[TrainingSample]
+    replay: list[TrainingSample]
+    item_counts: CountsState = msgspec.field(default_factory=CountsState)
+
+
+_buffers_decoder = msgspec.json.Decoder(Buffers)
 
 
 def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -302,7 +337,7 @@ def save_state(root: Path, learner: Learner, offsets: Mapping[int, int],
     tensors, opt_meta = _optimizer_tensors(learner.optimizer.state_dict())
     save_file(tensors, str(tmp / OPTIMIZER))
     (tmp / BUFFERS).write_bytes(_samples_encoder.encode(
-        {"pending": learner.pending, "replay": list(learner.replay)}))
+        Buffers(learner.pending, list(learner.replay), learner.counts.state())))
     body = {"offsets": {str(p): int(o) for p, o in offsets.items()}, "optimizer": opt_meta,
             "seen": list(learner.seen), "rounds": learner.rounds, "online": asdict(learner.online),
             "saved_at": time.time(), **(extra or {})}
@@ -324,8 +359,9 @@ def load_state(root: Path, online: OnlineConfig) -> tuple[Learner, dict[int, int
     opt_state = _optimizer_state(load_file(str(folder / OPTIMIZER)), body["optimizer"])
     learner = Learner(model, cfg, online, opt_state)
     buffers = _buffers_decoder.decode((folder / BUFFERS).read_bytes())
-    learner.pending = list(buffers["pending"])
-    learner.replay.extend(buffers["replay"])
+    learner.pending = list(buffers.pending)
+    learner.replay.extend(buffers.replay)
+    learner.counts = StreamCounts(buffers.item_counts)
     learner.seen = OrderedDict((e, None) for e in body["seen"])
     learner.rounds = int(body["rounds"])
     return learner, {int(p): int(o) for p, o in body["offsets"].items()}, body

@@ -378,6 +378,7 @@ class OnlineTrainer:
         fresh.pending, fresh.replay, fresh.seen = self.learner.pending, self.learner.replay, \
             self.learner.seen
         fresh.rounds = self.learner.rounds
+        fresh.counts = self.learner.counts
         self.learner, self.serving_version = fresh, serving
 
     async def _fetch_vectors(self) -> None:
