@@ -185,7 +185,11 @@ def test_the_trainer_lease_has_one_holder_and_fences_a_stale_one(tmp_path: Path,
     with pytest.raises(FencedError, match=r"epoch 1 is stale .*epoch 2, held by b"):
         repo.export(checkpoints["video"], fence=first)
     assert repo.versions() == []
+    repo.renew_lease(second, ttl_s=1.0)
+    before = repo.lease()
     version = repo.export(checkpoints["video"], fence=second)
+    after = repo.lease()  # a fenced operation renews the lease when it ends
+    assert before is not None and after is not None and after.expires_at > before.expires_at
     with pytest.raises(FencedError, match="another trainer took over"):
         repo.promote(version, fence=first)  # refused before Triton (there is none here)
     with pytest.raises(FencedError):

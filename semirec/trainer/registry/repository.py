@@ -95,11 +95,13 @@ class FencedError(ModelRepositoryError):
 
 @dataclass(frozen=True)
 class Lease:
-    """The trainer lease as stored: ``epoch`` (fencing token), who holds it, until when."""
+    """The trainer lease as stored: ``epoch`` (fencing token), who holds it, until when, and
+    for how long each renewal extends it."""
 
     epoch: int
     holder: str
     expires_at: float
+    ttl_s: float = 0.0
 
     def held(self, now: float | None = None) -> bool:
         return self.expires_at > (time.time() if now is None else now)
@@ -352,7 +354,7 @@ class ModelRepository:
                 "metrics": dict(metrics if metrics is not None else ckpt_meta.get("metrics", {})),
                 "onnx_max_abs_diff": diff,
             }
-            with self._locked():
+            with self._locked(renew=fence):
                 self._check_fence(fence)
                 state = self._state()
                 version = max([*self.versions(), int(state.get("last_version") or 0)]) + 1
@@ -372,7 +374,7 @@ class ModelRepository:
         Returns timings: ``load_s`` (the ``load_model`` call: a new python stub starts and
         warms up) and ``first_answer_s``. On failure the alias does not move and Triton keeps
         the version it served."""
-        with self._locked():
+        with self._locked(renew=fence):
             self._check_fence(fence)
             self.info(version)
             client = self._client()
@@ -439,7 +441,8 @@ class ModelRepository:
         if not path.is_file():
             return None
         raw = json.loads(path.read_text())
-        return Lease(int(raw["epoch"]), str(raw["holder"]), float(raw["expires_at"]))
+        return Lease(int(raw["epoch"]), str(raw["holder"]), float(raw["expires_at"]),
+                     float(raw.get("ttl_s", 0.0)))
 
     def acquire_lease(self, holder: str, ttl_s: float) -> int | Lease:
         """Take the trainer lease when nobody holds it (never held, released, or expired):
@@ -450,7 +453,7 @@ class ModelRepository:
             if current is not None and current.held() and current.holder != holder:
                 return current
             epoch = (current.epoch if current else 0) + 1
-            self._write_lease(Lease(epoch, holder, time.time() + ttl_s))
+            self._write_lease(Lease(epoch, holder, time.time() + ttl_s, ttl_s))
             return epoch
 
     def renew_lease(self, epoch: int, ttl_s: float) -> None:
@@ -458,7 +461,7 @@ class ModelRepository:
         with self._locked():
             current = self._check_fence(epoch)
             assert current is not None
-            self._write_lease(replace(current, expires_at=time.time() + ttl_s))
+            self._write_lease(replace(current, expires_at=time.time() + ttl_s, ttl_s=ttl_s))
 
     def release_lease(self, epoch: int) -> None:
         """Give the lease up now (a waiting trainer takes it at once); no-op when lost."""
@@ -471,7 +474,7 @@ class ModelRepository:
     def fenced(self, epoch: int | None) -> Iterator[None]:
         """Hold the repository lock while the lease's epoch is ``epoch`` (None: unfenced), for
         a write that a stale trainer must not make (the trainer's checkpoint)."""
-        with self._locked():
+        with self._locked(renew=epoch):
             self._check_fence(epoch)
             yield
 
@@ -485,9 +488,17 @@ class ModelRepository:
                               "another trainer took over; this one must stop")
         return current
 
+    def _extend(self, epoch: int | None) -> None:  # lock held
+        """A fenced operation renews the lease when it ends: it held the lock, so the holder's
+        own renewal waited (a Triton load can outlast the lease)."""
+        current = self.lease()
+        if epoch is not None and current is not None and current.epoch == epoch:
+            self._write_lease(replace(current, expires_at=time.time() + current.ttl_s))
+
     def _write_lease(self, lease: Lease) -> None:
-        durable.write_atomic(self.dir / LEASE, _json({"epoch": lease.epoch, "holder": lease.holder,
-                                                      "expires_at": lease.expires_at}))
+        durable.write_atomic(self.dir / LEASE, _json({
+            "epoch": lease.epoch, "holder": lease.holder, "expires_at": lease.expires_at,
+            "ttl_s": lease.ttl_s}))
 
     # -- internals -----------------------------------------------------------------------------
     def _client(self):  # -> tritonclient.grpc.InferenceServerClient
@@ -543,11 +554,17 @@ class ModelRepository:
         return doomed
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, renew: int | None = None) -> Iterator[None]:
+        """The repository lock; ``renew``: a fenced operation, which renews the lease of that
+        epoch when it ends (:meth:`_extend`), whether it succeeded or not."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / LOCK, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                try:
+                    if renew is not None:
+                        self._extend(renew)
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
