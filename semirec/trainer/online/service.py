@@ -179,7 +179,6 @@ class OnlineTrainer:
                     return False
                 except TimeoutError:
                     pass
-        log.info("trainer lease taken: epoch %s (%s)", self.epoch, self.holder)
         ACTIVE.set(1)
         EPOCH.set(self.epoch)
         self._heartbeat = asyncio.create_task(self._renew())
@@ -257,6 +256,8 @@ class OnlineTrainer:
         await asyncio.to_thread(self.repo.ensure_serving)  # e.g. Triton restarted meanwhile
         if self.serving_version is not None:
             SERVING.set(self.serving_version)
+        log.info("active trainer: lease epoch %s (%s), offsets %s", self.epoch, self.holder,
+                 self.offsets)
         return True
 
     async def _assign(self, parts: set[int]) -> None:
@@ -314,7 +315,7 @@ class OnlineTrainer:
             self._heartbeat = None
         if self.epoch is not None:
             await asyncio.to_thread(self.repo.release_lease, self.epoch)
-            log.info("trainer lease epoch %s released", self.epoch)
+            log.debug("trainer lease epoch %s released", self.epoch)
             self.epoch = None
             ACTIVE.set(0)
 
