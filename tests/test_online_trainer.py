@@ -209,11 +209,13 @@ def _state(root: Path) -> tuple[dict, dict] | None:
         return None
 
 
-async def test_kill_9_and_resume_loses_no_sample(settings, stack: EmbeddedStack, world,
-                                                 redis_client, tmp_path: Path) -> None:
-    """A real `semirec trainer run` is killed with SIGKILL after its first checkpoint and
-    restarted: every sample ends up trained or held exactly once, except at most one round's
-    worth that the killed process had trained after its last checkpoint."""
+async def test_kill_9_of_the_active_trainer_the_waiting_one_loses_no_sample(
+        settings, stack: EmbeddedStack, world, redis_client, tmp_path: Path) -> None:
+    """Two real `semirec trainer run` on one topic, repository and state folder: one is active,
+    the other waits. The active one is killed with SIGKILL after its first checkpoint; the
+    waiting one takes over when the lease expires: every sample ends up trained or held exactly
+    once, except at most one round's worth that the killed process had trained after its last
+    checkpoint."""
     w, post, ckpt = world
     await put_vectors(settings, w)
     repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
@@ -222,40 +224,53 @@ async def test_kill_9_and_resume_loses_no_sample(settings, stack: EmbeddedStack,
     await produce_samples(settings, samples)
     env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(stack.model_repository),
            "SEMIREC_TRAINER_GROUP": f"trainer-{settings.consumer_group}",
-           "SEMIREC_TRAINER_LEASE_S": "2"}  # the killed trainer's lease expires soon
+           "SEMIREC_TRAINER_LEASE_S": "3"}  # the killed trainer's lease expires soon
     root = tmp_path / "state"
     argv = [sys.executable, "-m", "semirec", "trainer", "run", "--state", str(root),
             "--round-samples", "400", "--min-round-samples", "50", "--round-seconds", "1"]
+    logs = [tmp_path / f"trainer-{i}.log" for i in range(2)]
 
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(tmp_path / "trainer.log", "ab"))
+    def spawn(log: Path) -> subprocess.Popen:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
-    async def wait_for(check, proc, timeout: float = 180.0):
+    procs = [spawn(log) for log in logs]
+
+    def tails() -> str:
+        return "\n".join(log.read_text()[-3000:] for log in logs)
+
+    async def wait_for(check, alive: list[subprocess.Popen], timeout: float = 180.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError((tmp_path / "trainer.log").read_text()[-3000:])
+            if any(p.poll() is not None for p in alive):
+                raise AssertionError(tails())
             if (got := _state(root)) is not None and check(*got):
                 return got
             await asyncio.sleep(0.1)
-        raise AssertionError("timed out:\n" + (tmp_path / "trainer.log").read_text()[-3000:])
+        raise AssertionError("timed out:\n" + tails())
 
-    proc = start()
     try:
-        await wait_for(lambda state, _: state["rounds"] >= 1, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        await wait_for(lambda state, _: state["rounds"] >= 1, procs)
+        lease = repo.lease()
+        assert lease is not None
+        active = next(i for i, p in enumerate(procs) if f":{p.pid}:" in lease.holder)
+        survivor = procs[1 - active]
+        os.kill(procs[active].pid, signal.SIGKILL)
+        procs[active].wait()
         killed_at = _state(root)
         assert killed_at is not None
-        proc = start()
         _, buffers = await wait_for(
             lambda state, _: sum(state["offsets"].values()) >= len(samples)
-            and state["rounds"] > killed_at[0]["rounds"], proc)
+            and state["rounds"] > killed_at[0]["rounds"], [survivor])
+        text = logs[1 - active].read_text()
+        assert "another trainer is active" in text and \
+            f"active trainer: lease epoch {lease.epoch + 1}" in text, text[-3000:]
+        assert "active trainer" in logs[active].read_text()
+        assert "another trainer is active" not in logs[active].read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
     held = [s["event_id"] for s in buffers["replay"]] + [s["event_id"] for s in buffers["pending"]]
     assert set(held) == {s.event_id for s in samples}  # none lost
     twice = sum(n - 1 for n in Counter(held).values())
