@@ -62,4 +62,9 @@ def run(state_dir: Path | None, init: Path | None, round_samples: int | None,
             if server is not None:
                 await server.close()
 
-    asyncio.run(main())
+    from semirec.trainer.registry.repository import FencedError
+
+    try:
+        asyncio.run(main())
+    except FencedError as exc:  # another trainer took over: this one made no stale write
+        raise click.ClickException(str(exc)) from exc
