@@ -166,7 +166,7 @@ async def test_a_failed_hot_swap_is_retried_and_never_reverts_the_learner(tmp_pa
         def aliases(self) -> dict[str, int]:
             return {"serving": self.serving}
 
-        def promote(self, version: int) -> dict[str, float]:
+        def promote(self, version: int, *, fence: int | None = None) -> dict[str, float]:
             self.calls.append(version)
             if self.fail:
                 self.fail -= 1

@@ -4,6 +4,7 @@ and a hot swap under load, against the session's real tritonserver."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -35,6 +36,8 @@ from semirec.trainer.registry.export import (
 from semirec.trainer.registry.repository import (
     ENGINE_VARIANT,
     MODEL,
+    FencedError,
+    Lease,
     ModelRepository,
     ModelRepositoryError,
     PromotionError,
@@ -163,6 +166,60 @@ def test_promote_needs_a_triton_address(tmp_path: Path, checkpoints) -> None:
     with pytest.raises(ModelRepositoryError, match="previous"):
         repo.rollback()
     assert repo.aliases() == {}
+
+
+def test_the_trainer_lease_has_one_holder_and_fences_a_stale_one(tmp_path: Path,
+                                                                  checkpoints) -> None:
+    """One holder at a time; an expired lease is taken over with the next epoch; the stale
+    holder's export, promotion, checkpoint and renewal are refused (before Triton is asked)."""
+    repo = ModelRepository(tmp_path / "models")
+    assert repo.lease() is None
+    first = repo.acquire_lease("a", ttl_s=0.5)
+    assert first == 1
+    held = repo.acquire_lease("b", ttl_s=30)
+    assert isinstance(held, Lease) and held.holder == "a" and held.epoch == 1 and held.held()
+    repo.renew_lease(first, ttl_s=0.5)
+    time.sleep(0.6)  # "a" paused past its lease
+    second = repo.acquire_lease("b", ttl_s=30)
+    assert second == 2
+    with pytest.raises(FencedError, match=r"epoch 1 is stale .*epoch 2, held by b"):
+        repo.export(checkpoints["video"], fence=first)
+    assert repo.versions() == []
+    repo.renew_lease(second, ttl_s=1.0)
+    before = repo.lease()
+    version = repo.export(checkpoints["video"], fence=second)
+    after = repo.lease()  # a fenced operation renews the lease when it ends
+    assert before is not None and after is not None and after.expires_at > before.expires_at
+    with pytest.raises(FencedError, match="another trainer took over"):
+        repo.promote(version, fence=first)  # refused before Triton (there is none here)
+    with pytest.raises(FencedError):
+        repo.renew_lease(first, ttl_s=30)
+    with pytest.raises(FencedError), repo.fenced(first):
+        pass
+    with repo.fenced(second):  # the active trainer's checkpoint is written under this
+        pass
+    repo.release_lease(first)  # a stale release changes nothing
+    assert repo.lease() is not None and repo.lease().holder == "b"
+    repo.release_lease(second)
+    assert repo.acquire_lease("c", ttl_s=30) == 3  # released: taken at once
+    assert json.loads((repo.dir / "aliases.json").read_text())["last_version"] == version
+
+
+def test_concurrent_exports_get_distinct_version_numbers(tmp_path: Path, checkpoints) -> None:
+    """Three `semirec model export` processes at once on one repository: 1, 2, 3."""
+    env = {**os.environ, "SEMIREC_MODEL_REPOSITORY": str(tmp_path / "models")}
+    procs = [subprocess.Popen([sys.executable, "-m", "semirec", "model", "export", "--json",
+                               str(checkpoints[name])], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for name in ("semi0", "semi1", "video")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    versions = sorted(json.loads(out.strip().splitlines()[-1])["version"] for out, _ in outs)
+    assert versions == [1, 2, 3]
+    repo = ModelRepository(tmp_path / "models")
+    assert repo.versions() == [1, 2, 3]
+    assert {repo.info(v).sha256 for v in versions} == {
+        file_sha256(checkpoints[n] / "model.safetensors") for n in ("semi0", "semi1", "video")}
 
 
 # -- against the session's tritonserver ---------------------------------------------------------

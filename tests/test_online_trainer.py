@@ -38,7 +38,7 @@ from semirec.trainer.online.learner import (
     samples_from_events,
 )
 from semirec.trainer.online.service import OnlineTrainer
-from semirec.trainer.registry.repository import ModelRepository
+from semirec.trainer.registry.repository import FencedError, ModelRepository
 from tests.conftest import settings_env
 from tests.kafka_utils import committed, produce_raw
 from tests.online_utils import drifting_world
@@ -136,6 +136,71 @@ async def test_rounds_promote_into_triton_and_announce(settings, stack: Embedded
     assert state["serving_version"] == promoted[-1].version
 
 
+async def test_two_trainers_one_active_takeover_and_a_stale_one_fenced(
+        settings, stack: EmbeddedStack, world, redis_client, tmp_path: Path) -> None:
+    """Two trainers on one topic, repository and state folder: only the lease holder trains and
+    promotes, the other waits; when it stops, the other takes over from its checkpoint and the
+    committed offsets. A holder paused past its lease is fenced: its round exports, promotes,
+    checkpoints and commits nothing."""
+    w, post, ckpt = world
+    await put_vectors(settings, w)
+    repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
+    repo.promote(repo.export(ckpt))
+    await produce_samples(settings, post[:1600])
+    settings = replace(settings, trainer_group=f"trainer-{settings.consumer_group}")
+    online = OnlineConfig(round_samples=400, min_round_samples=50, round_seconds=1.0,
+                          gate=GateConfig(min_samples=50, min_positives=5))
+
+    def trainer() -> OnlineTrainer:
+        return OnlineTrainer(settings, online, state_dir=tmp_path / "state", repo=repo,
+                             lease_s=3.0)
+
+    a, b, c = trainer(), trainer(), trainer()
+    assert await a.start()
+    waiting = asyncio.create_task(b.start())
+    try:
+        await asyncio.wait_for(a.run(max_rounds=2), 120)
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and b.epoch is None and b.learner is None  # b waits
+        promoted_a = [r.promotion.version for r in a.rounds if r.promotion is not None]
+        assert promoted_a, a.rounds
+        assert repo.aliases()["serving"] == promoted_a[-1]
+        offsets_a = dict(a.offsets)
+        epoch_a = a.epoch
+        await a.stop()  # releases the lease: b takes over at once
+        assert await asyncio.wait_for(waiting, 10)
+        assert b.epoch == epoch_a + 1  # type: ignore[operator]
+        assert b.offsets == offsets_a and b.serving_version == promoted_a[-1]
+        assert b.learner is not None and b.learner.rounds == 2  # a's checkpoint, not a fresh start
+        await asyncio.wait_for(b.run(max_rounds=1), 120)
+        assert sum(b.offsets.values()) > sum(offsets_a.values())
+        # b is paused past its lease (no renewal): c takes over, b is fenced
+        assert b._heartbeat is not None
+        b._heartbeat.cancel()
+        assert await asyncio.wait_for(c.start(), 10)
+        assert c.epoch == b.epoch + 1  # type: ignore[operator]
+        assert c.offsets == b.offsets and c.learner is not None and c.learner.rounds == 3
+        aliases = repo.aliases()
+        versions = repo.versions()
+        with pytest.raises(FencedError, match="another trainer took over"):
+            await asyncio.wait_for(b.run(max_rounds=1), 120)
+        assert repo.aliases() == aliases and repo.versions() == versions  # no export, no swap
+        state = _state(tmp_path / "state")
+        assert state is not None and state[0]["epoch"] == b.epoch  # b's last good checkpoint
+        got = await committed(settings, settings.trainer_group, settings.topics.samples,
+                              settings.event_partitions)
+        assert got == {int(p): o for p, o in state[0]["offsets"].items()} == c.offsets
+        await asyncio.wait_for(c.run(max_rounds=1), 120)  # c trains on
+        state = _state(tmp_path / "state")
+        assert state is not None and state[0]["epoch"] == c.epoch and state[0]["rounds"] == 4
+        names = sorted(p.name for p in (tmp_path / "state").glob("ckpt-*"))
+        assert names[-1].endswith(f"-e{c.epoch}"), names
+    finally:
+        waiting.cancel()
+        for t in (a, b, c):
+            await t.stop()
+
+
 def _state(root: Path) -> tuple[dict, dict] | None:
     try:
         folder = root / (root / CURRENT).read_text().strip()
@@ -144,11 +209,13 @@ def _state(root: Path) -> tuple[dict, dict] | None:
         return None
 
 
-async def test_kill_9_and_resume_loses_no_sample(settings, stack: EmbeddedStack, world,
-                                                 redis_client, tmp_path: Path) -> None:
-    """A real `semirec trainer run` is killed with SIGKILL after its first checkpoint and
-    restarted: every sample ends up trained or held exactly once, except at most one round's
-    worth that the killed process had trained after its last checkpoint."""
+async def test_kill_9_of_the_active_trainer_the_waiting_one_loses_no_sample(
+        settings, stack: EmbeddedStack, world, redis_client, tmp_path: Path) -> None:
+    """Two real `semirec trainer run` on one topic, repository and state folder: one is active,
+    the other waits. The active one is killed with SIGKILL after its first checkpoint; the
+    waiting one takes over when the lease expires: every sample ends up trained or held exactly
+    once, except at most one round's worth that the killed process had trained after its last
+    checkpoint."""
     w, post, ckpt = world
     await put_vectors(settings, w)
     repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
@@ -156,40 +223,54 @@ async def test_kill_9_and_resume_loses_no_sample(settings, stack: EmbeddedStack,
     samples = post[:2000]
     await produce_samples(settings, samples)
     env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(stack.model_repository),
-           "SEMIREC_TRAINER_GROUP": f"trainer-{settings.consumer_group}"}
+           "SEMIREC_TRAINER_GROUP": f"trainer-{settings.consumer_group}",
+           "SEMIREC_TRAINER_LEASE_S": "3"}  # the killed trainer's lease expires soon
     root = tmp_path / "state"
     argv = [sys.executable, "-m", "semirec", "trainer", "run", "--state", str(root),
             "--round-samples", "400", "--min-round-samples", "50", "--round-seconds", "1"]
+    logs = [tmp_path / f"trainer-{i}.log" for i in range(2)]
 
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                                stderr=open(tmp_path / "trainer.log", "ab"))
+    def spawn(log: Path) -> subprocess.Popen:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
-    async def wait_for(check, proc, timeout: float = 180.0):
+    procs = [spawn(log) for log in logs]
+
+    def tails() -> str:
+        return "\n".join(log.read_text()[-3000:] for log in logs)
+
+    async def wait_for(check, alive: list[subprocess.Popen], timeout: float = 180.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError((tmp_path / "trainer.log").read_text()[-3000:])
+            if any(p.poll() is not None for p in alive):
+                raise AssertionError(tails())
             if (got := _state(root)) is not None and check(*got):
                 return got
             await asyncio.sleep(0.1)
-        raise AssertionError("timed out:\n" + (tmp_path / "trainer.log").read_text()[-3000:])
+        raise AssertionError("timed out:\n" + tails())
 
-    proc = start()
     try:
-        await wait_for(lambda state, _: state["rounds"] >= 1, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        await wait_for(lambda state, _: state["rounds"] >= 1, procs)
+        lease = repo.lease()
+        assert lease is not None
+        active = next(i for i, p in enumerate(procs) if f":{p.pid}:" in lease.holder)
+        survivor = procs[1 - active]
+        os.kill(procs[active].pid, signal.SIGKILL)
+        procs[active].wait()
         killed_at = _state(root)
         assert killed_at is not None
-        proc = start()
         _, buffers = await wait_for(
             lambda state, _: sum(state["offsets"].values()) >= len(samples)
-            and state["rounds"] > killed_at[0]["rounds"], proc)
+            and state["rounds"] > killed_at[0]["rounds"], [survivor])
+        text = logs[1 - active].read_text()
+        assert "another trainer is active" in text and \
+            f"active trainer: lease epoch {lease.epoch + 1}" in text, text[-3000:]
+        assert "active trainer" in logs[active].read_text()
+        assert "another trainer is active" not in logs[active].read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
     held = [s["event_id"] for s in buffers["replay"]] + [s["event_id"] for s in buffers["pending"]]
     assert set(held) == {s.event_id for s in samples}  # none lost
     twice = sum(n - 1 for n in Counter(held).values())

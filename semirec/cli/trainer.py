@@ -30,7 +30,8 @@ def trainer() -> None:
 @click.option("--max-rounds", type=click.IntRange(1), default=None, help="Stop after K rounds.")
 def run(state_dir: Path | None, init: Path | None, round_samples: int | None,
         round_seconds: float | None, min_round_samples: int | None, max_rounds: int | None) -> None:
-    """Consume `samples`, fine-tune, promote gated candidates into Triton, announce them."""
+    """Consume `samples`, fine-tune, promote gated candidates into Triton, announce them.
+    One trainer is active per model repository; another one waits for its lease."""
     import torch
 
     from semirec.core.metrics import start_http
@@ -54,11 +55,16 @@ def run(state_dir: Path | None, init: Path | None, round_samples: int | None,
         server = await start_http(settings.metrics_port) if settings.metrics_port else None
         service = OnlineTrainer(settings, online, state_dir=state_dir, init=init)
         try:  # a failed start (Triton unreachable, ...) closes its clients too
-            await service.start()
-            await service.run(stop, max_rounds)
+            if await service.start(stop):  # waits while another trainer holds the lease
+                await service.run(stop, max_rounds)
         finally:
             await service.stop()
             if server is not None:
                 await server.close()
 
-    asyncio.run(main())
+    from semirec.trainer.registry.repository import FencedError
+
+    try:
+        asyncio.run(main())
+    except FencedError as exc:  # another trainer took over: this one made no stale write
+        raise click.ClickException(str(exc)) from exc

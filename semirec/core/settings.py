@@ -135,6 +135,9 @@ class Settings:
     log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
     trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
     trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
+    # One active trainer: the lease in the model repository lasts this long unless renewed (every
+    # third of it); a second trainer waits and takes over this long after the active one died.
+    trainer_lease_s: float = 15.0
     # An agent whose batch has been in flight this long reports not ready (/readyz).
     batch_stuck_s: float = 60.0
     # After an unexpected agent error the worker keeps /metrics up this long, then exits (70).

@@ -324,14 +324,18 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 
 def save_state(root: Path, learner: Learner, offsets: Mapping[int, int],
-               extra: Mapping[str, Any] | None = None, keep: int = 2) -> Path:
+               extra: Mapping[str, Any] | None = None, keep: int = 2,
+               epoch: int | None = None) -> Path:
     """Write model + optimizer + held samples + offsets as one new checkpoint folder, fsync it,
-    then point ``CURRENT`` at it (:mod:`semirec.core.durable`). Returns the folder."""
+    then point ``CURRENT`` at it (:mod:`semirec.core.durable`). Returns the folder,
+    ``ckpt-<seq>`` or, with the writer's lease ``epoch``, ``ckpt-<seq>-e<epoch>`` (two trainers
+    never write the same name; the service writes under its fence)."""
     root.mkdir(parents=True, exist_ok=True)
-    seq = 1 + max([int(p.name[5:]) for p in root.glob("ckpt-*") if p.name[5:].isdigit()],
+    seq = 1 + max([int(p.name[5:13]) for p in root.glob("ckpt-*") if p.name[5:13].isdigit()],
                   default=0)
-    final = root / f"ckpt-{seq:08d}"
-    tmp = root / f".tmp-ckpt-{seq:08d}"
+    name = f"ckpt-{seq:08d}" + (f"-e{epoch}" if epoch is not None else "")
+    final = root / name
+    tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     checkpoint.save(tmp, learner.model, learner.cfg)
     tensors, opt_meta = _optimizer_tensors(learner.optimizer.state_dict())

@@ -20,6 +20,10 @@ EVAL = Gauge("semirec_trainer_last_eval", "Last held-out evaluation.", ["model",
              registry=REGISTRY)
 SERVING = Gauge("semirec_trainer_serving_version", "Ranker version the trainer last promoted.",
                 registry=REGISTRY)
+ACTIVE = Gauge("semirec_trainer_active", "1 = this trainer holds the lease and trains; 0 = it "
+               "waits for it (another trainer is active).", registry=REGISTRY)
+EPOCH = Gauge("semirec_trainer_lease_epoch", "Fencing token of the lease this trainer holds.",
+              registry=REGISTRY)
 FRESHNESS = Histogram("semirec_trainer_model_freshness_seconds",
                       "Kafka timestamp of a watch to a served model trained on it.",
                       buckets=FRESHNESS_BUCKETS, registry=REGISTRY)

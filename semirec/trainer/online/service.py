@@ -18,14 +18,24 @@ so that a crash anywhere is recoverable. Each round leaves a :class:`RoundRecord
 
 A version promoted by hand (``semirec model promote|rollback``) is noticed at the next round:
 the learner continues from that version's checkpoint.
+
+One trainer is active at a time: :meth:`OnlineTrainer.start` first takes the trainer lease of
+the model repository (:meth:`ModelRepository.acquire_lease`), waiting while another trainer
+holds it (``semirec_trainer_active`` 0), and renews it in the background. The lease's epoch is
+the fencing token of every export, promotion and checkpoint: a trainer that lost its lease
+(paused past its expiry) gets :class:`FencedError` and stops. Instances share the state folder,
+so the next one resumes from the last checkpoint and its offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import tempfile
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +65,8 @@ from semirec.trainer.online.learner import (
     save_state,
 )
 from semirec.trainer.online.metrics import (
+    ACTIVE,
+    EPOCH,
     EVAL,
     FRESHNESS,
     PROMOTION_SECONDS,
@@ -66,7 +78,7 @@ from semirec.trainer.online.metrics import (
     SERVING,
     TRAINED,
 )
-from semirec.trainer.registry.repository import ModelRepository, ModelRepositoryError
+from semirec.trainer.registry.repository import FencedError, ModelRepository, ModelRepositoryError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +91,7 @@ class _Received:
         self.timestamp = (record.timestamp or 0) / 1000
 
 
+PARTITIONS_CHECK_S = 10.0  # how often the trainer looks for partitions added to samples
 ROUND_HISTORY = 256  # rounds kept in OnlineTrainer.rounds (newest last; older ones dropped)
 
 
@@ -120,7 +133,8 @@ class TrainerError(RuntimeError):
 class OnlineTrainer:
     def __init__(self, settings: Settings, online: OnlineConfig | None = None, *,
                  state_dir: Path | None = None, repo: ModelRepository | None = None,
-                 init: Path | None = None, history: int = ROUND_HISTORY) -> None:
+                 init: Path | None = None, history: int = ROUND_HISTORY,
+                 lease_s: float | None = None) -> None:
         self.settings = settings
         self.online = online or OnlineConfig(seq_len=settings.seq_len,
                                              bucket_s=settings.time_bucket_s)
@@ -132,9 +146,61 @@ class OnlineTrainer:
         self.rounds: deque[RoundRecord] = deque(maxlen=history)  # the newest rounds, oldest first
         self.rounds_run = 0  # every round since start (``rounds`` keeps only the newest)
         self.learner: Learner | None = None
+        self._partitions_checked = 0.0
         # (version, serving alias then) of a promotion that failed (Triton down): retried at
         # each round until it succeeds or someone promotes another version by hand
         self.unpromoted: tuple[int, int | None] | None = None
+        self.lease_s = settings.trainer_lease_s if lease_s is None else lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.epoch: int | None = None  # fencing token while this trainer holds the lease
+        self.lost: FencedError | None = None  # set by the heartbeat when the lease was lost
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- the lease -----------------------------------------------------------------------------
+    async def acquire(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait until this trainer holds the lease (True), or ``stop`` is set first (False)."""
+        ACTIVE.set(0)
+        waiting_for = None
+        while True:
+            got = await asyncio.to_thread(self.repo.acquire_lease, self.holder, self.lease_s)
+            if isinstance(got, int):
+                self.epoch = got
+                break
+            if got.holder != waiting_for:
+                log.info("another trainer is active (%s, lease epoch %s): waiting",
+                         got.holder, got.epoch)
+                waiting_for = got.holder
+            delay = min(max(0.05, got.expires_at - time.time()), self.lease_s / 3)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return False
+                except TimeoutError:
+                    pass
+        ACTIVE.set(1)
+        EPOCH.set(self.epoch)
+        self._heartbeat = asyncio.create_task(self._renew())
+        return True
+
+    async def _renew(self) -> None:
+        assert self.epoch is not None
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await asyncio.to_thread(self.repo.renew_lease, self.epoch, self.lease_s)
+            except FencedError as exc:
+                log.error("%s", exc)
+                self.lost = exc
+                ACTIVE.set(0)
+                return
+            except Exception as exc:  # the repository unreachable for a moment: retried
+                log.warning("trainer lease not renewed: %s", exc)
+
+    def _check_lease(self) -> None:
+        if self.lost is not None:
+            raise self.lost
 
     # -- start ---------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -154,13 +220,17 @@ class OnlineTrainer:
         model, cfg, _ = checkpoint.load(source)
         self.learner = Learner(model, cfg, self.online)
 
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
+        """Take the lease (waiting while another trainer is active), restore, connect.
+        False: ``stop`` was set while waiting (nothing else started)."""
+        from aiokafka import AIOKafkaConsumer
 
         from semirec.core.item_store import ItemStore
         from semirec.core.kafka import ensure_topics, producer
 
-        self._restore()
+        if not await self.acquire(stop):
+            return False
+        self._restore()  # after the lease: the previous holder's last checkpoint
         assert self.learner is not None
         self.table = ItemTable(self.learner.cfg.block.dim)
         self.items = ItemStore.from_url(self.settings.redis_url)
@@ -175,20 +245,9 @@ class OnlineTrainer:
         await self.consumer.start()
         await self.consumer.topics()  # fetches the cluster's metadata
         parts = self.consumer.partitions_for_topic(topics.samples)
-        tps = [TopicPartition(topics.samples, p) for p in sorted(parts or ())]
-        if not tps:
+        if not parts:
             raise TrainerError(f"topic {topics.samples!r} has no partitions")
-        self.consumer.assign(tps)
-        for tp in tps:
-            if tp.partition in self.offsets:
-                self.consumer.seek(tp, self.offsets[tp.partition])
-            else:
-                committed = await self.consumer.committed(tp)
-                if committed is not None:
-                    self.consumer.seek(tp, committed)
-                    self.offsets[tp.partition] = committed
-                else:
-                    await self.consumer.seek_to_beginning(tp)
+        await self._assign(set(parts))
         self.producer = producer(s)
         await self.producer.start()
         if self.serving_version is not None and \
@@ -197,6 +256,43 @@ class OnlineTrainer:
         await asyncio.to_thread(self.repo.ensure_serving)  # e.g. Triton restarted meanwhile
         if self.serving_version is not None:
             SERVING.set(self.serving_version)
+        log.info("active trainer: lease epoch %s (%s), offsets %s", self.epoch, self.holder,
+                 self.offsets)
+        return True
+
+    async def _assign(self, parts: set[int]) -> None:
+        """Read ``parts`` of ``samples`` and those read already (this learner is the only
+        one): each from the offset consumed so far (the checkpoint's), else the group's
+        committed one, else the beginning."""
+        from aiokafka import TopicPartition
+
+        topic = self.settings.topics.samples
+        parts |= {tp.partition for tp in self.consumer.assignment()}
+        self.consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])  # resets positions
+        for p in sorted(parts):
+            tp = TopicPartition(topic, p)
+            if p in self.offsets:
+                self.consumer.seek(tp, self.offsets[p])
+            else:
+                committed = await self.consumer.committed(tp)
+                if committed is not None:
+                    self.consumer.seek(tp, committed)
+                    self.offsets[p] = committed
+                else:
+                    await self.consumer.seek_to_beginning(tp)
+        self._partitions_checked = time.monotonic()
+
+    async def _follow_partitions(self) -> None:
+        """Partitions added to ``samples`` since the last look (every PARTITIONS_CHECK_S)."""
+        if time.monotonic() - self._partitions_checked < PARTITIONS_CHECK_S:
+            return
+        await self.consumer.topics()  # refreshes the metadata
+        parts = set(self.consumer.partitions_for_topic(self.settings.topics.samples) or ())
+        known = {tp.partition for tp in self.consumer.assignment()}
+        self._partitions_checked = time.monotonic()
+        if parts - known:
+            log.info("samples grew partitions %s: reading them too", sorted(parts - known))
+            await self._assign(parts)
 
     async def _finish_promotion(self) -> None:
         """A checkpoint names a version the alias does not: a crash stopped step 3."""
@@ -205,14 +301,23 @@ class OnlineTrainer:
         if version not in self.repo.versions():
             return
         log.info("finishing the interrupted promotion of version %s", version)
-        await asyncio.to_thread(self.repo.promote, version)
+        await asyncio.to_thread(self.repo.promote, version, fence=self.epoch)
 
     async def stop(self) -> None:
+        """Close the clients, then give the lease up (a waiting trainer takes over at once)."""
         for closer in (getattr(self, "consumer", None), getattr(self, "producer", None)):
             if closer is not None:
                 await closer.stop()
         if getattr(self, "items", None) is not None:
             await self.items.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        if self.epoch is not None:
+            await asyncio.to_thread(self.repo.release_lease, self.epoch)
+            log.debug("trainer lease epoch %s released", self.epoch)
+            self.epoch = None
+            ACTIVE.set(0)
 
     # -- loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None, max_rounds: int | None = None) -> None:
@@ -222,6 +327,8 @@ class OnlineTrainer:
         last_round = time.monotonic()
         done = 0
         while not stop.is_set() and (max_rounds is None or done < max_rounds):
+            self._check_lease()
+            await self._follow_partitions()
             # at most one round's worth per fetch: a round trains at most round_samples new ones
             room = max(1, self.online.round_samples - len(self.learner.pending))
             batch = await self.consumer.getmany(timeout_ms=200, max_records=room)
@@ -262,6 +369,7 @@ class OnlineTrainer:
 
     async def round(self) -> RoundRecord:
         """One round: :meth:`decide`, :meth:`persist`, :meth:`publish`; kept in :attr:`rounds`."""
+        self._check_lease()
         await self._retry_promotion()  # an earlier round's publish that Triton refused
         result = await self.decide()
         version = await self.persist(result)
@@ -318,7 +426,9 @@ class OnlineTrainer:
         else:
             began = time.time()
             try:
-                timings = await asyncio.to_thread(self.repo.promote, version)
+                timings = await asyncio.to_thread(self.repo.promote, version, fence=self.epoch)
+            except FencedError:
+                raise
             except ModelRepositoryError as exc:
                 why = self._why(exc)
                 log.error("promotion of version %s failed: %s; retried at the next round",
@@ -357,7 +467,9 @@ class OnlineTrainer:
             self.unpromoted = None
             return
         try:
-            await asyncio.to_thread(self.repo.promote, version)
+            await asyncio.to_thread(self.repo.promote, version, fence=self.epoch)
+        except FencedError:
+            raise
         except ModelRepositoryError as exc:
             log.error("promotion of version %s failed again: %s", version, self._why(exc))
             return
@@ -395,13 +507,19 @@ class OnlineTrainer:
             assert self.learner is not None
             metrics = finite(result.verdict.candidate)
             checkpoint.save(Path(tmp), result.candidate, self.learner.cfg, {"metrics": metrics})
-            return self.repo.export(Path(tmp), metrics=metrics)
+            return self.repo.export(Path(tmp), metrics=metrics, fence=self.epoch)
 
     async def _checkpoint(self) -> None:
         assert self.learner is not None
-        extra = {"serving_version": self.serving_version}
-        await asyncio.to_thread(save_state, self.state_dir, self.learner, dict(self.offsets),
-                                extra)
+        extra = {"serving_version": self.serving_version, "epoch": self.epoch}
+        offsets = dict(self.offsets)
+
+        def write() -> None:  # under the fence: a trainer that lost its lease writes nothing
+            assert self.learner is not None
+            with self.repo.fenced(self.epoch):
+                save_state(self.state_dir, self.learner, offsets, extra, epoch=self.epoch)
+
+        await asyncio.to_thread(write)
         from aiokafka import TopicPartition
 
         topic = self.settings.topics.samples

@@ -31,6 +31,15 @@ On disk (``root`` = ``settings.model_repository``)::
     ranker/<n>/meta.json          version, checkpoint sha256, model config, created_at, metrics
     ranker/<n>/checkpoint/        the safetensors checkpoint it was exported from
     ranker/aliases.json           {"serving": n, "previous": m, "last_version": k}
+    ranker/trainer-lease.json     {"epoch": e, "holder": ..., "expires_at": unix s}
+
+Every change of ``aliases.json`` and of the lease is made under an ``fcntl`` lock on
+``ranker/.lock``; version numbers are allocated under it (``last_version``: never reused).
+The online trainer holds a lease (:meth:`ModelRepository.acquire_lease`): its ``epoch`` is a
+fencing token, incremented at each change of holder, which :meth:`ModelRepository.export`,
+:meth:`ModelRepository.promote` and :meth:`ModelRepository.fenced` check under the lock, so a
+trainer that lost its lease (paused past its expiry, cut off) cannot export, promote or
+checkpoint (:class:`FencedError`).
 
 Versions are immutable and numbered; what serves is the ``serving`` alias (mlflow style). A
 version is written into a temporary folder and renamed into place, so Triton never sees half of
@@ -52,7 +61,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +73,7 @@ from semirec.trainer.nets.configs import ModelConfig
 
 MODEL = "ranker"
 META, ONNX, PLAN, MODEL_PY_FILE = "meta.json", "model.onnx", "model.plan", "model.py"
-ALIASES, LOCK, CHECKPOINT_DIR = "aliases.json", ".lock", "checkpoint"
+ALIASES, LOCK, CHECKPOINT_DIR, LEASE = "aliases.json", ".lock", "checkpoint", "trainer-lease.json"
 ENGINE_VARIANT = "tensorrt"
 MAX_BATCH = 64
 QUEUE_DELAY_US = 500
@@ -78,6 +87,24 @@ from semirec.encoders.triton_onnx import TritonPythonModel  # noqa: F401
 
 class ModelRepositoryError(RuntimeError):
     """The repository cannot do what was asked (unknown version, no alias, bad checkpoint)."""
+
+
+class FencedError(ModelRepositoryError):
+    """A trainer's fencing token is no longer the lease's epoch: another trainer took over."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The trainer lease as stored: ``epoch`` (fencing token), who holds it, until when, and
+    for how long each renewal extends it."""
+
+    epoch: int
+    holder: str
+    expires_at: float
+    ttl_s: float = 0.0
+
+    def held(self, now: float | None = None) -> bool:
+        return self.expires_at > (time.time() if now is None else now)
 
 
 class PromotionError(ModelRepositoryError):
@@ -282,8 +309,11 @@ class ModelRepository:
         return json_format.MessageToJson(msg, preserving_proto_field_name=True)
 
     # -- writing -------------------------------------------------------------------------------
-    def export(self, checkpoint_dir: Path, metrics: Mapping[str, Any] | None = None) -> int:
-        """Write a new version from a ranker checkpoint; returns its number.
+    def export(self, checkpoint_dir: Path, metrics: Mapping[str, Any] | None = None, *,
+               fence: int | None = None) -> int:
+        """Write a new version from a ranker checkpoint; returns its number (allocated under
+        the lock: concurrent exports get distinct numbers). ``fence``: the trainer's lease
+        epoch, checked under the lock (:class:`FencedError`).
 
         The ONNX graph is checked against torch on a random batch (``max_abs_diff`` in the
         meta); ``metrics`` default to the checkpoint's own."""
@@ -324,7 +354,8 @@ class ModelRepository:
                 "metrics": dict(metrics if metrics is not None else ckpt_meta.get("metrics", {})),
                 "onnx_max_abs_diff": diff,
             }
-            with self._locked():
+            with self._locked(renew=fence):
+                self._check_fence(fence)
                 state = self._state()
                 version = max([*self.versions(), int(state.get("last_version") or 0)]) + 1
                 (tmp / META).write_text(_json({"version": version, **meta}))
@@ -335,13 +366,16 @@ class ModelRepository:
             shutil.rmtree(tmp, ignore_errors=True)
         return version
 
-    def promote(self, version: int) -> dict[str, float]:
+    def promote(self, version: int, *, fence: int | None = None) -> dict[str, float]:
         """Load ``version`` in Triton, wait until it answers, then make it ``serving``.
+        ``fence``: the trainer's lease epoch, checked under the lock before Triton is asked
+        (the lease cannot change hands until the alias moved: acquiring needs the lock).
 
         Returns timings: ``load_s`` (the ``load_model`` call: a new python stub starts and
         warms up) and ``first_answer_s``. On failure the alias does not move and Triton keeps
         the version it served."""
-        with self._locked():
+        with self._locked(renew=fence):
+            self._check_fence(fence)
             self.info(version)
             client = self._client()
             started = time.perf_counter()
@@ -400,6 +434,72 @@ class ModelRepository:
         """Every kept version, newest first."""
         return [self.info(v) for v in reversed(self.versions())]
 
+    # -- the trainer lease (one active trainer) ------------------------------------------------
+    def lease(self) -> Lease | None:
+        """The stored lease (None: no trainer ever held one)."""
+        path = self.dir / LEASE
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text())
+        return Lease(int(raw["epoch"]), str(raw["holder"]), float(raw["expires_at"]),
+                     float(raw.get("ttl_s", 0.0)))
+
+    def acquire_lease(self, holder: str, ttl_s: float) -> int | Lease:
+        """Take the trainer lease when nobody holds it (never held, released, or expired):
+        returns the new epoch (the previous one + 1, the fencing token). Otherwise returns the
+        lease in force (who holds it, until when)."""
+        with self._locked():
+            current = self.lease()
+            if current is not None and current.held() and current.holder != holder:
+                return current
+            epoch = (current.epoch if current else 0) + 1
+            self._write_lease(Lease(epoch, holder, time.time() + ttl_s, ttl_s))
+            return epoch
+
+    def renew_lease(self, epoch: int, ttl_s: float) -> None:
+        """Extend the lease of ``epoch`` by ``ttl_s`` from now (:class:`FencedError`: lost)."""
+        with self._locked():
+            current = self._check_fence(epoch)
+            assert current is not None
+            self._write_lease(replace(current, expires_at=time.time() + ttl_s, ttl_s=ttl_s))
+
+    def release_lease(self, epoch: int) -> None:
+        """Give the lease up now (a waiting trainer takes it at once); no-op when lost."""
+        with self._locked():
+            current = self.lease()
+            if current is not None and current.epoch == epoch:
+                self._write_lease(replace(current, expires_at=0.0))
+
+    @contextmanager
+    def fenced(self, epoch: int | None) -> Iterator[None]:
+        """Hold the repository lock while the lease's epoch is ``epoch`` (None: unfenced), for
+        a write that a stale trainer must not make (the trainer's checkpoint)."""
+        with self._locked(renew=epoch):
+            self._check_fence(epoch)
+            yield
+
+    def _check_fence(self, epoch: int | None) -> Lease | None:  # lock held
+        current = self.lease()
+        if epoch is None:
+            return current
+        if current is None or current.epoch != epoch:
+            holder = f"epoch {current.epoch}, held by {current.holder}" if current else "none"
+            raise FencedError(f"trainer lease epoch {epoch} is stale (lease now: {holder}): "
+                              "another trainer took over; this one must stop")
+        return current
+
+    def _extend(self, epoch: int | None) -> None:  # lock held
+        """A fenced operation renews the lease when it ends: it held the lock, so the holder's
+        own renewal waited (a Triton load can outlast the lease)."""
+        current = self.lease()
+        if epoch is not None and current is not None and current.epoch == epoch:
+            self._write_lease(replace(current, expires_at=time.time() + current.ttl_s))
+
+    def _write_lease(self, lease: Lease) -> None:
+        durable.write_atomic(self.dir / LEASE, _json({
+            "epoch": lease.epoch, "holder": lease.holder, "expires_at": lease.expires_at,
+            "ttl_s": lease.ttl_s}))
+
     # -- internals -----------------------------------------------------------------------------
     def _client(self):  # -> tritonclient.grpc.InferenceServerClient
         if not self.triton_grpc:
@@ -454,11 +554,17 @@ class ModelRepository:
         return doomed
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, renew: int | None = None) -> Iterator[None]:
+        """The repository lock; ``renew``: a fenced operation, which renews the lease of that
+        epoch when it ends (:meth:`_extend`), whether it succeeded or not."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / LOCK, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                try:
+                    if renew is not None:
+                        self._extend(renew)
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
