@@ -224,7 +224,9 @@ async def test_kill_9_of_the_active_trainer_the_waiting_one_loses_no_sample(
     await produce_samples(settings, samples)
     env = {**settings_env(settings), "SEMIREC_MODEL_REPOSITORY": str(stack.model_repository),
            "SEMIREC_TRAINER_GROUP": f"trainer-{settings.consumer_group}",
-           "SEMIREC_TRAINER_LEASE_S": "3"}  # the killed trainer's lease expires soon
+           # the killed trainer's lease expires soon; long enough that a busy machine (two
+           # trainers, Triton, the broker on 2 cores) cannot starve the active one's renewal
+           "SEMIREC_TRAINER_LEASE_S": "10"}
     root = tmp_path / "state"
     argv = [sys.executable, "-m", "semirec", "trainer", "run", "--state", str(root),
             "--round-samples", "400", "--min-round-samples", "50", "--round-seconds", "1"]
