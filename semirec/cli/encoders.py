@@ -170,7 +170,7 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
 # ------------------------------------------------------------------------------ encoders
 @click.group()
 def encoders() -> None:
-    """Item encoders: pre-train the fusion, export it for Triton, show versions."""
+    """Item encoders: pre-train the fusion, export it for Triton, show versions, probe (truth)."""
 
 
 def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
@@ -248,6 +248,60 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
              "items": len(usable), "probe_untrained": result["probe_untrained"],
              "probe_pretrained": result["probe_pretrained"], "seconds": result["seconds"]},
             as_json)
+
+
+@encoders.command("probe")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Encoder checkpoint (dir or .safetensors). Default: the encoder `semirec demo` "
+                   "uses (pre-trained on the demo world's catalog and cached; trained if missing).")
+@click.option("--world", "size", default="demo", show_default=True,
+              help="Generated world preset whose latent item attributes are the targets.")
+@click.option("--seed", default=0, show_default=True, help="World seed (also the probe's split).")
+@click.option("--users", default=300, show_default=True, type=click.IntRange(1, 10**7),
+              help="World users (the demo's default; the catalog does not depend on it).")
+@click.option("--new-videos", default=30, show_default=True, type=click.IntRange(0, 10**6),
+              help="Videos held out of the catalog (the demo's default).")
+@click.option("--no-backbones", is_flag=True, help="Skip the probes of the frozen backbone features.")
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
+def probe_cmd(checkpoint: Path | None, size: str, seed: int, users: int, new_videos: int,
+              no_backbones: bool, threads: int, as_json: bool) -> None:
+    """TRUTH DIAGNOSTIC: ridge probes from item vectors to the generated world's latent item
+    attributes (it READS THE WORLD'S TRUTH; nothing else in semirec may).
+
+    Fits closed-form ridge maps on 70% of the catalog's items and scores the other 30%:
+    style_r2 (within-category image style), stars_r2 (the review's stars), category_acc and
+    format_acc (videos). Also probes the frozen backbone features (before fusion) for reference.
+    Without --checkpoint it probes the encoder `semirec demo` uses, training it when not cached.
+    """
+    from semirec.encoders.checkpoint import read
+    from semirec.encoders.probe import backbone_vectors, probe_vectors, world_attributes
+    from semirec.trainer.offline.vectors import item_vectors
+    from semirec.worlds import load_world
+
+    _threads(threads)
+    console = _console()
+    console.print("[bold yellow]TRUTH DIAGNOSTIC[/]: this probe reads the generated world's latent item "
+                  "attributes")
+    world = load_world("world", seed=seed, size=size, users=users, new_videos=new_videos)
+    if checkpoint is None:
+        from semirec.sim.orchestrator import DemoOptions, demo_encoder
+
+        cache = DemoOptions().cache_dir
+        checkpoint = demo_encoder(world, cache, cache / "runs" / time.strftime("probe-%Y%m%dT%H%M%S"),
+                                  console)
+    ckpt = read(checkpoint)
+    attrs = world_attributes(world)
+    result: dict[str, Any] = {"truth_diagnostic": True, "checkpoint": str(checkpoint),
+                              "encoder_version": ckpt.version, "world": f"world:{size}:seed={seed}",
+                              "items": len(world.items)}
+    result.update(probe_vectors(item_vectors(world.items, checkpoint=checkpoint), attrs, seed))
+    if not no_backbones:
+        result["backbones"] = {name: probe_vectors(x, attrs, seed)
+                               for name, x in backbone_vectors(world.items, ckpt.config).items()}
+    if not as_json:
+        click.echo("TRUTH DIAGNOSTIC (reads the generated world's latent item attributes)")
+    _finish(result, as_json)
 
 
 @encoders.command("export")

@@ -36,6 +36,8 @@ from semirec.encoders.config import EncoderConfig
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
 from semirec.encoders.fusion import ItemFusion
 
+RECIPE = "default"  # names the pre-training recipe in the demo's encoder cache key
+
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
