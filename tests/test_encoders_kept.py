@@ -88,3 +88,12 @@ def test_kept_fusion_saves_loads_and_exports_to_onnx(tmp_path: Path) -> None:
     assert saved.version.startswith("fusion-")
     spec = next(s for s in specs(CFG) if s.name == FUSION_MODELS["video"])
     assert _export_one(FusionForExport(loaded["video"]), spec, CFG, tmp_path / "f.onnx") < 1e-4
+
+
+def test_a_catalog_smaller_than_the_kept_components_leaves_the_rest_zero() -> None:
+    cat = synthetic_catalog(n=12)
+    fusion = ItemFusion(EncoderConfig(d_model=32, heads=4, ffn=64, layers=1, keep_image=20, keep_text=4))
+    report = fit_kept(fusion, cat, np.zeros(len(cat), bool))
+    assert report["image_variance_kept"]["train"] > 0.999  # 12 items span fewer than 20 directions
+    proj = fusion["video"].kept.image_proj
+    assert proj[:, 12:].abs().max() == 0 and proj[:, :11].abs().min(dim=0).values.max() > 0

@@ -164,9 +164,15 @@ def probe(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray, k: int = 10) -
 
 
 def _components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` principal directions of centred rows ``x`` and the std along each."""
+    """Top-``k`` principal directions of centred rows ``x`` and the std along each; a catalog
+    with fewer rows than ``k`` gets zero directions for the rest (those dimensions stay 0)."""
     _, s, vt = np.linalg.svd(x, full_matrices=False)
-    return vt[:k].T, np.maximum(s[:k] / math.sqrt(max(len(x) - 1, 1)), 1e-6)
+    basis = np.zeros((x.shape[1], k))
+    std = np.ones(k)
+    m = min(k, len(s))
+    basis[:, :m] = vt[:m].T
+    std[:m] = np.maximum(s[:m] / math.sqrt(max(len(x) - 1, 1)), 1e-6)
+    return basis, std
 
 
 def _kept_share(x: np.ndarray, basis: np.ndarray) -> float:
