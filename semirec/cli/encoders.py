@@ -102,7 +102,7 @@ def read_item_lines(path: Path) -> tuple[list[tuple[int, Any]], list[tuple[int, 
               help="onnx: the exported models under onnxruntime (exported once per encoder "
                    "version); onnx-int8: the same with an int8 text model (less CPU, vectors "
                    "within cosine ~0.99); torch: eager. Default: $SEMIREC_ENCODER_RUNTIME, "
-                   "else onnx.")
+                   "else onnx-int8.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path | None,
            threads: int, runtime: str | None, as_json: bool) -> None:
