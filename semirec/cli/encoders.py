@@ -1,4 +1,4 @@
-"""``semirec items encode`` and ``semirec encoders pretrain|export|version``."""
+"""``semirec items encode`` and ``semirec encoders pretrain|export|version|probe``."""
 
 from __future__ import annotations
 
