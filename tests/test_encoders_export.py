@@ -155,3 +155,25 @@ def test_int8_runtime_stays_close_to_fp32_and_is_marked(
         OnnxItemEncoder(repo, precision="fp16")
     assert Settings.from_env({"SEMIREC_ENCODER_RUNTIME": "onnx"}).encoder_runtime == "onnx"
     assert Settings.from_env({}).encoder_runtime == "onnx-int8"  # the CPU default (issue 22)
+
+
+def test_item_vectors_per_runtime_are_cached_apart(items: list[dict], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``semirec evaluate --encoder-runtime``: fp32 onnx vectors equal torch's (same cache file);
+    int8 ones are close, and cached under their own version."""
+    from semirec.trainer.offline.vectors import item_vectors
+
+    monkeypatch.setenv("SEMIREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vec_dir = tmp_path / "vectors"
+        eager = item_vectors(items, cache_dir=vec_dir)
+        int8 = item_vectors(items, cache_dir=vec_dir, runtime="onnx-int8")
+        assert len(list(vec_dir.glob("*.npy"))) == 2
+        assert np.abs(item_vectors(items, cache_dir=tmp_path / "v2", runtime="onnx") - eager).max() < TOL
+        cos = (eager * int8).sum(1) / np.linalg.norm(eager, axis=1) / np.linalg.norm(int8, axis=1)
+        assert cos.min() >= INT8_MIN_COSINE and np.abs(eager - int8).max() > TOL
+    finally:
+        torch.set_num_threads(threads)
