@@ -21,7 +21,11 @@ model, instruction-set flags, load average) and the onnxruntime session settings
     python -m benchmarks.encoders [--items 256] [--rounds 3] [--threads 1] [--json]
         [--image-sizes 32,64,96,128]   # also: EfficientNet-Lite0 speed/quality per input side
 
-Last stdout line with --json: {"items_per_s_eager", "items_per_s_exported", "ratio", ...}.
+Last stdout line with --json: {"items_per_s_eager", "items_per_s_exported", "ratio", ...}; ``ratio``
+is eager over the *default* runtime (``default_runtime``: ``$SEMIREC_ENCODER_RUNTIME``, else the
+built-in default), ``ratio_fp32`` / ``ratio_int8`` name the runtime. The CPU model and its
+instruction-set flags are printed on stderr first (and under ``machine``), so figures from
+different machines are not mixed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from benchmarks.machine import finish, print_describe
 from benchmarks.machine import machine as shared_machine
 
 PATHS = ("eager_padded", "eager", "exported", "exported_int8")
+DEFAULT_PATH = {"onnx": "exported", "onnx-int8": "exported_int8", "torch": "eager"}  # runtime -> path
 
 
 def machine() -> dict[str, Any]:
@@ -145,12 +150,15 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
     from semirec.encoders.cache import FeatureCache
     from semirec.encoders.export import export_repository
     from semirec.encoders.exported import OnnxItemEncoder
-    from semirec.encoders.pipeline import ItemEncoder
+    from semirec.encoders.pipeline import ItemEncoder, runtime_setting
     from semirec.encoders.sample import sample_items
 
     torch.set_num_threads(threads)
     items = sample_items(n_items, seed)[:n_items]
     at_start = machine()
+    default = runtime_setting()
+    print_describe(at_start)
+    click.echo(f"default runtime: {default}", err=True)
     with tempfile.TemporaryDirectory(prefix="semirec-bench-enc-") as tmp:
         repo = Path(tmp) / "models"
         export_cpu = time.process_time()
@@ -180,7 +188,9 @@ def main(n_items: int, rounds: int, threads: int, checkpoint: Path | None, seed:
     summary: dict[str, Any] = {
         "items": n, "rounds": rounds, "threads": threads,
         **{f"items_per_s_{p}": round(n / best_wall[p], 1) for p in PATHS},
-        "ratio": round(best_wall["eager"] / best_wall["exported"], 2),
+        "default_runtime": default,
+        "ratio": round(best_wall["eager"] / best_wall[DEFAULT_PATH.get(default, "eager")], 2),
+        "ratio_fp32": round(best_wall["eager"] / best_wall["exported"], 2),
         "ratio_vs_eager_padded": round(best_wall["eager_padded"] / best_wall["exported"], 2),
         **{f"cpu_items_per_s_{p}": round(n / best_cpu[p][1], 1) for p in PATHS},
         "cpu_ratio": round(best_cpu["eager"][1] / best_cpu["exported"][1], 2),

@@ -91,8 +91,8 @@ async def test_catalog_agent_stores_vectors_and_dead_letters_bad_items(
         messages.insert(3 * n + 1, (key, value))
     messages.append((renamed["item_id"].encode(), orjson.dumps(renamed)))
     await ensure_topics(settings, catalog_topics(settings))
-    with running_worker(settings, tmp_path / "worker.log", "--agent", "catalog",
-                        SEMIREC_CACHE_DIR=str(cache_dir)) as proc:
+    with running_worker(settings, tmp_path / "worker.log", "--agent", "catalog",  # fp32: 1e-4 parity
+                        SEMIREC_CACHE_DIR=str(cache_dir), SEMIREC_ENCODER_RUNTIME="onnx") as proc:
         await produce_raw(settings, messages, topic=settings.topics.items)
         await wait_items_committed(settings, len(messages), proc)
 
@@ -121,6 +121,7 @@ def test_items_encode_cli_bulk(settings: Settings, redis_client, cache_dir: Path
                                monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in settings_env(settings).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SEMIREC_ENCODER_RUNTIME", "onnx")  # fp32, for the 1e-4 parity below
     good = items[:6]
     lines = [orjson.dumps(i) for i in good]
     lines.insert(2, b'{"item_id": "z", "domain": "video"}')  # no title

@@ -104,11 +104,11 @@ def test_exported_encoder_is_exported_once_and_matches_torch(
     first use, reused afterwards, same vectors and version as eager torch."""
     monkeypatch.setenv("SEMIREC_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
-    monkeypatch.delenv("SEMIREC_ENCODER_RUNTIME", raising=False)
+    monkeypatch.setenv("SEMIREC_ENCODER_RUNTIME", "onnx")  # fp32 (the default is onnx-int8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fast = get_encoder()  # the default runtime, in this test's cache dir
+        fast = get_encoder()  # the fp32 runtime, in this test's cache dir
         reference = ItemEncoder(cache=None)
         assert isinstance(fast, OnnxItemEncoder)
         assert fast.repo == tmp_path / "onnx" / reference.version
@@ -153,4 +153,27 @@ def test_int8_runtime_stays_close_to_fp32_and_is_marked(
     assert np.abs(a - b).max() > TOL  # really the quantised model
     with pytest.raises(ValueError, match="precision"):
         OnnxItemEncoder(repo, precision="fp16")
-    assert Settings.from_env({"SEMIREC_ENCODER_RUNTIME": "onnx-int8"}).encoder_runtime == "onnx-int8"
+    assert Settings.from_env({"SEMIREC_ENCODER_RUNTIME": "onnx"}).encoder_runtime == "onnx"
+    assert Settings.from_env({}).encoder_runtime == "onnx-int8"  # the CPU default (issue 22)
+
+
+def test_item_vectors_per_runtime_are_cached_apart(items: list[dict], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``semirec evaluate --encoder-runtime``: fp32 onnx vectors equal torch's (same cache file);
+    int8 ones are close, and cached under their own version."""
+    from semirec.trainer.offline.vectors import item_vectors
+
+    monkeypatch.setenv("SEMIREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vec_dir = tmp_path / "vectors"
+        eager = item_vectors(items, cache_dir=vec_dir)
+        int8 = item_vectors(items, cache_dir=vec_dir, runtime="onnx-int8")
+        assert len(list(vec_dir.glob("*.npy"))) == 2
+        assert np.abs(item_vectors(items, cache_dir=tmp_path / "v2", runtime="onnx") - eager).max() < TOL
+        cos = (eager * int8).sum(1) / np.linalg.norm(eager, axis=1) / np.linalg.norm(int8, axis=1)
+        assert cos.min() >= INT8_MIN_COSINE and np.abs(eager - int8).max() > TOL
+    finally:
+        torch.set_num_threads(threads)

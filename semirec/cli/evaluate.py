@@ -28,7 +28,7 @@ def _threads(n: int) -> None:
 
 
 def _load(data: str, size: str, world_seed: int, encoder: Path | None, console: Console,
-          max_rank_cases: int, vectors_from: str = "encoder"):
+          max_rank_cases: int, vectors_from: str = "encoder", runtime: str = "torch"):
     """World -> item vectors (cached) -> prepared samples, split and negatives."""
     from semirec.trainer.offline.ceiling import observable_item_probs
     from semirec.trainer.offline.evaluate import EvalProtocol, prepare
@@ -46,7 +46,7 @@ def _load(data: str, size: str, world_seed: int, encoder: Path | None, console: 
 
             vectors = truth_vectors(world)
         else:
-            vectors = item_vectors(world.items, checkpoint=encoder)
+            vectors = item_vectors(world.items, checkpoint=encoder, runtime=runtime)
         observable = observable_item_probs(world) if world.item_probs is not None else None
         prepared = prepare(data, world.items, world.events, vectors, world.true_prob or None,
                            EvalProtocol(max_rank_cases=max_rank_cases),
@@ -142,9 +142,12 @@ def _table(result: dict[str, Any]) -> Table:
               default="encoder", show_default=True,
               help="Diagnostic: 'truth' = the generated items' latent attributes, not encoder "
                    "output (separates the encoder's share of the gap to the oracle).")
+@click.option("--encoder-runtime", type=click.Choice(["torch", "onnx", "onnx-int8"]), default="torch",
+              show_default=True, help="What encodes the item vectors: eager torch, or the exported "
+              "models under onnxruntime (fp32, or with the int8 text model).")
 def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: Path | None,
              models: str, jobs: int, settings: str, size: str, world_seed: int, encoder: Path | None,
-             threads: int, train_fraction: float, vectors_from: str) -> None:
+             threads: int, train_fraction: float, vectors_from: str, encoder_runtime: str) -> None:
     """Train and evaluate every model on DATA with the paper's protocol.
 
     Chronological split (last 20% of watches = test), sequences cut to 7 days; AUC and GAUC of
@@ -166,7 +169,8 @@ def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: P
     _threads(threads)
     err = Console(stderr=True)
     started = time.perf_counter()
-    prepared = _load(data, size, world_seed, encoder, err, 1000 if quick else 5000, vectors_from)
+    prepared = _load(data, size, world_seed, encoder, err, 1000 if quick else 5000, vectors_from,
+                     encoder_runtime)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
@@ -174,6 +178,7 @@ def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: P
                          train_fraction, jobs, _settings(settings))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     result["vectors"] = vectors_from
+    result["encoder_runtime"] = encoder_runtime
     result["command"] = "semirec evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     if report:
         from semirec.trainer.offline.report import write_report

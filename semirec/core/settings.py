@@ -113,7 +113,9 @@ class Settings:
     batch_max: int = 5000  # events per ingest batch under backlog (docs/ingest.md: -15% CPU vs 2,000)
     batch_within_s: float = 0.05
     encoder_checkpoint: str = ""  # item-encoder checkpoint dir; "" = the untrained fusion
-    encoder_runtime: str = "onnx"  # "onnx" (exported, onnxruntime), "onnx-int8" or "torch" (eager)
+    # "onnx-int8" (exported, int8 text model; the CPU default since issue 22), "onnx" (exported,
+    # fp32, 1e-4 parity with torch) or "torch" (eager)
+    encoder_runtime: str = "onnx-int8"
     cache_dir: str = ""  # backbone-feature cache; "" = ~/.cache/semirec
     state_cache_users: int = 20_000  # decoded user states kept by each ingest worker (LRU)
     # Kafka group timings. Production defaults; local stacks export shorter ones.

@@ -9,6 +9,12 @@ what recall and contrastive training want; the ranker scales it as it needs).
 
 Absent parts (no category, no tags, padded frames) are masked out of attention. Attention is
 written out with plain matmuls so that ONNX export and TensorRT see simple ops.
+With ``keep_image``/``keep_text`` > 0 the vector has two parts (:class:`Kept`): the learned
+``out_dim - keep`` dimensions above and fixed whitened principal components of the frozen
+backbone features (within-category ones of the mean image feature, those of the title
+feature), fitted on the catalog by pre-training; each part is L2-normalised and weighted
+(``keep_weight`` of the squared norm to the kept part), so the whole stays unit-norm.
+
 One :class:`FusionEncoder` per domain (videos: title + frames + tags; products: title +
 cover + category), held together by :class:`ItemFusion`.
 """
@@ -66,6 +72,34 @@ def _bias(valid: torch.Tensor) -> torch.Tensor:
     return ((1.0 - valid) * NEG)[:, None, None, :]
 
 
+class Kept(nn.Module):
+    """Whitened principal components of the frozen features (buffers; fitted by pre-training).
+
+    image part: ``(mean_frame - image_mean) @ image_proj - image_offset[category]`` (the offset
+    removes the category's mean, so the components describe the item within its category; an
+    unknown category keeps its between-category part); text part: ``(text - text_mean) @ text_proj``.
+    A missing image or title gives zeros for its part.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.register_buffer("image_mean", torch.zeros(IMAGE_FEATURES))
+        self.register_buffer("image_proj", torch.zeros(IMAGE_FEATURES, cfg.keep_image))
+        self.register_buffer("image_offset", torch.zeros(cfg.category_buckets, cfg.keep_image))
+        self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
+        self.register_buffer("text_proj", torch.zeros(cfg.text_dim, cfg.keep_text))
+        self.scale = 1.0 / math.sqrt(max(cfg.keep_dims, 1))
+
+    def forward(self, text: torch.Tensor, images: torch.Tensor, img_valid: torch.Tensor,
+                category: torch.Tensor, txt_valid: torch.Tensor) -> torch.Tensor:
+        count = img_valid.sum(1, keepdim=True)
+        mean = (images * img_valid.unsqueeze(-1)).sum(1) / count.clamp_min(1.0)
+        img = (mean - self.image_mean) @ self.image_proj - self.image_offset[category]
+        img = img * count.clamp_max(1.0)
+        txt = ((text - self.text_mean) @ self.text_proj) * txt_valid[:, None]
+        return torch.cat([img, txt], dim=1) * self.scale
+
+
 class FusionEncoder(nn.Module):
     """``(text [B,Dt], images [B,F,1280], image_mask [B,F], category [B], tags [B,T]) -> [B,out]``."""
 
@@ -85,7 +119,10 @@ class FusionEncoder(nn.Module):
             Block(d, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.layers)
         )
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.out_dim)
+        self.head = nn.Linear(d, cfg.out_dim - cfg.keep_dims)
+        self.kept = Kept(cfg) if cfg.keep_dims else None
+        self.keep_weight = cfg.keep_weight
+        self.out_dim = cfg.out_dim
         nn.init.normal_(self.category.weight, std=0.02)
         nn.init.normal_(self.tags.weight, std=0.02)
         with torch.no_grad():
@@ -123,6 +160,12 @@ class FusionEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, bias)
         z = self.head(self.norm(x[:, 0]))
+        z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if self.kept is None:
+            return z
+        k = self.kept(text, images, img_valid, category, txt_valid)
+        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        z = torch.cat([z * math.sqrt(1.0 - self.keep_weight), k * math.sqrt(self.keep_weight)], dim=1)
         return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 

@@ -27,7 +27,7 @@ from semirec.encoders.fusion import ItemFusion
 def fuse(fusion: ItemFusion, domains: Sequence[str], feats: ItemFeatures,
          batch_size: int = 64) -> np.ndarray:
     """Run each domain's fusion over its rows, in batches; rows keep the input order."""
-    out = np.zeros((len(feats), fusion[fusion.DOMAINS[0]].head.out_features), np.float32)
+    out = np.zeros((len(feats), fusion[fusion.DOMAINS[0]].out_dim), np.float32)
     with torch.inference_mode():
         for domain in fusion.DOMAINS:
             rows = np.flatnonzero(np.asarray(domains) == domain)
@@ -63,7 +63,7 @@ RUNTIMES = ("onnx", "onnx-int8", "torch")
 
 
 def runtime_setting() -> str:
-    """``$SEMIREC_ENCODER_RUNTIME``: ``onnx`` (default), ``onnx-int8`` or ``torch``."""
+    """``$SEMIREC_ENCODER_RUNTIME``: ``onnx-int8`` (default), ``onnx`` (fp32) or ``torch``."""
     from semirec.core.settings import Settings
 
     return Settings.from_env().encoder_runtime
@@ -86,7 +86,8 @@ def get_encoder(checkpoint: Path | str | None = None, batch_size: int = 64,
 
     ``runtime``: ``"onnx"`` (the exported models under onnxruntime, exported on first use;
     1.3-1.4x less CPU per item than eager, docs/encoders.md), ``"onnx-int8"`` (the same with an
-    int8 text model: less CPU again, vectors within cosine ~0.99 and version ``+int8``),
+    int8 text model: less CPU again, vectors within cosine ~0.99 and version ``+int8``; the
+    default, the rankers lose nothing on its vectors, docs/results.md),
     ``"torch"`` (eager), or ``None`` for ``$SEMIREC_ENCODER_RUNTIME``. ``onnx`` and ``torch``
     give the same vectors within 1e-4 and the same version.
     """

@@ -32,9 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirec.core.items import Item
-from semirec.encoders.config import EncoderConfig
+from semirec.encoders.config import KEEP_IMAGE, KEEP_TEXT, KEEP_WEIGHT, EncoderConfig
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
 from semirec.encoders.fusion import ItemFusion
+
+# names the default pre-training recipe in the demo's encoder cache key ("default": before Kept)
+# the demo cache key of the default recipe ("default": the learned fusion alone, as before)
+RECIPE = f"kept-{KEEP_IMAGE}-{KEEP_TEXT}-{KEEP_WEIGHT}" if KEEP_IMAGE + KEEP_TEXT else "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,7 @@ def encode_views(fusion: ItemFusion, cat: Catalog, rows: torch.Tensor, *, view: 
                  drop: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
     """Vectors of ``rows`` from one view: ``full`` (with label dropout), ``content``
     (title + images), ``text`` or ``image``. Rows keep their order."""
-    out = torch.zeros(len(rows), fusion["video"].head.out_features)
+    out = torch.zeros(len(rows), fusion["video"].out_dim)
     for domain, flag in (("video", True), ("product", False)):
         sel = (cat.is_video[rows] == flag).nonzero().flatten()
         if len(sel) == 0:
@@ -160,12 +164,72 @@ def probe(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray, k: int = 10) -
             "held_out": len(test_np), "k": k}
 
 
+def _components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` principal directions of centred rows ``x`` and the std along each; a catalog
+    with fewer rows than ``k`` gets zero directions for the rest (those dimensions stay 0)."""
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    basis = np.zeros((x.shape[1], k))
+    std = np.ones(k)
+    m = min(k, len(s))
+    basis[:, :m] = vt[:m].T
+    std[:m] = np.maximum(s[:m] / math.sqrt(max(len(x) - 1, 1)), 1e-6)
+    return basis, std
+
+
+def _kept_share(x: np.ndarray, basis: np.ndarray) -> float:
+    """Share of the (centred) rows' variance that the orthonormal ``basis`` keeps."""
+    total = float((x**2).sum())
+    return round(float(((x @ basis) ** 2).sum()) / total, 4) if total > 0 else 0.0
+
+
+def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str, Any]:
+    """Fit the kept components (:class:`~semirec.encoders.fusion.Kept`) on the training items'
+    frozen features, the same in both domains; returns the share of variance they keep on
+    training and on held-out items (the catalog's own check of the choice; no labels)."""
+    kept = fusion["video"].kept
+    if kept is None:
+        return {}
+    k_img, k_txt = kept.image_proj.shape[1], kept.text_proj.shape[1]
+    train = ~held_out
+    mask = cat.image_mask.numpy().astype(np.float64)
+    has_img = mask.any(1)
+    mean_img = (cat.images.numpy() * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None]
+    bucket = cat.category.numpy()
+    rows = train & has_img
+    image_mean = mean_img[rows].mean(0)
+    centre = np.tile(image_mean, (kept.image_offset.shape[0], 1))
+    for b in np.unique(bucket[rows]):
+        if b > 0:
+            centre[b] = mean_img[rows & (bucket == b)].mean(0)
+    resid = mean_img - centre[bucket]
+    basis, std = _components(resid[rows], k_img)
+    image_proj = basis / std
+    text = cat.text.numpy().astype(np.float64)
+    text_mean = text[train].mean(0)
+    t_basis, t_std = _components(text[train] - text_mean, k_txt)
+    state = {"image_mean": image_mean, "image_proj": image_proj,
+             "image_offset": (centre - image_mean) @ image_proj,
+             "text_mean": text_mean, "text_proj": t_basis / t_std}
+    for domain in fusion.DOMAINS:
+        buffers = fusion[domain].kept
+        for name, value in state.items():
+            getattr(buffers, name).copy_(torch.from_numpy(value.astype(np.float32)))
+    test = held_out & has_img
+    return {"image_components": k_img, "text_components": k_txt,
+            "image_variance_kept": {"train": _kept_share(resid[rows], basis),
+                                    "held_out": _kept_share(resid[test], basis)},
+            "text_variance_kept": {"train": _kept_share(text[train] - text_mean, t_basis),
+                                   "held_out": _kept_share(text[held_out] - text_mean, t_basis)}}
+
+
 Progress = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 def pretrain(fusion: ItemFusion, cfg: EncoderConfig, cat: Catalog, held_out: np.ndarray,
              train: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Train ``fusion`` in place; returns the loss history and the probe before/after."""
+    """Fit its kept components, train ``fusion`` in place; returns the loss history and the
+    probe before/after."""
+    kept = fit_kept(fusion, cat, held_out)
     before = probe(fusion, cat, held_out)
     torch.manual_seed(train.seed)
     gen = torch.Generator().manual_seed(train.seed)
@@ -206,7 +270,7 @@ def pretrain(fusion: ItemFusion, cfg: EncoderConfig, cat: Catalog, held_out: np.
         history.append(epoch_loss / max(1, len(rows_all)))
     fusion.eval()
     after = probe(fusion, cat, held_out)
-    return {"train": asdict(train), "loss_per_epoch": [round(x, 4) for x in history],
+    return {"train": asdict(train), "kept": kept, "loss_per_epoch": [round(x, 4) for x in history],
             "probe_untrained": before, "probe_pretrained": after,
             "train_items": int((~held_out).sum()), "seconds": round(time.perf_counter() - started, 1)}
 

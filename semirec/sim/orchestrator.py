@@ -219,6 +219,33 @@ async def write_vectors(settings: Settings, items: list[dict[str, Any]], vectors
         await store.close()
 
 
+def demo_encoder(world: Any, cache_dir: Path, run_dir: Path, console: Any) -> Path:
+    """The encoder pre-trained on ``world.items`` (``semirec encoders pretrain``), cached under
+    ``cache_dir/encoders/<digest of the catalog and the pre-training recipe>``; trains it when
+    it is not cached (logs in ``run_dir``)."""
+    from semirec.encoders.pretrain import RECIPE
+    from semirec.trainer.offline.vectors import catalog_digest
+
+    ckpt = Path(cache_dir) / "encoders" / catalog_digest(world.items, f"pretrain-{RECIPE}")
+    if (ckpt / "encoder.safetensors").is_file():
+        return ckpt
+    run_dir.mkdir(parents=True, exist_ok=True)
+    items = run_dir / "items.jsonl"
+    items.write_text("".join(json.dumps(it) + "\n" for it in world.items))
+    log = run_dir / "encoder-pretrain.log"
+    console.print(f"{time.strftime('%H:%M:%S')} pre-training the item encoder on "
+                  f"{len(world.items):,} items (cached afterwards; a few minutes)")
+    with open(log, "wb") as out:  # on a terminal its own progress bars show
+        res = subprocess.run([sys.executable, "-m", "semirec", "encoders", "pretrain",
+                              "--items", str(items), "--out", str(ckpt), "--json"],
+                             stdout=out, timeout=1800,
+                             stderr=None if console.is_terminal else subprocess.STDOUT)
+    if res.returncode != 0:
+        raise DemoError(f"encoder pre-training failed (code {res.returncode}); log {log}:\n"
+                        f"{_tail(log)}")
+    return ckpt
+
+
 def prune_runs(runs: Path, keep: int) -> list[Path]:
     """Remove all but the newest ``keep`` run folders (logs, model repository, report)."""
     folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.name)
@@ -261,27 +288,11 @@ class Demo:
     def item_encoder(self, world: Any) -> Path | None:
         """The encoder checkpoint every part uses (SEMIREC_ENCODER_CHECKPOINT): given, or
         ``SEMIREC_ENCODER_CHECKPOINT``, or pre-trained on the catalog (without the held-out new
-        videos) and cached."""
-        from semirec.trainer.offline.vectors import catalog_digest
-
+        videos) and cached (:func:`demo_encoder`)."""
         ckpt = self.opts.encoder or (Path(os.environ["SEMIREC_ENCODER_CHECKPOINT"])
                                      if os.environ.get("SEMIREC_ENCODER_CHECKPOINT") else None)
         if ckpt is None and self.opts.pretrain_encoder:
-            ckpt = self.opts.cache_dir / "encoders" / catalog_digest(world.items, "pretrain-default")
-            if not (ckpt / "encoder.safetensors").is_file():
-                items = self.run_dir / "items.jsonl"
-                items.write_text("".join(json.dumps(it) + "\n" for it in world.items))
-                log = self.run_dir / "encoder-pretrain.log"
-                self.console.print(f"{time.strftime('%H:%M:%S')} pre-training the item encoder on "
-                                   f"{len(world.items):,} items (cached afterwards; a few minutes)")
-                with open(log, "wb") as out:  # on a terminal its own progress bars show
-                    res = subprocess.run([sys.executable, "-m", "semirec", "encoders", "pretrain",
-                                          "--items", str(items), "--out", str(ckpt), "--json"],
-                                         stdout=out, timeout=1800,
-                                         stderr=None if self.console.is_terminal else subprocess.STDOUT)
-                if res.returncode != 0:
-                    raise DemoError(f"encoder pre-training failed (code {res.returncode}); log {log}:\n"
-                                    f"{_tail(log)}")
+            ckpt = demo_encoder(world, self.opts.cache_dir, self.run_dir, self.console)
         if ckpt is not None:
             os.environ["SEMIREC_ENCODER_CHECKPOINT"] = str(Path(ckpt).resolve())  # parts inherit it
             self.facts["encoder"] = str(ckpt)

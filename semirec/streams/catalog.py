@@ -8,9 +8,9 @@ the vectors with the encoder version in one Redis pipeline (retried while Redis 
 only then ack, so an offset is committed only once its item is stored or dead-lettered.
 Upserts are idempotent, so a replay after a crash rewrites the same vectors.
 
-The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion; onnxruntime
-unless ``SEMIREC_ENCODER_RUNTIME=torch``) is loaded on the first batch, so a worker that sees
-no items never loads it. Dead letters go to the
+The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion; onnxruntime with
+the int8 text model unless ``SEMIREC_ENCODER_RUNTIME`` says ``onnx`` or ``torch``) is loaded
+on the first batch, so a worker that sees no items never loads it. Dead letters go to the
 project's DLQ topic (``SEMIREC_TOPIC_EVENTS_DLQ``) with ``stage: "catalog"``.
 """
 
@@ -52,7 +52,8 @@ class CatalogOutcome:
 
 def default_encoder() -> Any:
     """The encoder for ``$SEMIREC_ENCODER_CHECKPOINT`` (or untrained) in
-    ``$SEMIREC_ENCODER_RUNTIME`` (default: the exported models under onnxruntime, 1 thread)."""
+    ``$SEMIREC_ENCODER_RUNTIME`` (default: the exported models, int8 text model, under
+    onnxruntime, 1 thread)."""
     import torch
 
     from semirec.encoders.pipeline import get_encoder

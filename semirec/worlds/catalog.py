@@ -38,6 +38,7 @@ class Side:
     quality: np.ndarray  # [n]
     log_pop: np.ndarray  # [n] exposure / click popularity
     fmt: np.ndarray  # [n] int, index into VIDEO_FORMATS (videos; zeros for products)
+    stars: np.ndarray | None = None  # [n] the review's 1-5 stars (videos: the featured product's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,8 @@ def build_catalog(cfg: WorldConfig, rng: np.random.Generator) -> Catalog:
     p_quality = 0.3 * (p_rating - 3) + rng.normal(0, 0.3, cfg.products)
     v_quality = 0.3 * (p_rating[featured] - 3) + rng.normal(0, 0.35, cfg.videos)
     products = Side(p_ids, p_cat, p_style, p_quality,
-                    rng.normal(0, 0.8, cfg.products) + p_quality, np.zeros(cfg.products, int))
+                    rng.normal(0, 0.8, cfg.products) + p_quality, np.zeros(cfg.products, int),
+                    p_rating.copy())
     videos = Side(v_ids, v_cat, v_style, v_quality,
-                  rng.normal(0, 0.8, cfg.videos) + 0.5 * v_quality, fmt)
+                  rng.normal(0, 0.8, cfg.videos) + 0.5 * v_quality, fmt, p_rating[featured])
     return Catalog(items, products, videos, featured)

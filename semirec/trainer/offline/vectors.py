@@ -35,17 +35,23 @@ def item_vectors(
     *,
     checkpoint: Path | None = None,
     cache_dir: Path | None = None,
+    runtime: str = "torch",
 ) -> np.ndarray:
-    """``[len(items), 128]`` float32 vectors from :func:`encoders.encode_items`, cached."""
+    """``[len(items), 128]`` float32 vectors from :func:`encoders.encode_items` (``runtime``
+    ``torch``), or from the exported ``onnx`` / ``onnx-int8`` encoder; cached per version."""
     from semirec.encoders import encode_items, encoder_version
+    from semirec.encoders.pipeline import get_encoder
 
+    version = encoder_version(checkpoint) + ("+int8" if runtime == "onnx-int8" else "")
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = directory / f"{catalog_digest(items, encoder_version(checkpoint))}.npy"
+    path = directory / f"{catalog_digest(items, version)}.npy"
     if path.is_file():
         vectors = np.load(path, allow_pickle=False)
         if vectors.shape[0] == len(items):
             return vectors
-    vectors = np.ascontiguousarray(encode_items(list(items), checkpoint=checkpoint), np.float32)
+    encoded = (encode_items(list(items), checkpoint=checkpoint) if runtime == "torch"
+               else get_encoder(checkpoint, runtime=runtime).encode(list(items)))
+    vectors = np.ascontiguousarray(encoded, np.float32)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, vectors, allow_pickle=False)

@@ -1,0 +1,99 @@
+"""The fusion's kept part: whitened principal components of the frozen features beside the learned part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semirec.encoders import checkpoint as ckpt_io
+from semirec.encoders.config import IMAGE_FEATURES, EncoderConfig
+from semirec.encoders.export import FUSION_MODELS, FusionForExport, _export_one
+from semirec.encoders.fusion import ItemFusion
+from semirec.encoders.pretrain import Catalog, encode_views, fit_kept, holdout_mask
+from semirec.encoders.triton_repo import specs
+
+CFG = EncoderConfig(d_model=32, heads=4, ffn=64, layers=1, keep_image=6, keep_text=5, keep_weight=0.4)
+
+
+def synthetic_catalog(n: int = 240, seed: int = 0) -> Catalog:
+    """Items of 4 categories whose image features differ by category and within it."""
+    g = torch.Generator().manual_seed(seed)
+    category = torch.arange(n) % 4 + 1
+    frames = 2
+    centres = torch.randn(5, IMAGE_FEATURES, generator=g) * 3
+    images = centres[category][:, None, :] + torch.randn(n, frames, IMAGE_FEATURES, generator=g)
+    mask = torch.ones(n, frames, dtype=torch.bool)
+    mask[::2, 1] = False  # products: one image
+    text = torch.randn(n, CFG.text_dim, generator=g)
+    text = text / text.norm(dim=1, keepdim=True)
+    return Catalog(text, images, mask, category, torch.zeros(n, 2, dtype=torch.int64),
+                   torch.arange(n) % 2 == 1, [str(int(c)) for c in category])
+
+
+def test_kept_components_are_whitened_within_category_and_checked_on_held_out_items() -> None:
+    cat = synthetic_catalog()
+    held_out = holdout_mask([str(i) for i in range(len(cat))], 0.25, 0)
+    fusion = ItemFusion(CFG)
+    report = fit_kept(fusion, cat, held_out)
+    assert report["image_components"] == 6 and report["text_components"] == 5
+    for part in ("image_variance_kept", "text_variance_kept"):
+        assert 0.0 < report[part]["held_out"] <= report[part]["train"] <= 1.0
+    kept = fusion["video"].kept
+    train = torch.from_numpy(~held_out)
+    with torch.no_grad():
+        k = kept(cat.text, cat.images, cat.image_mask.float(), cat.category, torch.ones(len(cat)))
+    k = (k / kept.scale)[train]
+    img, txt = k[:, :6], k[:, 6:]
+    assert torch.allclose(img.std(0), torch.ones(6), atol=0.02)  # whitened
+    assert torch.allclose(txt.std(0), torch.ones(5), atol=0.02)
+    for c in range(1, 5):  # the category's mean is removed: within-category components
+        assert img[cat.category[train] == c].mean(0).abs().max() < 1e-3
+    assert torch.equal(fusion["video"].kept.image_proj, fusion["product"].kept.image_proj)
+
+
+def test_vectors_are_unit_norm_with_the_kept_share_of_the_norm() -> None:
+    cat = synthetic_catalog()
+    fusion = ItemFusion(CFG)
+    fit_kept(fusion, cat, np.zeros(len(cat), bool))
+    fusion.eval()
+    with torch.no_grad():
+        z = encode_views(fusion, cat, torch.arange(len(cat)), view="content")
+        text_view = encode_views(fusion, cat, torch.arange(len(cat)), view="text")
+    assert z.shape == (len(cat), 128)
+    assert torch.allclose(z.norm(dim=1), torch.ones(len(cat)), atol=1e-5)
+    learned = 128 - CFG.keep_dims
+    assert torch.allclose((z[:, learned:] ** 2).sum(1), torch.full((len(cat),), 0.4), atol=1e-5)
+    assert text_view[:, learned:learned + 6].abs().max() == 0  # no image: no image components
+    assert text_view[:, learned + 6:].abs().max() > 0
+
+
+def test_configs_without_a_kept_part_read_and_digest_as_before() -> None:
+    plain = EncoderConfig()
+    assert not {"keep_image", "keep_text", "keep_weight"} & plain.to_dict().keys()
+    assert EncoderConfig.from_dict(plain.to_dict()) == plain
+    assert CFG.to_dict()["keep_image"] == 6 and EncoderConfig.from_dict(CFG.to_dict()) == CFG
+    assert plain.digest() != EncoderConfig(keep_image=1).digest()
+    assert ItemFusion(plain)["video"].kept is None
+
+
+def test_kept_fusion_saves_loads_and_exports_to_onnx(tmp_path: Path) -> None:
+    cat = synthetic_catalog()
+    fusion = ItemFusion(CFG)
+    fit_kept(fusion, cat, np.zeros(len(cat), bool))
+    saved = ckpt_io.save(tmp_path / "ckpt", fusion, CFG, {})
+    loaded = ckpt_io.load_fusion(ckpt_io.read(tmp_path / "ckpt"))
+    assert torch.equal(loaded["video"].kept.image_offset, fusion["video"].kept.image_offset)
+    assert saved.version.startswith("fusion-")
+    spec = next(s for s in specs(CFG) if s.name == FUSION_MODELS["video"])
+    assert _export_one(FusionForExport(loaded["video"]), spec, CFG, tmp_path / "f.onnx") < 1e-4
+
+
+def test_a_catalog_smaller_than_the_kept_components_leaves_the_rest_zero() -> None:
+    cat = synthetic_catalog(n=12)
+    fusion = ItemFusion(EncoderConfig(d_model=32, heads=4, ffn=64, layers=1, keep_image=20, keep_text=4))
+    report = fit_kept(fusion, cat, np.zeros(len(cat), bool))
+    assert report["image_variance_kept"]["train"] > 0.999  # 12 items span fewer than 20 directions
+    proj = fusion["video"].kept.image_proj
+    assert proj[:, 12:].abs().max() == 0 and proj[:, :11].abs().min(dim=0).values.max() > 0
