@@ -77,3 +77,18 @@ def torch_one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def private_encoder_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """For a module's fixture: one torch thread (fastest on shared small machines), a feature
+    cache of its own, and no encoder checkpoint from the environment."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("feature-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEMIREC_CACHE_DIR", str(cache))
+        mp.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
+        yield cache
+    torch.set_num_threads(threads)

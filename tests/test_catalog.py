@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-import torch
 from click.testing import CliRunner
 
 from semirec.cli import cli
@@ -24,7 +23,7 @@ from semirec.core.settings import Settings
 from semirec.encoders.pipeline import ItemEncoder
 from semirec.encoders.sample import sample_items
 from semirec.streams.catalog import catalog_topics
-from tests.conftest import settings_env
+from tests.conftest import private_encoder_cache, settings_env
 from tests.kafka_utils import committed, consume_all, produce_raw
 from tests.workers import running_worker
 
@@ -32,14 +31,7 @@ from tests.workers import running_worker
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A feature cache shared by this process and the worker; one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("feature-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEMIREC_CACHE_DIR", str(path))
-        mp.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
-        yield path
-    torch.set_num_threads(threads)
+    yield from private_encoder_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-import torch
 from click.testing import CliRunner
 
 from semirec.cli import cli
@@ -22,19 +21,12 @@ from semirec.encoders.config import EncoderConfig
 from semirec.encoders.pipeline import ItemEncoder, encode_items, encoder_version
 from semirec.encoders.sample import sample_items
 from semirec.encoders.text import length_groups
+from tests.conftest import private_encoder_cache
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread_and_private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One torch thread (fastest on shared small machines) and a feature cache of our own."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    cache = tmp_path_factory.mktemp("feature-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEMIREC_CACHE_DIR", str(cache))
-        mp.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
-        yield cache
-    torch.set_num_threads(threads)
+    yield from private_encoder_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from semirec.cli import cli
 from semirec.encoders.probe import probe_vectors, world_attributes
 from semirec.worlds import load_world
+from tests.conftest import private_encoder_cache
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread_and_private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    cache = tmp_path_factory.mktemp("feature-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEMIREC_CACHE_DIR", str(cache))
-        mp.delenv("SEMIREC_ENCODER_CHECKPOINT", raising=False)
-        yield cache
-    torch.set_num_threads(threads)
+    yield from private_encoder_cache(tmp_path_factory)
 
 
 def test_ridge_probe_recovers_exposed_attributes_and_not_noise() -> None:

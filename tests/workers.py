@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.fault_kit import signal_worker
 from semirec.core.settings import Settings
 from tests.conftest import settings_env
 
@@ -23,13 +23,8 @@ def start_worker(settings: Settings, log: Path, *args: str, **env: str) -> subpr
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """Signal the worker's process group (SIGKILL after ``timeout``); its exit code."""
+    signal_worker(proc, sig, timeout)
     return proc.returncode
 
 
