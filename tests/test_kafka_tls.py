@@ -19,7 +19,7 @@ import pytest
 
 from semirec.core.faults import EXIT_CONFIG
 from semirec.core.settings import KafkaSecurity, Settings
-from semirec.core.stack import free_port, tansu_binary
+from semirec.core.stack import free_ports, tansu_binary
 from tests.conftest import settings_env
 from tests.event_script import scripted_events
 from tests.test_faults import _openssl, cli
@@ -51,7 +51,7 @@ def kafka_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
         pytest.skip("openssl is not installed")
     d = tmp_path_factory.mktemp("kafka-tls")
     _certs(d)
-    broker, public = free_port(), free_port()
+    broker, public = free_ports(2)
     proc = subprocess.Popen(
         [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{broker}",
          "--advertised-listener-url", f"tcp://127.0.0.1:{public}",

@@ -85,9 +85,19 @@ LOCAL_GROUP_TIMINGS = {
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every probe socket stays bound until all are chosen."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _port_free(port: int) -> bool:
@@ -361,7 +371,7 @@ class EmbeddedStack:
         home = triton_home()
         if not self.model_repository.is_dir():
             raise StackError(f"Triton model repository {self.model_repository} does not exist")
-        http, grpc, metrics = free_port(), free_port(), free_port()
+        http, grpc, metrics = free_ports(3)
         venv_bin = str(Path(sys.executable).parent)
         env = dict(os.environ)
         # The python-backend stub takes sys.prefix from the first python3 on PATH and links
