@@ -60,11 +60,13 @@ def export(checkpoint_dir: Path, then_promote: bool, as_json: bool) -> None:
         _fail(exc)
     info = repo.info(version)
     if as_json:
-        click.echo(json.dumps({**info.as_dict(), "promote": timings}))
+        click.echo(json.dumps({**info.as_dict(), "promote": timings,
+                               **({"failed": repo.unconverged} if timings else {})}))
         return
     click.echo(f"exported {repo.dir / str(version)} (sha256 {info.sha256[:12]})")
     if timings:
         click.echo(f"serving version {version} (loaded in {timings['load_s']:.1f} s)")
+        _unconverged(repo)
 
 
 @model.command(name="list")
@@ -119,7 +121,15 @@ def load(as_json: bool) -> None:
 def _report(repo: ModelRepository, timings: dict[str, float], as_json: bool) -> None:
     aliases = repo.aliases()
     if as_json:
-        click.echo(json.dumps({**aliases, **timings}))
+        click.echo(json.dumps({**aliases, **timings, "failed": repo.unconverged}))
     else:
         click.echo(f"serving version {aliases['serving']} (previous "
                    f"{aliases.get('previous', '-')}; loaded in {timings['load_s']:.1f} s)")
+        _unconverged(repo)
+
+
+def _unconverged(repo: ModelRepository) -> None:
+    """One stderr line per listed Triton that did not load the version (the others did)."""
+    for server, why in repo.unconverged.items():
+        click.echo(f"warning: Triton {server} does not serve it: {why} (`semirec model load` "
+                   "retries)", err=True)

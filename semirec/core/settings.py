@@ -36,13 +36,23 @@ def _check_kafka(servers: str) -> None:
                                 f"got {server.strip()!r}")
 
 
-def _check_triton(address: str) -> None:
+def triton_servers(addresses: str) -> list[str]:
+    """``SEMIREC_TRITON_GRPC`` as a list: ``host:port[,host:port...]`` (replicas serving one
+    model repository)."""
+    return [a.strip() for a in addresses.split(",")]
+
+
+def _check_triton(addresses: str) -> None:
     """tritonclient's gRPC address is ``host:port`` (no scheme: ``http://...`` fails only at the
-    first call, as a DNS error)."""
-    host, sep, port = address.strip().rpartition(":")
-    if "/" in address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"SEMIREC_TRITON_GRPC={address!r}: expected host:port (Triton's gRPC "
-                            "port, no scheme), e.g. 127.0.0.1:8001")
+    first call, as a DNS error); several replicas are comma-separated, each once."""
+    servers = triton_servers(addresses)
+    for address in servers:
+        host, sep, port = address.rpartition(":")
+        if "/" in address or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"SEMIREC_TRITON_GRPC={addresses!r}: expected host:port[,host:port...] "
+                                "(Triton's gRPC port, no scheme), e.g. 127.0.0.1:8001")
+    if len(set(servers)) != len(servers):
+        raise SettingsError(f"SEMIREC_TRITON_GRPC={addresses!r} names a server twice")
 
 
 @dataclass(frozen=True, slots=True)

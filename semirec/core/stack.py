@@ -228,6 +228,7 @@ class EmbeddedStack:
         startup_timeout: float = 60.0,
         redis_appendonly: bool = True,
         on_stop: StopReport | None = None,
+        triton_load: Iterable[str] = (),
     ) -> None:
         self.components = tuple(components)
         unknown = set(self.components) - set(COMPONENTS)
@@ -239,6 +240,9 @@ class EmbeddedStack:
         self.timeout = startup_timeout
         self.redis_appendonly = redis_appendonly
         self.on_stop = on_stop  # told about each component as it is stopped
+        # models tritonserver loads from disk at every start (--load-model; explicit mode loads
+        # nothing else): a restart comes back on the version config.pbtxt names
+        self.triton_load = tuple(triton_load)
         self.procs: dict[str, subprocess.Popen] = {}
         # how to start each component again: argv, env, readiness check, the ports it binds
         self._argv: dict[str, tuple[list[str], dict[str, str] | None, Callable[[], bool],
@@ -392,6 +396,9 @@ class EmbeddedStack:
             "--cuda-memory-pool-byte-size=0:0", "--model-control-mode=explicit",
             "--metrics-config=summary_latencies=true", "--exit-on-error=false",
             "--log-verbose=0", f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT_S}",
+            *(f"--load-model={name}" for name in self.triton_load),
+            # ready even while a model to load has no version yet (nothing exported)
+            *(["--strict-readiness=false"] if self.triton_load else []),
         ]
         log = self._spawn("triton", argv, env)
 

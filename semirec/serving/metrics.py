@@ -36,3 +36,16 @@ BREAKER_OPEN = Gauge(
 CATALOG_ITEMS = Gauge(
     "semirec_serving_catalog_items", "Items in the serving index, by domain.", ["domain"],
     registry=REGISTRY)
+TRITON_SERVER_VERSION = Gauge(
+    "semirec_triton_server_version", "Ranker version the Triton replica last answered with (0: "
+    "skipped, its circuit open), by server (SEMIREC_TRITON_GRPC lists several).", ["server"],
+    registry=REGISTRY)
+TRITON_VERSION_SKEW = Gauge(
+    "semirec_triton_version_skew", "1 while the Triton replicas answer with different ranker "
+    "versions (a promotion under way, or a replica that missed one).", registry=REGISTRY)
+TRITON_VERSION_SKEW_SECONDS = Counter(
+    "semirec_triton_version_skew_seconds", "Time the Triton replicas answered with different "
+    "ranker versions.", registry=REGISTRY)
+TRITON_RETRIES = Counter(
+    "semirec_triton_retries", "Ranker calls retried on another Triton replica after one failed, "
+    "by the server that failed.", ["server"], registry=REGISTRY)

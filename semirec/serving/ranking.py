@@ -4,7 +4,11 @@
 implement it.
 :class:`TritonRanker` calls the ``ranker`` model with a time budget per call and raises
 :class:`RankerUnavailable` for anything that is not a score (server down, timeout, model not
-loaded, bad response), so the recommender can fall back. :class:`OnnxRanker` runs a version
+loaded, bad response), so the recommender can fall back. :class:`TritonReplicas` spreads the
+calls over several tritonservers on one model repository (``SEMIREC_TRITON_GRPC=a:8001,b:8001``):
+round-robin, a circuit breaker per server, a failed call retried on the next server, and the
+versions the replicas answer with compared (skew is logged and measured).
+:func:`triton_ranker` picks the one or the other. :class:`OnnxRanker` runs a version
 directory's ``model.onnx`` with onnxruntime in this process (benchmarks, parity tests).
 :func:`fallback_scores` ranks without a model: similarity to the user's profile blended with
 popularity.
@@ -13,13 +17,20 @@ popularity.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from semirec.serving import metrics
+from semirec.serving.breaker import CircuitBreaker, State
 from semirec.serving.errors import RankerUnavailable
+
+log = logging.getLogger(__name__)
 
 MODEL = "ranker"
 OUTPUT = "score"
@@ -176,6 +187,149 @@ class TritonRanker:
     async def close(self) -> None:
         await self._drop_regions()
         await self.client.close()
+
+
+class TritonReplicas:
+    """Several tritonservers serving one model repository, as one :class:`ModelRanker`.
+
+    Each call goes to the next server in turn (round-robin) whose circuit breaker lets it
+    through (``failures`` consecutive failures open it; after ``cooldown_s`` one call probes
+    it); a failed call is retried on the next server while the time budget (``timeout_s``)
+    lasts, so one server going away costs no answer. Only when every server failed or is
+    skipped does :meth:`rank` raise :class:`RankerUnavailable` (the recommender falls back).
+
+    The answering version is kept per server: while the replicas answer with different versions
+    (a promotion under way, a replica that missed one) ``semirec_triton_version_skew`` is 1 and
+    a warning names each server's version; ``skew_s`` sums the time spent so."""
+
+    def __init__(self, urls: Sequence[str], *, model: str = MODEL, timeout_s: float = 0.1,
+                 shared_memory: bool = False, failures: int = 2, cooldown_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not urls:
+            raise ValueError("TritonReplicas needs at least one server")
+        self.urls = list(urls)
+        self.url = ",".join(self.urls)
+        self.model = model
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.servers = [TritonRanker(u, model=model, timeout_s=timeout_s, shared_memory=shared_memory)
+                        for u in self.urls]
+        self.breakers = [CircuitBreaker(failures, cooldown_s, clock) for _ in self.urls]
+        self.versions: dict[str, str] = {}  # server -> version of its last answer
+        self.skew_s = 0.0
+        self._skew_since: float | None = None
+        self._next = 0
+
+    def _turn(self) -> list[int]:
+        """Server indexes in this call's order (the round-robin start moves on each call)."""
+        start, n = self._next, len(self.servers)
+        self._next = (start + 1) % n
+        return [(start + k) % n for k in range(n)]
+
+    async def identity_buckets(self) -> int:
+        """From the server the next call goes to first (a replica whose breaker is open is
+        skipped; each server caches its answer until another version answers)."""
+        errors = []
+        n = len(self.servers)
+        for i in ((self._next + k) % n for k in range(n)):
+            if self.breakers[i].state is State.OPEN:
+                continue
+            try:
+                return await self.servers[i].identity_buckets()
+            except RankerUnavailable as exc:
+                self._failed(i)
+                errors.append(str(exc))
+        raise RankerUnavailable("; ".join(errors) or self._all_open())
+
+    async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        started = self.clock()
+        errors = []
+        for i in self._turn():
+            if errors and self.clock() - started >= self.timeout_s:
+                break  # the budget went on a server that did not answer: fall back now
+            if not self.breakers[i].allow():
+                continue
+            try:
+                scores, version = await self.servers[i].rank(tensors)
+            except RankerUnavailable as exc:
+                self._failed(i)
+                errors.append(str(exc))
+                metrics.TRITON_RETRIES.labels(self.urls[i]).inc()
+                continue
+            self.breakers[i].success()
+            self._answered(i, version)
+            return scores, version
+        raise RankerUnavailable("; ".join(errors) or self._all_open())
+
+    def _all_open(self) -> str:
+        return f"every Triton server ({self.url}) is skipped: circuit open after failures"
+
+    def _failed(self, i: int) -> None:
+        breaker = self.breakers[i]
+        was = breaker.state
+        breaker.failure()
+        if breaker.state is State.OPEN and was is State.CLOSED:
+            log.warning("Triton %s skipped for %.1f s (circuit open); the other servers answer",
+                        self.urls[i], breaker.cooldown_s)
+        if self.versions.pop(self.urls[i], None) is not None:  # it serves nothing now
+            metrics.TRITON_SERVER_VERSION.labels(self.urls[i]).set(0)
+            self._check_skew()
+
+    def _answered(self, i: int, version: str) -> None:
+        url = self.urls[i]
+        if self.versions.get(url) == version:
+            return
+        self.versions[url] = version
+        number = version.rpartition("/")[2]
+        metrics.TRITON_SERVER_VERSION.labels(url).set(int(number) if number.isdigit() else 0)
+        self._check_skew()
+
+    def _check_skew(self) -> None:
+        skewed = len(set(self.versions.values())) > 1
+        now = self.clock()
+        if skewed and self._skew_since is None:
+            self._skew_since = now
+            log.warning("Triton replicas answer with different versions: %s",
+                        ", ".join(f"{u} {v}" for u, v in sorted(self.versions.items())))
+        elif not skewed and self._skew_since is not None:
+            spent = now - self._skew_since
+            self.skew_s += spent
+            metrics.TRITON_VERSION_SKEW_SECONDS.inc(spent)
+            self._skew_since = None
+            log.info("Triton replicas answer with one version again (%s) after %.1f s of skew",
+                     next(iter(self.versions.values()), "-"), spent)
+        metrics.TRITON_VERSION_SKEW.set(int(skewed))
+
+    def skew(self) -> float:
+        """Seconds the replicas have answered with different versions, the current stretch
+        included."""
+        return self.skew_s + (0.0 if self._skew_since is None else self.clock() - self._skew_since)
+
+    async def problem(self) -> str | None:
+        """None while any server has the model ready (a replica down is logged by
+        :meth:`rank`); else every server's problem."""
+        problems = await asyncio.gather(*(s.problem() for s in self.servers))
+        if any(p is None for p in problems):
+            return None
+        return "; ".join(p for p in problems if p)
+
+    async def ready(self) -> bool:
+        return any(await asyncio.gather(*(s.ready() for s in self.servers)))
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.close()
+
+
+def triton_ranker(addresses: str, *, timeout_s: float, shared_memory: bool = False) \
+        -> TritonRanker | TritonReplicas:
+    """The ranker for ``SEMIREC_TRITON_GRPC``: one server as ever, or the replicas it lists."""
+    from semirec.core.settings import triton_servers
+
+    urls = triton_servers(addresses)
+    if len(urls) == 1:
+        return TritonRanker(urls[0], timeout_s=timeout_s, shared_memory=shared_memory)
+    return TritonReplicas(urls, timeout_s=timeout_s, shared_memory=shared_memory)
 
 
 class _Region:

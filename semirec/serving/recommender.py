@@ -81,10 +81,10 @@ class Recommender:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, triton: bool = True) -> Recommender:
-        from semirec.serving.ranking import TritonRanker
+        from semirec.serving.ranking import triton_ranker
 
-        ranker = TritonRanker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000,
-                              shared_memory=bool(settings.triton_shared_memory)) if triton else None
+        ranker = triton_ranker(settings.triton_grpc, timeout_s=settings.rank_timeout_ms / 1000,
+                               shared_memory=bool(settings.triton_shared_memory)) if triton else None
         return cls(settings, redis_client=redis_client(settings.redis_url), ranker=ranker)
 
     async def refresh(self) -> None:

@@ -48,6 +48,13 @@ one. :meth:`ModelRepository.promote` loads exactly that version in explicit mode
 version serving until the new one is loaded and warmed up), checks that it answers, and only
 then moves the alias. :meth:`ModelRepository.rollback` promotes ``previous``. The newest
 ``keep`` versions (and every aliased one) are kept.
+
+Several tritonservers may serve the repository (``triton_grpc`` = ``a:8001,b:8001``, shared
+storage): promote loads the version on each in turn and moves the alias when at least one
+answers with it (``unconverged`` names the servers that did not; :meth:`ensure_serving` catches
+them up); it also writes the serving version into the variant's config file, so that a server
+loading the model from disk (restarted with ``--load-model=ranker``) serves the alias; and no
+version is pruned while a listed server has it loaded (or does not answer the question).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -70,6 +78,8 @@ import numpy as np
 
 from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
+
+log = logging.getLogger(__name__)
 
 MODEL = "ranker"
 META, ONNX, PLAN, MODEL_PY_FILE = "meta.json", "model.onnx", "model.plan", "model.py"
@@ -129,10 +139,12 @@ def tensors(dim: int, identity: bool = False) \
     return inputs, [(OUTPUT, "FP32", [-1])]
 
 
-def render(dim: int = 128, variant: str = "python", id_buckets: int = 0) -> str:
+def render(dim: int = 128, variant: str = "python", id_buckets: int = 0,
+           version: int | None = None) -> str:
     """``config.pbtxt`` text (CPU python backend, or the TensorRT variant) for ``dim``-d items;
     ``id_buckets`` > 0: a model with item identity (its inputs, and the bucket count as the
-    ``id_buckets`` parameter, which the serving client reads to hash item ids)."""
+    ``id_buckets`` parameter, which the serving client reads to hash item ids); ``version``:
+    the policy loads exactly that version (what promote writes), else the latest."""
     inputs, outputs = tensors(dim, identity=id_buckets > 0)
 
     def block(kind: str, rows: list[tuple[str, str, list[int]]]) -> str:
@@ -155,8 +167,11 @@ def render(dim: int = 128, variant: str = "python", id_buckets: int = 0) -> str:
     else:
         raise ValueError(f"unknown variant {variant!r}")
     body = (f"max_batch_size: {MAX_BATCH}\n"
-            "# promote() loads exactly the serving version (a config override naming it)\n"
-            "version_policy: { latest: { num_versions: 1 } }\n"
+            + ("# promote() loads exactly the serving version (a config override naming it)\n"
+               "version_policy: { latest: { num_versions: 1 } }\n" if version is None else
+               "# the serving alias, written by promote(): a server that loads the model from\n"
+               "# disk (a restart with --load-model, poll mode) loads it, not the latest\n"
+               f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}\n")
             + block("input", inputs) + block("output", outputs)
             + f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n")
     if variant == "python":
@@ -255,10 +270,12 @@ class ModelRepository:
         self.root = Path(root)
         self.dir = self.root / MODEL
         self.triton_grpc = triton_grpc
+        self.servers = [a.strip() for a in triton_grpc.split(",")] if triton_grpc else []
         self.keep = keep
         self.variant = variant
         self.load_timeout_s = load_timeout_s
         self.last_promotion: dict[str, float] = {}
+        self.unconverged: dict[str, str] = {}  # server -> why the last promotion missed it
 
     @classmethod
     def from_settings(cls, settings: Any, **kw: Any) -> ModelRepository:
@@ -302,11 +319,19 @@ class ModelRepository:
         from google.protobuf import json_format, text_format
         from tritonclient.grpc import model_config_pb2
 
-        info = self.info(version)
-        msg = text_format.Parse(render(info.dim, self.variant, info.id_buckets),
-                                model_config_pb2.ModelConfig())
-        msg.version_policy.specific.versions[:] = [version]
+        msg = text_format.Parse(self.config_text(version), model_config_pb2.ModelConfig())
         return json_format.MessageToJson(msg, preserving_proto_field_name=True)
+
+    def config_text(self, version: int) -> str:
+        """``config.pbtxt`` (or the variant's) text that loads exactly ``version``."""
+        info = self.info(version)
+        return render(info.dim, self.variant, info.id_buckets, version=version)
+
+    def config_path(self) -> Path:
+        """The config file a server reads from disk: ``config.pbtxt``, or the variant's
+        (``--model-config-name=tensorrt``)."""
+        return self.dir / ("config.pbtxt" if self.variant == "python"
+                           else f"configs/{self.variant}.pbtxt")
 
     # -- writing -------------------------------------------------------------------------------
     def export(self, checkpoint_dir: Path, metrics: Mapping[str, Any] | None = None, *,
@@ -367,35 +392,70 @@ class ModelRepository:
         return version
 
     def promote(self, version: int, *, fence: int | None = None) -> dict[str, float]:
-        """Load ``version`` in Triton, wait until it answers, then make it ``serving``.
-        ``fence``: the trainer's lease epoch, checked under the lock before Triton is asked
-        (the lease cannot change hands until the alias moved: acquiring needs the lock).
+        """Load ``version`` in every listed Triton, wait until it answers, then make it
+        ``serving``. ``fence``: the trainer's lease epoch, checked under the lock before Triton
+        is asked (the lease cannot change hands until the alias moved: acquiring needs the lock).
 
-        Returns timings: ``load_s`` (the ``load_model`` call: a new python stub starts and
-        warms up) and ``first_answer_s``. On failure the alias does not move and Triton keeps
-        the version it served."""
+        Returns timings (the slowest server's): ``load_s`` (the ``load_model`` call: a new
+        python stub starts and warms up) and ``first_answer_s``; ``servers``: how many serve it.
+        With one server, a failure raises and the alias does not move (Triton keeps the version
+        it served). With several, the servers are loaded one after the other and the alias
+        moves when at least one answers with the version; :attr:`unconverged` names the others
+        and why (each logged; :meth:`ensure_serving` retries them), :class:`PromotionError`
+        when none does."""
         with self._locked(renew=fence):
             self._check_fence(fence)
             self.info(version)
-            client = self._client()
-            started = time.perf_counter()
-            try:
-                client.load_model(MODEL, config=self.triton_config(version))
-            except Exception as exc:  # tritonclient raises InferenceServerException
-                raise PromotionError(f"Triton did not load {MODEL} version {version}: {exc}") \
-                    from exc
-            loaded = time.perf_counter()
-            self._wait_answers(client, version, self.info(version).dim)
-            timings = {"load_s": round(loaded - started, 3),
-                       "first_answer_s": round(time.perf_counter() - loaded, 3)}
+            if not self.servers:
+                raise ModelRepositoryError("no Triton address (SEMIREC_TRITON_GRPC)")
+            timings = self._converge(version, self.servers)
             state = self._state()
             serving = state.get("serving")
             if serving != version:
                 state = {**state, "serving": version, "previous": serving}
             durable.write_atomic(self.dir / ALIASES, _json({**state, "promoted_at": time.time()}))
+            durable.write_atomic(self.config_path(), self.config_text(version))
             self._prune()
         self.last_promotion = timings
         return timings
+
+    def _converge(self, version: int, servers: list[str]) -> dict[str, float]:
+        """Load ``version`` on each of ``servers`` in turn (lock held); timings of the slowest.
+        Sets :attr:`unconverged`; raises when no server serves it."""
+        loads: list[tuple[float, float]] = []
+        failed: dict[str, PromotionError] = {}
+        config = self.triton_config(version)
+        for server in servers:
+            try:
+                loads.append(self._load_on(server, version, config))
+            except PromotionError as exc:
+                failed[server] = exc
+        self.unconverged = {server: str(exc) for server, exc in failed.items()}
+        if not loads:
+            first = next(iter(failed.values()))
+            if len(failed) == 1:
+                raise first
+            raise PromotionError("; ".join(f"{s}: {e}" for s, e in failed.items())) \
+                from first.__cause__ or first
+        for server, exc in failed.items():
+            log.warning("Triton %s does not serve %s version %s (the others do): %s", server,
+                        MODEL, version, exc)
+        return {"load_s": round(max(t for t, _ in loads), 3),
+                "first_answer_s": round(max(a for _, a in loads), 3),
+                "servers": len(loads)}
+
+    def _load_on(self, server: str, version: int, config: str) -> tuple[float, float]:
+        """Load ``version`` on ``server`` and wait until it answers: (load_s, first_answer_s)."""
+        client = self._client(server)
+        started = time.perf_counter()
+        try:
+            client.load_model(MODEL, config=config)
+        except Exception as exc:  # tritonclient raises InferenceServerException
+            raise PromotionError(f"Triton did not load {MODEL} version {version}: {exc}") \
+                from exc
+        loaded = time.perf_counter()
+        self._wait_answers(client, version, self.info(version).dim)
+        return loaded - started, time.perf_counter() - loaded
 
     def rollback(self) -> int:
         """Promote ``previous`` (which becomes ``serving``; the old serving becomes previous)."""
@@ -412,22 +472,46 @@ class ModelRepository:
             self.promote(serving)
         return serving
 
+    def loaded(self, server: str) -> set[int] | None:
+        """Versions of the ranker that ``server`` has loaded, loading or unloading (its
+        repository index); None when it does not answer."""
+        try:
+            index = self._client(server).get_model_repository_index(
+                as_json=True, client_timeout=5.0).get("models", [])
+        except Exception:  # not answering: the caller decides what that means
+            return None
+        return {int(m["version"]) for m in index if m.get("name") == MODEL
+                and str(m.get("version", "")).isdigit() and m.get("state") != "UNAVAILABLE"}
+
     def ensure_serving(self) -> int | None:
-        """Make Triton serve exactly the ``serving`` version when it does not (a restarted
-        tritonserver, or one that loaded another version from ``config.pbtxt``); no-op when it
-        does. Returns the serving version (None when unset)."""
+        """Make every listed Triton serve exactly the ``serving`` version when it does not (a
+        restarted tritonserver, one that loaded another version or missed a promotion); no-op
+        for those that do. Raises when no listed server serves it afterwards;
+        :attr:`unconverged` names those that still do not. Returns the serving version (None
+        when unset)."""
         serving = self.aliases().get("serving")
         if serving is None:
             return None
-        client = self._client()
-        try:
-            index = client.get_model_repository_index(as_json=True).get("models", [])
-            ready = {m.get("version") for m in index
-                     if m.get("name") == MODEL and m.get("state") == "READY"}
-        except Exception:  # server not answering: promote() reports it
-            ready = set()
-        if ready != {str(serving)}:
-            self.promote(serving)
+        behind = []
+        for server in self.servers:
+            try:
+                index = self._client(server).get_model_repository_index(as_json=True)
+                ready = {m.get("version") for m in index.get("models", [])
+                         if m.get("name") == MODEL and m.get("state") == "READY"}
+            except Exception:  # server not answering: the load reports it
+                ready = set()
+            if ready != {str(serving)}:
+                behind.append(server)
+        self.unconverged = {}
+        if behind:
+            with self._locked():
+                try:
+                    self._converge(serving, behind)
+                except PromotionError:
+                    if len(behind) == len(self.servers):
+                        raise
+                    log.warning("Triton %s do not serve %s version %s (the others do)",
+                                ", ".join(self.unconverged), MODEL, serving)
         return serving
 
     def list(self) -> list[VersionInfo]:
@@ -501,12 +585,12 @@ class ModelRepository:
             "ttl_s": lease.ttl_s}))
 
     # -- internals -----------------------------------------------------------------------------
-    def _client(self):  # -> tritonclient.grpc.InferenceServerClient
-        if not self.triton_grpc:
+    def _client(self, server: str | None = None):  # -> tritonclient.grpc.InferenceServerClient
+        if not self.servers:
             raise ModelRepositoryError("no Triton address (SEMIREC_TRITON_GRPC)")
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(self.triton_grpc)
+        return grpcclient.InferenceServerClient(server or self.servers[0])
 
     def _wait_answers(self, client, version: int, dim: int) -> None:
         import tritonclient.grpc as grpcclient
@@ -545,10 +629,20 @@ class ModelRepository:
         durable.write_atomic(self.dir / ALIASES, _json(state))
 
     def _prune(self) -> list[int]:
-        """Remove versions beyond the newest ``keep`` that no alias names (lock held)."""
+        """Remove versions beyond the newest ``keep`` that no alias names and no listed Triton
+        has loaded (lock held); none while a listed Triton does not answer (it may hold any)."""
         pinned = set(self.aliases().values())
         versions = self.versions()
         doomed = [v for v in versions[:-self.keep] if v not in pinned]
+        if doomed and self.servers:
+            for server in self.servers:
+                held = self.loaded(server)
+                if held is None:
+                    log.warning("not pruning %s versions %s: Triton %s does not say what it "
+                                "has loaded", MODEL, doomed, server)
+                    return []
+                pinned |= held
+            doomed = [v for v in doomed if v not in pinned]
         for v in doomed:
             shutil.rmtree(self.dir / str(v), ignore_errors=True)
         return doomed
