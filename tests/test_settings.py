@@ -6,7 +6,7 @@ import faust
 import pytest
 
 from semirec.core.redis_client import redis_client, sync_redis_client
-from semirec.core.settings import Settings, SettingsError
+from semirec.core.settings import Settings, SettingsError, triton_servers
 from semirec.core.urls import redact
 from semirec.streams.app import broker_credentials
 
@@ -37,10 +37,19 @@ def test_overrides() -> None:
     ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "is unknown"),
     ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
     ({"SEMIREC_ENCODER_RUNTIME": "tensorflow"}, "SEMIREC_ENCODER_RUNTIME must be onnx, onnx-int8 or torch"),
+    ({"SEMIREC_TRITON_GRPC": "t1:8001,http://t2:8001"}, "expected host:port"),
+    ({"SEMIREC_TRITON_GRPC": "t1:8001,"}, "expected host:port"),
+    ({"SEMIREC_TRITON_GRPC": "t1:8001, t1:8001"}, "names a server twice"),
 ])
 def test_bad_values_are_clear_errors(env, message) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_several_triton_servers_are_a_comma_separated_list() -> None:
+    s = Settings.from_env({"SEMIREC_TRITON_GRPC": "t1:8001, t2:8001"})
+    assert triton_servers(s.triton_grpc) == ["t1:8001", "t2:8001"]
+    assert triton_servers(Settings().triton_grpc) == ["127.0.0.1:8001"]
 
 
 def test_redis_cluster_urls_choose_the_cluster_client() -> None:
