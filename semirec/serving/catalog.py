@@ -159,11 +159,15 @@ class CatalogIndex:
 
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``([N, dim] raw vectors, [N] found mask)``; unknown ids give zero rows."""
-        rows = np.asarray([self._row.get(i, -1) for i in item_ids], np.int64)
-        found = rows >= 0
-        out = np.zeros((len(item_ids), self.dim), np.float32)
-        out[found] = self._vectors[rows[found]]
-        return out, found
+        rows = self.rows(item_ids)
+        return self.vectors_at(rows), rows >= 0
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """``[N, dim]`` raw vectors of ``rows`` (a copy); unknown rows (-1) give zero rows."""
+        out = self._vectors[np.maximum(rows, 0)]
+        if len(rows) and rows.min() < 0:
+            out[rows < 0] = 0.0
+        return out
 
     def gather(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Raw vectors of ``rows`` into ``out`` (no intermediate copy); unknown rows (-1) zero."""

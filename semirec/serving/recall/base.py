@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -232,12 +232,22 @@ def profile(entries: Sequence[Entry], catalog: CatalogIndex, n: int) -> np.ndarr
     newest = [e.item_id for e in entries[-n:]]
     if not newest:
         return None
-    vecs, found = catalog.vectors(newest)
+    rows = catalog.rows(newest)
+    found = rows >= 0
     if not found.any():
         return None
-    weights = np.linspace(0.5, 1.0, len(newest), dtype=np.float32) * found
+    vecs = catalog.vectors_at(rows)
+    weights = _ramp(len(newest)) * found
     norms = np.maximum(np.linalg.norm(vecs, axis=1), 1e-12)
     return (weights / norms) @ vecs
+
+
+@lru_cache(maxsize=256)
+def _ramp(n: int) -> np.ndarray:
+    """Recency weights of ``n`` entries, oldest first (read-only, shared)."""
+    weights = np.linspace(0.5, 1.0, n, dtype=np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def mixed(profiles: dict[str, np.ndarray | None]) -> np.ndarray | None:
