@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -159,11 +159,15 @@ class CatalogIndex:
 
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``([N, dim] raw vectors, [N] found mask)``; unknown ids give zero rows."""
-        rows = np.asarray([self._row.get(i, -1) for i in item_ids], np.int64)
-        found = rows >= 0
-        out = np.zeros((len(item_ids), self.dim), np.float32)
-        out[found] = self._vectors[rows[found]]
-        return out, found
+        rows = self.rows(item_ids)
+        return self.vectors_at(rows), rows >= 0
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """``[N, dim]`` raw vectors of ``rows`` (a copy); unknown rows (-1) give zero rows."""
+        out = self._vectors[np.maximum(rows, 0)]
+        if len(rows) and rows.min() < 0:
+            out[rows < 0] = 0.0
+        return out
 
     def gather(self, rows: np.ndarray, out: np.ndarray) -> None:
         """Raw vectors of ``rows`` into ``out`` (no intermediate copy); unknown rows (-1) zero."""
@@ -178,8 +182,14 @@ class CatalogIndex:
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Top-``k`` videos by cosine similarity, per query row (exact: the same ids and scores
         as an exhaustive ``IndexFlatIP`` search; see the module doc)."""
+        ids = self._ids
+        return [[(ids[r], s) for r, s in zip(rr.tolist(), ss.tolist(), strict=True)]
+                for rr, ss in self.search_rows(queries, k)]
+
+    def search_rows(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`search` as ``(rows int64, scores float32)`` per query row, best first."""
         if not self._video_rows or len(queries) == 0 or k <= 0:
-            return [[] for _ in range(len(queries))]
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(queries))]
         k = min(k, len(self._video_rows))
         q = normalised(np.asarray(queries, np.float32))
         n = len(self._video_rows)
@@ -187,9 +197,13 @@ class CatalogIndex:
             scores, rows = self._videos.search(q, k)
         else:
             scores, rows = self._search_fp16(q, k)
-        ids = self._ids
-        return [[(ids[r], s) for r, s in zip(rr, ss, strict=True) if r >= 0]
-                for rr, ss in zip(rows.tolist(), scores.tolist(), strict=True)]
+        out = []
+        for rr, ss in zip(rows, scores, strict=True):
+            if len(rr) and rr.min() < 0:  # faiss's -1: fewer found than asked
+                keep = rr >= 0
+                rr, ss = rr[keep], ss[keep]
+            out.append((rr, ss))
+        return out
 
     def search_exhaustive(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the float32 exhaustive search (reference for :meth:`search`)."""
@@ -210,21 +224,35 @@ class CatalogIndex:
 
     def newest_videos(self, n: int) -> list[str]:
         """The ``n`` videos this index saw first most recently, newest first."""
-        out: list[str] = []
+        return self.ids(self.newest_video_rows(n))
+
+    def newest_video_rows(self, n: int) -> np.ndarray:
+        """The rows of :meth:`newest_videos`."""
+        out: list[int] = []
         for row in reversed(self._video_order):
             if len(out) >= n:
                 break
             if row in self._video_rows:
-                out.append(self._ids[row])
-        return out
+                out.append(row)
+        return np.asarray(out, np.int64)
 
     def unit(self, rows: np.ndarray) -> np.ndarray:
         """L2-normalised vectors of ``rows`` (a copy: cache it, it does not follow upserts)."""
         return self._unit[rows]
 
-    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+    def rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Row of each item (-1 when unknown)."""
-        return np.asarray([self._row.get(i, -1) for i in item_ids], np.int64)
+        get = self._row.get
+        return np.asarray([get(i, -1) for i in item_ids], np.int64)
+
+    def row(self, item_id: str) -> int:
+        """The item's row (-1 when unknown)."""
+        return self._row.get(item_id, -1)
+
+    def ids(self, rows: np.ndarray) -> list[str]:
+        """The id of each row (all known: >= 0)."""
+        ids = self._ids
+        return [ids[r] for r in rows.tolist()]
 
     def similarity(self, query: np.ndarray, item_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Cosine similarity of ``query`` [dim] to each item, given by id or by row (0 for

@@ -32,17 +32,27 @@ def _domain(entries: Sequence[Entry], catalog: CatalogIndex, seq_len: int, hour:
     vec = np.zeros((seq_len, catalog.dim), np.float32)
     age = np.zeros(seq_len, np.int64)
     mask = np.zeros(seq_len, bool)
-    newest = list(entries[-seq_len:])
+    return vec, age, mask, _fill_domain(entries, catalog, hour, bucket_s, vec, age, mask)
+
+
+def _fill_domain(entries: Sequence[Entry], catalog: CatalogIndex, hour: int, bucket_s: int,
+                 vec: np.ndarray, age: np.ndarray, mask: np.ndarray) -> int:
+    """One domain's newest ``len(mask)`` entries into zeroed ``vec`` / ``age`` / ``mask``
+    (right-aligned); returns the entries left out for want of a vector."""
+    seq_len = len(mask)
+    newest = entries[-seq_len:]
     if not newest:
-        return vec, age, mask, 0
-    vecs, found = catalog.vectors([e.item_id for e in newest])
-    keep = np.flatnonzero(found)
+        return 0
+    ts_ms, ids = zip(*newest, strict=True)
+    rows = catalog.rows(ids)
+    keep = np.flatnonzero(rows >= 0)
     n = len(keep)
     if n:
-        vec[seq_len - n:] = vecs[keep]
-        age[seq_len - n:] = [max(0, hour - newest[i].hour(bucket_s)) for i in keep]
+        catalog.gather(rows[keep], vec[seq_len - n:])
+        hours = np.asarray(ts_ms, np.int64)[keep] // (bucket_s * 1000)  # Entry.hour, per entry
+        age[seq_len - n:] = np.maximum(0, hour - hours)
         mask[seq_len - n:] = True
-    return vec, age, mask, len(newest) - n
+    return len(newest) - n
 
 
 def rank_request(state: UserState | None, candidates: np.ndarray, catalog: CatalogIndex, *,
@@ -79,9 +89,8 @@ def rank_batch(users: Sequence[tuple[UserState | None, np.ndarray, float]], cata
         hour = int(at // bucket_s)
         if state is not None:
             for name, entries in (("video", state.video), ("product", state.product)):
-                v, a, m, miss = _domain(entries, catalog, seq_len, hour, bucket_s)
-                t[name][j], t[f"{name}_age"][j], t[f"{name}_mask"][j] = v, a, m
-                missing += miss
+                missing += _fill_domain(entries, catalog, hour, bucket_s, t[name][j],
+                                        t[f"{name}_age"][j], t[f"{name}_mask"][j])
         catalog.gather(rows, t["candidates"][j, : len(rows)])
     return t, missing
 

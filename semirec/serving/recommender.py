@@ -32,7 +32,7 @@ from semirec.serving.errors import RankerUnavailable
 from semirec.serving.features import identity_tensors, rank_batch
 from semirec.serving.popularity import PopularitySnapshot, watch_counts
 from semirec.serving.ranking import ModelRanker, fallback_scores
-from semirec.serving.recall import Candidate, Recall, RecallConfig
+from semirec.serving.recall import Recall, RecallConfig, Recalled
 
 log = logging.getLogger(__name__)
 FALLBACK_VERSION = "fallback"
@@ -58,8 +58,7 @@ class _Work:
     job: Job
     state: UserState | None
     at: float
-    pool: list[Candidate]
-    rows: np.ndarray  # the candidates' catalog rows
+    pool: Recalled  # the candidates (catalog rows, similarities, sources)
     skipped: int
     recall_s: float  # the (shared) state read + this job's recall
 
@@ -132,11 +131,10 @@ class Recommender:
         for job, state in zip(jobs, states, strict=True):
             t = time.perf_counter()
             if job.candidates is None:
-                pool, skipped = self.recall.candidates(state), 0
+                pool, skipped = self.recall.recall(state), 0
             else:
                 pool, skipped = self._given(job.candidates, state)
-            rows = self.catalog.rows([c.item_id for c in pool])
-            work.append(_Work(job, state, time.time() if job.at is None else job.at, pool, rows,
+            work.append(_Work(job, state, time.time() if job.at is None else job.at, pool,
                               skipped, read_s + time.perf_counter() - t))
         recalled = time.perf_counter()
         ranked_all = await self._rank_many(work)
@@ -150,8 +148,9 @@ class Recommender:
                 started_at: float) -> Recommendation:
         job = w.job
         order = np.argsort(-scores, kind="stable")[: job.k]
-        items = [RecommendedItem(w.pool[j].item_id, round(float(scores[j]), 6), w.pool[j].source)
-                 for j in order]
+        pool = w.pool
+        items = [RecommendedItem(pool.item_id(j), round(float(scores[j]), 6), pool.source_name(j))
+                 for j in order.tolist()]
         if w.skipped:
             metrics.SKIPPED_ITEMS.labels("candidates").inc(w.skipped)
         total_ms = (w.recall_s + rank_s) * 1000
@@ -169,15 +168,15 @@ class Recommender:
             user_id=job.user_id, request_id=job.request_id, event_id=job.event_id, items=items,
             model_version=version, generated_at=time.time(), fallback=fallback, timings=timings,
             skipped_without_vector=w.skipped,
-            candidates=[c.item_id for c in w.pool] if self.settings.publish_candidates else None)
+            candidates=list(w.pool.ids) if self.settings.publish_candidates else None)
 
-    def _given(self, candidates: Sequence[str], state: UserState | None) \
-            -> tuple[list[Candidate], int]:
+    def _given(self, candidates: Sequence[str], state: UserState | None) -> tuple[Recalled, int]:
         mixed = self.recall.mixed(self.recall.profiles(state))
         known = [c for c in dict.fromkeys(candidates) if self.catalog.is_video(c)]
-        sims = self.catalog.similarity(mixed, known) if mixed is not None else np.zeros(len(known))
-        return ([Candidate(c, "request", float(s)) for c, s in zip(known, sims, strict=True)],
-                len(set(candidates)) - len(known))
+        rows = self.catalog.rows(known)
+        sims = self.catalog.similarity(mixed, rows) if mixed is not None else np.zeros(len(known))
+        return (Recalled(self.catalog, rows, sims.astype(np.float64), np.zeros(len(rows), np.int16),
+                         ("request",)), len(set(candidates)) - len(known))
 
     async def _rank_many(self, work: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
         """(scores, model_version, fallback) per job: the model ranks every job with candidates
@@ -200,7 +199,7 @@ class Recommender:
     async def _rank_group(self, group: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
         why = "no_model" if self.ranker is None else "breaker_open"
         if self.ranker is not None and self.breaker.allow():
-            tensors, missing = rank_batch([(w.state, w.rows, w.at) for w in group], self.catalog,
+            tensors, missing = rank_batch([(w.state, w.pool.rows, w.at) for w in group], self.catalog,
                                           seq_len=self.settings.seq_len,
                                           bucket_s=self.settings.time_bucket_s,
                                           pad_to=self.settings.recall_candidates)
@@ -208,7 +207,7 @@ class Recommender:
                 metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
             try:
                 if buckets := await self.ranker.identity_buckets():
-                    ids = [[c.item_id for c in w.pool] for w in group]
+                    ids = [w.pool.ids for w in group]
                     watches, completes = await watch_counts(self.redis, [i for x in ids for i in x])
                     parts, lo = [], 0
                     for x in ids:
@@ -238,8 +237,8 @@ class Recommender:
         metrics.FALLBACKS.labels(why).inc(len(group))
         answers = []
         for w in group:
-            sims = np.asarray([c.similarity for c in w.pool], np.float32)
-            answers.append((fallback_scores(sims, self.popularity.scores(c.item_id for c in w.pool)),
+            sims = w.pool.similarity.astype(np.float32)
+            answers.append((fallback_scores(sims, self.popularity.scores(w.pool.ids)),
                             FALLBACK_VERSION, True))
         return answers
 

@@ -28,13 +28,22 @@ import numpy as np
 from semirec.core.sequences import UserState
 from semirec.serving.catalog import CatalogIndex
 from semirec.serving.popularity import PopularitySnapshot
-from semirec.serving.recall.base import Candidate, RecallRequest, RecallSource, merge, mixed, profile
+from semirec.serving.recall.base import (
+    Candidate,
+    Recalled,
+    RecallRequest,
+    RecallSource,
+    RowSource,
+    merge,
+    mixed,
+    profile,
+)
 from semirec.serving.recall.content import ContentSource, ProfileSearch
 from semirec.serving.recall.fresh import FreshSource
 from semirec.serving.recall.popular import PopularSource
 
-__all__ = ["SOURCES", "Candidate", "Recall", "RecallConfig", "RecallRequest", "RecallSource",
-           "default_sources", "merge", "profile"]
+__all__ = ["SOURCES", "Candidate", "Recall", "RecallConfig", "RecallRequest", "RecallSource", "Recalled",
+           "RowSource", "default_sources", "merge", "profile"]
 
 SOURCES = ("content_video", "content_product", "fresh", "popular")
 
@@ -88,9 +97,16 @@ class Recall:
 
     mixed = staticmethod(mixed)
 
-    def candidates(self, state: UserState | None, total: int | None = None) -> list[Candidate]:
+    def request(self, state: UserState | None, total: int | None = None) -> RecallRequest:
         profiles = self.profiles(state)
-        request = RecallRequest(state, total or self.config.total,
-                                {e.item_id for e in state.video} if state else set(),
-                                profiles, mixed(profiles))
-        return merge(request, self._quotas, self._fillers)
+        return RecallRequest(state, total or self.config.total,
+                             {e.item_id for e in state.video} if state else set(),
+                             profiles, mixed(profiles))
+
+    def recall(self, state: UserState | None, total: int | None = None) -> Recalled:
+        """The candidates as arrays (catalog rows, similarities, sources): what the recommender
+        ranks."""
+        return merge(self.request(state, total), self._quotas, self._fillers, self.catalog)
+
+    def candidates(self, state: UserState | None, total: int | None = None) -> list[Candidate]:
+        return self.recall(state, total).candidates()

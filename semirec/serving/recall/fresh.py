@@ -10,10 +10,10 @@ import numpy as np
 
 from semirec.serving.catalog import CatalogIndex
 from semirec.serving.popularity import PopularitySnapshot
-from semirec.serving.recall.base import RecallRequest, SnapshotPool
+from semirec.serving.recall.base import Chunk, RecallRequest, RowSourceBase, SnapshotPool
 
 
-class FreshSource:
+class FreshSource(RowSourceBase):
     name = "fresh"
 
     def __init__(self, catalog: CatalogIndex, popularity: PopularitySnapshot, pool: int) -> None:
@@ -25,24 +25,30 @@ class FreshSource:
     def _unwatched(self) -> list[str]:
         return [i for i in self.catalog.newest_videos(self.pool) if i not in self.popularity.counts]
 
-    def ranked(self, request: RecallRequest, budget: int) -> Iterator[tuple[str, float]]:
+    def ranked_rows(self, request: RecallRequest, budget: int) -> Iterator[Chunk]:
         """Lazy: a caller takes a few dozen of the pool."""
         pool = self._pool.refresh()
         query = request.mixed
         if query is None:
-            return ((i, 0.0) for i in pool.ids)
+            yield pool.rows, np.zeros(len(pool.rows), np.float32)
+            return
         sims = pool.unit @ (query / max(float(np.linalg.norm(query)), 1e-12))
-        return _best_first(pool.ids, sims, budget + len(request.exclude))
+        rows, head = pool.rows, budget + len(request.exclude)
+        if request.seen is not None:  # in a merge: what the content sources took is skipped
+            keep = np.flatnonzero(~request.seen[rows])  # (the order of the rest is the same)
+            rows, sims, head = rows[keep], sims[keep], budget
+        yield from _best_first(rows, sims, head)
 
-    def fill(self, request: RecallRequest, budget: int) -> Iterator[tuple[str, float]]:
+    def fill_rows(self, request: RecallRequest, budget: int) -> Iterator[Chunk]:
         """A small world's last resort: any video nobody watched in the window, newest first."""
-        unseen = [i for i in self.catalog.newest_videos(request.total + len(request.exclude))
-                  if i not in self.popularity.counts]
-        return ((i, 0.0) for i in unseen)
+        newest = self.catalog.newest_video_rows(request.total + len(request.exclude))
+        counts = self.popularity.counts
+        unseen = newest[[i not in counts for i in self.catalog.ids(newest)]] if len(newest) else newest
+        yield unseen, np.zeros(len(unseen), np.float32)
 
 
-def _best_first(ids: list[str], sims: np.ndarray, head: int) -> Iterator[tuple[str, float]]:
-    """``(id, sim)`` in the order of a stable descending sort, sorting only the ``head`` best
+def _best_first(rows: np.ndarray, sims: np.ndarray, head: int) -> Iterator[Chunk]:
+    """``(rows, sims)`` in the order of a stable descending sort, sorting only the ``head`` best
     (and their ties) unless the caller reads past them (it rarely does: a quota of 50)."""
     neg = -sims
     if head < len(neg):
@@ -52,6 +58,5 @@ def _best_first(ids: list[str], sims: np.ndarray, head: int) -> Iterator[tuple[s
     else:
         first, rest = np.arange(len(neg)), np.zeros(0, np.int64)
     for part in (first, rest):
-        order = part[np.argsort(neg[part], kind="stable")].tolist()
-        values = sims[order].tolist()
-        yield from zip((ids[j] for j in order), values, strict=True)
+        order = part[np.argsort(neg[part], kind="stable")]
+        yield rows[order], sims[order]

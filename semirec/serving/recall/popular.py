@@ -9,10 +9,10 @@ import numpy as np
 
 from semirec.serving.catalog import CatalogIndex, normalised
 from semirec.serving.popularity import PopularitySnapshot
-from semirec.serving.recall.base import RecallRequest, SnapshotPool
+from semirec.serving.recall.base import Chunk, RecallRequest, RowSourceBase, SnapshotPool
 
 
-class PopularSource:
+class PopularSource(RowSourceBase):
     name = "popular"
 
     def __init__(self, catalog: CatalogIndex, popularity: PopularitySnapshot, depth: int) -> None:
@@ -25,19 +25,20 @@ class PopularSource:
     def _most_popular(self) -> list[str]:
         return list(islice((i for i in self.popularity.ranked if self.catalog.is_video(i)), self.depth))
 
-    def ranked(self, request: RecallRequest, budget: int) -> list[tuple[str, float]]:
+    def ranked_rows(self, request: RecallRequest, budget: int) -> tuple[Chunk]:
         """The ``total`` + excluded most popular videos with their similarity to the user (the
         same list serves the quota and the fill pass)."""
-        sims = request.memo.get(self)
-        if sims is None:
+        chunk = request.memo.get(self)
+        if chunk is None:
             pool = self._pool.refresh()
-            ids = pool.ids[: request.total + len(request.exclude)]
+            n = request.total + len(request.exclude)
+            rows = pool.rows[:n]
             if request.mixed is None:
-                sims = [(i, 0.0) for i in ids]
+                sims = np.zeros(len(rows), np.float32)
             else:
                 query = normalised(np.asarray(request.mixed, np.float32)[None])[0]
-                sims = list(zip(ids, (pool.unit[: len(ids)] @ query).tolist(), strict=True))
-            request.memo[self] = sims
-        return sims
+                sims = pool.unit[: len(rows)] @ query
+            chunk = request.memo[self] = (rows, sims)
+        return (chunk,)
 
-    fill = ranked
+    fill_rows = ranked_rows
