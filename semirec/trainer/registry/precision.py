@@ -1,14 +1,15 @@
 """Reduced-precision copies of an exported ranker graph (``SEMIREC_RANKER_PRECISION``).
 
 ``fp32`` serves ``model.onnx`` as exported. ``int8`` serves ``model.int8.onnx`` beside it: the
-same graph after onnxruntime's dynamic quantization (:func:`quantize_dynamic`: every MatMul with
-a constant weight gets int8 per-channel weights and uint8 activations quantized per call, the
-CPU's AVX-512 VNNI kernels); attention's activation x activation products and everything else
-stay fp32. The copy is made once (at export, or by the first server that needs it: atomic
-rename) and refused unless its scores on an example batch stay within :data:`INT8_MAX_DIFF` of
-the fp32 graph's. Parity on real requests and held-out watches: ``benchmarks/ranker_precision.py``
-(docs/serving.md). fp16 / bf16 are not offered: onnxruntime's CPU provider has no fast x86 kernels
-for them (measured in docs/serving.md).
+same graph after onnxruntime's dynamic quantization (:func:`quantize_dynamic`: every MatMul or
+Gemm with a constant weight gets int8 per-channel weights and uint8 activations quantized per
+call, the CPU's AVX-512 VNNI kernels); the item-identity table (Gather), attention's
+activation x activation products and everything else stay fp32. The copy is made once (at
+export, or by the first server that needs it: atomic rename) and refused unless its scores on
+an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 graph's. Parity on real requests
+and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
+offered: onnxruntime's CPU provider has no fast x86 kernels for them (measured in
+docs/serving.md).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def quantize_int8(fp32: Path, out: Path) -> Path:
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # its "consider pre-processing" warning, every call
     try:
-        quantize_dynamic(Path(fp32), Path(out), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(Path(fp32), Path(out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])  # not the identity table (Gather)
     finally:
         root.setLevel(level)
     return Path(out)
