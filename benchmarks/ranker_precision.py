@@ -1,7 +1,8 @@
 """Ranker precision parity: int8 (SEMIREC_RANKER_PRECISION=int8) against fp32, on a trained model.
 
-Trains the shipped model (``semi_ccl+sim+id``, ``--quick``) on a generated world of the demo's
-size (the item vectors of ``$SEMIREC_ENCODER_CHECKPOINT``), exports its batched graph, makes the
+Trains the shipped model (``semi_ccl+sim+id``, ``--quick`` as the demo; ``--full``: the paper's
+settings) on a generated world of the demo's size (the item vectors of
+``$SEMIREC_ENCODER_CHECKPOINT``), exports its batched graph, makes the
 int8 copy (semirec.trainer.registry.precision) and measures, both graphs under onnxruntime:
 
   requests                  real requests: the state of the user just before each of the last
@@ -16,7 +17,7 @@ int8 copy (semirec.trainer.registry.precision) and measures, both graphs under o
                             the same requests, fp32 and int8
   max_abs_diff              max |P_int8 - P_fp32| over every candidate of every request
 
-Usage: python -m benchmarks.ranker_precision [--requests 1000] [--seed 0] [--json]
+Usage: python -m benchmarks.ranker_precision [--requests 1000] [--seed 0] [--full] [--json]
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=300, help="the demo's default")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--repeat", type=int, default=3, help="timing passes over the requests")
+    parser.add_argument("--full", action="store_true", help="paper settings, not --quick's")
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -158,11 +160,12 @@ def main() -> None:
     world = load_world("world", seed=0, size="demo", users=args.users, new_videos=30)
     vectors = item_vectors(world.items)
     data = prepare("world", world.items, world.events, vectors, protocol=EvalProtocol(max_rank_cases=200))
-    cfg = model_config(args.model, data, True)
+    cfg = model_config(args.model, data, not args.full)
     model, info = train_model(args.model, data, cfg, args.seed)
     items = data.features(cfg.id_buckets) if model.identity is not None else None
     id_buckets = cfg.id_buckets if model.identity is not None else 0
-    out: dict[str, Any] = {"model": args.model, "seed": args.seed, "stats": data.stats(),
+    out: dict[str, Any] = {"model": args.model, "seed": args.seed, "quick": not args.full,
+                           "stats": data.stats(),
                            "best_epoch": info["best_epoch"], "val_auc": info["val_auc"]}
 
     def torch_scorer(samples: Any, candidates: np.ndarray) -> np.ndarray:

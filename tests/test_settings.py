@@ -37,6 +37,7 @@ def test_overrides() -> None:
     ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "TLS"}, "is unknown"),
     ({"SEMIREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
     ({"SEMIREC_ENCODER_RUNTIME": "tensorflow"}, "SEMIREC_ENCODER_RUNTIME must be onnx, onnx-int8 or torch"),
+    ({"SEMIREC_RANKER_PRECISION": "fp16"}, "SEMIREC_RANKER_PRECISION must be fp32 or int8"),
 ])
 def test_bad_values_are_clear_errors(env, message) -> None:
     with pytest.raises(SettingsError, match=message):

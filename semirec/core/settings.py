@@ -134,9 +134,10 @@ class Settings:
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
-    # the ranker's onnxruntime graph on CPU (Triton's python backend and in process): "fp32"
-    # (model.onnx) or "int8" (dynamic int8 MatMul weights, model.int8.onnx; docs/serving.md)
-    ranker_precision: str = "fp32"
+    # the ranker's onnxruntime graph in Triton's python backend (CPU): "int8" (dynamic int8
+    # MatMul weights, model.int8.onnx; the default since issue 24: parity measured in
+    # docs/serving.md) or "fp32" (model.onnx as exported)
+    ranker_precision: str = "int8"
     log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
     trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
     trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)

@@ -24,7 +24,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "int8")
-DEFAULT_PRECISION = "fp32"
+DEFAULT_PRECISION = "int8"  # SEMIREC_RANKER_PRECISION's default (issue 24: parity measured)
 INT8_ONNX = "model.int8.onnx"
 INT8_MAX_DIFF = 0.02  # max |P_int8 - P_fp32| on the example batch a copy must meet
 

@@ -257,7 +257,9 @@ class ModelRepository:
 
     def __init__(self, root: Path, triton_grpc: str | None = None, *, keep: int = 5,
                  variant: str = "python", load_timeout_s: float = 300.0,
-                 precision: str = DEFAULT_PRECISION) -> None:
+                 precision: str = "fp32") -> None:
+        """``precision``: the python backend's graph; ``fp32`` here (the exported graph itself),
+        :meth:`from_settings` passes ``SEMIREC_RANKER_PRECISION`` (default ``int8``)."""
         if keep < 2:
             raise ValueError("keep must be >= 2 (serving and previous)")
         self.root = Path(root)
