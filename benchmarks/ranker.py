@@ -7,6 +7,9 @@ One run, one core (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1)
   request_ms_500_torch      eager torch, user side once + 500 candidates (best of N)
   request_ms_500_onnx       the exported ONNX graph under onnxruntime (best of N)
   request_ms_500            the exported graph's figure (what is served)
+  request_ms_500_onnx_int8  its int8 copy (SEMIREC_RANKER_PRECISION=int8; random weights, so
+                            parity is measured by benchmarks/ranker_precision.py), with
+                            int8_speedup_500 = fp32 / int8 and onnx_int8_max_abs_diff
   flop_fraction[_torch|_onnx]  request_flops_500 / request time / sgemm FLOP/s   (target >= 0.4)
   cost_ratio_500_vs_1[...]  time(500 candidates) / time(1 candidate)             (target <= 10)
   request_ms_500_unshared_torch  for reference: a batch forward that re-encodes the user for
@@ -44,6 +47,7 @@ from semirec.trainer.registry.export import (
     run_onnx,
     torch_scores,
 )
+from semirec.trainer.registry.precision import ensure_int8
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -108,6 +112,10 @@ def main() -> None:
         onnx_500 = best_seconds(lambda: run_onnx(session, big), args.repeat)
         onnx_1 = best_seconds(lambda: run_onnx(session, one), args.repeat)
         parity = float(np.abs(run_onnx(session, big) - torch_scores(model, big)).max())
+        int8 = onnx_session(ensure_int8(Path(tmp) / "semi.onnx", batched=False), threads=1)
+        int8_500 = best_seconds(lambda: run_onnx(int8, big), args.repeat)
+        int8_1 = best_seconds(lambda: run_onnx(int8, one), args.repeat)
+        int8_diff = float(np.abs(run_onnx(int8, big) - run_onnx(session, big)).max())
     unshared = best_seconds(unshared_forward(model, big), max(2, args.repeat // 10))
 
     for name, t500, t1 in (("torch", torch_500, torch_1), ("onnx", onnx_500, onnx_1)):
@@ -121,6 +129,10 @@ def main() -> None:
     out["request_ms_500_unshared_torch"] = round(unshared * 1e3, 1)
     out["ideal_ms_500"] = round(flops / (sgemm * 1e9) * 1e3, 3)
     out["onnx_max_abs_diff"] = parity
+    out["request_ms_500_onnx_int8"] = round(int8_500 * 1e3, 3)
+    out["request_ms_1_onnx_int8"] = round(int8_1 * 1e3, 3)
+    out["int8_speedup_500"] = round(onnx_500 / int8_500, 3)
+    out["onnx_int8_max_abs_diff"] = round(int8_diff, 5)
     finish(out, at_start)
     print_describe(out["machine"])
 

@@ -37,9 +37,11 @@
                      median time of one user's 500-candidate recall over 10k / 100k videos
                      (faiss exact inner product + popularity + fresh)    (target 100k <= 5)
 
-Weights are random (cost does not depend on them). Usage:
+Weights are random (cost does not depend on them). ``--ranker-precision fp32|int8`` (default:
+``SEMIREC_RANKER_PRECISION``'s) picks the ranker's graph in Triton and in process
+(``ranker_precision`` in the JSON). Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness]
-                               [--worker-env KEY=VALUE ...] [--json]
+                               [--worker-env KEY=VALUE ...] [--ranker-precision P] [--json]
 """
 
 from __future__ import annotations
@@ -110,11 +112,12 @@ async def closed_loop(rank, tensors, concurrency: int, seconds: float) -> tuple[
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
-async def bench_rank(triton_url: str, onnx_path: Path, seconds: float, triton_pid: int) -> dict:
+async def bench_rank(triton_url: str, onnx_path: Path, seconds: float, triton_pid: int,
+                     precision: str = "fp32") -> dict:
     one = example_request(DIM, 50, 50, 500, seed=1)
     tensors = {k: v[None] for k, v in one.items()}
     triton = TritonRanker(triton_url, timeout_s=5)
-    inproc = OnnxRanker(onnx_path, threads=1)
+    inproc = OnnxRanker(onnx_path, threads=1, precision=precision)
     out: dict = {}
     for _ in range(20):  # warm both paths
         await triton.rank(tensors)
@@ -343,13 +346,16 @@ async def main_async(args: argparse.Namespace) -> dict:
             torch.manual_seed(0)
             cfg = paper("semi")
             ckpt = checkpoint.save(work / "ckpt", build(cfg).eval(), cfg)
-            repo = ModelRepository(repo_dir, stack.addresses.triton_grpc)
+            repo = ModelRepository(repo_dir, stack.addresses.triton_grpc,
+                                   precision=args.ranker_precision)
+            result["ranker_precision"] = args.ranker_precision
             version = repo.export(ckpt)
             repo.promote(version)
             if "rank" in args.parts:
                 result.update(await bench_rank(stack.addresses.triton_grpc,
                                                repo_dir / "ranker" / str(version) / "model.onnx",
-                                               args.seconds, stack.procs["triton"].pid))
+                                               args.seconds, stack.procs["triton"].pid,
+                                               args.ranker_precision))
             if "recall" in args.parts:
                 result["recall_ms_10k"] = bench_recall(10_000)
                 result["recall_ms_100k"] = bench_recall(100_000)
@@ -377,7 +383,11 @@ def main() -> None:
                         help="extra setting for the two workers (e.g. SEMIREC_FETCH_MAX_WAIT_MS=10)")
     parser.add_argument("--parts", default="rank,recall,freshness",
                         help="comma-separated subset of rank,recall,freshness (default: all)")
+    parser.add_argument("--ranker-precision", choices=("fp32", "int8"), default=None,
+                        help="the ranker's graph in Triton and in process (default: "
+                             "SEMIREC_RANKER_PRECISION's)")
     args = parser.parse_args()
+    args.ranker_precision = args.ranker_precision or Settings.from_env().ranker_precision
     result = asyncio.run(main_async(args))
     print_describe(result["machine"])
     if not args.json:

@@ -377,3 +377,62 @@ def test_a_version_names_its_model_with_its_additions() -> None:
 
     for name in ("semi", "semi_ccl+sim", "semi_ccl+sim+id", "cross_bst+id"):
         assert ModelConfig.from_dict(paper(name).to_dict()).full_name == name
+
+
+# -- reduced precision (SEMIREC_RANKER_PRECISION=int8) ------------------------------------------
+
+INT8_BOUND = 0.02  # max |P_int8 - P_fp32| on a trained small model (semirec.trainer.registry.precision)
+
+
+def _top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    return float(np.mean([len(set(np.argsort(-x)[:k]) & set(np.argsort(-y)[:k])) / k
+                          for x, y in zip(a, b, strict=True)]))
+
+
+def test_int8_copy_loads_and_scores_close_to_fp32(tmp_path: Path, checkpoints) -> None:
+    import onnx
+
+    from semirec.serving.ranking import OnnxRanker
+    from semirec.trainer.registry.precision import INT8_ONNX
+
+    repo = ModelRepository(tmp_path / "models", precision="int8")
+    version = repo.export(checkpoints["semi0"])
+    folder = repo.dir / str(version)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (folder / INT8_ONNX).is_file() and 0 < meta["int8_max_abs_diff"] <= INT8_BOUND
+    ops = {n.op_type for n in onnx.load(folder / INT8_ONNX).graph.node}
+    assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops  # really quantized
+    assert 'string_value: "int8"' in render(D, "python", precision="int8")
+    with pytest.raises(ValueError, match="precision"):
+        render(D, "python", precision="fp8")
+
+    model, _, _ = checkpoint.load(checkpoints["semi0"])
+    fp32 = OnnxRanker(folder / "model.onnx")
+    int8 = OnnxRanker(folder / "model.onnx", precision="int8")
+    batch = example_batch(8, D, 20, 20, 200, seed=5)
+    ref, got = torch_batch_scores(model, batch), int8.rank_sync(batch)
+    np.testing.assert_allclose(fp32.rank_sync(batch), ref, atol=1e-5)
+    diff = np.abs(got - ref)
+    assert 0 < diff.max() <= INT8_BOUND, diff.max()  # another graph, close to fp32
+    assert _top_overlap(got, ref) >= 0.8
+    # an older version without the copy: the first user makes it (atomically), fp32 untouched
+    (folder / INT8_ONNX).unlink()
+    again = OnnxRanker(folder / "model.onnx", precision="int8").rank_sync(batch)
+    assert (folder / INT8_ONNX).is_file() and np.abs(again - ref).max() <= INT8_BOUND
+
+
+def test_triton_serves_the_int8_copy_when_asked(stack: EmbeddedStack, checkpoints) -> None:
+    repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc, precision="int8")
+    version = repo.export(checkpoints["semi1"])
+    assert json.loads(repo.triton_config(version))["parameters"]["precision"]["string_value"] == "int8"
+    repo.promote(version)
+    model, _, _ = checkpoint.load(checkpoints["semi1"])
+    batch = example_batch(3, D, 50, 50, 500, seed=11)
+    client = grpcclient.InferenceServerClient(repo.triton_grpc)
+    scores = client.infer(MODEL, infer_inputs(batch)).as_numpy("score")
+    diff = np.abs(scores - torch_batch_scores(model, batch))
+    assert 0 < diff.max() <= INT8_BOUND, diff.max()
+    fp32 = ModelRepository(stack.model_repository, stack.addresses.triton_grpc)
+    fp32.promote(version)  # the same version back in fp32: the exported graph's scores
+    np.testing.assert_allclose(client.infer(MODEL, infer_inputs(batch)).as_numpy("score"),
+                               torch_batch_scores(model, batch), atol=1e-5)

@@ -2,7 +2,9 @@
 
 Inputs and outputs are taken from the model's config; requests whose tensors have the same
 non-batch shapes are concatenated into one onnxruntime call (so Triton's dynamic batcher
-pays off) and the results split back per request.
+pays off) and the results split back per request. A ``precision`` parameter of ``int8`` (the
+ranker's, ``SEMIREC_RANKER_PRECISION``) runs the version's ``model.int8.onnx`` instead, made from
+``model.onnx`` if absent (semirec.trainer.registry.precision).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        if params.get("precision", "fp32") != "fp32":
+            from semirec.trainer.registry.precision import model_for
+
+            path = model_for(path, params["precision"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads") or 1)
         options.inter_op_num_threads = 1

@@ -346,12 +346,17 @@ class _Region:
 
 
 class OnnxRanker:
-    """The same request graph in process (onnxruntime, ``threads`` intra-op threads)."""
+    """The same request graph in process (onnxruntime, ``threads`` intra-op threads);
+    ``precision`` ``int8``: its int8 copy (semirec.trainer.registry.precision), made if absent."""
 
     def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx",
-                 id_buckets: int = 0) -> None:
+                 id_buckets: int = 0, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
+        from semirec.trainer.registry.precision import model_for
+
+        model_onnx = model_for(model_onnx, precision)
+        self.precision = precision
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

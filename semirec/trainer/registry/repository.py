@@ -27,6 +27,8 @@ On disk (``root`` = ``settings.model_repository``)::
     ranker/config.pbtxt           CPU: python backend running model.onnx with onnxruntime
     ranker/configs/tensorrt.pbtxt GPU: the same tensors on a TensorRT plan
     ranker/<n>/model.onnx         batched request graph      (build outputs, not in git)
+    ranker/<n>/model.int8.onnx    its int8 copy (precision int8: made at export, or by the
+                                  server that first needs it; semirec.trainer.registry.precision)
     ranker/<n>/model.py           python-backend shim over semirec.encoders.triton_onnx
     ranker/<n>/meta.json          version, checkpoint sha256, model config, created_at, metrics
     ranker/<n>/checkpoint/        the safetensors checkpoint it was exported from
@@ -78,6 +80,7 @@ import numpy as np
 
 from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
+from semirec.trainer.registry.precision import DEFAULT_PRECISION, check_precision, ensure_int8, int8_diff
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +143,13 @@ def tensors(dim: int, identity: bool = False) \
 
 
 def render(dim: int = 128, variant: str = "python", id_buckets: int = 0,
-           version: int | None = None) -> str:
+           version: int | None = None, precision: str = DEFAULT_PRECISION) -> str:
     """``config.pbtxt`` text (CPU python backend, or the TensorRT variant) for ``dim``-d items;
     ``id_buckets`` > 0: a model with item identity (its inputs, and the bucket count as the
     ``id_buckets`` parameter, which the serving client reads to hash item ids); ``version``:
-    the policy loads exactly that version (what promote writes), else the latest."""
+    the policy loads exactly that version (what promote writes), else the latest; ``precision``:
+    the python backend's graph (``fp32`` model.onnx, ``int8`` model.int8.onnx)."""
+    check_precision(precision)
     inputs, outputs = tensors(dim, identity=id_buckets > 0)
 
     def block(kind: str, rows: list[tuple[str, str, list[int]]]) -> str:
@@ -176,7 +181,8 @@ def render(dim: int = 128, variant: str = "python", id_buckets: int = 0,
             + f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n")
     if variant == "python":
         body += ('instance_group [ { count: 1, kind: KIND_CPU } ]\n'
-                 'parameters: { key: "intra_op_threads", value: { string_value: "1" } }\n')
+                 'parameters: { key: "intra_op_threads", value: { string_value: "1" } }\n'
+                 f'parameters: {{ key: "precision", value: {{ string_value: "{precision}" }} }}\n')
     else:
         body += "instance_group [ { count: 1, kind: KIND_GPU } ]\n"
     if id_buckets:
@@ -264,7 +270,10 @@ class ModelRepository:
     """Versions of ``ranker`` under ``root`` and the Triton server (gRPC) that serves them."""
 
     def __init__(self, root: Path, triton_grpc: str | None = None, *, keep: int = 5,
-                 variant: str = "python", load_timeout_s: float = 300.0) -> None:
+                 variant: str = "python", load_timeout_s: float = 300.0,
+                 precision: str = "fp32") -> None:
+        """``precision``: the python backend's graph; ``fp32`` here (the exported graph itself),
+        :meth:`from_settings` passes ``SEMIREC_RANKER_PRECISION`` (default ``int8``)."""
         if keep < 2:
             raise ValueError("keep must be >= 2 (serving and previous)")
         self.root = Path(root)
@@ -274,6 +283,7 @@ class ModelRepository:
         self.keep = keep
         self.variant = variant
         self.load_timeout_s = load_timeout_s
+        self.precision = check_precision(precision)
         self.last_promotion: dict[str, float] = {}
         self.unconverged: dict[str, str] = {}  # server -> why the last promotion missed it
 
@@ -281,7 +291,7 @@ class ModelRepository:
     def from_settings(cls, settings: Any, **kw: Any) -> ModelRepository:
         return cls(Path(settings.model_repository_path), settings.triton_grpc,
                    keep=settings.model_keep_versions, variant=settings.triton_model_config or
-                   "python", **kw)
+                   "python", precision=settings.ranker_precision, **kw)
 
     # -- reading -------------------------------------------------------------------------------
     def versions(self) -> list[int]:
@@ -325,7 +335,8 @@ class ModelRepository:
     def config_text(self, version: int) -> str:
         """``config.pbtxt`` (or the variant's) text that loads exactly ``version``."""
         info = self.info(version)
-        return render(info.dim, self.variant, info.id_buckets, version=version)
+        return render(info.dim, self.variant, info.id_buckets, version=version,
+                      precision=self.precision)
 
     def config_path(self) -> Path:
         """The config file a server reads from disk: ``config.pbtxt``, or the variant's
@@ -369,15 +380,18 @@ class ModelRepository:
                             ignore=shutil.ignore_patterns("*.tmp", ".*"))
             (tmp / MODEL_PY_FILE).write_text(MODEL_PY)
             (tmp / "trtexec_args.txt").write_text(trtexec_shapes(dim) + "\n")
+            int8 = {}
             if self.variant == ENGINE_VARIANT:
                 build_engine(tmp)
+            elif self.precision == "int8":  # served as int8: made (and checked) now, not at load
+                int8 = {"int8_max_abs_diff": int8_diff(tmp / ONNX, ensure_int8(tmp / ONNX))}
             meta = {
                 "model": cfg.to_dict(), "dim": dim,
                 "checkpoint": str(checkpoint_dir.resolve()),
                 "checkpoint_sha256": file_sha256(checkpoint_dir / checkpoint.WEIGHTS),
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "metrics": dict(metrics if metrics is not None else ckpt_meta.get("metrics", {})),
-                "onnx_max_abs_diff": diff,
+                "onnx_max_abs_diff": diff, **int8,
             }
             with self._locked(renew=fence):
                 self._check_fence(fence)

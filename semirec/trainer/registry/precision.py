@@ -1,0 +1,97 @@
+"""Reduced-precision copies of an exported ranker graph (``SEMIREC_RANKER_PRECISION``).
+
+``fp32`` serves ``model.onnx`` as exported. ``int8`` serves ``model.int8.onnx`` beside it: the
+same graph after onnxruntime's dynamic quantization (:func:`quantize_dynamic`: every MatMul or
+Gemm with a constant weight gets int8 per-channel weights and uint8 activations quantized per
+call, the CPU's AVX-512 VNNI kernels); the item-identity table (Gather), attention's
+activation x activation products and everything else stay fp32. The copy is made once (at
+export, or by the first server that needs it: atomic rename) and refused unless its scores on
+an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 graph's. Parity on real requests
+and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
+offered: onnxruntime's CPU provider has no fast x86 kernels for them (measured in
+docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8")
+DEFAULT_PRECISION = "int8"  # SEMIREC_RANKER_PRECISION's default (issue 24: parity measured)
+INT8_ONNX = "model.int8.onnx"
+INT8_MAX_DIFF = 0.02  # max |P_int8 - P_fp32| on the example batch a copy must meet
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"ranker precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def quantize_int8(fp32: Path, out: Path) -> Path:
+    """Write the dynamically quantized (int8 weights, per channel) copy of ``fp32`` to ``out``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # its "consider pre-processing" warning, every call
+    try:
+        quantize_dynamic(Path(fp32), Path(out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])  # not the identity table (Gather)
+    finally:
+        root.setLevel(level)
+    return Path(out)
+
+
+def int8_diff(fp32: Path, int8: Path, batched: bool = True) -> float:
+    """Max |score difference| of the two graphs on an example request (batched: 3 users)."""
+    from semirec.trainer.registry.export import example_batch, example_request, onnx_session
+
+    scores = []
+    for path in (fp32, int8):
+        session = onnx_session(path)
+        inputs = {i.name: i for i in session.get_inputs()}
+        dim = int(inputs["candidates"].shape[-1])
+        identity = "candidate_bucket" in inputs
+        feeds = (example_batch(3, dim, 11, 6, 50, seed=7, identity=identity) if batched
+                 else example_request(dim, 11, 6, 50, seed=7, identity=identity))
+        if identity:  # any bucket the graph's table holds
+            feeds["candidate_bucket"] %= 16
+        scores.append(session.run(["score"], {k: v for k, v in feeds.items() if k in inputs})[0])
+    return float(np.abs(scores[0] - scores[1]).max())
+
+
+def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
+    """The int8 copy beside ``model_onnx`` (made once; atomic). Raises ``RuntimeError`` when its
+    scores differ from the fp32 graph's by more than :data:`INT8_MAX_DIFF`."""
+    model_onnx = Path(model_onnx)
+    target = model_onnx.with_name(INT8_ONNX)
+    if target.is_file():
+        return target
+    fd, name = tempfile.mkstemp(prefix=".int8-", suffix=".onnx", dir=model_onnx.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        quantize_int8(model_onnx, tmp)
+        diff = int8_diff(model_onnx, tmp, batched)
+        if not diff <= INT8_MAX_DIFF:
+            raise RuntimeError(f"int8 ranker: scores differ from fp32 by {diff:.4f} > {INT8_MAX_DIFF}")
+        log.info("int8 ranker %s (max score difference to fp32 %.4f)", target, diff)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def model_for(model_onnx: Path, precision: str, batched: bool = True) -> Path:
+    """The graph to load for ``precision``: ``model_onnx`` itself, or its int8 copy."""
+    if check_precision(precision) == "int8":
+        return ensure_int8(model_onnx, batched)
+    return Path(model_onnx)
