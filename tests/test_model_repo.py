@@ -393,7 +393,7 @@ def test_int8_copy_loads_and_scores_close_to_fp32(tmp_path: Path, checkpoints) -
     import onnx
 
     from semirec.serving.ranking import OnnxRanker
-    from semirec.trainer.registry.precision import INT8_ONNX
+    from semirec.trainer.registry.precision import INT8_ONNX, model_for
 
     repo = ModelRepository(tmp_path / "models", precision="int8")
     version = repo.export(checkpoints["semi0"])
@@ -408,7 +408,7 @@ def test_int8_copy_loads_and_scores_close_to_fp32(tmp_path: Path, checkpoints) -
 
     model, _, _ = checkpoint.load(checkpoints["semi0"])
     fp32 = OnnxRanker(folder / "model.onnx")
-    int8 = OnnxRanker(folder / "model.onnx", precision="int8")
+    int8 = OnnxRanker(model_for(folder / "model.onnx", "int8"))
     batch = example_batch(8, D, 20, 20, 200, seed=5)
     ref, got = torch_batch_scores(model, batch), int8.rank_sync(batch)
     np.testing.assert_allclose(fp32.rank_sync(batch), ref, atol=1e-5)
@@ -417,7 +417,7 @@ def test_int8_copy_loads_and_scores_close_to_fp32(tmp_path: Path, checkpoints) -
     assert _top_overlap(got, ref) >= 0.8
     # an older version without the copy: the first user makes it (atomically), fp32 untouched
     (folder / INT8_ONNX).unlink()
-    again = OnnxRanker(folder / "model.onnx", precision="int8").rank_sync(batch)
+    again = OnnxRanker(model_for(folder / "model.onnx", "int8")).rank_sync(batch)
     assert (folder / INT8_ONNX).is_file() and np.abs(again - ref).max() <= INT8_BOUND
 
 

@@ -346,17 +346,14 @@ class _Region:
 
 
 class OnnxRanker:
-    """The same request graph in process (onnxruntime, ``threads`` intra-op threads);
-    ``precision`` ``int8``: its int8 copy (semirec.trainer.registry.precision), made if absent."""
+    """The same request graph in process (onnxruntime, ``threads`` intra-op threads):
+    ``model_onnx`` is the graph to load, ``model.onnx`` or its int8 copy (the repository
+    resolves the precision: semirec.trainer.registry.precision.model_for)."""
 
     def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx",
-                 id_buckets: int = 0, precision: str = "fp32") -> None:
+                 id_buckets: int = 0) -> None:
         import onnxruntime as ort
 
-        from semirec.trainer.registry.precision import model_for
-
-        model_onnx = model_for(model_onnx, precision)
-        self.precision = precision
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
