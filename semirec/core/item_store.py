@@ -189,7 +189,7 @@ class ItemStore:
             latest[rec.item_id] = rec
         recs = list(latest.values())
         blobs = [pack(r.domain, r.vector, r.version, r.updated_ms or now) for r in recs]
-        won = await self._write_vectors([item_key(r.item_id) for r in recs], blobs)
+        won = await self._write_vectors([item_key(r.item_id) for r in recs], blobs) if recs else []
         written = [r for r, ok in zip(recs, won, strict=True) if ok]
         ids = {r.item_id for r in written}
         titles = {i: t for i, t in (titles or {}).items() if i in ids or i not in latest}
