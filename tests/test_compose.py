@@ -4,6 +4,7 @@ where they are installed; Triton metric names against the real tritonserver."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from semirec.cli import VERBS, cli
 from semirec.core.lag import LAG_METRICS
 from semirec.core.metrics import metric_names
 from semirec.core.settings import Settings, Topics
+from semirec.core.urls import cluster_seeds, is_cluster_url
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -35,8 +37,12 @@ DASHBOARD = GRAFANA / "dashboards" / "semirec.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
 SECRETS = {"REDIS_PASSWORD": "redis-pw", "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
            "KAFKA_CLIENT_PASSWORD": "kafka-pw"}
-SERVICES = {"kafka", "redis", "triton", "ingest", "catalog", "lag-exporter", "lag-exporter-catalog",
-            "trainer", "prometheus", "grafana"}
+KAFKA = ("kafka-1", "kafka-2", "kafka-3")
+REDIS = tuple(f"redis-{n}" for n in range(1, 7))
+TRITONS = ("triton-1", "triton-2")
+SERVICES = {*KAFKA, *REDIS, "redis-cluster", *TRITONS, "ingest", "catalog", "recommend",
+            "lag-exporter", "lag-exporter-catalog", "trainer", "prometheus", "grafana"}
+WORKERS = ("ingest", "catalog", "recommend", "trainer")
 # Triton metrics the dashboard may use (checked against a real tritonserver below).
 TRITON_METRICS = {"nv_inference_request_success", "nv_inference_request_failure",
                   "nv_inference_count", "nv_inference_exec_count",
@@ -135,8 +141,10 @@ def test_compose_needs_every_secret_from_the_environment() -> None:
                 assert "${" in str(value), f"{key} has a literal value"
     config = compose()
     assert config["services"]["ingest"]["environment"]["SEMIREC_REDIS_URL"] == (
-        "redis://:redis-pw@redis:6379/0")
-    assert "$REDIS_PASSWORD" in " ".join(config["services"]["redis"]["command"])
+        "redis+cluster://:redis-pw@redis-1:6379,redis-2:6379,redis-3:6379")
+    for node in REDIS:
+        command = " ".join(config["services"][node]["command"])
+        assert '--requirepass "$REDIS_PASSWORD"' in command and '--masterauth "$REDIS_PASSWORD"' in command
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".env" in ignored
 
@@ -154,6 +162,8 @@ def test_compose_schema() -> None:
         assert svc.get("restart") == "unless-stopped", name
         test = svc["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+        for net in svc.get("networks") or {}:
+            assert net in (config.get("networks") or {}), f"{name}: undeclared network {net}"
         for dep, cond in (svc.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
             assert cond["condition"] == "service_healthy" and "healthcheck" in services[dep]
@@ -167,40 +177,102 @@ def test_compose_schema() -> None:
                 assert source in declared_volumes, f"{name}: undeclared volume {source}"
 
 
-def test_compose_kafka_kraft_redis_aof_triton_gpu() -> None:
+def test_compose_kafka_is_a_three_node_kraft_cluster() -> None:
     services = compose()["services"]
-    kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    env = kafka["environment"]
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
-    assert not any("ZOOKEEPER" in k for k in env)
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert 'user_semirec-producer="kafka-pw"' in env["KAFKA_LISTENER_NAME_EXTERNAL_PLAIN_SASL_JAAS_CONFIG"]
-    assert "kafka-data:/var/lib/kafka/data" in kafka["volumes"]
+    envs = [services[name]["environment"] for name in KAFKA]
+    voters = ",".join(f"{n}@{name}:9093" for n, name in enumerate(KAFKA, 1))
+    external = []
+    for n, (name, env) in enumerate(zip(KAFKA, envs, strict=True), 1):
+        kafka = services[name]
+        assert kafka["image"].startswith("apache/kafka:")
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        assert int(env["KAFKA_NODE_ID"]) == n and env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert env["CLUSTER_ID"] == envs[0]["CLUSTER_ID"]
+        assert not any("ZOOKEEPER" in k for k in env)
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        jaas = env["KAFKA_LISTENER_NAME_EXTERNAL_PLAIN_SASL_JAAS_CONFIG"]
+        assert 'user_semirec-producer="kafka-pw"' in jaas
+        for key in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+            assert int(env[key]) == len(KAFKA), (name, key)
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == int(env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == 2
+        advertised = dict(a.split("://") for a in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+        assert advertised["INTERNAL"] == f"{name}:9092"
+        (port,) = kafka["ports"]
+        assert port.rsplit(":", 2)[1] == advertised["EXTERNAL"].rsplit(":", 1)[1]  # host port
+        external.append(advertised["EXTERNAL"])
+        assert kafka["volumes"] == [f"{name}-data:/var/lib/kafka/data"]
+    assert len(set(external)) == len(KAFKA)
+    settings = Settings.from_env({k: str(v) for k, v in services["ingest"]["environment"].items()})
+    assert settings.kafka == ",".join(f"{name}:9092" for name in KAFKA)
+    assert settings.topic_replication == len(KAFKA)
 
-    redis_cmd = " ".join(services["redis"]["command"])
-    assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
 
-    triton = services["triton"]
-    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", triton["image"])
-    assert "./triton_models:/models:ro" in triton["volumes"]
-    devices = triton["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert "--model-repository=/models" in triton["command"]
+def test_compose_redis_is_a_cluster_with_fixed_addresses() -> None:
+    config = compose()
+    services = config["services"]
+    (net,) = config["networks"]["default"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(net["subnet"]), ipaddress.ip_network(net["ip_range"])
+    addresses = set()
+    for name in REDIS:
+        node = services[name]
+        command = " ".join(node["command"])
+        for flag in ("--cluster-enabled yes", "--appendonly yes", "--maxmemory-policy noeviction",
+                     '--cluster-announce-hostname "$REDIS_NODE"', "--cluster-config-file /data/"):
+            assert flag in command, (name, flag)
+        assert node["environment"]["REDIS_NODE"] == name
+        assert node["volumes"] == [f"{name}-data:/data"]
+        address = ipaddress.ip_address(node["networks"]["default"]["ipv4_address"])
+        assert address in subnet and address not in dynamic, name  # never handed to another
+        addresses.add(address)
+    assert len(addresses) == len(REDIS)
+    keeper = services["redis-cluster"]
+    assert keeper["environment"]["REDIS_NODES"].split() == list(REDIS)
+    script = "\n".join(keeper["command"])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert "cluster_state:ok" in " ".join(keeper["healthcheck"]["test"])
+    assert set(keeper["depends_on"]) == set(REDIS)
+    url = services["ingest"]["environment"]["SEMIREC_REDIS_URL"]
+    assert is_cluster_url(url)
+    assert {host for host, _ in cluster_seeds(url)} <= set(REDIS)
+    for worker in WORKERS:
+        assert services[worker]["depends_on"]["redis-cluster"]["condition"] == "service_healthy"
+
+
+def test_compose_two_tritons_share_one_repository() -> None:
+    services = compose()["services"]
+    grpc = []
+    devices = []
+    for name in TRITONS:
+        triton = services[name]
+        assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", triton["image"])
+        assert "./triton_models:/models:ro" in triton["volumes"]
+        assert "--model-repository=/models" in triton["command"]
+        (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        devices.append(tuple(device["device_ids"]))
+        port = next(c for c in triton["command"] if c.startswith("--grpc-port="))
+        grpc.append(f"{name}:{port.split('=')[1]}")
+    assert len(set(devices)) == len(TRITONS)  # one GPU each by default
+    for worker in ("ingest", "catalog", "recommend", "trainer"):
+        assert services[worker]["environment"]["SEMIREC_TRITON_GRPC"] == ",".join(grpc)
+    assert {t: {"condition": "service_healthy"} for t in TRITONS}.items() <= (
+        services["trainer"]["depends_on"].items())
+    # the trainer writes the repository the Tritons read
+    assert "./triton_models:/app/triton_models" in services["trainer"]["volumes"]
 
 
 def test_compose_semirec_services_run_real_commands_with_valid_settings() -> None:
     services = compose()["services"]
     names = {f"SEMIREC_{f.name.upper()}" for f in fields(Settings)} | {
         f"SEMIREC_TOPIC_{f.name.upper()}" for f in fields(Topics)}
-    for name in ("ingest", "lag-exporter", "trainer"):
+    for name in ("ingest", "catalog", "recommend", "lag-exporter", "trainer"):
         svc = services[name]
         assert svc["build"] == "." and (ROOT / "Dockerfile").is_file()
         env = {k: str(v) for k, v in svc["environment"].items()}
         assert set(env) <= names, f"{name}: unknown settings {set(env) - names}"
         settings = Settings.from_env(env)  # parses and validates every value
-        assert settings.metrics_port == 9400 and settings.kafka == "kafka:9092"
+        assert settings.metrics_port == 9400 and settings.kafka.startswith("kafka-1:9092,")
         argv = service_command(svc)
         assert argv[0] in VERBS
         # click parses the arguments exactly as the container's entrypoint would
@@ -216,7 +288,7 @@ def test_prometheus_scrapes_what_compose_serves() -> None:
     assert {"semirec-ingest", "semirec-lag", "triton"} <= set(jobs)
     for rule_file in config["rule_files"]:
         assert (PROMETHEUS / rule_file).is_file()
-    for worker in ("ingest", "catalog", "trainer"):  # every replica, through Docker's DNS
+    for worker in WORKERS:  # every replica, through Docker's DNS
         dns = jobs[f"semirec-{worker}"]["dns_sd_configs"][0]
         assert dns["names"] == [worker] and dns["type"] == "A"
         assert dns["port"] == int(services[worker]["environment"]["SEMIREC_METRICS_PORT"])
@@ -224,9 +296,10 @@ def test_prometheus_scrapes_what_compose_serves() -> None:
     serve = {name: service_command(services[name]) for name in exporters}
     assert jobs["semirec-lag"]["static_configs"][0]["targets"] == [
         f"{name}:{argv[argv.index('--serve') + 1]}" for name, argv in serve.items()]
-    metrics_flag = next(c for c in services["triton"]["command"] if c.startswith("--metrics-port"))
+    metrics = [next(c for c in services[t]["command"] if c.startswith("--metrics-port"))
+               for t in TRITONS]
     assert jobs["triton"]["static_configs"][0]["targets"] == [
-        f"triton:{metrics_flag.split('=')[1]}"]
+        f"{t}:{flag.split('=')[1]}" for t, flag in zip(TRITONS, metrics, strict=True)]
     mounts = services["prometheus"]["volumes"]
     assert "./monitoring/prometheus:/etc/prometheus:ro" in mounts
 

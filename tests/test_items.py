@@ -78,11 +78,22 @@ def test_msgpack_bodies_and_round_trip() -> None:
     ({"images": [42]}, Reason.BAD_TYPE),
     ({"images": ["data:image/png;base64,@@@"]}, Reason.BAD_VALUE),
     ({"images": ["data:text/plain,hello"]}, Reason.BAD_VALUE),
+    ({"updated_at": True}, Reason.BAD_TIMESTAMP),
+    ({"updated_at": -1}, Reason.BAD_TIMESTAMP),
+    ({"updated_at": "yesterday"}, Reason.BAD_TIMESTAMP),
 ])
 def test_field_violations_have_exact_reasons(change: dict, reason: Reason) -> None:
     body = product(**change)
     body = {k: v for k, v in body.items() if v is not None}
     assert reason_of(body) == reason
+
+
+def test_updated_at_is_the_optional_version() -> None:
+    assert parse_item(orjson.dumps(product()), b"p1").updated_at is None
+    item = parse_item(orjson.dumps(product(updated_at="2026-01-02T03:04:05.5Z")), b"p1")
+    assert item.updated_at == 1767323045.5
+    assert parse_item(encode_item(item), b"p1") == item
+    assert parse_item(orjson.dumps(product(updated_at=17)), b"p1").updated_at == 17.0
 
 
 def test_body_level_rejections() -> None:

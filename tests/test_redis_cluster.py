@@ -95,7 +95,7 @@ async def test_item_store_on_the_cluster(aclient) -> None:
     assert await store.ids(Domain.VIDEO) == sorted(r.item_id for r in recs)
     assert await store.count(Domain.VIDEO) == 40
     assert await store.titles(["v1", "v2"]) == {"v1": "one"}
-    assert {i for i, _ in await store.changed_since(0)} == {r.item_id for r in recs}
+    assert {i for i, _ in await store.changes_after(0)} == {r.item_id for r in recs}
 
 
 def _watch(i: int, item: str, complete: bool, hour: int) -> Event:

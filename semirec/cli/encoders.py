@@ -110,7 +110,8 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
 
     Relative image paths are read relative to FILE's folder. A later line with the same
     item_id replaces an earlier one. Malformed items are counted by reason (and written to
-    --rejects); the others are stored with the encoder version.
+    --rejects); the others are stored with the encoder version and their updated_at (else now)
+    as the item's version: an item Redis holds in a newer version is left as it is.
     """
     from semirec.core.item_store import ItemStore, ItemVector
     from semirec.core.settings import Settings
@@ -129,10 +130,10 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
                                 precision="int8" if runtime == "onnx-int8" else "fp32")
                if runtime != "torch" else ItemEncoder(checkpoint, batch_size=min(batch_size, 64)))
     console = _console()
-    stored = 0
+    stored = stale = 0
 
     async def run() -> None:
-        nonlocal stored
+        nonlocal stored, stale
         store = ItemStore.from_url(settings.redis_url)
         try:
             with _progress(console) as progress:
@@ -141,10 +142,12 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
                     chunk = lines[start:start + batch_size]
                     result = encoder.encode_lenient([item for _, item in chunk])
                     bad.extend((chunk[i][0], exc) for i, exc in result.errors.items())
-                    stored += await store.put_many(
-                        (ItemVector(chunk[i][1].item_id, chunk[i][1].domain, vec, encoder.version)
+                    written = await store.put_many(
+                        (ItemVector(chunk[i][1].item_id, chunk[i][1].domain, vec, encoder.version,
+                                    round((chunk[i][1].updated_at or 0) * 1000))
                          for i, vec in zip(result.ok, result.vectors, strict=True)),
                         {chunk[i][1].item_id: chunk[i][1].title for i in result.ok})
+                    stored, stale = stored + written, stale + len(result.ok) - written
                     progress.update(task, advance=len(chunk),
                                     status=f"stored {stored} rejected {len(bad)}")
         finally:
@@ -162,7 +165,7 @@ def encode(file: Path, checkpoint: Path | None, batch_size: int, rejects: Path |
         console.print(f"[yellow]line {number}: {exc.reason}: {exc}")  # type: ignore[attr-defined]
     elapsed = time.perf_counter() - started
     _finish({"file": str(file), "lines": n_lines,
-             "stored": stored, "rejected": len(bad), "reasons": dict(reasons),
+             "stored": stored, "stale": stale, "rejected": len(bad), "reasons": dict(reasons),
              "duplicates_replaced": len(good) - len(lines), "encoder_version": encoder.version,
              "runtime": runtime,
              "seconds": round(elapsed, 2), "items_per_s": round(stored / max(elapsed, 1e-9), 1)},

@@ -6,10 +6,20 @@ Cluster hash tag) holding a small packed record::
     <B format=1> <B domain: 0 video, 1 product> <H dim> <q updated_ms> <B len> <version utf-8>
     <dim x float32 little-endian>
 
+``updated_ms`` is the item's version (its ``updated_at``, else the catalog message's timestamp,
+else the writer's clock): a write goes through a compare-and-set script on that key alone, so an
+older version never overwrites a newer one (a late upsert of a worker that lost its partition
+in a rebalance, a replay); an equal version is written again (a replay, a re-encode).
+
 Per domain, a set ``semirec:items:<domain>`` lists the item ids (candidate enumeration); the
-sorted set ``semirec:items:changes`` scores every item id by its last write (ms), so readers that
-keep the catalog in memory (serving's index) follow upserts by asking only for what changed; the
-hash ``semirec:items:titles`` holds titles for people (CLI, demo).
+hash ``semirec:items:titles`` holds titles for people (CLI, demo). The sorted set
+``semirec:items:changes`` is the change feed: every applied write appends its item id there,
+**after** the vector is stored, with a position assigned by Redis itself (a script on that one
+key: ``max(last position + 1, the server's clock in µs)``), so positions only grow and an entry
+is visible only once its vector is. A reader that keeps the catalog in memory (serving's index)
+reads the entries after the last position it saw and fetches those vectors: it cannot miss one,
+whatever the writers' clocks or the order in which a cluster's nodes applied the writes
+(:meth:`ItemStore.feed_position`, :meth:`ItemStore.changes_after`).
 :meth:`ItemStore.get_many` fetches any batch of ids in one pipelined round trip and returns a
 ``[N, dim]`` float32 matrix plus a found-mask; :func:`decode_many` does the same for callers
 that run their own (sync) pipeline.
@@ -26,7 +36,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from semirec.core.contracts import Domain
-from semirec.core.redis_client import redis_client
+from semirec.core.redis_client import is_cluster, redis_client, script_calls
 
 ITEM_PREFIX = "semirec:item:"
 DOMAIN_SET_PREFIX = "semirec:items:"
@@ -36,6 +46,43 @@ FORMAT = 1
 _HEAD = struct.Struct("<BBHqB")  # format, domain, dim, updated_ms, version length
 _DOMAIN_CODE = {Domain.VIDEO: 0, Domain.PRODUCT: 1}
 _CODE_DOMAIN = {v: k for k, v in _DOMAIN_CODE.items()}
+CHUNK = 500  # items per compare-and-set script call on one server (bounded script time)
+
+# per key: write ARGV[i] unless the stored record (format 1) holds a newer updated_ms
+_WRITE_IF_NEWER = """
+local won = {}
+for i, key in ipairs(KEYS) do
+  local new = ARGV[i]
+  local cur = redis.call('GET', key)
+  local ok = true
+  if cur and #cur >= 13 and string.byte(cur, 1) == 1 then
+    ok = struct.unpack('<i8', new, 5) >= struct.unpack('<i8', cur, 5)
+  end
+  if ok then
+    redis.call('SET', key, new)
+    won[i] = 1
+  else
+    won[i] = 0
+  end
+end
+return won
+"""
+# append ARGV (item ids) to the change feed KEYS[1] at positions Redis assigns: strictly above
+# every position handed out before, and at least the server's clock in microseconds (so that
+# a replica promoted after losing the feed's last entries still hands out higher positions)
+_APPEND_CHANGES = """
+local top = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local pos = 0
+if top[2] then pos = tonumber(top[2]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now - 1 > pos then pos = now - 1 end
+for _, id in ipairs(ARGV) do
+  pos = pos + 1
+  redis.call('ZADD', KEYS[1], string.format('%.0f', pos), id)
+end
+return string.format('%.0f', pos)
+"""
 
 
 def item_key(item_id: str) -> str:
@@ -114,6 +161,9 @@ class ItemStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self.cluster = is_cluster(client)
+        self._write_if_newer = client.register_script(_WRITE_IF_NEWER)
+        self._append_changes = client.register_script(_APPEND_CHANGES)
 
     @classmethod
     def from_url(cls, url: str) -> ItemStore:
@@ -123,39 +173,66 @@ class ItemStore:
         await self.client.aclose()
 
     async def put_many(self, records: Iterable[ItemVector], titles: dict[str, str] | None = None) -> int:
-        """Upsert vectors (an item that changed domain leaves its old domain's set) and,
-        optionally, titles."""
+        """Upsert vectors ordered by their ``updated_ms`` (0: the writer's clock now) and,
+        optionally, titles; returns how many were written (an item whose stored version is
+        newer is left as it is, with its title and domain set).
+
+        Three round trips: the compare-and-set of each vector; then the domain sets (an item
+        that changed domain leaves its old domain's set) and titles of the written items; then
+        their change-feed entries, so a reader that sees an entry finds the vector."""
         now = int(time.time() * 1000)
-        count = 0
-        async with self.client.pipeline(transaction=False) as pipe:
-            for rec in records:
-                pipe.set(item_key(rec.item_id), pack(rec.domain, rec.vector, rec.version,
-                                                     rec.updated_ms or now))
-                pipe.zadd(CHANGES_KEY, {rec.item_id: now})
-                pipe.sadd(domain_set(rec.domain), rec.item_id)
-                for other in Domain:
-                    if other is not rec.domain:
-                        pipe.srem(domain_set(other), rec.item_id)
-                count += 1
-            if titles:
-                pipe.hset(TITLES_KEY, mapping=titles)
-            if count or titles:
+        latest: dict[str, ItemVector] = {}
+        for rec in records:  # one write per item: the newest version (the last one of equals)
+            prev = latest.pop(rec.item_id, None)
+            if prev is not None and (prev.updated_ms or now) > (rec.updated_ms or now):
+                rec = prev
+            latest[rec.item_id] = rec
+        recs = list(latest.values())
+        blobs = [pack(r.domain, r.vector, r.version, r.updated_ms or now) for r in recs]
+        won = await self._write_vectors([item_key(r.item_id) for r in recs], blobs) if recs else []
+        written = [r for r, ok in zip(recs, won, strict=True) if ok]
+        ids = {r.item_id for r in written}
+        titles = {i: t for i, t in (titles or {}).items() if i in ids or i not in latest}
+        if written or titles:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for rec in written:
+                    pipe.sadd(domain_set(rec.domain), rec.item_id)
+                    for other in Domain:
+                        if other is not rec.domain:
+                            pipe.srem(domain_set(other), rec.item_id)
+                if titles:
+                    pipe.hset(TITLES_KEY, mapping=titles)
                 await pipe.execute()
-        return count
+        if written:
+            await self._append_changes(keys=[CHANGES_KEY], args=[r.item_id for r in written])
+        return len(written)
 
-    async def changed_since(self, since_ms: int) -> list[tuple[str, int]]:
-        """``(item_id, written_ms)`` of items written at or after ``since_ms``, oldest first."""
-        rows = await self.client.zrangebyscore(CHANGES_KEY, since_ms, "+inf", withscores=True)
+    async def _write_vectors(self, keys: Sequence[str], blobs: Sequence[bytes]) -> list[bool]:
+        """The compare-and-set of every key: one script call per :data:`CHUNK` keys on one
+        server; on a cluster one call per key (one slot each), all in one cluster pipeline."""
+        if self.cluster:
+            got = await script_calls(self.client, self._write_if_newer,  # type: ignore[arg-type]
+                                     [([k], [b]) for k, b in zip(keys, blobs, strict=True)])
+            return [bool(r[0]) for r in got]
+        won: list[bool] = []
+        for lo in range(0, len(keys), CHUNK):
+            got = await self._write_if_newer(keys=list(keys[lo:lo + CHUNK]),
+                                             args=list(blobs[lo:lo + CHUNK]))
+            won += [bool(r) for r in got]
+        return won
+
+    async def feed_position(self) -> int:
+        """The change feed's last position (0 when empty): one cheap round trip that tells a
+        reader whether :meth:`changes_after` has news."""
+        top = await self.client.zrevrange(CHANGES_KEY, 0, 0, withscores=True)
+        return int(top[0][1]) if top else 0
+
+    async def changes_after(self, position: int) -> list[tuple[str, int]]:
+        """``(item_id, position)`` of the items written after feed ``position`` (0: every item
+        ever written), oldest first; an item written several times appears once, at its last
+        write."""
+        rows = await self.client.zrangebyscore(CHANGES_KEY, f"({position}", "+inf", withscores=True)
         return [(m.decode(), int(score)) for m, score in rows]
-
-    async def change_mark(self, since_ms: int) -> tuple[int, float | None]:
-        """How many items were written at or after ``since_ms`` and the newest write's ms: one
-        cheap round trip that tells a reader whether :meth:`changed_since` has news."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zcount(CHANGES_KEY, since_ms, "+inf")
-            pipe.zrevrange(CHANGES_KEY, 0, 0, withscores=True)
-            count, newest = await pipe.execute()
-        return int(count), (float(newest[0][1]) if newest else None)
 
     async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
         if not item_ids:

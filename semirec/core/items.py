@@ -3,7 +3,8 @@
 An item message is a JSON or msgpack object (see docs/contracts.md, "Item contract"):
 ``item_id``, ``domain``, ``title``, ``images`` (file paths, or base64: a ``data:`` URI or a
 bare base64 string of an image file),
-``category`` (required for products) and ``tags``. Unknown fields are ignored. The message
+``category`` (required for products), ``tags`` and ``updated_at`` (the item's version: unix
+seconds or ISO-8601; optional, the message's timestamp stands in). Unknown fields are ignored. The message
 key must equal the ``item_id``, so every upsert of an item lands on one partition, in order.
 
 Reason codes are :class:`semirec.core.contracts.Reason`; ``bad_image`` marks an image that cannot be
@@ -22,7 +23,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from semirec.core.contracts import ContractError, Domain, Reason, decode_body, id_problem
+from semirec.core.contracts import ContractError, Domain, Reason, decode_body, id_problem, parse_ts
 
 MAX_ITEM_BYTES = 1024 * 1024  # Kafka's default message.max.bytes
 MAX_TITLE_CHARS = 1000
@@ -72,6 +73,7 @@ class Item:
     images: tuple[ImageRef, ...]
     category: str | None = None
     tags: tuple[str, ...] = ()
+    updated_at: float | None = None  # unix seconds: the version that orders this item's upserts
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -80,6 +82,8 @@ class Item:
         }
         if self.category is not None:
             out["category"] = self.category
+        if self.updated_at is not None:
+            out["updated_at"] = self.updated_at
         return out
 
 
@@ -188,7 +192,13 @@ def validate_item(obj: Any, *, base_dir: Path | None = None) -> Item:
         if not tag.strip() or len(tag.strip()) > MAX_LABEL_CHARS:
             raise ItemError(Reason.BAD_VALUE, f"tags[{i}] must be 1..{MAX_LABEL_CHARS} characters")
         tags.append(tag.strip())
-    return Item(item_id, domain, title, images, category, tuple(tags))
+    updated_at = None
+    if obj.get("updated_at") is not None:
+        try:
+            updated_at = parse_ts(obj["updated_at"])
+        except ContractError as exc:
+            raise ItemError(exc.reason, f"updated_at: {exc}") from exc
+    return Item(item_id, domain, title, images, category, tuple(tags), updated_at)
 
 
 def parse_item(raw: bytes, key: bytes | None = None) -> Item:

@@ -60,6 +60,10 @@ REPLAY_RESETS = Counter(
     "lay at or past the partition's log end (the topic was recreated or mirrored to another "
     "cluster): their replay protection for it was reset and the events applied.", ["agent"],
     registry=REGISTRY)
+CATALOG_STALE = Counter(
+    "semirec_catalog_stale_writes", "Item upserts not written because the store held a newer "
+    "version of the item (an older upsert processed late, e.g. by a worker that lost its "
+    "partition in a rebalance).", ["agent"], registry=REGISTRY)
 PROCESSING_SECONDS = Histogram(
     "semirec_processing_seconds", "Wall time of one processing stage (e.g. a whole batch).",
     ["agent", "stage"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
@@ -129,6 +133,9 @@ class AgentMetrics:
 
     def replay_reset(self, n: int) -> None:
         REPLAY_RESETS.labels(self.agent).inc(n)
+
+    def catalog_stale(self, n: int) -> None:
+        CATALOG_STALE.labels(self.agent).inc(n)
 
     def rejected(self, reason: str, n: int = 1) -> None:
         EVENTS_REJECTED.labels(self.agent, reason).inc(n)

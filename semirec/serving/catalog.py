@@ -1,8 +1,10 @@
 """CatalogIndex - every item vector in memory, with an exact faiss index over the videos.
 
 Loaded from :class:`semirec.core.item_store.ItemStore` and kept current by :meth:`refresh`, which asks
-Redis only for the items written since the last call (the store's ``changes`` sorted set), so a
-catalog upsert is recallable within one refresh interval (1 s by default). Searches are exact
+Redis only for the items written after the last change-feed position it saw (the store's
+``changes`` sorted set, whose positions Redis assigns after each vector is stored: no write can
+be missed, see semirec/core/item_store.py), so a catalog upsert is recallable within one refresh
+interval (1 s by default); an idle refresh is one ``ZREVRANGE``. Searches are exact
 inner products over L2-normalised vectors (cosine similarity); the raw vectors are kept for the
 ranker, which scales them itself.
 
@@ -33,10 +35,6 @@ from semirec.serving.threads import single_threaded_math
 
 log = logging.getLogger(__name__)
 single_threaded_math()  # faiss and numpy spin-waiting on a busy machine: see semirec/serving/threads.py
-OVERLAP_MS = 2000  # re-read this much before the last change seen (writers' clocks differ)
-# the overlap is read again only when its count or the newest write changed (a bulk load left
-# thousands of items in it: 16-22 ms of CPU per refresh, every second), and at least this often
-FULL_READ_S = 30.0
 # |q.x - q.fp16(x)| <= 2^-11 |q||x| (+ 2^-25 |q|_1 for subnormals) and two float32 sums of 128
 # terms differ by < 2e-5 for unit vectors: 5.1e-4 at most; twice that as the margin of proof
 FP16_ERROR = 1e-3
@@ -65,10 +63,8 @@ class CatalogIndex:
         self._video_rows: set[int] = set()
         self._video_order: list[int] = []  # rows in the order they first became videos
         self._ordered: set[int] = set()  # the rows in _video_order (a re-encode keeps its place)
-        self._since_ms = 0
-        self._mark: tuple[int, tuple[int, float | None]] | None = None  # (since, change_mark)
-        self._full_read_at = 0.0
-        self._written: dict[str, int] = {}  # item -> the write (ms) this index holds
+        self.feed_position = 0  # the change feed's last position this index has read
+        self.feed_resets = 0  # times the feed was found behind that position (read again whole)
         self.loaded = False
         self.generation = 0  # bumped by every upsert (callers cache what they derive from it)
 
@@ -80,29 +76,30 @@ class CatalogIndex:
         return len(self._video_rows)
 
     async def refresh(self, store: ItemStore) -> int:
-        """Pull items written since the last refresh; returns how many were (re)indexed.
+        """Pull the items written since the last refresh; returns how many were (re)indexed.
 
-        The overlap window is re-read only when its item count or the newest write changed
-        (one cheap round trip first), or :data:`FULL_READ_S` after the last read (an item
-        re-written inside the window by a writer whose clock lags changes neither)."""
-        since = max(0, self._since_ms - OVERLAP_MS)
-        mark = (since, await store.change_mark(since))
-        now = time.monotonic()
-        if mark == self._mark and now - self._full_read_at < FULL_READ_S:
+        One round trip when nothing changed. A feed whose last position is behind the one
+        this index read (emptied, or a failed-over Redis that lost its last entries) is read
+        again from its start."""
+        top = await store.feed_position()
+        if top < self.feed_position:
+            self.feed_resets += 1
+            metrics.FEED_RESETS.inc()
+            log.warning("the catalog change feed is at position %d, behind the %d this index read "
+                        "(emptied, or Redis failed over and lost its last entries): reading it "
+                        "again from the start", top, self.feed_position)
+            self.feed_position = 0
+        if top == self.feed_position:
             self.loaded = True
             return 0
-        changed = await store.changed_since(since)
-        self._full_read_at = now
-        if changed:
-            self._since_ms = max(self._since_ms, changed[-1][1])
-        # taken before the read: a write in between makes the next mark differ (read again)
-        self._mark = mark if max(0, self._since_ms - OVERLAP_MS) == since else None
-        # the overlap re-reads the last seconds' writes: fetch only what we do not hold yet
-        changed = [(i, ms) for i, ms in changed if ms > self._written.get(i, -1)]
+        changed = await store.changes_after(self.feed_position)
         if not changed:
             self.loaded = True
             return 0
+        self.feed_position = max(self.feed_position, changed[-1][1])
         ids = [item_id for item_id, _ in changed]
+        # each vector was stored before its entry: this reads it, or a newer one (whose own
+        # entry, further on, the next refresh reads again)
         got = await store.get_many(ids, self.dim, skip_other_dims=True)
         if got.other_dims:  # e.g. written by another encoder version: serve the rest
             metrics.SKIPPED_ITEMS.labels("other_dim").inc(len(got.other_dims))
@@ -111,8 +108,6 @@ class CatalogIndex:
         rows = np.flatnonzero(got.found)
         self.upsert([ids[r] for r in rows], got.vectors[rows],
                     [got.domains[r] for r in rows])  # type: ignore[misc]
-        for item_id, ms in changed:
-            self._written[item_id] = ms
         self.loaded = True
         return len(rows)
 

@@ -33,6 +33,10 @@ COALESCED = Counter(
 BREAKER_OPEN = Gauge(
     "semirec_ranker_breaker_open", "1 while the ranker's circuit breaker is open or probing.",
     registry=REGISTRY)
+FEED_RESETS = Counter(
+    "semirec_catalog_feed_resets", "Catalog change feed found behind the position the serving "
+    "index had read (emptied, or a Redis failover lost its last entries): read again whole.",
+    registry=REGISTRY)
 CATALOG_ITEMS = Gauge(
     "semirec_serving_catalog_items", "Items in the serving index, by domain.", ["domain"],
     registry=REGISTRY)

@@ -1,12 +1,16 @@
 """Catalog agent: items topic -> item vectors in Redis (see semirec.core.item_store).
 
 Per batch (``noack_take``, at most :data:`BATCH_MAX` items): parse every message against the
-item contract (key = item_id); keep the last upsert of each item; encode the items in a
+item contract (key = item_id); keep the newest upsert of each item (its ``updated_at``, else
+the message's timestamp; the later message among equals); encode the items in a
 worker thread (the event loop keeps heart-beating); dead-letter the malformed ones (contract
 reasons, or ``bad_image`` when an image cannot be read) and wait for the broker's ack; write
-the vectors with the encoder version in one Redis pipeline (retried while Redis is down);
-only then ack, so an offset is committed only once its item is stored or dead-lettered.
-Upserts are idempotent, so a replay after a crash rewrites the same vectors.
+the vectors with the encoder version and that item version (retried while Redis is down): the
+store writes each only if it holds no newer version of the item, then appends the change feed;
+only then ack, so an offset is committed only once its item is stored, found stale or
+dead-lettered. Upserts are idempotent, so a replay after a crash rewrites the same vectors, and
+an older upsert processed late (a worker that lost the partition in a rebalance, still
+finishing its batch) is counted as stale and changes nothing.
 
 The encoder (``$SEMIREC_ENCODER_CHECKPOINT`` or the seeded untrained fusion; onnxruntime with
 the int8 text model unless ``SEMIREC_ENCODER_RUNTIME`` says ``onnx`` or ``torch``) is loaded
@@ -46,6 +50,7 @@ ENCODER_THREADS = 1
 class CatalogOutcome:
     messages: int = 0
     stored: int = 0
+    stale: int = 0  # valid upserts not written: the store held a newer version of the item
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count
     version: str = ""
 
@@ -91,7 +96,9 @@ class CatalogProcessor:
             except ContractError as exc:
                 bad.append((msg, exc))
                 continue
-            latest.pop(item.item_id, None)  # a later upsert of the same item wins
+            prev = latest.pop(item.item_id, None)  # the newest upsert wins (the later of equals)
+            if prev is not None and item_version(*prev) > item_version(msg, item):
+                msg, item = prev
             latest[item.item_id] = (msg, item)
         records: list[ItemVector] = []
         if latest:
@@ -102,7 +109,7 @@ class CatalogProcessor:
             bad.extend((pairs[i][0], exc) for i, exc in result.errors.items())
             out.version = encoder.version
             records = [ItemVector(pairs[i][1].item_id, pairs[i][1].domain, vec, encoder.version,
-                                  round(pairs[i][0].timestamp * 1000))
+                                  item_version(*pairs[i]))
                        for i, vec in zip(result.ok, result.vectors, strict=True)]
         if bad:
             with self.metrics.timed("dlq"):
@@ -110,28 +117,38 @@ class CatalogProcessor:
             for _, exc in bad:
                 out.rejected[str(exc.reason)] += 1
         if records:
-            await self._write(records, {pairs[i][1].item_id: pairs[i][1].title for i in result.ok})
-            out.stored = len(records)
+            out.stored = await self._write(
+                records, {pairs[i][1].item_id: pairs[i][1].title for i in result.ok})
+            out.stale = len(records) - out.stored
         self._observe(out, [msg.timestamp for msg, _ in latest.values() if msg.timestamp > 0],
                       time.perf_counter() - started)
         return out
 
-    async def _write(self, records: list[ItemVector], titles: dict[str, str]) -> None:
-        async def put() -> None:
+    async def _write(self, records: list[ItemVector], titles: dict[str, str]) -> int:
+        async def put() -> int:
             with self.metrics.redis("put"):
-                await self.store.put_many(records, titles)
+                return await self.store.put_many(records, titles)
 
-        await retry_while_redis_down(put, max_delay_s=self.retry_max_s)
+        return await retry_while_redis_down(put, max_delay_s=self.retry_max_s)
 
     def _observe(self, out: CatalogOutcome, append_ts: list[float], seconds: float) -> None:
         m = self.metrics
         m.observe("batch", seconds)
         m.batch(out.messages)
-        m.processed(out.stored)
+        m.processed(out.stored + out.stale)
+        if out.stale:
+            m.catalog_stale(out.stale)
         for reason, n in out.rejected.items():
             m.rejected(reason, n)
         if out.stored:
             m.state_written([], append_ts)
+
+
+def item_version(msg: Message, item: Item) -> int:
+    """The version (ms) that orders an item's upserts: its ``updated_at``, else the message's
+    timestamp (0 when it has none: the store then stamps the write with its clock)."""
+    ts = item.updated_at if item.updated_at is not None else msg.timestamp
+    return max(0, round(ts * 1000))
 
 
 def catalog_topics(settings: Settings) -> dict[str, int]:
