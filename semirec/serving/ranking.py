@@ -35,6 +35,10 @@ class ModelRanker(Protocol):
         """0, or the hashed-id bucket count of a model with item identity."""
         ...
 
+    async def takes_skipped(self) -> bool:
+        """Whether the model reads the incomplete watches (``skipped*`` inputs, ``+usr``)."""
+        ...
+
     async def problem(self) -> str | None:
         """Why the ranker cannot answer now, in one line, or None."""
         ...
@@ -55,6 +59,7 @@ class TritonRanker:
         self.timeout_s = timeout_s
         self.client = grpcclient.InferenceServerClient(url)
         self._id_buckets: int | None = None  # read from the loaded model's config when needed
+        self._skipped = False  # read with _id_buckets
         self._last_version = ""
         # inputs through system shared memory (Triton on this host): no 2 MB protobuf per call
         self.shared_memory = shared_memory
@@ -74,7 +79,14 @@ class TritonRanker:
             names = {i["name"] for i in cfg.get("input", [])}
             param = cfg.get("parameters", {}).get("id_buckets", {}).get("string_value", "0")
             self._id_buckets = int(param) if "candidate_bucket" in names else 0
+            self._skipped = "skipped" in names
         return self._id_buckets
+
+    async def takes_skipped(self) -> bool:
+        """Whether the serving model has the ``skipped*`` inputs (its Triton config's inputs;
+        read with :meth:`identity_buckets`)."""
+        await self.identity_buckets()
+        return self._skipped
 
     async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
         region = None
@@ -210,6 +222,9 @@ class OnnxRanker:
 
     async def identity_buckets(self) -> int:
         return self.id_buckets
+
+    async def takes_skipped(self) -> bool:
+        return "skipped" in self.names
 
     def rank_sync(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([OUTPUT], {k: v for k, v in tensors.items() if k in self.names})[0]

@@ -200,10 +200,14 @@ class Recommender:
     async def _rank_group(self, group: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
         why = "no_model" if self.ranker is None else "breaker_open"
         if self.ranker is not None and self.breaker.allow():
+            try:
+                skipped = await self.ranker.takes_skipped()
+            except RankerUnavailable:
+                skipped = False  # the rank call below fails the same way and falls back
             tensors, missing = rank_batch([(w.state, w.rows, w.at) for w in group], self.catalog,
                                           seq_len=self.settings.seq_len,
                                           bucket_s=self.settings.time_bucket_s,
-                                          pad_to=self.settings.recall_candidates)
+                                          pad_to=self.settings.recall_candidates, skipped=skipped)
             if missing:
                 metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
             try:
