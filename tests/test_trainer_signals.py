@@ -114,3 +114,20 @@ def test_user_rate_follows_the_users_completions(setup) -> None:
         f = model.user_rate.features(torch.cat([a, b], 1), *model.user_rate.context(user))
     assert f[0, 0, 0] > 1.0 > -1.0 > f[0, 1, 0]
     assert f[0, 0, 1] == f[0, 1, 1]  # the user's own rate, whatever the candidate
+
+
+def test_logged_samples_give_the_offline_features(setup) -> None:
+    """The online trainer's path (samples logged by ingest -> ``to_sample_set``) gives the
+    feature values of the offline samples for the same watches."""
+    from semirec.trainer.online.learner import samples_from_events, to_sample_set
+
+    events, _, rows, table, _, model = setup
+    offline = build_samples(events, rows, seq_len=50, window_hours=168)
+    logged = to_sample_set(samples_from_events(events, seq_len=50), rows, seq_len=50)
+    assert list(logged.event) == list(offline.event)
+    idx = np.arange(len(offline))
+    with torch.inference_mode():
+        feats = [model.wide_features(model.encode_user(user_batch(s, idx, table, SEQ)),
+                                     table[torch.from_numpy(s.target[:, None]).long()]).numpy()
+                 for s in (offline, logged)]
+    np.testing.assert_allclose(feats[1], feats[0], atol=1e-6)
