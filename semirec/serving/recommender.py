@@ -201,17 +201,15 @@ class Recommender:
         why = "no_model" if self.ranker is None else "breaker_open"
         if self.ranker is not None and self.breaker.allow():
             try:
-                skipped = await self.ranker.takes_skipped()
-            except RankerUnavailable:
-                skipped = False  # the rank call below fails the same way and falls back
-            tensors, missing = rank_batch([(w.state, w.rows, w.at) for w in group], self.catalog,
-                                          seq_len=self.settings.seq_len,
-                                          bucket_s=self.settings.time_bucket_s,
-                                          pad_to=self.settings.recall_candidates, skipped=skipped)
-            if missing:
-                metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
-            try:
-                if buckets := await self.ranker.identity_buckets():
+                buckets = await self.ranker.identity_buckets()  # reads the model's inputs once
+                tensors, missing = rank_batch([(w.state, w.rows, w.at) for w in group],
+                                              self.catalog, seq_len=self.settings.seq_len,
+                                              bucket_s=self.settings.time_bucket_s,
+                                              pad_to=self.settings.recall_candidates,
+                                              skipped=await self.ranker.takes_skipped())
+                if missing:
+                    metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
+                if buckets:
                     ids = [[c.item_id for c in w.pool] for w in group]
                     watches, completes = await watch_counts(self.redis, [i for x in ids for i in x])
                     parts, lo = [], 0
