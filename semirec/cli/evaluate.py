@@ -124,8 +124,10 @@ def _table(result: dict[str, Any]) -> Table:
 @click.option("--models", default=",".join(MODEL_NAMES), show_default=True,
               help="Comma-separated subset of the models; a neural model's name + '+id' adds "
                    "item identity (hashed id bias + smoothed completion rate), a SEMI model's "
-                   "+ '+sim' explicit content similarity, '+sim+rec' also its recency / session "
-                   "features (with identity: '+sim+id', '+sim+rec+id').")
+                   "+ '+sim' explicit content similarity, then optionally '+rec' (recency "
+                   "features), '+ses' (the newest hour block's similarity), '+usr' (the user's "
+                   "completion rate on like content), in this order, then '+id' "
+                   "(e.g. '+sim+ses+usr+id').")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Runs (model x seed) in parallel processes, one torch thread each.")
 @click.option("--set", "settings", default="", help="Override settings for every model, e.g. "
@@ -196,7 +198,8 @@ def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: P
 @click.option("--data", type=click.Choice(DATA), default="world", show_default=True)
 @click.option("--model", "name", default="semi_ccl", show_default=True,
               help="A neural model; append '+sim' (SEMI: explicit content similarity, no new "
-                   "graph inputs; '+sim+rec' adds recency / session features) and/or '+id' "
+                   "graph inputs; then '+rec' recency features, '+ses' session similarity, "
+                   "'+usr' the user's completion rate (extra graph inputs)) and/or '+id' "
                    "(item identity, extra graph inputs).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Checkpoint directory (model.safetensors + config.json).")

@@ -5,7 +5,9 @@ newest ``seq_len`` entries' item vectors, right-aligned (newest last), left-padd
 mask False; ages in hour blocks before the request, exactly as the trainer's samples compute
 them (semirec/trainer/offline/samples.py); candidates padded with zero rows to a fixed count so that every
 request has the same shapes and Triton's dynamic batcher can join them. Entries whose item has
-no vector yet are left out (the count is returned).
+no vector yet are left out (the count is returned). With ``skipped`` (a ``+usr`` model) the
+incomplete watches (``UserState.skipped``) become ``skipped`` / ``skipped_age`` /
+``skipped_mask`` the same way.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _fill_domain(entries: Sequence[Entry], catalog: CatalogIndex, hour: int, buc
 
 def rank_request(state: UserState | None, candidates: np.ndarray, catalog: CatalogIndex, *,
                  at: float, seq_len: int = 50, bucket_s: int = 3600,
-                 pad_to: int = 0) -> RankRequest:
+                 pad_to: int = 0, skipped: bool = False) -> RankRequest:
     """Tensors for one user at time ``at`` (unix s) and ``candidates`` [C, dim]."""
     state = state or UserState()
     hour = int(at // bucket_s)
@@ -68,15 +70,20 @@ def rank_request(state: UserState | None, candidates: np.ndarray, catalog: Catal
     padded[:n] = candidates
     tensors = {"video": v, "video_age": va, "video_mask": vm, "product": p, "product_age": pa,
                "product_mask": pm, "candidates": padded}
+    if skipped:
+        s, sa, sm, miss_s = _domain(state.skipped, catalog, seq_len, hour, bucket_s)
+        tensors.update(skipped=s, skipped_age=sa, skipped_mask=sm)
+        miss_p += miss_s
     return RankRequest({k: t[None] for k, t in tensors.items()}, n, miss_v + miss_p)
 
 
 def rank_batch(users: Sequence[tuple[UserState | None, np.ndarray, float]], catalog: CatalogIndex,
                *, seq_len: int = 50, bucket_s: int = 3600,
-               pad_to: int = 0) -> tuple[dict[str, np.ndarray], int]:
+               pad_to: int = 0, skipped: bool = False) -> tuple[dict[str, np.ndarray], int]:
     """The tensors of several users at once ``[B, ...]`` (each row equal to
     :func:`rank_request`'s), written in place: ``users`` are ``(state, candidate catalog rows,
-    at)``; returns the tensors and the sequence entries without a vector."""
+    at)``; returns the tensors and the sequence entries without a vector (``skipped``: also the
+    incomplete watches' tensors)."""
     b, dim = len(users), catalog.dim
     n = max([pad_to, *(len(rows) for _, rows, _ in users)])
     t = {"video": np.zeros((b, seq_len, dim), np.float32), "video_age": np.zeros((b, seq_len), np.int64),
@@ -84,12 +91,17 @@ def rank_batch(users: Sequence[tuple[UserState | None, np.ndarray, float]], cata
          "product": np.zeros((b, seq_len, dim), np.float32),
          "product_age": np.zeros((b, seq_len), np.int64), "product_mask": np.zeros((b, seq_len), bool),
          "candidates": np.zeros((b, n, dim), np.float32)}
+    lists = ("video", "product") + (("skipped",) if skipped else ())
+    if skipped:
+        t.update(skipped=np.zeros((b, seq_len, dim), np.float32),
+                 skipped_age=np.zeros((b, seq_len), np.int64),
+                 skipped_mask=np.zeros((b, seq_len), bool))
     missing = 0
     for j, (state, rows, at) in enumerate(users):
         hour = int(at // bucket_s)
         if state is not None:
-            for name, entries in (("video", state.video), ("product", state.product)):
-                missing += _fill_domain(entries, catalog, hour, bucket_s, t[name][j],
+            for name in lists:
+                missing += _fill_domain(getattr(state, name), catalog, hour, bucket_s, t[name][j],
                                         t[f"{name}_age"][j], t[f"{name}_mask"][j])
         catalog.gather(rows, t["candidates"][j, : len(rows)])
     return t, missing

@@ -19,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from semirec.serving import metrics
 from semirec.serving.breaker import CircuitBreaker, State
 from semirec.serving.errors import RankerUnavailable
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ class ModelRanker(Protocol):
 
     async def identity_buckets(self) -> int:
         """0, or the hashed-id bucket count of a model with item identity."""
+        ...
+
+    async def takes_skipped(self) -> bool:
+        """Whether the model reads the incomplete watches (``skipped*`` inputs, ``+usr``)."""
         ...
 
     async def problem(self) -> str | None:
@@ -66,6 +72,7 @@ class TritonRanker:
         self.timeout_s = timeout_s
         self.client = grpcclient.InferenceServerClient(url)
         self._id_buckets: int | None = None  # read from the loaded model's config when needed
+        self._skipped = False  # read with _id_buckets
         self._last_version = ""
         # inputs through system shared memory (Triton on this host): no 2 MB protobuf per call
         self.shared_memory = shared_memory
@@ -85,7 +92,14 @@ class TritonRanker:
             names = {i["name"] for i in cfg.get("input", [])}
             param = cfg.get("parameters", {}).get("id_buckets", {}).get("string_value", "0")
             self._id_buckets = int(param) if "candidate_bucket" in names else 0
+            self._skipped = "skipped" in names
         return self._id_buckets
+
+    async def takes_skipped(self) -> bool:
+        """Whether the serving model has the ``skipped*`` inputs (its Triton config's inputs;
+        read with :meth:`identity_buckets`)."""
+        await self.identity_buckets()
+        return self._skipped
 
     async def rank(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
         region = None
@@ -229,13 +243,20 @@ class TritonReplicas:
     async def identity_buckets(self) -> int:
         """From the server the next call goes to first (a replica whose breaker is open is
         skipped; each server caches its answer until another version answers)."""
+        return await self._model_input(TritonRanker.identity_buckets)
+
+    async def takes_skipped(self) -> bool:
+        """Whether the next server's model has the ``skipped*`` inputs (as :meth:`identity_buckets`)."""
+        return await self._model_input(TritonRanker.takes_skipped)
+
+    async def _model_input(self, ask: Callable[[TritonRanker], Awaitable[_T]]) -> _T:
         errors = []
         n = len(self.servers)
         for i in ((self._next + k) % n for k in range(n)):
             if self.breakers[i].state is State.OPEN:
                 continue
             try:
-                return await self.servers[i].identity_buckets()
+                return await ask(self.servers[i])
             except RankerUnavailable as exc:
                 self._failed(i)
                 errors.append(str(exc))
@@ -366,6 +387,9 @@ class OnnxRanker:
 
     async def identity_buckets(self) -> int:
         return self.id_buckets
+
+    async def takes_skipped(self) -> bool:
+        return "skipped" in self.names
 
     def rank_sync(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([OUTPUT], {k: v for k, v in tensors.items() if k in self.names})[0]

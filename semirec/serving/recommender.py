@@ -199,14 +199,16 @@ class Recommender:
     async def _rank_group(self, group: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
         why = "no_model" if self.ranker is None else "breaker_open"
         if self.ranker is not None and self.breaker.allow():
-            tensors, missing = rank_batch([(w.state, w.pool.rows, w.at) for w in group], self.catalog,
-                                          seq_len=self.settings.seq_len,
-                                          bucket_s=self.settings.time_bucket_s,
-                                          pad_to=self.settings.recall_candidates)
-            if missing:
-                metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
             try:
-                if buckets := await self.ranker.identity_buckets():
+                buckets = await self.ranker.identity_buckets()  # reads the model's inputs once
+                tensors, missing = rank_batch([(w.state, w.pool.rows, w.at) for w in group],
+                                              self.catalog, seq_len=self.settings.seq_len,
+                                              bucket_s=self.settings.time_bucket_s,
+                                              pad_to=self.settings.recall_candidates,
+                                              skipped=await self.ranker.takes_skipped())
+                if missing:
+                    metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
+                if buckets:
                     ids = [w.pool.ids for w in group]
                     watches, completes = await watch_counts(self.redis, [i for x in ids for i in x])
                     parts, lo = [], 0

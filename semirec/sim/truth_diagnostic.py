@@ -142,7 +142,8 @@ def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int 
     empty = np.zeros(0)
 
     def score(user_id: str, state: Any, ids: list[str], candidates: np.ndarray, at: float) -> np.ndarray:
-        req = rank_request(state, candidates, catalog, at=at, seq_len=seq_len)
+        req = rank_request(state, candidates, catalog, at=at, seq_len=seq_len,
+                           skipped="skipped" in ranker.names)
         tensors = req.tensors
         if ranker.id_buckets:
             w = np.array([np.searchsorted(times.get(i, empty), at) for i in ids], np.float32)

@@ -84,6 +84,12 @@ class ModelConfig:
     # recency / session similarity (``+rec``, with ``+sim`` only): the same two features against
     # the entries of the newest hour block and against the newest RECENT_ENTRIES entries
     recency_similarity: bool = False
+    # session intent (``+ses``, with ``+sim`` only; semirec.trainer.nets.signals.SessionSimilarity):
+    # cosine to the newest hour block's clicks and watches together
+    session_similarity: bool = False
+    # the user's completion rate on content like the candidate (``+usr``, with ``+sim`` only;
+    # semirec.trainer.nets.signals.UserRate), from complete and incomplete watches
+    user_rate: bool = False
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -101,6 +107,8 @@ class ModelConfig:
         """The name with its additions, as ``--models`` takes it (``semi_ccl+sim+id``)."""
         return (self.name + (SIMILARITY_SUFFIX if self.content_similarity else "")
                 + (RECENCY_SUFFIX if self.recency_similarity else "")
+                + (SESSION_SUFFIX if self.session_similarity else "")
+                + (USER_RATE_SUFFIX if self.user_rate else "")
                 + (IDENTITY_SUFFIX if self.item_identity else ""))
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,13 +130,18 @@ class ModelConfig:
             rate_prior_strength=raw.get("rate_prior_strength", 10.0),
             content_similarity=raw.get("content_similarity", False),
             recency_similarity=raw.get("recency_similarity", False),
+            session_similarity=raw.get("session_similarity", False),
+            user_rate=raw.get("user_rate", False),
         )
 
 
 IDENTITY_SUFFIX = "+id"
 SIMILARITY_SUFFIX = "+sim"
 RECENCY_SUFFIX = "+rec"
-SUFFIXES = (SIMILARITY_SUFFIX, RECENCY_SUFFIX, IDENTITY_SUFFIX)  # in this order: ``semi_ccl+sim+rec+id``
+SESSION_SUFFIX = "+ses"
+USER_RATE_SUFFIX = "+usr"
+# in this order: ``semi_ccl+sim+rec+ses+usr+id``
+SUFFIXES = (SIMILARITY_SUFFIX, RECENCY_SUFFIX, SESSION_SUFFIX, USER_RATE_SUFFIX, IDENTITY_SUFFIX)
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -142,7 +155,8 @@ def split_name(name: str) -> tuple[str, str]:
 
 def base_name(name: str) -> str:
     """``semi_ccl+sim+rec+id`` -> ``semi_ccl``: the network; ``+sim`` adds explicit content
-    similarity (SEMI only), ``+rec`` its recency / session features, ``+id`` item identity."""
+    similarity (SEMI only), ``+rec`` its recency / session features, ``+ses`` the newest hour
+    block's similarity, ``+usr`` the user's completion rate, ``+id`` item identity."""
     return split_name(name)[0]
 
 
@@ -151,14 +165,14 @@ def check_name(name: str) -> None:
     if base not in MODEL_NAMES or (base == "pop" and suffix):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)} "
                          f"(a neural one may end in {IDENTITY_SUFFIX!r}, a SEMI one in "
-                         f"{SIMILARITY_SUFFIX!r}, {SIMILARITY_SUFFIX + RECENCY_SUFFIX!r}, each "
-                         f"then maybe {IDENTITY_SUFFIX!r})")
+                         f"{SIMILARITY_SUFFIX!r}, then maybe {RECENCY_SUFFIX!r}, {SESSION_SUFFIX!r}, "
+                         f"{USER_RATE_SUFFIX!r} in this order, then maybe {IDENTITY_SUFFIX!r})")
     if SIMILARITY_SUFFIX in suffix and not base.startswith("semi"):
         raise ValueError(f"{name!r}: {SIMILARITY_SUFFIX!r} (content similarity) exists for the "
                          "SEMI models only")
-    if RECENCY_SUFFIX in suffix and SIMILARITY_SUFFIX not in suffix:
-        raise ValueError(f"{name!r}: {RECENCY_SUFFIX!r} (recency similarity) comes after "
-                         f"{SIMILARITY_SUFFIX!r}")
+    for extra in (RECENCY_SUFFIX, SESSION_SUFFIX, USER_RATE_SUFFIX):
+        if extra in suffix and SIMILARITY_SUFFIX not in suffix:
+            raise ValueError(f"{name!r}: {extra!r} comes after {SIMILARITY_SUFFIX!r}")
 
 
 def paper(name: str) -> ModelConfig:
@@ -170,7 +184,9 @@ def paper(name: str) -> ModelConfig:
     return ModelConfig(name=base, ccl=CCLConfig() if base.endswith("_ccl") else None,
                        item_identity=IDENTITY_SUFFIX in suffix,
                        content_similarity=SIMILARITY_SUFFIX in suffix,
-                       recency_similarity=RECENCY_SUFFIX in suffix)
+                       recency_similarity=RECENCY_SUFFIX in suffix,
+                       session_similarity=SESSION_SUFFIX in suffix,
+                       user_rate=USER_RATE_SUFFIX in suffix)
 
 
 # chosen on validation AUC only (docs/results.md, "Settings chosen on validation")

@@ -26,6 +26,10 @@ class UserBatch:
     product: Tensor  # [B, Lp, d]
     product_age: Tensor  # [B, Lp]
     product_mask: Tensor  # [B, Lp]
+    # incomplete video watches, as ``video`` (read by ``+usr`` models only; None: not gathered)
+    skipped: Tensor | None = None  # [B, Ls, d]
+    skipped_age: Tensor | None = None  # [B, Ls]
+    skipped_mask: Tensor | None = None  # [B, Ls]
 
     def domain(self, name: str) -> tuple[Tensor, Tensor, Tensor]:
         if name == "video":

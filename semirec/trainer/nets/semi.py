@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from semirec.trainer.nets.configs import ModelConfig
 from semirec.trainer.nets.layers import AttentionBlock, ContentSimilarity, Head, TimeEmbedding
 from semirec.trainer.nets.ranker import Context, Ranker, UserBatch
+from semirec.trainer.nets.signals import SessionSimilarity, UserRate
 
 
 def _block(cfg: ModelConfig) -> AttentionBlock:
@@ -56,6 +57,13 @@ class SEMI(Ranker):
                            else None)
         n_sim = 0 if self.similarity is None else \
             self.similarity.features_per_domain * len(self.domains)
+        if (cfg.session_similarity or cfg.user_rate) and self.similarity is None:
+            raise ValueError("+ses / +usr come with +sim")
+        if cfg.session_similarity and self.domains != ("video", "product"):
+            raise ValueError("+ses needs both domains")
+        self.session = SessionSimilarity() if cfg.session_similarity else None
+        self.user_rate = UserRate() if cfg.user_rate else None
+        n_sim += sum(m.n_features for m in (self.session, self.user_rate) if m is not None)
         # the similarity features' own linear term of the logit (zero at the start)
         self.similarity_weight = nn.Linear(n_sim, 1) if n_sim else None
         if self.similarity_weight is not None:
@@ -79,10 +87,29 @@ class SEMI(Ranker):
             for d in self.domains:
                 x, age, mask = user.domain(d)
                 ctx.extend(self.similarity.context(x, mask, age))
+            if self.session is not None:
+                ctx.extend(self.session.context(user))
+            if self.user_rate is not None:
+                ctx.extend(self.user_rate.context(user))
         return tuple(ctx)
 
     def wide_parameters(self) -> list[nn.Parameter]:
         return [] if self.similarity_weight is None else list(self.similarity_weight.parameters())
+
+    def wide_features(self, ctx: Context, candidates: Tensor) -> Tensor:
+        """[B, C, n] the hand-made features of ``+sim`` (and ``+rec``, ``+ses``, ``+usr``, in
+        this order) that the linear term and the head read; [B, C, 0] without ``+sim``."""
+        if self.similarity is None:
+            return candidates.new_zeros((*candidates.shape[:2], 0))
+        n, k = 3 * len(self.domains), self.similarity.context_size
+        feats = [self.similarity.features(candidates, *ctx[n + k * i : n + k * (i + 1)])
+                 for i in range(len(self.domains))]
+        at = n + k * len(self.domains)
+        for extra in (self.session, self.user_rate):
+            if extra is not None:
+                feats.append(extra.features(candidates, *ctx[at : at + extra.context_size]))
+                at += extra.context_size
+        return torch.cat(feats, dim=-1)
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0
@@ -92,8 +119,6 @@ class SEMI(Ranker):
         ]
         if self.similarity is None or self.similarity_weight is None:
             return self.head(torch.cat([*users, query], dim=-1))
-        n, k = 3 * len(self.domains), self.similarity.context_size
-        sims = torch.cat([self.similarity.features(candidates, *ctx[n + k * i : n + k * (i + 1)])
-                          for i in range(len(self.domains))], dim=-1)
+        sims = self.wide_features(ctx, candidates)
         return (self.head(torch.cat([*users, query, sims], dim=-1))
                 + self.similarity_weight(sims).squeeze(-1))

@@ -311,6 +311,8 @@ def train_model(
     if model.identity is not None:
         model.identity.prior_rate.fill_(float(data.train.label.mean()))
         items = data.features(cfg.id_buckets)
+    if isinstance(model, SEMI) and model.user_rate is not None:
+        model.user_rate.prior_rate.fill_(float(data.train.label.mean()))
     if cfg.ccl is not None:
         records = _ccl_records(data, cfg)
         if len(records) and isinstance(model, SEMI):

@@ -169,9 +169,11 @@ def chronological_split(
 def user_batch(samples: SampleSet, index: np.ndarray, table: torch.Tensor, seq_len: int = 50) \
         -> UserBatch:
     """Gather a :class:`UserBatch` for ``samples[index]``: the newest ``seq_len`` entries per
-    domain, trimmed to the longest sequence in the batch (at least one padded slot)."""
+    domain, trimmed to the longest sequence in the batch (at least one padded slot); the
+    incomplete watches too when the samples have them."""
     parts = []
-    for domain in ("video", "product"):
+    domains = ("video", "product") + (("skipped",) if samples.skipped.shape[1] else ())
+    for domain in domains:
         rows = getattr(samples, domain)[index, -seq_len:]
         width = max(1, int((rows > 0).sum(axis=1).max(initial=0)))
         rows = torch.from_numpy(np.ascontiguousarray(rows[:, -width:])).long()

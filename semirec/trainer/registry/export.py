@@ -14,14 +14,16 @@ sequence (newest 50 of any age) as it is, with ``age = ts // 3600 (request) - ts
 (entry)``.
 
 A model trained with item identity (``ModelConfig.item_identity``; :mod:`semirec.trainer.nets.identity`)
-has three more inputs, :data:`IDENTITY_INPUTS`, one value per candidate (see there).
+has three more inputs, :data:`IDENTITY_INPUTS`, one value per candidate (see there). A model
+with the user's completion rate (``+usr``, ``ModelConfig.user_rate``) has three more,
+:data:`SKIPPED_INPUTS`: the incomplete watches, in the format of ``video``.
 
 The batched graph (:func:`export_batched_onnx`, served by Triton as model ``ranker``) has the same
 input names with a leading batch axis B: ``video`` [B, Lv, d], ... , ``candidates`` [B, C, d] ->
 ``score`` [B, C]. It declares every name in :data:`INPUTS` whatever the model reads (an unread
 input is fed through as ``+ 0 * x[..., first element]``), so Triton's config and a TensorRT engine
-have one tensor contract for all models (plus :data:`IDENTITY_INPUTS`, [B, C] each, for a model
-with item identity).
+have one tensor contract for all models (plus :data:`SKIPPED_INPUTS` for a ``+usr`` model and
+:data:`IDENTITY_INPUTS`, [B, C] each, for a model with item identity).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ from semirec.trainer.offline.samples import WINDOW_HOURS, in_window
 
 INPUTS = ("video", "video_age", "video_mask", "product", "product_age", "product_mask",
           "candidates")
+SKIPPED_INPUTS = ("skipped", "skipped_age", "skipped_mask")
+"""Extra inputs of a ``+usr`` model (semirec.trainer.nets.signals.UserRate): the user's newest
+incomplete video watches (``UserState.skipped``) as ``video`` / ``video_age`` / ``video_mask``
+are built from the complete ones (right-aligned, newest last, ages in hour blocks, the 7-day
+window applied inside the graph)."""
 IDENTITY_INPUTS = ("candidate_bucket", "candidate_watches", "candidate_completes")
 """Extra inputs of a model with item identity, each [C], aligned with ``candidates``:
 
@@ -59,38 +66,47 @@ OPSET = 17
 
 def user_batch(feeds: dict[str, Tensor]) -> UserBatch:
     """The user side of a batched request (leading batch axis), by input name."""
-    return UserBatch(*(feeds[k] for k in INPUTS[:6]))
+    return UserBatch(*(feeds[k] for k in INPUTS[:6]), *(feeds.get(k) for k in SKIPPED_INPUTS))
+
+
+def uses_skipped(model: Ranker) -> bool:
+    """Whether ``model`` reads the incomplete watches (``+usr``)."""
+    return getattr(model, "user_rate", None) is not None
+
+
+def input_names(model: Ranker) -> tuple[str, ...]:
+    """The graph's inputs for ``model``: :data:`INPUTS`, plus :data:`SKIPPED_INPUTS` for a
+    ``+usr`` model, plus :data:`IDENTITY_INPUTS` if it uses item identity."""
+    return (INPUTS + (SKIPPED_INPUTS if uses_skipped(model) else ())
+            + (IDENTITY_INPUTS if model.identity is not None else ()))
+
+
+def _scores(model: Ranker, feeds: dict[str, Tensor], window_hours: int) -> Tensor:
+    """[B, C] probabilities from batched feeds, the 7-day window applied to every sequence."""
+    for domain in ("video", "product", "skipped"):
+        if f"{domain}_mask" in feeds:
+            feeds[f"{domain}_mask"] = feeds[f"{domain}_mask"] & in_window(
+                feeds[f"{domain}_age"], window_hours)
+    items = tuple(feeds[k] for k in IDENTITY_INPUTS) if model.identity is not None else None
+    return torch.sigmoid(model.logits(model.encode_user(user_batch(feeds)), feeds["candidates"],
+                                      items))
 
 
 class RequestGraph(nn.Module):
-    """A ranker wrapped for one request: sequences + candidates -> probabilities."""
+    """A ranker wrapped for one request: inputs in :func:`input_names` order (sequences,
+    candidates, and what the model adds) -> probabilities [C]."""
 
     def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
         super().__init__()
         self.model = model
         self.window_hours = window_hours
 
-    def forward(self, video: Tensor, video_age: Tensor, video_mask: Tensor, product: Tensor,
-                product_age: Tensor, product_mask: Tensor, candidates: Tensor,
-                candidate_bucket: Tensor | None = None, candidate_watches: Tensor | None = None,
-                candidate_completes: Tensor | None = None) -> Tensor:
-        video_mask = video_mask & in_window(video_age, self.window_hours)
-        product_mask = product_mask & in_window(product_age, self.window_hours)
-        user = UserBatch(video[None], video_age[None], video_mask[None],
-                         product[None], product_age[None], product_mask[None])
-        items = None
-        if self.model.identity is not None:
-            if candidate_bucket is None or candidate_watches is None or candidate_completes is None:
-                raise ValueError(f"this model needs {IDENTITY_INPUTS}")
-            items = (candidate_bucket[None], candidate_watches[None], candidate_completes[None])
-        logits = self.model.logits(self.model.encode_user(user), candidates[None], items)
-        return torch.sigmoid(logits[0])
-
-
-def input_names(model: Ranker) -> tuple[str, ...]:
-    """The graph's inputs for ``model``: :data:`INPUTS`, plus :data:`IDENTITY_INPUTS` if it
-    uses item identity."""
-    return INPUTS + (IDENTITY_INPUTS if model.identity is not None else ())
+    def forward(self, *inputs: Tensor) -> Tensor:
+        names = input_names(self.model)
+        if len(inputs) != len(names):
+            raise ValueError(f"this model needs {names}")
+        feeds = {k: x[None] for k, x in zip(names, inputs, strict=True)}
+        return _scores(self.model, feeds, self.window_hours)[0]
 
 
 class BatchedRequestGraph(nn.Module):
@@ -104,15 +120,8 @@ class BatchedRequestGraph(nn.Module):
         self.window_hours = window_hours
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        feeds = dict(zip(input_names(self.model), inputs, strict=True))
-        for domain in ("video", "product"):
-            feeds[f"{domain}_mask"] = feeds[f"{domain}_mask"] & in_window(
-                feeds[f"{domain}_age"], self.window_hours)
-        items = None
-        if self.model.identity is not None:
-            items = tuple(feeds[k] for k in IDENTITY_INPUTS)
-        probs = torch.sigmoid(self.model.logits(self.model.encode_user(user_batch(feeds)),
-                                                feeds["candidates"], items))
+        probs = _scores(self.model, dict(zip(input_names(self.model), inputs, strict=True)),
+                        self.window_hours)
         # every input stays in the graph (the exporter drops unread ones): + 0 * one element
         touch = sum(x.reshape(x.shape[0], -1)[:, :1].to(probs.dtype) for x in inputs)
         return probs + 0.0 * touch
@@ -121,9 +130,11 @@ class BatchedRequestGraph(nn.Module):
 def example_request(
     dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500, seed: int = 0,
     video_real: int | None = None, product_real: int | None = None, identity: bool = False,
+    skipped: bool = False,
 ) -> dict[str, np.ndarray]:
     """Random inputs in the graph's format (``*_real`` = how many entries are real, newest last);
-    with ``identity`` also :data:`IDENTITY_INPUTS`."""
+    with ``skipped`` also :data:`SKIPPED_INPUTS` (as long as ``product``, half of them real), with
+    ``identity`` also :data:`IDENTITY_INPUTS` (in this order)."""
     rng = np.random.default_rng(seed)
 
     def seq(n: int, real: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,8 +149,10 @@ def example_request(
     watches = rng.integers(0, 50, candidates).astype(np.float32)
     extra = (rng.integers(0, 1 << 18, candidates).astype(np.int64), watches,
                 np.floor(watches * rng.random(candidates)).astype(np.float32))
-    out = dict(zip(INPUTS + IDENTITY_INPUTS, (*v, *p, cands, *extra), strict=True))
-    return out if identity else {k: out[k] for k in INPUTS}
+    s = seq(product, (product if product_real is None else product_real) // 2)
+    out = dict(zip(INPUTS + SKIPPED_INPUTS + IDENTITY_INPUTS, (*v, *p, cands, *s, *extra), strict=True))
+    names = INPUTS + (SKIPPED_INPUTS if skipped else ()) + (IDENTITY_INPUTS if identity else ())
+    return {k: out[k] for k in names}
 
 
 def fit_buckets(model: Ranker, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -155,12 +168,14 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RequestGraph(model).eval()
     names = input_names(model)
-    request = fit_buckets(model, example_request(dim, 7, 9, 5, identity=model.identity is not None))
+    request = fit_buckets(model, example_request(dim, 7, 9, 5, identity=model.identity is not None,
+                                                 skipped=uses_skipped(model)))
     example = tuple(torch.from_numpy(request[k]) for k in names)
     axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
             "video_mask": {0: "video_len"}, "product": {0: "product_len"},
             "product_age": {0: "product_len"}, "product_mask": {0: "product_len"},
             "candidates": {0: "candidates"}, OUTPUT: {0: "candidates"},
+            **{k: {0: "skipped_len"} for k in names if k in SKIPPED_INPUTS},
             **{k: {0: "candidates"} for k in names if k in IDENTITY_INPUTS}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
@@ -172,15 +187,15 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
 
 def example_batch(
     users: int = 4, dim: int = 128, video: int = 50, product: int = 50, candidates: int = 500,
-    seed: int = 0, identity: bool = False,
+    seed: int = 0, identity: bool = False, skipped: bool = False,
 ) -> dict[str, np.ndarray]:
     """Random batched inputs: user ``i`` has a different number of real entries per domain
-    (left-padded, newest last; user 0 has no products); with ``identity`` also
-    :data:`IDENTITY_INPUTS`."""
+    (left-padded, newest last; user 0 has no products and no incomplete watches); with
+    ``skipped`` also :data:`SKIPPED_INPUTS`, with ``identity`` also :data:`IDENTITY_INPUTS`."""
     rows = [example_request(dim, video, product, candidates, seed + i,
                             video_real=(i * 7) % (video + 1),
                             product_real=0 if i == 0 else (i * 11) % (product + 1),
-                            identity=identity)
+                            identity=identity, skipped=skipped)
             for i in range(users)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -191,7 +206,8 @@ def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = BatchedRequestGraph(model).eval()
     names = input_names(model)
-    batch = fit_buckets(model, example_batch(3, dim, 7, 9, 5, identity=model.identity is not None))
+    batch = fit_buckets(model, example_batch(3, dim, 7, 9, 5, identity=model.identity is not None,
+                                             skipped=uses_skipped(model)))
     example = tuple(torch.from_numpy(batch[k]) for k in names)
     axes: dict[str, dict[int, str]] = {}
     for name in names:

@@ -59,9 +59,10 @@ def int8_diff(fp32: Path, int8: Path, batched: bool = True) -> float:
         session = onnx_session(path)
         inputs = {i.name: i for i in session.get_inputs()}
         dim = int(inputs["candidates"].shape[-1])
-        identity = "candidate_bucket" in inputs
-        feeds = (example_batch(3, dim, 11, 6, 50, seed=7, identity=identity) if batched
-                 else example_request(dim, 11, 6, 50, seed=7, identity=identity))
+        identity, skipped = "candidate_bucket" in inputs, "skipped" in inputs
+        feeds = (example_batch(3, dim, 11, 6, 50, seed=7, identity=identity, skipped=skipped)
+                 if batched else example_request(dim, 11, 6, 50, seed=7, identity=identity,
+                                                 skipped=skipped))
         if identity:  # any bucket the graph's table holds
             feeds["candidate_bucket"] %= 16
         scores.append(session.run(["score"], {k: v for k, v in feeds.items() if k in inputs})[0])

@@ -127,30 +127,34 @@ class PromotionError(ModelRepositoryError):
 # -- config.pbtxt -----------------------------------------------------------------------------
 
 
-def tensors(dim: int, identity: bool = False) \
+def tensors(dim: int, identity: bool = False, skipped: bool = False) \
         -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """(inputs, outputs) as (name, Triton type, dims without the batch axis), derived from the
     request graph's own example batch, so new inputs in ``semirec.trainer.registry.export.INPUTS`` follow; a
-    model with item identity also has ``semirec.trainer.registry.export.IDENTITY_INPUTS``."""
-    from semirec.trainer.registry.export import IDENTITY_INPUTS, INPUTS, OUTPUT, example_batch
+    ``+usr`` model (``skipped``) also has ``semirec.trainer.registry.export.SKIPPED_INPUTS``, a
+    model with item identity ``semirec.trainer.registry.export.IDENTITY_INPUTS``."""
+    from semirec.trainer.registry.export import OUTPUT, example_batch
 
     types = {"float32": "FP32", "int64": "INT64", "bool": "BOOL", "int32": "INT32"}
-    batch = example_batch(1, dim, 2, 2, 2, identity=identity)
-    names = INPUTS + (IDENTITY_INPUTS if identity else ())
+    batch = example_batch(1, dim, 2, 2, 2, identity=identity, skipped=skipped)
+    names = list(batch)
     inputs = [(name, types[str(batch[name].dtype)], [-1, *map(int, batch[name].shape[2:])])
               for name in names]
     return inputs, [(OUTPUT, "FP32", [-1])]
 
 
 def render(dim: int = 128, variant: str = "python", id_buckets: int = 0,
-           version: int | None = None, precision: str = DEFAULT_PRECISION) -> str:
+           version: int | None = None, precision: str = DEFAULT_PRECISION,
+           skipped: bool = False) -> str:
     """``config.pbtxt`` text (CPU python backend, or the TensorRT variant) for ``dim``-d items;
     ``id_buckets`` > 0: a model with item identity (its inputs, and the bucket count as the
     ``id_buckets`` parameter, which the serving client reads to hash item ids); ``version``:
     the policy loads exactly that version (what promote writes), else the latest; ``precision``:
-    the python backend's graph (``fp32`` model.onnx, ``int8`` model.int8.onnx)."""
+    the python backend's graph (``fp32`` model.onnx, ``int8`` model.int8.onnx); ``skipped``: a
+    ``+usr`` model (the incomplete watches' inputs, which the serving client sees in the
+    config's inputs)."""
     check_precision(precision)
-    inputs, outputs = tensors(dim, identity=id_buckets > 0)
+    inputs, outputs = tensors(dim, identity=id_buckets > 0, skipped=skipped)
 
     def block(kind: str, rows: list[tuple[str, str, list[int]]]) -> str:
         lines = [f'  {{ name: "{n}", data_type: TYPE_{t}, dims: [ {", ".join(map(str, d))} ] }}'
@@ -196,9 +200,9 @@ def render(dim: int = 128, variant: str = "python", id_buckets: int = 0,
     return head + body
 
 
-def trtexec_shapes(dim: int) -> str:
+def trtexec_shapes(dim: int, identity: bool = False, skipped: bool = False) -> str:
     """``--minShapes/--optShapes/--maxShapes`` for ``trtexec`` over :data:`TRT_PROFILE`."""
-    inputs, _ = tensors(dim)
+    inputs, _ = tensors(dim, identity, skipped)
     parts = []
     for i, flag in enumerate(("--minShapes", "--optShapes", "--maxShapes")):
         shapes = []
@@ -243,6 +247,7 @@ class VersionInfo:
     aliases: tuple[str, ...] = ()
     checkpoint: str = ""
     id_buckets: int = 0  # > 0: the model uses item identity (semirec.trainer.nets.identity)
+    skipped: bool = False  # the model reads the incomplete watches (``+usr``)
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "aliases": list(self.aliases), "model": self.model,
@@ -317,7 +322,8 @@ class ModelRepository:
                            dim=int(meta["dim"]),
                            created_at=meta["created_at"], metrics=meta.get("metrics") or {},
                            aliases=names, checkpoint=meta.get("checkpoint", ""),
-                           id_buckets=_id_buckets(meta["model"]))
+                           id_buckets=_id_buckets(meta["model"]),
+                           skipped=bool(meta["model"].get("user_rate", False)))
 
     def checkpoint_dir(self, version: int) -> Path:
         """The safetensors checkpoint that ``version`` was exported from (a copy)."""
@@ -336,7 +342,7 @@ class ModelRepository:
         """``config.pbtxt`` (or the variant's) text that loads exactly ``version``."""
         info = self.info(version)
         return render(info.dim, self.variant, info.id_buckets, version=version,
-                      precision=self.precision)
+                      precision=self.precision, skipped=info.skipped)
 
     def config_path(self) -> Path:
         """The config file a server reads from disk: ``config.pbtxt``, or the variant's
@@ -360,6 +366,7 @@ class ModelRepository:
             fit_buckets,
             onnx_session,
             torch_batch_scores,
+            uses_skipped,
         )
 
         checkpoint_dir = Path(checkpoint_dir)
@@ -371,7 +378,8 @@ class ModelRepository:
             tmp.mkdir()
             export_batched_onnx(model, tmp / ONNX, dim)
             batch = fit_buckets(model, example_batch(3, dim, 11, 6, 17, seed=7,
-                                                     identity=model.identity is not None))
+                                                     identity=model.identity is not None,
+                                                     skipped=uses_skipped(model)))
             got = onnx_session(tmp / ONNX).run(["score"], batch)[0]
             diff = float(np.abs(got - torch_batch_scores(model, batch)).max())
             if not diff < 1e-4:
@@ -379,7 +387,8 @@ class ModelRepository:
             shutil.copytree(checkpoint_dir, tmp / CHECKPOINT_DIR,
                             ignore=shutil.ignore_patterns("*.tmp", ".*"))
             (tmp / MODEL_PY_FILE).write_text(MODEL_PY)
-            (tmp / "trtexec_args.txt").write_text(trtexec_shapes(dim) + "\n")
+            (tmp / "trtexec_args.txt").write_text(trtexec_shapes(
+                dim, model.identity is not None, uses_skipped(model)) + "\n")
             int8 = {}
             if self.variant == ENGINE_VARIANT:
                 build_engine(tmp)
@@ -611,12 +620,14 @@ class ModelRepository:
 
         from semirec.trainer.registry.export import example_batch
 
-        id_buckets = self.info(version).id_buckets
-        batch = example_batch(1, dim, 1, 1, 1, identity=id_buckets > 0)
+        info = self.info(version)
+        id_buckets = info.id_buckets
+        batch = example_batch(1, dim, 1, 1, 1, identity=id_buckets > 0, skipped=info.skipped)
         if id_buckets:
             batch["candidate_bucket"] %= id_buckets
         inputs = []
-        for name, (n, t, _d) in zip(batch, tensors(dim, identity=id_buckets > 0)[0], strict=True):
+        names = tensors(dim, id_buckets > 0, info.skipped)[0]
+        for name, (n, t, _d) in zip(batch, names, strict=True):
             tensor = grpcclient.InferInput(n, list(batch[name].shape), t)
             tensor.set_data_from_numpy(batch[name])
             inputs.append(tensor)
