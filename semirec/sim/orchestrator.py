@@ -40,10 +40,11 @@ from semirec.core.settings import Settings
 from semirec.core.stack import LOCAL_GROUP_TIMINGS, EmbeddedStack, die_with_parent, free_port
 from semirec.sim.loop import CATALOG_GROUP, INGEST_GROUP, RECOMMEND_GROUP, hour_aligned_offset
 
-# SEMI with explicit content similarity and item identity (hashed id bias + smoothed completion
-# rate; the incremental trainer fine-tunes it with counts from the samples stream): chosen on
-# validation AUC, docs/results.md "Issue 21"
-TRAIN_MODEL = "semi_ccl+sim+id"
+# SEMI with explicit content similarity, the session block's similarity, the user's completion
+# rate on like content (incomplete watches) and item identity (hashed id bias + smoothed
+# completion rate; the incremental trainer fine-tunes it with counts from the samples stream):
+# chosen on validation AUC, docs/results.md "Issue 21" (+ses, +usr)
+TRAIN_MODEL = "semi_ccl+sim+ses+usr+id"
 KEEP_RUNS = 5  # run folders kept under the demo cache
 RANK_TIMEOUT_MS = 1000  # the demo's Triton budget (production default 100 ms); env overrides
 PART_STOP_TIMEOUT_S = 6.0  # SIGTERM to the agents and the trainer, then SIGKILL
