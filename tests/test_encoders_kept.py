@@ -11,22 +11,36 @@ from semirec.encoders import checkpoint as ckpt_io
 from semirec.encoders.config import IMAGE_FEATURES, EncoderConfig
 from semirec.encoders.export import FUSION_MODELS, FusionForExport, _export_one
 from semirec.encoders.fusion import ItemFusion
-from semirec.encoders.pretrain import Catalog, encode_views, fit_kept, holdout_mask
+from semirec.encoders.pretrain import (
+    Catalog,
+    choose_split,
+    encode_views,
+    fit_kept,
+    holdout_mask,
+    learned_dims,
+)
 from semirec.encoders.triton_repo import specs
 
 CFG = EncoderConfig(d_model=32, heads=4, ffn=64, layers=1, keep_image=6, keep_text=5, keep_weight=0.4)
 
 
-def synthetic_catalog(n: int = 240, seed: int = 0) -> Catalog:
+def synthetic_catalog(n: int = 240, seed: int = 0, text_rank: int | None = None,
+                      image_rank: int | None = None) -> Catalog:
     """Items of 4 categories whose image features differ by category and within it."""
     g = torch.Generator().manual_seed(seed)
     category = torch.arange(n) % 4 + 1
     frames = 2
     centres = torch.randn(5, IMAGE_FEATURES, generator=g) * 3
     images = centres[category][:, None, :] + torch.randn(n, frames, IMAGE_FEATURES, generator=g)
+    if image_rank is not None:  # within a category, images vary in image_rank directions only
+        basis = torch.randn(image_rank, IMAGE_FEATURES, generator=g)
+        within = torch.randn(n, image_rank, generator=g) @ basis
+        images = centres[category][:, None, :] + within[:, None, :]
     mask = torch.ones(n, frames, dtype=torch.bool)
     mask[::2, 1] = False  # products: one image
     text = torch.randn(n, CFG.text_dim, generator=g)
+    if text_rank is not None:  # titles that vary in text_rank directions only
+        text = torch.randn(n, text_rank, generator=g) @ torch.randn(text_rank, CFG.text_dim, generator=g)
     text = text / text.norm(dim=1, keepdim=True)
     return Catalog(text, images, mask, category, torch.zeros(n, 2, dtype=torch.int64),
                    torch.arange(n) % 2 == 1, [str(int(c)) for c in category])
@@ -97,3 +111,37 @@ def test_a_catalog_smaller_than_the_kept_components_leaves_the_rest_zero() -> No
     assert report["image_variance_kept"]["train"] > 0.999  # 12 items span fewer than 20 directions
     proj = fusion["video"].kept.image_proj
     assert proj[:, 12:].abs().max() == 0 and proj[:, :11].abs().min(dim=0).values.max() > 0
+
+
+def test_the_learned_part_gets_room_for_the_category_simplex() -> None:
+    cat = synthetic_catalog()  # 4 categories
+    every = np.ones(len(cat), bool)
+    assert learned_dims(cat, every) == 8
+    many = Catalog(cat.text, cat.images, cat.image_mask, torch.arange(len(cat)) % 30 + 1, cat.tags,
+                   cat.is_video, cat.labels)
+    assert learned_dims(many, every) == 32  # 29 -> multiple of 8
+    assert learned_dims(many, every, out_dim=48) == 24  # at most half the vector
+
+
+def test_the_split_follows_held_out_reconstruction_of_the_catalog_features() -> None:
+    held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
+    # titles in 3 directions, images spread over many: 3 title components rebuild the titles
+    flat_text = choose_split(synthetic_catalog(text_rank=3), held_out)
+    assert flat_text["rule"] == "heldout-recon-v1" and flat_text["learned_dims"] == 8
+    assert flat_text["image_components"] + flat_text["text_components"] == 120
+    assert 3 <= flat_text["text_components"] <= 10
+    assert flat_text["held_out_share_kept"]["text"] > 0.99
+    # and the other way round
+    flat_image = choose_split(synthetic_catalog(image_rank=5), held_out)
+    assert 5 <= flat_image["image_components"] <= 12 and flat_image["text_components"] >= 108
+    assert flat_image["held_out_share_kept"]["image"] > 0.99
+    assert 0.0 < flat_image["held_out_share_kept"]["text"] < 1.0
+
+
+def test_an_explicit_split_needs_both_counts() -> None:
+    from click.testing import CliRunner
+
+    from semirec.cli import cli
+
+    result = CliRunner().invoke(cli, ["encoders", "pretrain", "--world", "tiny", "--keep-image", "8"])
+    assert result.exit_code == 2 and "--keep-text" in result.output

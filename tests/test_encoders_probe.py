@@ -43,8 +43,14 @@ def test_probe_cli_says_it_reads_the_truth(tmp_path: Path) -> None:
     assert "TRUTH DIAGNOSTIC" in runner.invoke(cli, ["encoders", "probe", "--help"]).output
     out = tmp_path / "ckpt"
     trained = runner.invoke(cli, ["encoders", "pretrain", "--world", "tiny", "--out", str(out),
-                                  "--epochs", "1", "--json"])
+                                  "--epochs", "1", "--kept", "auto", "--json"])
     assert trained.exit_code == 0, trained.output
+    split = json.loads(trained.stdout.strip().splitlines()[-1])["kept_split"]
+    config = json.loads((out / "encoder.json").read_text())["config"]  # the rule's split is saved
+    assert split["rule"] == "heldout-recon-v1" and split["learned_dims"] == 16  # 10 categories
+    assert (config["keep_image"], config["keep_text"]) == (split["image_components"],
+                                                           split["text_components"])
+    assert config["keep_image"] + config["keep_text"] == 112
     result = runner.invoke(cli, ["encoders", "probe", "--checkpoint", str(out), "--world", "tiny",
                                  "--new-videos", "0", "--json"])
     assert result.exit_code == 0, result.output

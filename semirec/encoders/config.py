@@ -11,12 +11,13 @@ from typing import Any
 TEXT_BACKBONES = {"minilm": 384, "usem3": 512}  # name -> feature size
 IMAGE_FEATURES = 1280  # EfficientNet-Lite0 head width
 OUT_DIM = 128
-# What `semirec encoders pretrain` keeps beside the learned part (fusion.Kept): none by default.
-# The 56/56 split measured in docs/encoders.md was set after probes that read the generated
-# world's truth, so it is opt-in (--keep-image 56 --keep-text 56) until a split is chosen on
-# catalog-only validation (docs/encoders.md, "kept components").
-KEEP_IMAGE, KEEP_TEXT, KEEP_WEIGHT = 0, 0, 0.5
-KEPT_SPLIT_MEASURED = (56, 56)  # the split docs/encoders.md measured (opt-in)
+# What `semirec encoders pretrain` keeps beside the learned part (fusion.Kept) by default:
+# "none" (the learned fusion alone) or "auto" (whitened principal components, their number and
+# image/title split chosen by the catalog-only rule of pretrain.choose_split). The demo uses the
+# default. An explicit split (--keep-image N --keep-text N) stays available.
+KEPT = "none"
+KEEP_WEIGHT = 0.5
+KEPT_SPLIT_MEASURED = (56, 56)  # the hand-set split docs/encoders.md measured first (opt-in)
 
 
 @dataclass(frozen=True, slots=True)

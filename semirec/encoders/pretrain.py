@@ -32,13 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirec.core.items import Item
-from semirec.encoders.config import KEEP_IMAGE, KEEP_TEXT, KEEP_WEIGHT, EncoderConfig
+from semirec.encoders.config import KEEP_WEIGHT, KEPT, OUT_DIM, EncoderConfig
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
 from semirec.encoders.fusion import ItemFusion
 
-# names the default pre-training recipe in the demo's encoder cache key ("default": before Kept)
+# the catalog-only rule that sizes and splits the kept components (choose_split); a new rule
+# gets a new name, so the demo's cached encoders of another rule are not reused
+SPLIT_RULE = "heldout-recon-v1"
 # the demo cache key of the default recipe ("default": the learned fusion alone, as before)
-RECIPE = f"kept-{KEEP_IMAGE}-{KEEP_TEXT}-{KEEP_WEIGHT}" if KEEP_IMAGE + KEEP_TEXT else "default"
+RECIPE = f"kept-{SPLIT_RULE}-{KEEP_WEIGHT}" if KEPT == "auto" else "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,59 @@ def _kept_share(x: np.ndarray, basis: np.ndarray) -> float:
     return round(float(((x @ basis) ** 2).sum()) / total, 4) if total > 0 else 0.0
 
 
+def _image_residuals(cat: Catalog, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean frame feature minus its category's training mean (the global one for a category
+    unseen in training): the within-category image features; with the per-bucket centres and
+    which items have images."""
+    mask = cat.image_mask.numpy().astype(np.float64)
+    has_img = mask.any(1)
+    mean_img = (cat.images.numpy() * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None]
+    bucket = cat.category.numpy()
+    rows = train & has_img
+    centre = np.tile(mean_img[rows].mean(0), (int(cat.category.max()) + 1, 1))
+    for b in np.unique(bucket[rows]):
+        if b > 0:
+            centre[b] = mean_img[rows & (bucket == b)].mean(0)
+    return mean_img - centre[bucket], centre, has_img
+
+
+def learned_dims(cat: Catalog, train: np.ndarray, out_dim: int = OUT_DIM) -> int:
+    """Dimensions left to the learned part by the kept-components rule: room for the category
+    simplex of the catalog's training items (one fewer than their categories), rounded up to a
+    multiple of 8, at least 8 and at most ``out_dim // 2``."""
+    categories = len(np.unique(cat.category.numpy()[train & (cat.category.numpy() > 0)]))
+    return int(min(out_dim // 2, max(8, 8 * math.ceil((categories - 1) / 8))))
+
+
+def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM) -> dict[str, Any]:
+    """The catalog-only rule for the kept components (``pretrain --kept auto``, the default of the
+    kept recipe): the learned part gets :func:`learned_dims`, and the rest is split between image
+    and title components so that the **held-out reconstruction** of the frozen features from them
+    is best: ``k_image`` maximises the held-out share of within-category image variance kept by
+    the top ``k_image`` training components plus the held-out share of title variance kept by the
+    top ``budget - k_image`` ones (each share relative to its own features' variance, so both
+    backbones count alike). Reads the catalog's features and category field only: no label of
+    the world, no behaviour. Without held-out items the training shares decide."""
+    train = ~held_out
+    resid, _centre, has_img = _image_residuals(cat, train)
+    text = cat.text.numpy().astype(np.float64)
+    text_mean = text[train].mean(0)
+    budget = out_dim - learned_dims(cat, train, out_dim)
+    score_rows = held_out if held_out.any() else train
+    shares = []
+    for x_fit, x_score in ((resid[train & has_img], resid[score_rows & has_img]),
+                           (text[train] - text_mean, text[score_rows] - text_mean)):
+        basis, _ = _components(x_fit, budget)
+        per = ((x_score @ basis) ** 2).sum(0) / max(float((x_score**2).sum()), 1e-12)
+        shares.append(np.concatenate([[0.0], np.cumsum(per)]))  # share kept by the top k, k = 0..budget
+    total = shares[0] + shares[1][::-1]  # k image components and budget - k title ones
+    k_img = int(np.argmax(total))
+    return {"rule": SPLIT_RULE, "learned_dims": out_dim - budget, "image_components": k_img,
+            "text_components": budget - k_img,
+            "held_out_share_kept": {"image": round(float(shares[0][k_img]), 4),
+                                    "text": round(float(shares[1][budget - k_img]), 4)}}
+
+
 def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str, Any]:
     """Fit the kept components (:class:`~semirec.encoders.fusion.Kept`) on the training items'
     frozen features, the same in both domains; returns the share of variance they keep on
@@ -191,24 +246,19 @@ def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str
         return {}
     k_img, k_txt = kept.image_proj.shape[1], kept.text_proj.shape[1]
     train = ~held_out
-    mask = cat.image_mask.numpy().astype(np.float64)
-    has_img = mask.any(1)
-    mean_img = (cat.images.numpy() * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None]
-    bucket = cat.category.numpy()
+    resid, centre, has_img = _image_residuals(cat, train)
     rows = train & has_img
-    image_mean = mean_img[rows].mean(0)
-    centre = np.tile(image_mean, (kept.image_offset.shape[0], 1))
-    for b in np.unique(bucket[rows]):
-        if b > 0:
-            centre[b] = mean_img[rows & (bucket == b)].mean(0)
-    resid = mean_img - centre[bucket]
+    buckets = kept.image_offset.shape[0]
+    image_mean = centre[0]  # bucket 0 (no category) keeps the global mean
+    full = np.tile(image_mean, (buckets, 1))
+    full[: min(len(centre), buckets)] = centre[:buckets]
     basis, std = _components(resid[rows], k_img)
     image_proj = basis / std
     text = cat.text.numpy().astype(np.float64)
     text_mean = text[train].mean(0)
     t_basis, t_std = _components(text[train] - text_mean, k_txt)
     state = {"image_mean": image_mean, "image_proj": image_proj,
-             "image_offset": (centre - image_mean) @ image_proj,
+             "image_offset": (full - image_mean) @ image_proj,
              "text_mean": text_mean, "text_proj": t_basis / t_std}
     for domain in fusion.DOMAINS:
         buffers = fusion[domain].kept
