@@ -28,6 +28,7 @@ class FakeRanker:
     async def rank(self, tensors):
         return np.zeros(tensors["candidates"].shape[:2], np.float32), "ranker/1"
     async def identity_buckets(self): return 0
+    async def takes_skipped(self): return False
     async def problem(self): return None
     async def close(self): pass
 
