@@ -18,7 +18,9 @@ atomic rename and do not use this module.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -85,3 +87,20 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target`` if it exists; else ``build(tmp)`` writes a temporary file beside it (raising
+    to refuse it), which is then renamed over ``target``. Returns ``target``."""
+    target = Path(target)
+    if target.is_file():
+        return target
+    fd, name = tempfile.mkstemp(prefix=".build-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        build(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from semirec.core import durable
 from semirec.encoders.base import BaseEncoder, default_cache
 from semirec.encoders.cache import FeatureCache
 from semirec.encoders.config import EncoderConfig, cache_dir
@@ -199,13 +200,8 @@ def ensure_int8_text(repo: Path) -> Path:
     from semirec.encoders.text import TextBackbone
 
     folder = repo / TEXT_MODEL / "1"
-    target = folder / INT8_TEXT
-    if target.is_file():
-        return target
-    fd, tmp_name = tempfile.mkstemp(prefix=".int8-", suffix=".onnx", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def build(tmp: Path) -> None:
         quantize_dynamic(folder / "model.onnx", tmp, weight_type=QuantType.QInt8,
                          per_channel=True)
         titles = [item["title"] for item in sample_items(64, seed=0)]
@@ -218,11 +214,9 @@ def ensure_int8_text(repo: Path) -> Path:
         worst = float((feats[0] * feats[1]).sum(axis=1).min())
         if worst < INT8_MIN_COSINE:
             raise RuntimeError(f"int8 text model: cosine to fp32 {worst:.3f} < {INT8_MIN_COSINE}")
-        log.info("int8 text model in %s (min cosine to fp32 %.4f)", target, worst)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        log.info("int8 text model in %s (min cosine to fp32 %.4f)", folder / INT8_TEXT, worst)
+
+    return durable.build_once(folder / INT8_TEXT, build)
 
 
 def exported_encoder(checkpoint: Path | str | None = None, *, batch_size: int = 64,

@@ -15,11 +15,11 @@ docs/serving.md).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from semirec.core import durable
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +73,15 @@ def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
     """The int8 copy beside ``model_onnx`` (made once; atomic). Raises ``RuntimeError`` when its
     scores differ from the fp32 graph's by more than :data:`INT8_MAX_DIFF`."""
     model_onnx = Path(model_onnx)
-    target = model_onnx.with_name(INT8_ONNX)
-    if target.is_file():
-        return target
-    fd, name = tempfile.mkstemp(prefix=".int8-", suffix=".onnx", dir=model_onnx.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+
+    def build(tmp: Path) -> None:
         quantize_int8(model_onnx, tmp)
         diff = int8_diff(model_onnx, tmp, batched)
         if not diff <= INT8_MAX_DIFF:
             raise RuntimeError(f"int8 ranker: scores differ from fp32 by {diff:.4f} > {INT8_MAX_DIFF}")
-        log.info("int8 ranker %s (max score difference to fp32 %.4f)", target, diff)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        log.info("int8 ranker %s (max score difference to fp32 %.4f)", model_onnx.with_name(INT8_ONNX), diff)
+
+    return durable.build_once(model_onnx.with_name(INT8_ONNX), build)
 
 
 def model_for(model_onnx: Path, precision: str, batched: bool = True) -> Path:
