@@ -383,6 +383,7 @@ class EmbeddedStack:
         """Every semirec topic (default names) with ``partitions`` partitions
         (``model-updates``: 1, as the trainer makes it)."""
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         from semirec.core.kafka import ensure_topics, ingest_topics, serving_topics
         from semirec.core.settings import Settings
@@ -390,7 +391,8 @@ class EmbeddedStack:
         s = Settings(kafka=kafka, event_partitions=partitions)
         topics = {**ingest_topics(s), **serving_topics(s), s.topics.items: partitions,
                   s.topics.samples: partitions, s.topics.model_updates: 1}
-        asyncio.run(ensure_topics(s, topics))
+        with ThreadPoolExecutor(1) as pool:  # a loop of its own: the caller may be in one
+            pool.submit(asyncio.run, ensure_topics(s, topics)).result()
         return partitions
 
     def _start_cluster(self) -> str:
