@@ -417,7 +417,7 @@ async def scenario(size: Size, workdir: Path) -> dict[str, Any]:
             active_samples.append(trainers_active(procs))
 
             # -- the stream, with the faults ---------------------------------------------------
-            t_stream = time.monotonic()
+            t_stream, t_stream_wall = time.monotonic(), time.time()
             stream_done = asyncio.Event()
             load = asyncio.create_task(stream(produced, world, size, stream_done))
 
@@ -500,6 +500,9 @@ async def scenario(size: Size, workdir: Path) -> dict[str, Any]:
         "requests_answered_twice": sum(c - 1 for c in per_request.values() if c > 1),
         "recommendations_seen": len(answers.seen),
         "fallbacks": sum(r.fallback for r in answers.seen),
+        # of which generated before the stream (the throughput backlogs' triggered answers)
+        "fallbacks_before_stream": sum(r.fallback for r in answers.seen
+                                       if r.generated_at < t_stream_wall),
         "final_lag": lag,
         "version_skew_s": round(skew, 2),
         "trainers_promoting": max(active_samples),
