@@ -120,3 +120,62 @@ def test_ctrl_c_stops_every_part_in_order(tmp_path: Path) -> None:
     assert not wait_gone(pgids), "processes left behind"
     assert not [k for k in kids if alive(k)]
     assert not list(tmp_path.glob("semirec-stack-*")), "temp dir left behind"
+
+
+def test_stack_up_scale_out_flags(tmp_path: Path) -> None:
+    """`--redis-cluster --partitions 3 --tritons 2`: a 3-master cluster with a replica each,
+    every semirec topic with 3 partitions (exported), two tritonservers listed; Ctrl-C stops
+    all of it, the cluster's nodes included, in order."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from semirec.core.redis_client import sync_redis_client
+    from semirec.core.settings import Topics
+
+    job = Job(["stack", "up", "--json", "--redis-cluster", "--partitions", "3", "--tritons", "2"],
+              {**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        addrs = json.loads(job.wait_for(r"^\{", job.out, timeout=180))
+        kids = descendants(job.proc.pid)
+        assert addrs["redis"].startswith("redis+cluster://") and addrs["event_partitions"] == 3
+        grpc, metrics = addrs["triton_grpc"].split(","), addrs["triton_metrics"].split(",")
+        assert len(grpc) == len(set(grpc)) == 2 and len(metrics) == 2
+        for m in metrics:
+            with urllib.request.urlopen(f"http://{m}/metrics") as r:
+                assert r.status == 200
+        client = sync_redis_client(addrs["redis"])
+        deadline = time.monotonic() + 20  # the replicas' roles spread by gossip
+        while True:
+            nodes = client.cluster_nodes()
+            roles = sorted("master" if "master" in n["flags"] else "slave" for n in nodes.values())
+            if roles == ["master"] * 3 + ["slave"] * 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert roles == ["master"] * 3 + ["slave"] * 3, nodes
+        assert client.cluster_info()["cluster_state"] == "ok"
+        client.close()
+
+        async def counts() -> dict[str, int]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=addrs["kafka"])
+            await admin.start()
+            try:
+                return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+            finally:
+                await admin.close()
+
+        got = asyncio.run(counts())
+        names = [getattr(Topics(), f) for f in Topics.__dataclass_fields__]
+        assert {n: got.get(n) for n in names} == {n: 1 if n == "model-updates" else 3 for n in names}
+        # the cluster's 6 nodes, 2 tritonservers and the broker
+        assert len(children(job.proc.pid)) == 9
+    except BaseException:
+        job.kill()
+        raise
+    job.ctrl_c(timeout=20)
+    assert job.proc.returncode == 0, job.text
+    stopped = [ln.split(" (")[0] for ln in job.err if ln.startswith("stopped ")]
+    assert stopped == ["stopped tritonserver 2", "stopped tritonserver",
+                       "stopped Redis Cluster", "stopped Tansu broker"], job.text
+    assert not [k for k in kids if alive(k)]
+    assert not list(tmp_path.glob("semirec-stack-*")), "temp dir left behind"

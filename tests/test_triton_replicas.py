@@ -175,6 +175,31 @@ def test_no_version_is_pruned_while_a_server_holds_it(servers, checkpoints) -> N
     assert set(tight.versions()) == {*tight.versions()[-2:], aliases["serving"], aliases["previous"]}
 
 
+async def test_a_shared_memory_region_in_use_outlives_a_concurrent_drop(
+        servers, checkpoints) -> None:
+    """One call fails (RankerUnavailable) and drops the regions while another call still uses
+    its region: that call writes on, and its region is destroyed when given back, not reused
+    (found by benchmarks/scaleout.py: the recommendation worker crashed with a TypeError
+    writing into a destroyed region)."""
+    stacks, repo_dir = servers
+    repo = ModelRepository(repo_dir, ",".join(urls(stacks)))
+    repo.promote(repo.export(checkpoints[0]))
+    ranker = TritonRanker(urls(stacks)[0], timeout_s=5, shared_memory=True)
+    tensors = example_batch(1, D, 2, 2, 3)
+    try:
+        want, _ = await ranker.rank(tensors)
+        held = await ranker._region(sum(v.nbytes for v in tensors.values()))  # a call's region
+        await ranker._drop_regions()  # another call failed meanwhile
+        held.write(tensors["video"], 0)  # the first call goes on writing its inputs
+        await ranker._give_back(held)
+        assert ranker._regions == [] and ranker._all_regions == []
+        got, _ = await ranker.rank(tensors)  # a new region
+        assert np.array_equal(got, want) and len(ranker._all_regions) == 1
+    finally:
+        await ranker.close()
+    assert not ranker._all_regions
+
+
 async def test_the_ranker_spreads_calls_survives_a_server_going_away_and_shows_skew(
         servers, checkpoints, caplog: pytest.LogCaptureFixture) -> None:
     stacks, repo_dir = servers
@@ -240,3 +265,4 @@ async def test_the_ranker_spreads_calls_survives_a_server_going_away_and_shows_s
     finally:
         await ranker.close()
     assert np.isfinite(scores).all()
+

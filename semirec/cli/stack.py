@@ -31,10 +31,21 @@ def stack() -> None:
               help="Leave a component out (repeatable).")
 @click.option("--model-repository", type=click.Path(file_okay=False, path_type=Path),
               default=DEFAULT_MODEL_REPOSITORY, show_default=True)
+@click.option("--redis-cluster", is_flag=True,
+              help="A local Redis Cluster (3 masters, 1 replica each) instead of one "
+                   "redis-server; redis is then a redis+cluster:// URL.")
+@click.option("--partitions", type=click.IntRange(1), default=None,
+              help="Create every semirec topic with N partitions and export "
+                   "SEMIREC_EVENT_PARTITIONS=N (default: the workers create them).")
+@click.option("--tritons", type=click.IntRange(1), default=1, show_default=True,
+              help="N tritonservers on the one model repository; SEMIREC_TRITON_GRPC lists them.")
 def up(as_json: bool, directory: Path | None, without: tuple[str, ...],
-       model_repository: Path) -> None:
+       model_repository: Path, redis_cluster: bool, partitions: int | None,
+       tritons: int) -> None:
     """Start the stack on free ports, print its addresses, run until SIGINT/SIGTERM/SIGHUP;
-    then stop Triton, redis and the broker in that order, one stderr line each."""
+    then stop Triton, redis and the broker in that order, one stderr line each.
+
+    Scale-out on one machine: `--redis-cluster --partitions 3 --tritons 2`."""
     stop = threading.Event()
     starting = True
 
@@ -47,7 +58,8 @@ def up(as_json: bool, directory: Path | None, without: tuple[str, ...],
         signal.signal(sig, on_signal)
     components = [c for c in COMPONENTS if c not in without]
     s = EmbeddedStack(components, directory=directory, model_repository=model_repository,
-                      on_stop=print_stopped)
+                      on_stop=print_stopped, redis_cluster=redis_cluster, partitions=partitions,
+                      tritons=tritons)
     try:
         s.start()
         starting = False

@@ -7,15 +7,17 @@ For tests and local scale-out runs (not production: no persistence tuning, loopb
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 
-from semirec.core.stack import StackError, _port_free, redis_binary
+from semirec.core.stack import StackError, _port_free, die_with_parent, redis_binary
 
 
 def node_port() -> int:
@@ -109,8 +111,13 @@ class LocalRedisCluster:
                 "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
                 "--dir", str(node_dir), "--daemonize", "no"]
         with open(node_dir / "redis.log", "ab") as log:
-            self.procs[port] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL)
+            # like the embedded stack's children: out of the terminal's process group (Ctrl-C
+            # is for the parent, which stops us), and dead with the parent even on SIGKILL
+            # (PR_SET_PDEATHSIG follows the forking thread: only from the main thread)
+            main = threading.current_thread() is threading.main_thread()
+            self.procs[port] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=die_with_parent(os.getpid()) if main else None)
         if port not in self.ports:
             self.ports.append(port)
         deadline = time.monotonic() + self.timeout

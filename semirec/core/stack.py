@@ -1,5 +1,11 @@
 """The embedded stack: a Kafka-protocol broker (Tansu), redis-server and tritonserver (CPU).
 
+Scale-out options (``semirec stack up --redis-cluster --partitions N --tritons N``): a local
+Redis Cluster (3 masters, one replica each: :class:`semirec.core.redis_cluster.LocalRedisCluster`)
+instead of one redis-server, every semirec topic created with N partitions (and
+``SEMIREC_EVENT_PARTITIONS=N`` exported), and N tritonservers on one model repository
+(``SEMIREC_TRITON_GRPC`` lists them all).
+
 Each service runs as a child process on a free loopback port, in a private temporary
 directory. :class:`EmbeddedStack` is a context manager used by ``semirec stack up`` and by
 the pytest fixtures alike; leaving it stops every child, in reverse start order, and removes
@@ -30,11 +36,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from semirec.core.settings import REPO_MODEL_REPOSITORY as DEFAULT_MODEL_REPOSITORY
 
+if TYPE_CHECKING:
+    from semirec.core.redis_cluster import LocalRedisCluster
+
 COMPONENTS = ("kafka", "redis", "triton")
 LABELS = {"kafka": "Tansu broker", "redis": "redis-server", "triton": "tritonserver"}
+CLUSTER_MASTERS, CLUSTER_REPLICAS = 3, 1  # --redis-cluster: 3 masters, one replica each
 STOP_TIMEOUT_S = 5.0  # per component: SIGTERM, then SIGKILL to its process group
 TRITON_EXIT_TIMEOUT_S = 3  # tritonserver's own wait for in-flight requests on SIGTERM (default 30)
 
@@ -52,8 +63,9 @@ class StackAddresses:
     triton_grpc: str | None = None
     triton_http: str | None = None
     triton_metrics: str | None = None
+    event_partitions: int | None = None  # set when the stack created the topics (--partitions)
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> dict[str, str | int | None]:
         return asdict(self)
 
     def env(self) -> dict[str, str]:
@@ -67,7 +79,20 @@ class StackAddresses:
             env["SEMIREC_TRITON_GRPC"] = self.triton_grpc
         if self.triton_http:
             env["SEMIREC_TRITON_HTTP"] = self.triton_http
+        if self.event_partitions:
+            env["SEMIREC_EVENT_PARTITIONS"] = str(self.event_partitions)
         return env
+
+
+def triton_name(i: int) -> str:
+    """Component name of the ``i``-th tritonserver (0-based): ``triton``, ``triton-2``, ..."""
+    return "triton" if i == 0 else f"triton-{i + 1}"
+
+
+def label(name: str) -> str:
+    """``tritonserver 2`` for ``triton-2``; :data:`LABELS` otherwise."""
+    base, _, n = name.partition("-")
+    return LABELS[base] + (f" {n}" if n else "")
 
 
 LOCAL_GROUP_TIMINGS = {
@@ -229,11 +254,20 @@ class EmbeddedStack:
         redis_appendonly: bool = True,
         on_stop: StopReport | None = None,
         triton_load: Iterable[str] = (),
+        redis_cluster: bool = False,
+        partitions: int | None = None,
+        tritons: int = 1,
     ) -> None:
         self.components = tuple(components)
         unknown = set(self.components) - set(COMPONENTS)
         if unknown:
             raise StackError(f"unknown stack component(s): {sorted(unknown)}; known: {COMPONENTS}")
+        if tritons < 1 or (partitions is not None and partitions < 1):
+            raise StackError("tritons and partitions must be >= 1")
+        self.redis_cluster = redis_cluster  # a LocalRedisCluster instead of one redis-server
+        self.partitions = partitions  # create every semirec topic with this many partitions
+        self.tritons = tritons  # tritonservers on the one model repository
+        self.cluster: LocalRedisCluster | None = None
         self._own_dir = directory is None
         self.dir = Path(directory or tempfile.mkdtemp(prefix="semirec-stack-"))
         self.model_repository = Path(model_repository)
@@ -254,24 +288,31 @@ class EmbeddedStack:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             found: dict[str, str] = {}
+            partitions = None
             if "kafka" in self.components:
                 found["kafka"] = self._start_kafka()
+                if self.partitions is not None:
+                    partitions = self._create_topics(found["kafka"], self.partitions)
             if "redis" in self.components:
-                found["redis"] = self._start_redis()
+                found["redis"] = self._start_cluster() if self.redis_cluster else self._start_redis()
             if "triton" in self.components:
-                found.update(self._start_triton())
+                found.update(self._start_tritons())
         except BaseException:
             self.stop()
             raise
-        self.addresses = StackAddresses(**found)
+        self.addresses = StackAddresses(**found, event_partitions=partitions)
         return self.addresses
 
     def stop(self) -> None:
         """Stop the components in reverse start order (Triton, redis, the broker), one by one."""
         for name in reversed(list(self.procs)):
+            if name == "kafka" and self.cluster is not None:  # redis started after the broker
+                self._stop_cluster()
             seconds, how = stop_process(self.procs.pop(name), STOP_TIMEOUT_S)
             if self.on_stop is not None:
-                self.on_stop(LABELS[name], seconds, how)
+                self.on_stop(label(name), seconds, how)
+        if self.cluster is not None:
+            self._stop_cluster()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -304,8 +345,12 @@ class EmbeddedStack:
                 time.sleep(1.0)
 
     def dead(self) -> list[str]:
-        """Names of components whose process has exited."""
-        return [name for name, p in self.procs.items() if p.poll() is not None]
+        """Names of components whose process has exited (a cluster node: ``redis:<port>``)."""
+        dead = [name for name, p in self.procs.items() if p.poll() is not None]
+        if self.cluster is not None:
+            dead += [f"redis:{port}" for port, p in self.cluster.procs.items()
+                     if p.poll() is not None]
+        return dead
 
     # -- components -------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Path:
@@ -333,6 +378,40 @@ class EmbeddedStack:
         self._argv["kafka"] = (argv, env, lambda: _port_open(port), [port])
         _wait("Tansu broker", lambda: _port_open(port), self.procs["kafka"], log, self.timeout)
         return f"127.0.0.1:{port}"
+
+    def _create_topics(self, kafka: str, partitions: int) -> int:
+        """Every semirec topic (default names) with ``partitions`` partitions
+        (``model-updates``: 1, as the trainer makes it)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        from semirec.core.kafka import ensure_topics, ingest_topics, serving_topics
+        from semirec.core.settings import Settings
+
+        s = Settings(kafka=kafka, event_partitions=partitions)
+        topics = {**ingest_topics(s), **serving_topics(s), s.topics.items: partitions,
+                  s.topics.samples: partitions, s.topics.model_updates: 1}
+        with ThreadPoolExecutor(1) as pool:  # a loop of its own: the caller may be in one
+            pool.submit(asyncio.run, ensure_topics(s, topics)).result()
+        return partitions
+
+    def _start_cluster(self) -> str:
+        from semirec.core.redis_cluster import LocalRedisCluster
+
+        self.cluster = LocalRedisCluster(CLUSTER_MASTERS, CLUSTER_REPLICAS,
+                                         directory=self.dir / "redis-cluster",
+                                         timeout=self.timeout)
+        self.cluster.start()
+        return self.cluster.url
+
+    def _stop_cluster(self) -> None:
+        assert self.cluster is not None
+        t0 = time.monotonic()
+        self.cluster.stop()
+        self.cluster = None
+        if self.on_stop is not None:
+            self.on_stop(f"Redis Cluster ({CLUSTER_MASTERS * (1 + CLUSTER_REPLICAS)} nodes)",
+                         time.monotonic() - t0, "stopped")
 
     def _start_redis(self) -> str:
         port = free_port()
@@ -371,11 +450,21 @@ class EmbeddedStack:
                 link.symlink_to(target)
         return backends.parent
 
-    def _start_triton(self) -> dict[str, str]:
+    def _start_tritons(self) -> dict[str, str]:
+        """``self.tritons`` servers on the one repository: all spawned, then each awaited;
+        their addresses comma-separated (the first is ``triton``, then ``triton-2``, ...)."""
+        ports = free_ports(3 * self.tritons)  # all chosen before any server binds its own
+        waits = [self._start_triton(triton_name(i), ports[3 * i: 3 * i + 3])
+                 for i in range(self.tritons)]
+        found = [wait() for wait in waits]
+        return {key: ",".join(f[key] for f in found) for key in found[0]}
+
+    def _start_triton(self, name: str, ports: list[int]) -> Callable[[], dict[str, str]]:
+        """Spawn one tritonserver; returns the function that waits until it is ready."""
         home = triton_home()
         if not self.model_repository.is_dir():
             raise StackError(f"Triton model repository {self.model_repository} does not exist")
-        http, grpc, metrics = free_ports(3)
+        http, grpc, metrics = ports
         venv_bin = str(Path(sys.executable).parent)
         env = dict(os.environ)
         # The python-backend stub takes sys.prefix from the first python3 on PATH and links
@@ -400,7 +489,7 @@ class EmbeddedStack:
             # ready even while a model to load has no version yet (nothing exported)
             *(["--strict-readiness=false"] if self.triton_load else []),
         ]
-        log = self._spawn("triton", argv, env)
+        log = self._spawn(name, argv, env)
 
         def ready() -> bool:
             # Ready means every endpoint we advertise answers, not just /v2/health/ready.
@@ -415,13 +504,17 @@ class EmbeddedStack:
                     and _port_open(grpc)
                     and _http_ok(f"http://127.0.0.1:{metrics}/metrics"))
 
-        self._argv["triton"] = (argv, env, ready, [http, grpc, metrics])
-        _wait("tritonserver", ready, self.procs["triton"], log, self.timeout)
-        return {
-            "triton_grpc": f"127.0.0.1:{grpc}",
-            "triton_http": f"127.0.0.1:{http}",
-            "triton_metrics": f"127.0.0.1:{metrics}",
-        }
+        self._argv[name] = (argv, env, ready, [http, grpc, metrics])
+
+        def wait() -> dict[str, str]:
+            _wait(label(name), ready, self.procs[name], log, self.timeout)
+            return {
+                "triton_grpc": f"127.0.0.1:{grpc}",
+                "triton_http": f"127.0.0.1:{http}",
+                "triton_metrics": f"127.0.0.1:{metrics}",
+            }
+
+        return wait
 
 
 @contextmanager

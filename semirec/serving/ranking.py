@@ -77,7 +77,9 @@ class TritonRanker:
         # inputs through system shared memory (Triton on this host): no 2 MB protobuf per call
         self.shared_memory = shared_memory
         self._regions: list[_Region] = []  # free, registered with the server
-        self._all_regions: list[_Region] = []
+        self._all_regions: list[_Region] = []  # free or in use by a call
+        self._epoch = 0  # bumped when the regions are dropped: older ones die when given back
+        self._made = 0
 
     async def identity_buckets(self) -> int:
         """The serving model's item-identity bucket count (0: it takes no identity inputs),
@@ -121,11 +123,10 @@ class TritonRanker:
         except RankerUnavailable:
             if region is not None:  # perhaps a restarted server that forgot the regions
                 await self._drop_regions()
-                region = None
             raise
         finally:
             if region is not None:
-                self._regions.append(region)
+                await self._give_back(region)
 
     async def _region(self, nbytes: int) -> _Region:
         """A free registered region of at least ``nbytes`` (a new one when none is free)."""
@@ -137,9 +138,10 @@ class TritonRanker:
         import tritonclient.utils.shared_memory as shm
 
         size = max(nbytes, 4 << 20)
-        name = f"semirec-{os.getpid()}-{id(self)}-{len(self._all_regions)}"
+        self._made += 1  # names never reused: a dropped region may still be in use
+        name = f"semirec-{os.getpid()}-{id(self)}-{self._made}"
         handle = shm.create_shared_memory_region(name, "/" + name, size)
-        region = _Region(name, size, handle)
+        region = _Region(name, size, handle, self._epoch)
         self._all_regions.append(region)
         try:
             await self.client.register_system_shared_memory(name, "/" + name, size,
@@ -151,14 +153,28 @@ class TritonRanker:
         return region
 
     async def _drop_regions(self) -> None:
+        """Forget every region (the server may have forgotten them): the free ones now, those a
+        concurrent call is using when it gives them back (it still writes into its own)."""
+        self._epoch += 1
+        free, self._regions = self._regions, []
+        for region in free:
+            await self._destroy(region)
+
+    async def _give_back(self, region: _Region) -> None:
+        """After a call: free for the next one, or destroyed if dropped meanwhile."""
+        if region.epoch == self._epoch:
+            self._regions.append(region)
+        else:
+            await self._destroy(region)
+
+    async def _destroy(self, region: _Region) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        for region in self._all_regions:
-            with suppress(Exception):  # the server is gone or forgot it: nothing to undo there
-                await self.client.unregister_system_shared_memory(region.name,
-                                                                  client_timeout=self.timeout_s)
-            shm.destroy_shared_memory_region(region.handle)
-        self._regions, self._all_regions = [], []
+        with suppress(Exception):  # the server is gone or forgot it: nothing to undo there
+            await self.client.unregister_system_shared_memory(region.name,
+                                                              client_timeout=self.timeout_s)
+        shm.destroy_shared_memory_region(region.handle)
+        self._all_regions.remove(region)
 
     async def _infer(self, inputs: list) -> tuple[np.ndarray, str]:
         try:
@@ -356,10 +372,10 @@ def triton_ranker(addresses: str, *, timeout_s: float, shared_memory: bool = Fal
 class _Region:
     """A system shared-memory region registered with Triton."""
 
-    __slots__ = ("handle", "name", "size")
+    __slots__ = ("epoch", "handle", "name", "size")
 
-    def __init__(self, name: str, size: int, handle: object) -> None:
-        self.name, self.size, self.handle = name, size, handle
+    def __init__(self, name: str, size: int, handle: object, epoch: int = 0) -> None:
+        self.name, self.size, self.handle, self.epoch = name, size, handle, epoch
 
     def write(self, value: np.ndarray, offset: int) -> None:
         buf = self.handle._mpsm_handle.buf  # type: ignore[attr-defined]
