@@ -34,5 +34,6 @@ async def test_scale_out_survives_every_fault_exactly(tmp_path: Path) -> None:
     failover = faults["redis_failover"]
     assert failover["old_master_role"] == "slave" and failover["new_master_role"] == "master"
     assert f"127.0.0.1:{failover['new_master']}" in out["redis_ops_per_node"]
-    # the recommendation workers saw both versions answering during the swaps
-    assert out["version_skew_s"] > 0
+    # skew (replicas answering different versions) only while a swap is under way, never for the
+    # rest of the run; whether a call lands inside a swap window at all is up to timing
+    assert 0 <= out["version_skew_s"] < 0.5 * out["seconds"]["total"], out
