@@ -149,16 +149,19 @@ def register_recommend(app: Any, settings: Settings) -> None:
     """Attach the recommendation agents to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
     from semirec.streams.dlq import dead_letter_sink
+    from semirec.streams.publish import publish_many
+    from semirec.streams.runtime import runtime_of
 
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     requests = raw_topic(app, settings.topics.recommendation_requests, settings.event_partitions)
-    out = raw_topic(app, settings.topics.recommendations, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="recommend")
+    partitioner = runtime_of(app).partitioner
 
     async def publish(recs: list[tuple[Recommendation, str]]) -> None:
-        futures = [await out.send(key=key.encode(), value=encode(rec)) for rec, key in recs]
-        for fut in futures:
-            await fut
+        # one producer batch per partition (as ingest's notices), not faust's per-message send
+        await publish_many(app.producer._ensure_producer(), settings.topics.recommendations,
+                           [(key.encode(), encode(rec)) for rec, key in recs],
+                           partitioner=partitioner)
 
     processor: RecommendProcessor | None = None
 
