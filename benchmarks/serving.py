@@ -374,6 +374,12 @@ async def main_async(args: argparse.Namespace) -> dict:
                     args.profile_workers))
                 result["worker_env"] = worker_env
     finally:
+        steady = result.get("freshness_steady")
+        if steady is not None and steady["received"] < 0.99 * steady["sent"]:
+            for name in ("ingest", "recommend"):  # why the workers did not deliver
+                with suppress(OSError):
+                    tail = (work / f"{name}.log").read_text(errors="replace").splitlines()[-40:]
+                    print(f"--- {name} worker log (tail) ---", *tail, sep="\n", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
     finish(result, at_start)
     result["load_avg_1m_end"] = result["machine"]["load_avg_at_end"][0]

@@ -171,8 +171,8 @@ class Settings:
     rank_batch: int = 8  # users ranked in one Triton call (one gRPC request, one model run)
     # how long the recommendation agents may hold a batch open for more notices, only while the
     # last second's rate predicts another within it (a quiet stream never waits): fuller Triton
-    # calls under load (docs/serving.md); 0 = off
-    rank_linger_ms: int = 20
+    # calls under load, for latency at 50-150/s (docs/serving.md: measured, off by default); 0 = off
+    rank_linger_ms: int = 0
     publish_candidates: int = 0  # 1 = recommendations carry every candidate id (diagnostics)
 
     @classmethod

@@ -187,7 +187,7 @@ def register_recommend(app: Any, settings: Settings) -> None:
     # faust's per-message path, and a window that closes as soon as the fetch is handed over
     for topic, name, handler in ((updates, "recommend-updates", on_updates),
                                  (requests, "recommend-requests", on_requests)):
-        # under load the batch lingers (SEMIREC_RANK_LINGER_MS) for up to a full Triton call
+        # with SEMIREC_RANK_LINGER_MS a busy stream lingers for up to a full Triton call
         BatchAgent(app, topic, name, handler, batch_max=settings.rec_concurrency * 16,
                    within_s=0.005, linger_s=settings.rank_linger_ms / 1000,
                    linger_max=settings.rank_batch, exit_delay_s=settings.crash_exit_delay_s)
