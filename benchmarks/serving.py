@@ -40,7 +40,7 @@
 Weights are random (cost does not depend on them). ``--ranker-precision fp32|int8`` (default:
 ``SEMIREC_RANKER_PRECISION``'s) picks the ranker's graph in Triton and in process
 (``ranker_precision`` in the JSON). Usage:
-  python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness]
+  python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
                                [--worker-env KEY=VALUE ...] [--ranker-precision P] [--json]
 """
 
@@ -276,7 +276,8 @@ def sustained(run: dict) -> bool:
 
 
 async def bench_freshness(settings: Settings, seconds: float, log: Path,
-                          stack_pids: dict[str, int], worker_env: dict[str, str]) -> dict:
+                          stack_pids: dict[str, int], worker_env: dict[str, str],
+                          profile_dir: Path | None = None) -> dict:
     from tests.conftest import settings_env  # the child's environment, as the tests build it
 
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
@@ -286,9 +287,11 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
     # processes and consumer groups
     for agent, group in (("ingest", settings.events_group),
                          ("recommend", f"{settings.events_group}-recommend")):
+        # --profile-workers: each worker under cProfile (its stats written when it stops)
+        prof = [] if profile_dir is None else ["-m", "cProfile", "-o", str(profile_dir / f"{agent}.prof")]
         with open(log.with_name(f"{agent}.log"), "ab") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "semirec", "worker", "--agent", agent],
+                [sys.executable, *prof, "-m", "semirec", "worker", "--agent", agent],
                 env={**env, "SEMIREC_CONSUMER_GROUP": group}, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True))
     try:
@@ -367,9 +370,16 @@ async def main_async(args: argparse.Namespace) -> dict:
                 await put_catalog(settings.redis_url, 10_000, 2000)
                 result.update(await bench_freshness(
                     settings, args.seconds * 2, work / "worker.log",
-                    {name: proc.pid for name, proc in stack.procs.items()}, worker_env))
+                    {name: proc.pid for name, proc in stack.procs.items()}, worker_env,
+                    args.profile_workers))
                 result["worker_env"] = worker_env
     finally:
+        steady = result.get("freshness_steady")
+        if steady is not None and steady["received"] < 0.99 * steady["sent"]:
+            for name in ("ingest", "recommend"):  # why the workers did not deliver
+                with suppress(OSError):
+                    tail = (work / f"{name}.log").read_text(errors="replace").splitlines()[-40:]
+                    print(f"--- {name} worker log (tail) ---", *tail, sep="\n", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
     finish(result, at_start)
     result["load_avg_1m_end"] = result["machine"]["load_avg_at_end"][0]
@@ -387,7 +397,13 @@ def main() -> None:
     parser.add_argument("--ranker-precision", choices=("fp32", "int8"), default=None,
                         help="the ranker's graph in Triton and in process (default: "
                              "SEMIREC_RANKER_PRECISION's)")
+    parser.add_argument("--profile-workers", type=Path, default=None, metavar="DIR",
+                        help="run the two workers under cProfile, stats to DIR/{ingest,recommend}.prof "
+                             "(the profiler's own cost inflates their CPU figures)")
     args = parser.parse_args()
+    if args.profile_workers is not None:
+        args.profile_workers = args.profile_workers.resolve()
+        args.profile_workers.mkdir(parents=True, exist_ok=True)
     args.ranker_precision = args.ranker_precision or Settings.from_env().ranker_precision
     result = asyncio.run(main_async(args))
     print_describe(result["machine"])

@@ -182,3 +182,51 @@ async def test_the_window_closes_once_the_fetch_is_handed_over(settings, close_o
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize("busy", [True, False])
+async def test_a_busy_stream_lingers_for_a_fuller_batch(settings, busy) -> None:
+    """With ``linger_s`` a batch whose fetch was handed over stays open while the last second's
+    rate predicts more before the linger ends, and goes once it holds ``linger_max`` messages;
+    on a quiet stream it goes at once."""
+    app = create_app(settings, app_id=f"linger-test-{busy}")
+    loop = asyncio.get_running_loop()
+    got: list[tuple[float, list[int]]] = []
+
+    async def handler(messages) -> None:
+        got.append((loop.time(), [m.offset for m in messages]))
+
+    linger = 0.8
+    agent = BatchAgent(app, raw_topic(app, "linger", 1), "linger", handler, batch_max=100,
+                       within_s=0.005, linger_s=linger, linger_max=3)
+    consumer = app.consumer
+    tp = TopicPartition("linger", 0)
+    consumer.assignment = lambda: {tp}
+    consumer._committed_offset[tp] = 0
+    gen = app.consumer_generation_id
+    if busy:
+        agent.rate.add(loop.time(), 20)  # the last second brought 20 messages
+    task = asyncio.ensure_future(agent._run(app))
+    try:
+        start = loop.time()
+        for fetch, offset in enumerate((0, 1) if busy else (0,), start=1):  # one per fetch
+            consumer.fetches = fetch
+            agent.queue.force_put_nowait(Batch(tp, records(tp, [offset]), gen, fetch))
+            consumer._fetch_handed_over()
+            await asyncio.sleep(0.1)
+        if not busy:  # 1 message in the last second: none more is due within the linger
+            assert [offsets for _, offsets in got] == [[0]]
+            assert got[0][0] - start < 0.05
+            return
+        assert not got, "busy: the batch lingers for more"
+        consumer.fetches = 3
+        agent.queue.force_put_nowait(Batch(tp, records(tp, [2]), gen, 3))
+        consumer._fetch_handed_over()
+        while not got and loop.time() - start < 3 * linger:
+            await asyncio.sleep(0.01)
+        assert [offsets for _, offsets in got] == [[0, 1, 2]]
+        assert got[0][0] - start < 0.75 * linger, "full at linger_max: no waiting for the rest"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

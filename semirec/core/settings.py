@@ -169,6 +169,10 @@ class Settings:
     popularity_window_hours: int = 24  # event-time window of the popularity source
     rec_concurrency: int = 16  # recommendations in flight per agent
     rank_batch: int = 8  # users ranked in one Triton call (one gRPC request, one model run)
+    # how long the recommendation agents may hold a batch open for more notices, only while the
+    # last second's rate predicts another within it (a quiet stream never waits): fuller Triton
+    # calls under load, for latency at 50-150/s (docs/serving.md: measured, off by default); 0 = off
+    rank_linger_ms: int = 0
     publish_candidates: int = 0  # 1 = recommendations carry every candidate id (diagnostics)
 
     @classmethod
@@ -254,10 +258,11 @@ class Settings:
         if not 1 <= self.recall_candidates <= 10_000:
             raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
         if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1 \
-                or not 1 <= self.rank_batch <= 64:
+                or not 1 <= self.rank_batch <= 64 or self.rank_linger_ms < 0:
             raise SettingsError("SEMIREC_RANK_TIMEOUT_MS, SEMIREC_REC_CONCURRENCY and "
                                 "SEMIREC_POPULARITY_WINDOW_HOURS must be positive, "
-                                "SEMIREC_RANK_BATCH 1..64 (the ranker's max_batch_size)")
+                                "SEMIREC_RANK_BATCH 1..64 (the ranker's max_batch_size), "
+                                "SEMIREC_RANK_LINGER_MS >= 0")
 
     def group_for(self, agents: Sequence[str]) -> str:
         """The consumer group a worker running ``agents`` joins (see ``consumer_group``)."""

@@ -103,7 +103,7 @@ LOCAL_GROUP_TIMINGS = {
     # Tansu answers a fetch only when its wait runs out, even with data waiting
     "SEMIREC_FETCH_MAX_WAIT_MS": "50",
     # the user-updates hop of the recommendation worker: freshness at low rates (docs/serving.md)
-    "SEMIREC_REC_FETCH_MAX_WAIT_MS": "10",
+    "SEMIREC_REC_FETCH_MAX_WAIT_MS": "25",
     # tritonserver runs on this host: the ranker's inputs through system shared memory
     "SEMIREC_TRITON_SHARED_MEMORY": "1",
 }

@@ -37,21 +37,32 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
 
-        feeds = [{name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs}
-                 for r in requests]
-        groups: dict[tuple, list[int]] = {}
-        for i, feed in enumerate(feeds):
-            groups.setdefault(tuple(feed[n].shape[1:] for n in self.inputs), []).append(i)
-        results: list[list[np.ndarray] | None] = [None] * len(requests)
-        for members in groups.values():
-            batch = {n: np.concatenate([feeds[i][n] for i in members]) for n in self.inputs}
-            outs = self.session.run(self.outputs, batch)
-            sizes = np.cumsum([len(feeds[i][self.inputs[0]]) for i in members])[:-1]
-            for out in outs:
-                for i, part in zip(members, np.split(out, sizes), strict=True):
-                    results[i] = [*(results[i] or []), part]
+        get = pb_utils.get_input_tensor_by_name
+        feeds = [[get(r, name).as_numpy() for name in self.inputs] for r in requests]
+        if len(feeds) == 1:  # the usual call (one request, its own batch): no copies
+            results: list[list[np.ndarray] | None] = [self._run(feeds[0])]
+        else:
+            groups: dict[tuple, list[int]] = {}
+            for i, feed in enumerate(feeds):
+                groups.setdefault(tuple(t.shape[1:] for t in feed), []).append(i)
+            results = [None] * len(requests)
+            for members in groups.values():
+                if len(members) == 1:
+                    results[members[0]] = self._run(feeds[members[0]])
+                    continue
+                outs = self._run([np.concatenate([feeds[i][k] for i in members])
+                                  for k in range(len(self.inputs))])
+                lo = 0
+                for i in members:
+                    hi = lo + len(feeds[i][0])
+                    results[i] = [out[lo:hi] for out in outs]
+                    lo = hi
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o))
                                         for n, o in zip(self.outputs, res or [], strict=True)])
             for res in results
         ]
+
+    def _run(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        """One onnxruntime run over ``tensors`` (in the config's input order)."""
+        return self.session.run(self.outputs, dict(zip(self.inputs, tensors, strict=True)))

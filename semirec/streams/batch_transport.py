@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -272,6 +273,31 @@ def use_batch_transport(app: Any) -> None:
         app.transport = BatchTransport(app.conf.broker_consumer, app)
 
 
+class ArrivalRate:
+    """Messages per second over the last ``span_s`` seconds (of a monotonic clock)."""
+
+    __slots__ = ("_seen", "_total", "span_s")
+
+    def __init__(self, span_s: float = 1.0) -> None:
+        self.span_s = span_s
+        self._seen: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def add(self, now: float, n: int) -> None:
+        self._seen.append((now, n))
+        self._total += n
+        self._trim(now)
+
+    def per_s(self, now: float) -> float:
+        self._trim(now)
+        return self._total / self.span_s
+
+    def _trim(self, now: float) -> None:
+        seen = self._seen
+        while seen and seen[0][0] <= now - self.span_s:
+            self._total -= seen.popleft()[1]
+
+
 class BatchAgent:
     """Consumes one topic in batches: ``handler(messages)`` per batch, acked once it returned.
 
@@ -280,13 +306,18 @@ class BatchAgent:
     pass it). With ``close_on_fetch`` (the default) the window closes as soon as the fetch result
     that brought the last slice is handed over completely and nothing else is queued: a quiet
     stream does not wait ``within_s`` for nothing, while under load the slices that queued up
-    meanwhile are still joined. An error it raises stops the worker without acking (docs/ingest.md). The agent
+    meanwhile are still joined. With ``linger_s`` the window stays open after the fetch, up to
+    ``linger_s`` from the first slice and while the batch holds fewer than ``linger_max``
+    messages, as long as the recent message rate (the last second's) predicts at least one more
+    message before it closes: a busy stream gets fuller batches (per-call costs paid once), a
+    quiet one never waits. An error it raises stops the worker without acking (docs/ingest.md). The agent
     registers in the app's runtime (:func:`semirec.streams.runtime.runtime_of`): its watch, the
     topics it claims, and itself for the health checks.
     """
 
     def __init__(self, app: Any, topic: Any, name: str, handler: BatchHandler, *,
                  batch_max: int, within_s: float = 0.05, close_on_fetch: bool = True,
+                 linger_s: float = 0.0, linger_max: int = 0,
                  exit_delay_s: float | None = None) -> None:
         use_batch_transport(app)
         self.app = app
@@ -297,6 +328,9 @@ class BatchAgent:
         self.batch_max = batch_max
         self.within_s = within_s
         self.close_on_fetch = close_on_fetch
+        self.linger_s = linger_s
+        self.linger_max = linger_max or batch_max
+        self.rate = ArrivalRate()
         self.exit_delay_s = exit_delay_s
         self.queue = app.FlowControlQueue(maxsize=QUEUE_BATCHES, clear_on_resume=True)
         self.progress = runtime.watch(name)
@@ -319,12 +353,21 @@ class BatchAgent:
             while not app.should_stop:
                 batches = [await self.queue.get()]
                 size = len(batches[0].messages)
-                deadline = loop.time() + self.within_s
+                first = loop.time()
+                self.rate.add(first, size)
+                deadline, lingers_until = first + self.within_s, first + self.linger_s
                 while size < self.batch_max:
                     if self.queue.empty():
+                        now = loop.time()
                         if self.close_on_fetch and consumer.fetches_handed_over >= batches[-1].fetch:
-                            break  # the fetch is all here and nothing else queued: no waiting
-                        remaining = deadline - loop.time()
+                            # the fetch is all here and nothing else queued: no waiting, unless
+                            # the stream is busy enough that more is due within the linger
+                            if size >= self.linger_max \
+                                    or self.rate.per_s(now) * (lingers_until - now) < 1.0:
+                                break
+                            remaining = lingers_until - now
+                        else:
+                            remaining = deadline - now
                         if remaining <= 0:
                             break
                         got = await self._next(consumer, remaining)
@@ -334,6 +377,7 @@ class BatchAgent:
                     else:
                         batches.append(self.queue.get_nowait())
                     size += len(batches[-1].messages)
+                    self.rate.add(loop.time(), len(batches[-1].messages))
                 await self._process(consumer, batches)
                 del batches
         except asyncio.CancelledError:

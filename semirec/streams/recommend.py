@@ -149,16 +149,19 @@ def register_recommend(app: Any, settings: Settings) -> None:
     """Attach the recommendation agents to a faust app built by :func:`semirec.streams.app.create_app`."""
     from semirec.streams.app import raw_topic
     from semirec.streams.dlq import dead_letter_sink
+    from semirec.streams.publish import publish_many
+    from semirec.streams.runtime import runtime_of
 
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     requests = raw_topic(app, settings.topics.recommendation_requests, settings.event_partitions)
-    out = raw_topic(app, settings.topics.recommendations, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="recommend")
+    partitioner = runtime_of(app).partitioner
 
     async def publish(recs: list[tuple[Recommendation, str]]) -> None:
-        futures = [await out.send(key=key.encode(), value=encode(rec)) for rec, key in recs]
-        for fut in futures:
-            await fut
+        # one producer batch per partition (as ingest's notices), not faust's per-message send
+        await publish_many(app.producer._ensure_producer(), settings.topics.recommendations,
+                           [(key.encode(), encode(rec)) for rec, key in recs],
+                           partitioner=partitioner)
 
     processor: RecommendProcessor | None = None
 
@@ -184,5 +187,7 @@ def register_recommend(app: Any, settings: Settings) -> None:
     # faust's per-message path, and a window that closes as soon as the fetch is handed over
     for topic, name, handler in ((updates, "recommend-updates", on_updates),
                                  (requests, "recommend-requests", on_requests)):
+        # with SEMIREC_RANK_LINGER_MS a busy stream lingers for up to a full Triton call
         BatchAgent(app, topic, name, handler, batch_max=settings.rec_concurrency * 16,
-                   within_s=0.005, exit_delay_s=settings.crash_exit_delay_s)
+                   within_s=0.005, linger_s=settings.rank_linger_ms / 1000,
+                   linger_max=settings.rank_batch, exit_delay_s=settings.crash_exit_delay_s)

@@ -94,7 +94,15 @@ WARMUP_LEN, WARMUP_CANDIDATES = 50, 500
 TRT_PROFILE = {"batch": (1, 8, MAX_BATCH), "len": (1, 50, 255), "candidates": (1, 500, 1000)}
 MODEL_PY = '''"""Triton python backend: serve this version's model.onnx with onnxruntime."""
 
-from semirec.encoders.triton_onnx import TritonPythonModel  # noqa: F401
+import os
+import sys
+
+# the stub's embedded interpreter ignores PYTHONPATH: honour it, so a checkout's own semirec
+# is served rather than the installed one (a no-op where PYTHONPATH is unset)
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                if p and p not in sys.path]
+
+from semirec.encoders.triton_onnx import TritonPythonModel  # noqa: E402, F401
 '''
 
 
