@@ -436,3 +436,27 @@ def test_triton_serves_the_int8_copy_when_asked(stack: EmbeddedStack, checkpoint
     fp32.promote(version)  # the same version back in fp32: the exported graph's scores
     np.testing.assert_allclose(client.infer(MODEL, infer_inputs(batch)).as_numpy("score"),
                                torch_batch_scores(model, batch), atol=1e-5)
+
+
+def test_the_python_backend_shim_serves_the_checkout_named_by_pythonpath(tmp_path: Path) -> None:
+    """Triton's stub ignores PYTHONPATH (as ``python -E`` does): the shim must honour it, or a
+    checkout's tests and benchmarks silently serve the installed semirec."""
+    from semirec.trainer.registry.repository import MODEL_PY
+
+    fake = tmp_path / "checkout" / "semirec" / "encoders"
+    fake.mkdir(parents=True)
+    for d in (fake.parent, fake):
+        (d / "__init__.py").write_text("")
+    (fake / "triton_onnx.py").write_text("TritonPythonModel = 'from the checkout'\n")
+    shim = tmp_path / "model.py"
+    shim.write_text(MODEL_PY)
+    probe = (f"exec(open({str(shim)!r}).read()); import semirec.encoders.triton_onnx as m; "
+             "print(m.TritonPythonModel if isinstance(m.TritonPythonModel, str) else 'installed')")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "checkout")}
+    out = subprocess.run([sys.executable, "-E", "-c", probe], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "from the checkout"
+    env.pop("PYTHONPATH")  # unset: the installed package, as before
+    out = subprocess.run([sys.executable, "-E", "-c", probe], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "installed"
