@@ -207,3 +207,16 @@ def test_quality_log_splits_live_traffic_from_the_history_replay() -> None:
     assert none["online_completion_live"] is None
     assert none["online_completion_first_minute_after_shift"] is None
     assert log.summary()["online_completion_first_minute_after_shift"] is None  # no shift yet
+
+
+def test_truth_diagnostic_refuses_to_guess_the_rankers_encoder(tmp_path, monkeypatch) -> None:
+    """Vectors of another encoder would score the ranker on the wrong items: with no --encoder
+    and nothing in the demo's cache it says so instead of scoring."""
+    from click.testing import CliRunner
+
+    from semirec.sim.truth_diagnostic import main
+
+    monkeypatch.setenv("SEMIREC_DEMO_CACHE", str(tmp_path))
+    result = CliRunner().invoke(main, ["--size", "tiny", "--users", "20", "--json"])
+    assert result.exit_code == 2, result.output
+    assert "not cached" in result.output and "--encoder" in result.output

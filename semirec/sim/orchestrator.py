@@ -220,14 +220,19 @@ async def write_vectors(settings: Settings, items: list[dict[str, Any]], vectors
         await store.close()
 
 
-def demo_encoder(world: Any, cache_dir: Path, run_dir: Path, console: Any) -> Path:
-    """The encoder pre-trained on ``world.items`` (``semirec encoders pretrain``), cached under
-    ``cache_dir/encoders/<digest of the catalog and the pre-training recipe>``; trains it when
-    it is not cached (logs in ``run_dir``)."""
+def demo_encoder_path(world: Any, cache_dir: Path) -> Path:
+    """Where the demo caches the encoder pre-trained on ``world.items``:
+    ``cache_dir/encoders/<digest of the catalog and the pre-training recipe>``."""
     from semirec.encoders.pretrain import RECIPE
     from semirec.trainer.offline.vectors import catalog_digest
 
-    ckpt = Path(cache_dir) / "encoders" / catalog_digest(world.items, f"pretrain-{RECIPE}")
+    return Path(cache_dir) / "encoders" / catalog_digest(world.items, f"pretrain-{RECIPE}")
+
+
+def demo_encoder(world: Any, cache_dir: Path, run_dir: Path, console: Any) -> Path:
+    """The encoder pre-trained on ``world.items`` (``semirec encoders pretrain``), cached at
+    :func:`demo_encoder_path`; trains it when it is not cached (logs in ``run_dir``)."""
+    ckpt = demo_encoder_path(world, cache_dir)
     if (ckpt / "encoder.safetensors").is_file():
         return ckpt
     run_dir.mkdir(parents=True, exist_ok=True)

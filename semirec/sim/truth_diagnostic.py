@@ -154,6 +154,18 @@ def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int 
     return score
 
 
+def demo_encoder_cached(world: Any) -> Path:
+    """The encoder ``semirec demo`` pre-trained for ``world`` (where the demo caches it); a clear
+    error when it is not there: vectors of another encoder would score the ranker on the wrong items."""
+    from semirec.sim.orchestrator import DemoOptions, demo_encoder_path
+
+    ckpt = demo_encoder_path(world, DemoOptions().cache_dir)
+    if not (ckpt / "encoder.safetensors").is_file():
+        raise click.UsageError(f"the demo's encoder for this world is not cached ({ckpt}): run "
+                               "`semirec demo` first or name the ranker's encoder with --encoder")
+    return ckpt
+
+
 @click.command()
 @click.option("--onnx", "model_onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="The ranker's model.onnx (a version folder of the model repository).")
@@ -162,17 +174,22 @@ def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int 
 @click.option("--new-videos", default=30, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cases", default=100, show_default=True)
+@click.option("--encoder", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The item encoder the ranker was trained on. Default: the one `semirec demo` "
+                   "pre-trained for this world (its cache, $SEMIREC_DEMO_CACHE).")
 @click.option("--json", "as_json", is_flag=True)
 def main(model_onnx: Path | None, users: int, size: str, new_videos: int, seed: int, cases: int,
-         as_json: bool) -> None:
+         encoder: Path | None, as_json: bool) -> None:
     """TRUTH DIAGNOSTIC: offline top-10 quality of the ranker, popularity, similarity, random, oracle."""
     from semirec.trainer.offline.vectors import item_vectors
     from semirec.worlds import load_world
 
     world = load_world("world", seed=seed, size=size, users=users, new_videos=new_videos)
-    vectors = item_vectors(world.items)
+    encoder = encoder or demo_encoder_cached(world)
+    vectors = item_vectors(world.items, checkpoint=encoder)
     scorer = onnx_scorer(model_onnx, world, vectors) if model_onnx else None
     result = diagnose(world, vectors, scorer, cases=cases)
+    result["encoder"] = str(encoder)
     click.echo(json.dumps(result) if as_json else
                "\n".join(f"{k}: {v}" for k, v in result.items()))
 
