@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from semirec.core.stack import StackError, _port_free, die_with_parent, redis_binary
+from semirec.core.processes import StackError, _port_free, die_with_parent, redis_binary
 
 
 def node_port() -> int:

