@@ -204,3 +204,49 @@ def test_the_rule_says_whether_title_components_are_within_category() -> None:
     assert choose_split(cat, held_out)["title_within"] is False
     with pytest.raises(ValueError, match="unknown kept rule"):
         choose_split(cat, held_out, rule="heldout-recon-v9")
+
+
+def test_the_tone_axis_is_the_backbones_phrase_difference_outside_the_title_components() -> None:
+    from semirec.encoders.pretrain import TONE_PHRASES, tone_direction
+
+    good, bad = set(TONE_PHRASES[0]), set(TONE_PHRASES[1])
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(10, CFG.text_dim, generator=g).numpy() * 0.1
+    axis_true = np.zeros(CFG.text_dim)
+    axis_true[7] = 1.0
+
+    def text_fn(texts: list[str]) -> np.ndarray:  # a backbone whose feature 7 is the tone
+        assert set(texts) in (good, bad)
+        return noise[: len(texts)] + (1.0 if set(texts) == good else -1.0) * axis_true
+
+    axis = tone_direction(text_fn)
+    assert np.isclose(np.linalg.norm(axis), 1.0) and axis[7] > 0.99
+    cat = synthetic_catalog()
+    held_out = holdout_mask([str(i) for i in range(len(cat))], 0.25, 0)
+    fusion = ItemFusion(CFG)  # 5 title dimensions: 4 components and the axis
+    report = fit_kept(fusion, cat, held_out, tone=axis)
+    assert 0.0 < report["tone_axis"]["axis_outside_components"] <= 1.0
+    proj = fusion["video"].kept.text_proj.double()
+    directions = proj / proj.norm(dim=0)
+    assert directions[:, :4].T.matmul(directions[:, 4]).abs().max() < 1e-6  # orthogonal to them
+    train = torch.from_numpy(~held_out)
+    with torch.no_grad():
+        k = fusion["video"].kept(cat.text, cat.images, cat.image_mask.float(), cat.category,
+                                 torch.ones(len(cat)))
+    tone_dim = (k / fusion["video"].kept.scale)[train][:, -1]
+    assert abs(float(tone_dim.std()) - 1.0) < 0.02  # whitened like the components
+    moved = cat.text + torch.from_numpy(axis).float()[None, :] * 0.5  # a warmer tone, same rest
+    with torch.no_grad():
+        k2 = fusion["video"].kept(moved, cat.images, cat.image_mask.float(), cat.category,
+                                  torch.ones(len(cat)))
+    assert float((k2 - k)[:, -1].min()) > 0  # every item moves up the axis
+
+
+def test_the_tone_rule_gives_one_title_dimension_to_the_axis() -> None:
+    held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
+    cat = synthetic_catalog(text_rank=3)
+    tone = choose_split(cat, held_out, rule="heldout-recon-tone-v1")
+    plain = choose_split(cat, held_out)
+    assert tone["tone_axis"] is True and plain["tone_axis"] is False
+    assert tone["learned_dims"] == plain["learned_dims"] == 8
+    assert tone["image_components"] + tone["text_components"] == 120

@@ -213,7 +213,8 @@ def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
                    "image/title split by the catalog-only rule: learned part sized by the "
                    "catalog's categories, the rest split for the best held-out reconstruction "
                    f"of the frozen features; auto = {SPLIT_RULE}), or a rule by name "
-                   "(-v2: within-category title components too).")
+                   "(-v2: within-category title components too; -tone-v1: one title dimension "
+                   "is a fixed review-tone axis of the text backbone).")
 @click.option("--keep-image", default=None, type=click.IntRange(0, 120),
               help="Explicit split instead of --kept: kept within-category principal components "
                    "of the image features (with --keep-text).")
@@ -239,7 +240,14 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
     from semirec.encoders.base import default_cache
     from semirec.encoders.config import EncoderConfig
     from semirec.encoders.features import FeatureExtractor
-    from semirec.encoders.pretrain import TrainConfig, choose_split, new_fusion, prepare, pretrain
+    from semirec.encoders.pretrain import (
+        TrainConfig,
+        choose_split,
+        new_fusion,
+        prepare,
+        pretrain,
+        tone_direction,
+    )
 
     if (keep_image is None) != (keep_text is None):
         raise click.UsageError("--keep-image and --keep-text go together (or use --kept)")
@@ -269,13 +277,14 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
                                       title_within=split["title_within"])
             console.print(f"kept components ({split['rule']}): {cfg.keep_image} image + "
                           f"{cfg.keep_text} title, {split['learned_dims']} learned")
+        tone = tone_direction(extractor.text_fn) if split.get("tone_axis") else None
         fusion = new_fusion(cfg)
         task = progress.add_task("pre-training", total=None, status="")
 
         def report(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, total=total, status=f"loss {loss:.3f}")
 
-        result = pretrain(fusion, cfg, cat, held_out, train, report)
+        result = pretrain(fusion, cfg, cat, held_out, train, report, tone)
     source = str(items_file) if items_file else f"world:{world}:seed={seed}"
     meta = {"source": source, "items": len(usable), "kept_split": split, **result}
     saved = ckpt_io.save(out, fusion, cfg, meta)

@@ -20,8 +20,11 @@ KEPT = "auto"
 KEEP_WEIGHT = 0.5
 # the catalog-only rules that size and split the kept components (pretrain.choose_split), by
 # name: whether the title components are within-category ones like the image's (v2) or global
-# (v1); a new rule gets a new name, so the demo's cached encoders of another rule are not reused
-SPLIT_RULES = {"heldout-recon-v1": False, "heldout-recon-v2": True}
+# (v1), and whether one title dimension is a fixed review-tone axis of the text backbone (tone);
+# a new rule gets a new name, so the demo's cached encoders of another rule are not reused
+SPLIT_RULES = {"heldout-recon-v1": {"title_within": False, "tone_axis": False},
+               "heldout-recon-v2": {"title_within": True, "tone_axis": False},
+               "heldout-recon-tone-v1": {"title_within": False, "tone_axis": True}}
 SPLIT_RULE = "heldout-recon-v1"  # the rule of ``--kept auto``
 KEPT_SPLIT_MEASURED = (56, 56)  # the hand-set split docs/encoders.md measured first (explicit only)
 

@@ -38,6 +38,16 @@ from semirec.encoders.fusion import ItemFusion
 
 # the demo cache key of the default recipe ("default": the learned fusion alone, as before)
 RECIPE = f"kept-{SPLIT_RULE}-{KEEP_WEIGHT}" if KEPT == "auto" else "default"
+# the review-tone axis of the ``tone`` rules: the text backbone's mean feature of the positive
+# phrases minus that of the negative ones (fixed, generic review language; nothing of a catalog)
+TONE_PHRASES = (
+    ("I love it, it is perfect.", "Great quality and it fits beautifully.",
+     "Absolutely gorgeous, I highly recommend it.", "So comfortable, I wear it all the time.",
+     "It exceeded my expectations."),
+    ("I was so disappointed, I returned it.", "Poor quality, it fell apart.",
+     "It looked terrible and did not fit at all.", "Cheap fabric, not worth the money.",
+     "Very unflattering, I would not recommend it."),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,15 +240,18 @@ def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM,
     the top ``k_image`` training components plus the held-out share of title variance kept by the
     top ``budget - k_image`` ones (each share relative to its own features' variance, so both
     backbones count alike). ``rule`` (:data:`SPLIT_RULES`) says whether the title components are
-    within-category ones, like the image's (``heldout-recon-v2``), or global (``-v1``). Reads the
+    within-category ones, like the image's (``heldout-recon-v2``), or global (``-v1``), and
+    whether one of them is the review-tone axis (``heldout-recon-tone-v1``: ``text_components``
+    counts it; the shares are those of the components beside it). Reads the
     catalog's features and category field only: no label of the world, no behaviour. Without
     held-out items the training shares decide."""
     if rule not in SPLIT_RULES:
         raise ValueError(f"unknown kept rule {rule!r}; known: {sorted(SPLIT_RULES)}")
+    within, tone = SPLIT_RULES[rule]["title_within"], SPLIT_RULES[rule]["tone_axis"]
     train = ~held_out
     resid, _centre, has_img = _image_residuals(cat, train)
-    title, _ = _title_residuals(cat, train, SPLIT_RULES[rule])
-    budget = out_dim - learned_dims(cat, train, out_dim)
+    title, _ = _title_residuals(cat, train, within)
+    budget = out_dim - learned_dims(cat, train, out_dim) - int(tone)  # the tone axis is a title dim
     score_rows = held_out if held_out.any() else train
     shares = []
     for x_fit, x_score in ((resid[train & has_img], resid[score_rows & has_img]),
@@ -248,8 +261,9 @@ def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM,
         shares.append(np.concatenate([[0.0], np.cumsum(per)]))  # share kept by the top k, k = 0..budget
     total = shares[0] + shares[1][::-1]  # k image components and budget - k title ones
     k_img = int(np.argmax(total))
-    return {"rule": rule, "title_within": SPLIT_RULES[rule], "learned_dims": out_dim - budget,
-            "image_components": k_img, "text_components": budget - k_img,
+    return {"rule": rule, "title_within": within, "tone_axis": tone,
+            "learned_dims": out_dim - budget - int(tone),
+            "image_components": k_img, "text_components": budget - k_img + int(tone),
             "held_out_share_kept": {"image": round(float(shares[0][k_img]), 4),
                                     "text": round(float(shares[1][budget - k_img]), 4)}}
 
@@ -263,10 +277,21 @@ def _offsets(centre: np.ndarray, proj: np.ndarray, buckets: int) -> tuple[np.nda
     return mean, (full - mean) @ proj
 
 
-def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str, Any]:
+def tone_direction(text_fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """The review-tone axis of the text backbone ``text_fn``: mean feature of the positive
+    :data:`TONE_PHRASES` minus that of the negative ones, unit-norm."""
+    positive, negative = (np.asarray(text_fn(list(p)), np.float64).mean(0) for p in TONE_PHRASES)
+    axis = positive - negative
+    return axis / max(float(np.linalg.norm(axis)), 1e-12)
+
+
+def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray,
+             tone: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the kept components (:class:`~semirec.encoders.fusion.Kept`) on the training items'
     frozen features, the same in both domains; returns the share of variance they keep on
-    training and on held-out items (the catalog's own check of the choice; no labels)."""
+    training and on held-out items (the catalog's own check of the choice; no labels). With a
+    ``tone`` axis (:func:`tone_direction`) the last title dimension is the part of that axis
+    orthogonal to the title components, whitened like them."""
     kept = fusion["video"].kept
     if kept is None:
         return {}
@@ -278,7 +303,14 @@ def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str
     basis, std = _components(resid[rows], k_img)
     image_mean, image_offset = _offsets(centre, basis / std, buckets)
     title, t_centre = _title_residuals(cat, train, kept.text_offset is not None)
-    t_basis, t_std = _components(title[train], k_txt)
+    t_basis, t_std = _components(title[train], k_txt - (tone is not None))
+    tone_report: dict[str, float] = {}
+    if tone is not None:  # what the components miss of the tone axis, as one more dimension
+        rest = tone - t_basis @ (t_basis.T @ tone)
+        tone_report["axis_outside_components"] = round(float(np.linalg.norm(rest)), 4)
+        rest = rest / max(float(np.linalg.norm(rest)), 1e-12)
+        t_basis = np.concatenate([t_basis, rest[:, None]], axis=1)
+        t_std = np.append(t_std, max(float((title[train] @ rest).std(ddof=1)), 1e-6))
     text_mean, text_offset = _offsets(t_centre, t_basis / t_std, buckets)
     state = {"image_mean": image_mean, "image_proj": basis / std, "image_offset": image_offset,
              "text_mean": text_mean, "text_proj": t_basis / t_std}
@@ -293,17 +325,19 @@ def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str
             "image_variance_kept": {"train": _kept_share(resid[rows], basis),
                                     "held_out": _kept_share(resid[test], basis)},
             "text_variance_kept": {"train": _kept_share(title[train], t_basis),
-                                   "held_out": _kept_share(title[held_out], t_basis)}}
+                                   "held_out": _kept_share(title[held_out], t_basis)},
+            **({"tone_axis": tone_report} if tone_report else {})}
 
 
 Progress = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 def pretrain(fusion: ItemFusion, cfg: EncoderConfig, cat: Catalog, held_out: np.ndarray,
-             train: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Fit its kept components, train ``fusion`` in place; returns the loss history and the
-    probe before/after."""
-    kept = fit_kept(fusion, cat, held_out)
+             train: TrainConfig, progress: Progress | None = None,
+             tone: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit its kept components (with the ``tone`` axis if given), train ``fusion`` in place;
+    returns the loss history and the probe before/after."""
+    kept = fit_kept(fusion, cat, held_out, tone)
     before = probe(fusion, cat, held_out)
     torch.manual_seed(train.seed)
     gen = torch.Generator().manual_seed(train.seed)
