@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from semirec.encoders import checkpoint as ckpt_io
-from semirec.encoders.config import IMAGE_FEATURES, EncoderConfig
+from semirec.encoders.config import IMAGE_FEATURES, SPLIT_RULE, EncoderConfig
 from semirec.encoders.export import FUSION_MODELS, FusionForExport, _export_one
 from semirec.encoders.fusion import ItemFusion
 from semirec.encoders.pretrain import (
@@ -128,7 +128,7 @@ def test_the_split_follows_held_out_reconstruction_of_the_catalog_features() -> 
     held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
     # titles in 3 directions, images spread over many: 3 title components rebuild the titles
     flat_text = choose_split(synthetic_catalog(text_rank=3), held_out)
-    assert flat_text["rule"] == "heldout-recon-v1" and flat_text["learned_dims"] == 8
+    assert flat_text["rule"] == SPLIT_RULE and flat_text["learned_dims"] == 8
     assert flat_text["image_components"] + flat_text["text_components"] == 120
     assert 3 <= flat_text["text_components"] <= 10
     assert flat_text["held_out_share_kept"]["text"] > 0.99
@@ -201,7 +201,8 @@ def test_the_rule_says_whether_title_components_are_within_category() -> None:
     v2 = choose_split(cat, held_out, rule="heldout-recon-v2")
     assert v2["rule"] == "heldout-recon-v2" and v2["title_within"] is True
     assert v2["image_components"] + v2["text_components"] == 120
-    assert choose_split(cat, held_out)["title_within"] is False
+    assert choose_split(cat, held_out, rule="heldout-recon-v1")["title_within"] is False
+    assert choose_split(cat, held_out)["rule"] == SPLIT_RULE
     with pytest.raises(ValueError, match="unknown kept rule"):
         choose_split(cat, held_out, rule="heldout-recon-v9")
 
@@ -246,7 +247,7 @@ def test_the_tone_rule_gives_one_title_dimension_to_the_axis() -> None:
     held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
     cat = synthetic_catalog(text_rank=3)
     tone = choose_split(cat, held_out, rule="heldout-recon-tone-v1")
-    plain = choose_split(cat, held_out)
+    plain = choose_split(cat, held_out, rule="heldout-recon-v1")
     assert tone["tone_axis"] is True and plain["tone_axis"] is False
     assert tone["learned_dims"] == plain["learned_dims"] == 8
     assert tone["image_components"] + tone["text_components"] == 120
