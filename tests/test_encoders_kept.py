@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from semirec.encoders import checkpoint as ckpt_io
-from semirec.encoders.config import IMAGE_FEATURES, EncoderConfig
+from semirec.encoders.config import IMAGE_FEATURES, SPLIT_RULE, EncoderConfig
 from semirec.encoders.export import FUSION_MODELS, FusionForExport, _export_one
 from semirec.encoders.fusion import ItemFusion
 from semirec.encoders.pretrain import (
@@ -127,7 +128,7 @@ def test_the_split_follows_held_out_reconstruction_of_the_catalog_features() -> 
     held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
     # titles in 3 directions, images spread over many: 3 title components rebuild the titles
     flat_text = choose_split(synthetic_catalog(text_rank=3), held_out)
-    assert flat_text["rule"] == "heldout-recon-v1" and flat_text["learned_dims"] == 8
+    assert flat_text["rule"] == SPLIT_RULE and flat_text["learned_dims"] == 8
     assert flat_text["image_components"] + flat_text["text_components"] == 120
     assert 3 <= flat_text["text_components"] <= 10
     assert flat_text["held_out_share_kept"]["text"] > 0.99
@@ -145,3 +146,108 @@ def test_an_explicit_split_needs_both_counts() -> None:
 
     result = CliRunner().invoke(cli, ["encoders", "pretrain", "--world", "tiny", "--keep-image", "8"])
     assert result.exit_code == 2 and "--keep-text" in result.output
+
+
+WITHIN = EncoderConfig(d_model=32, heads=4, ffn=64, layers=1, keep_image=6, keep_text=5,
+                       title_within=True)
+
+
+def test_title_components_within_category_remove_the_category_mean_and_export(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    cat = synthetic_catalog()
+    shifted = cat.text + torch.randn(5, cat.text.shape[1], generator=g)[cat.category] * 3
+    cat = Catalog(shifted, cat.images, cat.image_mask, cat.category, cat.tags, cat.is_video, cat.labels)
+    held_out = holdout_mask([str(i) for i in range(len(cat))], 0.25, 0)
+    fusion = ItemFusion(WITHIN)
+    report = fit_kept(fusion, cat, held_out)
+    assert 0.0 < report["text_variance_kept"]["held_out"] <= report["text_variance_kept"]["train"]
+    kept = fusion["video"].kept
+    train = torch.from_numpy(~held_out)
+    with torch.no_grad():
+        k = kept(cat.text, cat.images, cat.image_mask.float(), cat.category, torch.ones(len(cat)))
+        no_cat = kept(cat.text, cat.images, cat.image_mask.float(), torch.zeros_like(cat.category),
+                      torch.ones(len(cat)))
+    txt = (k / kept.scale)[train][:, 6:]
+    assert torch.allclose(txt.std(0), torch.ones(5), atol=0.05)  # whitened within categories
+    for c in range(1, 5):
+        assert txt[cat.category[train] == c].mean(0).abs().max() < 1e-3
+    # without a category the between-category part stays (as for images)
+    assert (no_cat[:, 6:] - k[:, 6:]).abs().max() > 0.1
+    # global title components (v1) keep the category's shift: their category means differ
+    v1 = ItemFusion(CFG)
+    fit_kept(v1, cat, held_out)
+    with torch.no_grad():
+        g1 = v1["video"].kept(cat.text, cat.images, cat.image_mask.float(), cat.category,
+                              torch.ones(len(cat)))[train][:, 6:] / v1["video"].kept.scale
+    assert g1[cat.category[train] == 1].mean(0).abs().max() > 0.5
+    ckpt_io.save(tmp_path / "ckpt", fusion, WITHIN, {})
+    loaded = ckpt_io.load_fusion(ckpt_io.read(tmp_path / "ckpt"))
+    assert torch.equal(loaded["product"].kept.text_offset, fusion["product"].kept.text_offset)
+    spec = next(s for s in specs(WITHIN) if s.name == FUSION_MODELS["video"])
+    assert _export_one(FusionForExport(loaded["video"]), spec, WITHIN, tmp_path / "f.onnx") < 1e-4
+
+
+def test_configs_without_title_within_digest_as_before_and_have_no_text_offset() -> None:
+    assert "title_within" not in CFG.to_dict() and "title_within" in WITHIN.to_dict()
+    assert EncoderConfig.from_dict(WITHIN.to_dict()) == WITHIN
+    assert CFG.digest() != WITHIN.digest()
+    assert "domains.video.kept.text_offset" not in ItemFusion(CFG).state_dict()
+    assert "domains.video.kept.text_offset" in ItemFusion(WITHIN).state_dict()
+
+
+def test_the_rule_says_whether_title_components_are_within_category() -> None:
+    held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
+    cat = synthetic_catalog(text_rank=3)
+    v2 = choose_split(cat, held_out, rule="heldout-recon-v2")
+    assert v2["rule"] == "heldout-recon-v2" and v2["title_within"] is True
+    assert v2["image_components"] + v2["text_components"] == 120
+    assert choose_split(cat, held_out, rule="heldout-recon-v1")["title_within"] is False
+    assert choose_split(cat, held_out)["rule"] == SPLIT_RULE
+    with pytest.raises(ValueError, match="unknown kept rule"):
+        choose_split(cat, held_out, rule="heldout-recon-v9")
+
+
+def test_the_tone_axis_is_the_backbones_phrase_difference_outside_the_title_components() -> None:
+    from semirec.encoders.pretrain import TONE_PHRASES, tone_direction
+
+    good, bad = set(TONE_PHRASES[0]), set(TONE_PHRASES[1])
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(10, CFG.text_dim, generator=g).numpy() * 0.1
+    axis_true = np.zeros(CFG.text_dim)
+    axis_true[7] = 1.0
+
+    def text_fn(texts: list[str]) -> np.ndarray:  # a backbone whose feature 7 is the tone
+        assert set(texts) in (good, bad)
+        return noise[: len(texts)] + (1.0 if set(texts) == good else -1.0) * axis_true
+
+    axis = tone_direction(text_fn)
+    assert np.isclose(np.linalg.norm(axis), 1.0) and axis[7] > 0.99
+    cat = synthetic_catalog()
+    held_out = holdout_mask([str(i) for i in range(len(cat))], 0.25, 0)
+    fusion = ItemFusion(CFG)  # 5 title dimensions: 4 components and the axis
+    report = fit_kept(fusion, cat, held_out, tone=axis)
+    assert 0.0 < report["tone_axis"]["axis_outside_components"] <= 1.0
+    proj = fusion["video"].kept.text_proj.double()
+    directions = proj / proj.norm(dim=0)
+    assert directions[:, :4].T.matmul(directions[:, 4]).abs().max() < 1e-6  # orthogonal to them
+    train = torch.from_numpy(~held_out)
+    with torch.no_grad():
+        k = fusion["video"].kept(cat.text, cat.images, cat.image_mask.float(), cat.category,
+                                 torch.ones(len(cat)))
+    tone_dim = (k / fusion["video"].kept.scale)[train][:, -1]
+    assert abs(float(tone_dim.std()) - 1.0) < 0.02  # whitened like the components
+    moved = cat.text + torch.from_numpy(axis).float()[None, :] * 0.5  # a warmer tone, same rest
+    with torch.no_grad():
+        k2 = fusion["video"].kept(moved, cat.images, cat.image_mask.float(), cat.category,
+                                  torch.ones(len(cat)))
+    assert float((k2 - k)[:, -1].min()) > 0  # every item moves up the axis
+
+
+def test_the_tone_rule_gives_one_title_dimension_to_the_axis() -> None:
+    held_out = holdout_mask([str(i) for i in range(240)], 0.25, 0)
+    cat = synthetic_catalog(text_rank=3)
+    tone = choose_split(cat, held_out, rule="heldout-recon-tone-v1")
+    plain = choose_split(cat, held_out, rule="heldout-recon-v1")
+    assert tone["tone_axis"] is True and plain["tone_axis"] is False
+    assert tone["learned_dims"] == plain["learned_dims"] == 8
+    assert tone["image_components"] + tone["text_components"] == 120

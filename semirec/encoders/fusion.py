@@ -77,7 +77,8 @@ class Kept(nn.Module):
 
     image part: ``(mean_frame - image_mean) @ image_proj - image_offset[category]`` (the offset
     removes the category's mean, so the components describe the item within its category; an
-    unknown category keeps its between-category part); text part: ``(text - text_mean) @ text_proj``.
+    unknown category keeps its between-category part); text part: ``(text - text_mean) @ text_proj``,
+    minus ``text_offset[category]`` when ``cfg.title_within`` (within-category title components).
     A missing image or title gives zeros for its part.
     """
 
@@ -88,6 +89,9 @@ class Kept(nn.Module):
         self.register_buffer("image_offset", torch.zeros(cfg.category_buckets, cfg.keep_image))
         self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
         self.register_buffer("text_proj", torch.zeros(cfg.text_dim, cfg.keep_text))
+        self.text_offset: torch.Tensor | None  # None (not in the state) unless cfg.title_within
+        self.register_buffer("text_offset", torch.zeros(cfg.category_buckets, cfg.keep_text)
+                             if cfg.title_within else None)
         self.scale = 1.0 / math.sqrt(max(cfg.keep_dims, 1))
 
     def forward(self, text: torch.Tensor, images: torch.Tensor, img_valid: torch.Tensor,
@@ -96,7 +100,10 @@ class Kept(nn.Module):
         mean = (images * img_valid.unsqueeze(-1)).sum(1) / count.clamp_min(1.0)
         img = (mean - self.image_mean) @ self.image_proj - self.image_offset[category]
         img = img * count.clamp_max(1.0)
-        txt = ((text - self.text_mean) @ self.text_proj) * txt_valid[:, None]
+        txt = (text - self.text_mean) @ self.text_proj
+        if self.text_offset is not None:
+            txt = txt - self.text_offset[category]
+        txt = txt * txt_valid[:, None]
         return torch.cat([img, txt], dim=1) * self.scale
 
 

@@ -32,15 +32,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from semirec.core.items import Item
-from semirec.encoders.config import KEEP_WEIGHT, KEPT, OUT_DIM, EncoderConfig
+from semirec.encoders.config import KEEP_WEIGHT, KEPT, OUT_DIM, SPLIT_RULE, SPLIT_RULES, EncoderConfig
 from semirec.encoders.features import FeatureExtractor, ItemFeatures
 from semirec.encoders.fusion import ItemFusion
 
-# the catalog-only rule that sizes and splits the kept components (choose_split); a new rule
-# gets a new name, so the demo's cached encoders of another rule are not reused
-SPLIT_RULE = "heldout-recon-v1"
 # the demo cache key of the default recipe ("default": the learned fusion alone, as before)
 RECIPE = f"kept-{SPLIT_RULE}-{KEEP_WEIGHT}" if KEPT == "auto" else "default"
+# the review-tone axis of the ``tone`` rules: the text backbone's mean feature of the positive
+# phrases minus that of the negative ones (fixed, generic review language; nothing of a catalog)
+TONE_PHRASES = (
+    ("I love it, it is perfect.", "Great quality and it fits beautifully.",
+     "Absolutely gorgeous, I highly recommend it.", "So comfortable, I wear it all the time.",
+     "It exceeded my expectations."),
+    ("I was so disappointed, I returned it.", "Poor quality, it fell apart.",
+     "It looked terrible and did not fit at all.", "Cheap fabric, not worth the money.",
+     "Very unflattering, I would not recommend it."),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,20 +191,36 @@ def _kept_share(x: np.ndarray, basis: np.ndarray) -> float:
     return round(float(((x @ basis) ** 2).sum()) / total, 4) if total > 0 else 0.0
 
 
+def _within_category(x: np.ndarray, cat: Catalog, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` minus their category's mean over the ``fit`` rows (the global mean for no
+    category or one unseen there): the within-category features; with the per-bucket centres
+    (bucket 0 holds the global mean)."""
+    bucket = cat.category.numpy()
+    centre = np.tile(x[fit].mean(0), (int(cat.category.max()) + 1, 1))
+    for b in np.unique(bucket[fit]):
+        if b > 0:
+            centre[b] = x[fit & (bucket == b)].mean(0)
+    return x - centre[bucket], centre
+
+
 def _image_residuals(cat: Catalog, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean frame feature minus its category's training mean (the global one for a category
-    unseen in training): the within-category image features; with the per-bucket centres and
-    which items have images."""
+    """Mean frame feature minus its category's training mean: the within-category image
+    features; with the per-bucket centres and which items have images."""
     mask = cat.image_mask.numpy().astype(np.float64)
     has_img = mask.any(1)
     mean_img = (cat.images.numpy() * mask[..., None]).sum(1) / np.maximum(mask.sum(1), 1)[:, None]
-    bucket = cat.category.numpy()
-    rows = train & has_img
-    centre = np.tile(mean_img[rows].mean(0), (int(cat.category.max()) + 1, 1))
-    for b in np.unique(bucket[rows]):
-        if b > 0:
-            centre[b] = mean_img[rows & (bucket == b)].mean(0)
-    return mean_img - centre[bucket], centre, has_img
+    resid, centre = _within_category(mean_img, cat, train & has_img)
+    return resid, centre, has_img
+
+
+def _title_residuals(cat: Catalog, train: np.ndarray, within: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Title features minus their training mean, or minus their category's training mean
+    (``within``); with the per-bucket centres (all the global mean unless ``within``)."""
+    text = cat.text.numpy().astype(np.float64)
+    if within:
+        return _within_category(text, cat, train)
+    mean = text[train].mean(0)
+    return text - mean, np.tile(mean, (int(cat.category.max()) + 1, 1))
 
 
 def learned_dims(cat: Catalog, train: np.ndarray, out_dim: int = OUT_DIM) -> int:
@@ -208,39 +231,67 @@ def learned_dims(cat: Catalog, train: np.ndarray, out_dim: int = OUT_DIM) -> int
     return int(min(out_dim // 2, max(8, 8 * math.ceil((categories - 1) / 8))))
 
 
-def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM) -> dict[str, Any]:
+def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM,
+                 rule: str = SPLIT_RULE) -> dict[str, Any]:
     """The catalog-only rule for the kept components (``pretrain --kept auto``, the default of the
     kept recipe): the learned part gets :func:`learned_dims`, and the rest is split between image
     and title components so that the **held-out reconstruction** of the frozen features from them
     is best: ``k_image`` maximises the held-out share of within-category image variance kept by
     the top ``k_image`` training components plus the held-out share of title variance kept by the
     top ``budget - k_image`` ones (each share relative to its own features' variance, so both
-    backbones count alike). Reads the catalog's features and category field only: no label of
-    the world, no behaviour. Without held-out items the training shares decide."""
+    backbones count alike). ``rule`` (:data:`SPLIT_RULES`) says whether the title components are
+    within-category ones, like the image's (``heldout-recon-v2``), or global (``-v1``), and
+    whether one of them is the review-tone axis (``heldout-recon-tone-v1``: ``text_components``
+    counts it; the shares are those of the components beside it). Reads the
+    catalog's features and category field only: no label of the world, no behaviour. Without
+    held-out items the training shares decide."""
+    if rule not in SPLIT_RULES:
+        raise ValueError(f"unknown kept rule {rule!r}; known: {sorted(SPLIT_RULES)}")
+    within, tone = SPLIT_RULES[rule]["title_within"], SPLIT_RULES[rule]["tone_axis"]
     train = ~held_out
     resid, _centre, has_img = _image_residuals(cat, train)
-    text = cat.text.numpy().astype(np.float64)
-    text_mean = text[train].mean(0)
-    budget = out_dim - learned_dims(cat, train, out_dim)
+    title, _ = _title_residuals(cat, train, within)
+    budget = out_dim - learned_dims(cat, train, out_dim) - int(tone)  # the tone axis is a title dim
     score_rows = held_out if held_out.any() else train
     shares = []
     for x_fit, x_score in ((resid[train & has_img], resid[score_rows & has_img]),
-                           (text[train] - text_mean, text[score_rows] - text_mean)):
+                           (title[train], title[score_rows])):
         basis, _ = _components(x_fit, budget)
         per = ((x_score @ basis) ** 2).sum(0) / max(float((x_score**2).sum()), 1e-12)
         shares.append(np.concatenate([[0.0], np.cumsum(per)]))  # share kept by the top k, k = 0..budget
     total = shares[0] + shares[1][::-1]  # k image components and budget - k title ones
     k_img = int(np.argmax(total))
-    return {"rule": SPLIT_RULE, "learned_dims": out_dim - budget, "image_components": k_img,
-            "text_components": budget - k_img,
+    return {"rule": rule, "title_within": within, "tone_axis": tone,
+            "learned_dims": out_dim - budget - int(tone),
+            "image_components": k_img, "text_components": budget - k_img + int(tone),
             "held_out_share_kept": {"image": round(float(shares[0][k_img]), 4),
                                     "text": round(float(shares[1][budget - k_img]), 4)}}
 
 
-def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str, Any]:
+def _offsets(centre: np.ndarray, proj: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """The global mean (bucket 0) and each bucket's centre projected relative to it: what
+    :class:`~semirec.encoders.fusion.Kept` subtracts per category."""
+    mean = centre[0]
+    full = np.tile(mean, (buckets, 1))
+    full[: min(len(centre), buckets)] = centre[:buckets]
+    return mean, (full - mean) @ proj
+
+
+def tone_direction(text_fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """The review-tone axis of the text backbone ``text_fn``: mean feature of the positive
+    :data:`TONE_PHRASES` minus that of the negative ones, unit-norm."""
+    positive, negative = (np.asarray(text_fn(list(p)), np.float64).mean(0) for p in TONE_PHRASES)
+    axis = positive - negative
+    return axis / max(float(np.linalg.norm(axis)), 1e-12)
+
+
+def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray,
+             tone: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the kept components (:class:`~semirec.encoders.fusion.Kept`) on the training items'
     frozen features, the same in both domains; returns the share of variance they keep on
-    training and on held-out items (the catalog's own check of the choice; no labels)."""
+    training and on held-out items (the catalog's own check of the choice; no labels). With a
+    ``tone`` axis (:func:`tone_direction`) the last title dimension is the part of that axis
+    orthogonal to the title components, whitened like them."""
     kept = fusion["video"].kept
     if kept is None:
         return {}
@@ -249,17 +300,22 @@ def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str
     resid, centre, has_img = _image_residuals(cat, train)
     rows = train & has_img
     buckets = kept.image_offset.shape[0]
-    image_mean = centre[0]  # bucket 0 (no category) keeps the global mean
-    full = np.tile(image_mean, (buckets, 1))
-    full[: min(len(centre), buckets)] = centre[:buckets]
     basis, std = _components(resid[rows], k_img)
-    image_proj = basis / std
-    text = cat.text.numpy().astype(np.float64)
-    text_mean = text[train].mean(0)
-    t_basis, t_std = _components(text[train] - text_mean, k_txt)
-    state = {"image_mean": image_mean, "image_proj": image_proj,
-             "image_offset": (full - image_mean) @ image_proj,
+    image_mean, image_offset = _offsets(centre, basis / std, buckets)
+    title, t_centre = _title_residuals(cat, train, kept.text_offset is not None)
+    t_basis, t_std = _components(title[train], k_txt - (tone is not None))
+    tone_report: dict[str, float] = {}
+    if tone is not None:  # what the components miss of the tone axis, as one more dimension
+        rest = tone - t_basis @ (t_basis.T @ tone)
+        tone_report["axis_outside_components"] = round(float(np.linalg.norm(rest)), 4)
+        rest = rest / max(float(np.linalg.norm(rest)), 1e-12)
+        t_basis = np.concatenate([t_basis, rest[:, None]], axis=1)
+        t_std = np.append(t_std, max(float((title[train] @ rest).std(ddof=1)), 1e-6))
+    text_mean, text_offset = _offsets(t_centre, t_basis / t_std, buckets)
+    state = {"image_mean": image_mean, "image_proj": basis / std, "image_offset": image_offset,
              "text_mean": text_mean, "text_proj": t_basis / t_std}
+    if kept.text_offset is not None:
+        state["text_offset"] = text_offset
     for domain in fusion.DOMAINS:
         buffers = fusion[domain].kept
         for name, value in state.items():
@@ -268,18 +324,20 @@ def fit_kept(fusion: ItemFusion, cat: Catalog, held_out: np.ndarray) -> dict[str
     return {"image_components": k_img, "text_components": k_txt,
             "image_variance_kept": {"train": _kept_share(resid[rows], basis),
                                     "held_out": _kept_share(resid[test], basis)},
-            "text_variance_kept": {"train": _kept_share(text[train] - text_mean, t_basis),
-                                   "held_out": _kept_share(text[held_out] - text_mean, t_basis)}}
+            "text_variance_kept": {"train": _kept_share(title[train], t_basis),
+                                   "held_out": _kept_share(title[held_out], t_basis)},
+            **({"tone_axis": tone_report} if tone_report else {})}
 
 
 Progress = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
 
 def pretrain(fusion: ItemFusion, cfg: EncoderConfig, cat: Catalog, held_out: np.ndarray,
-             train: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Fit its kept components, train ``fusion`` in place; returns the loss history and the
-    probe before/after."""
-    kept = fit_kept(fusion, cat, held_out)
+             train: TrainConfig, progress: Progress | None = None,
+             tone: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit its kept components (with the ``tone`` axis if given), train ``fusion`` in place;
+    returns the loss history and the probe before/after."""
+    kept = fit_kept(fusion, cat, held_out, tone)
     before = probe(fusion, cat, held_out)
     torch.manual_seed(train.seed)
     gen = torch.Generator().manual_seed(train.seed)
