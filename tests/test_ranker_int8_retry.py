@@ -19,6 +19,7 @@ def _fake(monkeypatch: pytest.MonkeyPatch, diffs: list[float]) -> list[bool]:
         return Path(out)
 
     answers = iter(diffs)
+    monkeypatch.setattr(precision, "has_vnni", lambda: True)
     monkeypatch.setattr(precision, "quantize_int8", quantize)
     monkeypatch.setattr(precision, "int8_diff", lambda fp32, int8, batched=True: next(answers))
     return calls
@@ -48,3 +49,12 @@ def test_neither_copy_within_the_bound_is_an_error(tmp_path: Path, monkeypatch: 
     with pytest.raises(RuntimeError, match=r"0\.0300 > 0\.02"):
         precision.ensure_int8(model)
     assert not (tmp_path / precision.INT8_ONNX).exists()
+
+
+def test_without_vnni_the_copy_has_7_bit_weights_at_once(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake(monkeypatch, [0.01])
+    monkeypatch.setattr(precision, "has_vnni", lambda: False)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"fp32")
+    assert precision.ensure_int8(model).read_bytes() == b"7-bit" and calls == [True]

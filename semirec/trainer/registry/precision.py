@@ -35,6 +35,16 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI, AMX); without them onnxruntime's
+    u8 x s8 products can saturate, so 7-bit weights (``reduce_range``) are the right copy."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: keep the 8-bit copy and rely on the bound
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def quantize_int8(fp32: Path, out: Path, reduce_range: bool = False) -> Path:
     """Write the dynamically quantized (int8 weights, per channel) copy of ``fp32`` to ``out``;
     ``reduce_range``: 7-bit weights, which CPUs without VNNI (AVX2 only) need to avoid the
@@ -73,16 +83,17 @@ def int8_diff(fp32: Path, int8: Path, batched: bool = True) -> float:
 
 
 def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
-    """The int8 copy beside ``model_onnx`` (made once; atomic): 8-bit weights, or 7-bit ones
-    (``reduce_range``) where the 8-bit copy misses the bound, as on CPUs without VNNI (seen on
-    an AVX2-only EPYC: 0.013-0.037 -> 0.003-0.004). Raises ``RuntimeError`` when neither
+    """The int8 copy beside ``model_onnx`` (made once; atomic): 8-bit weights where the CPU has
+    VNNI, 7-bit ones (``reduce_range``) where it has not or the 8-bit copy misses the bound (seen
+    on an AVX2-only EPYC: 0.013-0.037 -> 0.003-0.004). Raises ``RuntimeError`` when neither
     copy's scores are within :data:`INT8_MAX_DIFF` of the fp32 graph's."""
     model_onnx = Path(model_onnx)
 
     def build(tmp: Path) -> None:
-        quantize_int8(model_onnx, tmp)
+        seven_bit = not has_vnni()
+        quantize_int8(model_onnx, tmp, reduce_range=seven_bit)
         diff = int8_diff(model_onnx, tmp, batched)
-        if not diff <= INT8_MAX_DIFF:
+        if not diff <= INT8_MAX_DIFF and not seven_bit:
             log.warning("int8 ranker: 8-bit weights differ from fp32 by %.4f > %s; trying 7-bit "
                         "weights (reduce_range)", diff, INT8_MAX_DIFF)
             quantize_int8(model_onnx, tmp, reduce_range=True)
