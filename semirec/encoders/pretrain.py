@@ -251,7 +251,8 @@ def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM,
     train = ~held_out
     resid, _centre, has_img = _image_residuals(cat, train)
     title, _ = _title_residuals(cat, train, within)
-    budget = out_dim - learned_dims(cat, train, out_dim) - int(tone)  # the tone axis is a title dim
+    learned = learned_dims(cat, train, out_dim)
+    budget = out_dim - learned - int(tone)  # components to split; the tone axis is a title dim
     score_rows = held_out if held_out.any() else train
     shares = []
     for x_fit, x_score in ((resid[train & has_img], resid[score_rows & has_img]),
@@ -262,7 +263,7 @@ def choose_split(cat: Catalog, held_out: np.ndarray, out_dim: int = OUT_DIM,
     total = shares[0] + shares[1][::-1]  # k image components and budget - k title ones
     k_img = int(np.argmax(total))
     return {"rule": rule, "title_within": within, "tone_axis": tone,
-            "learned_dims": out_dim - budget - int(tone),
+            "learned_dims": learned,
             "image_components": k_img, "text_components": budget - k_img + int(tone),
             "held_out_share_kept": {"image": round(float(shares[0][k_img]), 4),
                                     "text": round(float(shares[1][budget - k_img]), 4)}}

@@ -39,10 +39,10 @@ def has_vnni() -> bool:
     """Whether this CPU has int8 dot-product instructions (VNNI, AMX); without them onnxruntime's
     u8 x s8 products can saturate, so 7-bit weights (``reduce_range``) are the right copy."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return True  # not Linux: keep the 8-bit copy and rely on the bound
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def quantize_int8(fp32: Path, out: Path, reduce_range: bool = False) -> Path:
