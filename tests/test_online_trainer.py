@@ -302,6 +302,35 @@ async def test_publish_records_a_rejection_and_the_history_is_bounded(tmp_path: 
         record.trained = 1  # type: ignore[misc]
 
 
+async def test_a_passed_candidate_whose_export_fails_is_rejected_and_the_trainer_goes_on(
+        world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real int8 export whose copy misses its parity bound (the bound forced below zero here,
+    as an AVX2-only CPU did with 8-bit weights): the round is rejected with ``export_failed``,
+    the learner keeps its model, the checkpoint is still written, no version appears."""
+    from semirec.core.settings import Settings
+    from semirec.trainer.registry import precision
+
+    w, after, ckpt = world
+    model, cfg, _ = checkpoint.load(ckpt)
+    learner = Learner(model, cfg, OnlineConfig(passes=1))
+    learner.add(after[:200])
+    repo = ModelRepository(tmp_path / "models", precision="int8")
+    trainer = OnlineTrainer(Settings(), state_dir=tmp_path / "state", repo=repo)
+    trainer.learner, trainer.table = learner, ItemTable(D)
+    trainer.table.add([it["item_id"] for it in w.items], w.vectors)
+    result = learner.round(trainer.table)
+    result.verdict = replace(result.verdict, promote=True, reasons=())  # as if the gate passed
+    monkeypatch.setattr(precision, "INT8_MAX_DIFF", -1.0)
+
+    version = await trainer.persist(result)
+    assert version is None and learner.model is model and repo.versions() == []
+    assert not result.verdict.promote
+    assert result.verdict.reasons[-1].startswith("export_failed int8 ranker: scores differ")
+    assert (tmp_path / "state" / CURRENT).is_file() and learner.rounds == 1  # settled
+    record = await trainer.publish(result, version)
+    assert record.exported is None and record.reasons[-1].startswith("export_failed")
+
+
 async def test_a_model_with_item_identity_and_recency_is_fine_tuned_and_served(
         settings, stack: EmbeddedStack, world, redis_client, tmp_path: Path) -> None:
     """``semi+sim+rec+id`` (what the demo can serve): the trainer counts items from the

@@ -392,12 +392,22 @@ class OnlineTrainer:
         """Settle the round and make it durable: a passed candidate is exported as a new
         version (files only; Triton does not see it yet) and becomes the learner's model; then
         the checkpoint (naming that version) and only then the committed offsets. Returns the
-        exported version (None: rejected)."""
+        exported version (None: rejected, by the gate or because the export failed: the
+        verdict then carries ``export_failed <why>``)."""
         learner = self.learner
         assert learner is not None
         version = None
         if result.verdict.promote:
-            version = await asyncio.to_thread(self._export, result)
+            try:
+                version = await asyncio.to_thread(self._export, result)
+            except FencedError:
+                raise
+            except ModelRepositoryError as exc:  # this candidate cannot serve; the trainer goes on
+                log.error("export of the passed candidate failed: %s; round rejected", exc)
+                verdict = result.verdict
+                result.verdict = replace(verdict, promote=False,
+                                         reasons=(*verdict.reasons, f"export_failed {exc}"))
+        if version is not None:
             learner.accept(result)
             self.serving_version = version
         else:

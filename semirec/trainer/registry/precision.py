@@ -82,10 +82,14 @@ def int8_diff(fp32: Path, int8: Path, batched: bool = True) -> float:
     return float(np.abs(scores[0] - scores[1]).max())
 
 
+class Int8ParityError(RuntimeError):
+    """The int8 copy's scores are too far from the fp32 graph's to serve."""
+
+
 def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
     """The int8 copy beside ``model_onnx`` (made once; atomic): 8-bit weights where the CPU has
     VNNI, 7-bit ones (``reduce_range``) where it has not or the 8-bit copy misses the bound (seen
-    on an AVX2-only EPYC: 0.013-0.037 -> 0.003-0.004). Raises ``RuntimeError`` when neither
+    on an AVX2-only EPYC: 0.013-0.037 -> 0.003-0.004). Raises :class:`Int8ParityError` when neither
     copy's scores are within :data:`INT8_MAX_DIFF` of the fp32 graph's."""
     model_onnx = Path(model_onnx)
 
@@ -99,7 +103,7 @@ def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
             quantize_int8(model_onnx, tmp, reduce_range=True)
             diff = int8_diff(model_onnx, tmp, batched)
         if not diff <= INT8_MAX_DIFF:
-            raise RuntimeError(f"int8 ranker: scores differ from fp32 by {diff:.4f} > {INT8_MAX_DIFF}")
+            raise Int8ParityError(f"int8 ranker: scores differ from fp32 by {diff:.4f} > {INT8_MAX_DIFF}")
         log.info("int8 ranker %s (max score difference to fp32 %.4f)", model_onnx.with_name(INT8_ONNX), diff)
 
     return durable.build_once(model_onnx.with_name(INT8_ONNX), build)

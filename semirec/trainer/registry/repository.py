@@ -80,7 +80,13 @@ import numpy as np
 
 from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
-from semirec.trainer.registry.precision import DEFAULT_PRECISION, check_precision, ensure_int8, int8_diff
+from semirec.trainer.registry.precision import (
+    DEFAULT_PRECISION,
+    Int8ParityError,
+    check_precision,
+    ensure_int8,
+    int8_diff,
+)
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +407,10 @@ class ModelRepository:
             if self.variant == ENGINE_VARIANT:
                 build_engine(tmp)
             elif self.precision == "int8":  # served as int8: made (and checked) now, not at load
-                int8 = {"int8_max_abs_diff": int8_diff(tmp / ONNX, ensure_int8(tmp / ONNX))}
+                try:
+                    int8 = {"int8_max_abs_diff": int8_diff(tmp / ONNX, ensure_int8(tmp / ONNX))}
+                except Int8ParityError as exc:
+                    raise ModelRepositoryError(str(exc)) from exc
             meta = {
                 "model": cfg.to_dict(), "dim": dim,
                 "checkpoint": str(checkpoint_dir.resolve()),
