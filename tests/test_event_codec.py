@@ -33,7 +33,7 @@ def outcome(fn, raw: bytes, key: bytes | None):
         return (exc.reason, str(exc))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)  # 3000 took 26 s of the suite on a 2-core EPYC
 @given(fields, st.sampled_from(["json", "msgpack"]), st.sampled_from(["user", "other", "none"]))
 def test_fast_path_agrees_with_the_contract(body: dict, fmt: str, key_kind: str) -> None:
     if "user_id" in body and isinstance(body["user_id"], str) and key_kind == "user":
