@@ -9,7 +9,9 @@ One run, one core (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1)
   request_ms_500            the exported graph's figure (what is served)
   request_ms_500_onnx_int8  its int8 copy (SEMIREC_RANKER_PRECISION=int8; random weights, so
                             parity is measured by benchmarks/ranker_precision.py), with
-                            int8_speedup_500 = fp32 / int8 and onnx_int8_max_abs_diff
+                            int8_speedup_500 = fp32 / int8 and onnx_int8_max_abs_diff;
+                            default_precision: what SEMIREC_RANKER_PRECISION=auto (the
+                            default) serves on this CPU (int8 only with VNNI)
   flop_fraction[_torch|_onnx]  request_flops_500 / request time / sgemm FLOP/s   (target >= 0.4)
   cost_ratio_500_vs_1[...]  time(500 candidates) / time(1 candidate)             (target <= 10)
   request_ms_500_unshared_torch  for reference: a batch forward that re-encodes the user for
@@ -47,7 +49,7 @@ from semirec.trainer.registry.export import (
     run_onnx,
     torch_scores,
 )
-from semirec.trainer.registry.precision import ensure_int8
+from semirec.trainer.registry.precision import DEFAULT_PRECISION, ensure_int8, resolve
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -133,6 +135,7 @@ def main() -> None:
     out["request_ms_1_onnx_int8"] = round(int8_1 * 1e3, 3)
     out["int8_speedup_500"] = round(onnx_500 / int8_500, 3)
     out["onnx_int8_max_abs_diff"] = round(int8_diff, 5)
+    out["default_precision"] = resolve(DEFAULT_PRECISION)
     finish(out, at_start)
     print_describe(out["machine"])
 

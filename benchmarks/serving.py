@@ -39,7 +39,8 @@
 
 Weights are random (cost does not depend on them). ``--ranker-precision fp32|int8`` (default:
 ``SEMIREC_RANKER_PRECISION``'s) picks the ranker's graph in Triton and in process
-(``ranker_precision`` in the JSON). Usage:
+(``ranker_precision`` in the JSON, ``ranker_precision_resolved`` what ``auto`` became on this
+CPU). Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
                                [--worker-env KEY=VALUE ...] [--ranker-precision P] [--json]
 """
@@ -75,7 +76,7 @@ from semirec.serving.popularity import PopularitySnapshot
 from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
 from semirec.trainer.registry.export import example_request
-from semirec.trainer.registry.precision import model_for
+from semirec.trainer.registry.precision import model_for, resolve
 
 DIM = 128
 
@@ -353,6 +354,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             repo = ModelRepository(repo_dir, stack.addresses.triton_grpc,
                                    precision=args.ranker_precision)
             result["ranker_precision"] = args.ranker_precision
+            result["ranker_precision_resolved"] = resolve(args.ranker_precision)
             version = repo.export(ckpt)
             repo.promote(version)
             if "rank" in args.parts:
@@ -394,7 +396,7 @@ def main() -> None:
                         help="extra setting for the two workers (e.g. SEMIREC_FETCH_MAX_WAIT_MS=10)")
     parser.add_argument("--parts", default="rank,recall,freshness",
                         help="comma-separated subset of rank,recall,freshness (default: all)")
-    parser.add_argument("--ranker-precision", choices=("fp32", "int8"), default=None,
+    parser.add_argument("--ranker-precision", choices=("auto", "fp32", "int8"), default=None,
                         help="the ranker's graph in Triton and in process (default: "
                              "SEMIREC_RANKER_PRECISION's)")
     parser.add_argument("--profile-workers", type=Path, default=None, metavar="DIR",

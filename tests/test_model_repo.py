@@ -19,6 +19,7 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from semirec.core.settings import Settings
 from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, EmbeddedStack
 from semirec.trainer.nets import checkpoint
 from semirec.trainer.nets.configs import BlockConfig, TrainConfig, paper
@@ -33,6 +34,7 @@ from semirec.trainer.registry.export import (
     torch_batch_scores,
     torch_scores,
 )
+from semirec.trainer.registry.precision import has_vnni
 from semirec.trainer.registry.repository import (
     ENGINE_VARIANT,
     MODEL,
@@ -436,6 +438,38 @@ def test_triton_serves_the_int8_copy_when_asked(stack: EmbeddedStack, checkpoint
     fp32.promote(version)  # the same version back in fp32: the exported graph's scores
     np.testing.assert_allclose(client.infer(MODEL, infer_inputs(batch)).as_numpy("score"),
                                torch_batch_scores(model, batch), atol=1e-5)
+    # auto (the default): the server picks by its own CPU, int8 only where it has VNNI
+    auto = ModelRepository(stack.model_repository, stack.addresses.triton_grpc, precision="auto")
+    auto.promote(version)
+    got = client.infer(MODEL, infer_inputs(batch)).as_numpy("score")
+    if has_vnni():
+        np.testing.assert_allclose(got, scores, atol=1e-6)  # the int8 copy's, as above
+    else:
+        np.testing.assert_allclose(got, torch_batch_scores(model, batch), atol=1e-5)
+
+
+def test_auto_precision_is_int8_only_on_a_cpu_with_vnni(tmp_path: Path, checkpoints,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from semirec.trainer.registry import precision
+    from semirec.trainer.registry.precision import INT8_ONNX, model_for, resolve
+
+    assert precision.DEFAULT_PRECISION == "auto" and Settings().ranker_precision == "auto"
+    for vnni, expected in ((True, "int8"), (False, "fp32")):
+        monkeypatch.setattr(precision, "has_vnni", lambda vnni=vnni: vnni)
+        assert resolve("auto") == expected
+        assert resolve("fp32") == "fp32" and resolve("int8") == "int8"  # explicit wins
+    with pytest.raises(ValueError, match="precision"):
+        resolve("fp16")
+    # an AVX2-only exporter makes no int8 copy; a VNNI server that loads the version makes it
+    monkeypatch.setattr(precision, "has_vnni", lambda: False)
+    repo = ModelRepository(tmp_path / "models", precision="auto")
+    folder = repo.dir / str(repo.export(checkpoints["semi0"]))
+    assert not (folder / INT8_ONNX).exists()
+    assert "int8_max_abs_diff" not in json.loads((folder / "meta.json").read_text())
+    assert model_for(folder / "model.onnx", "auto") == folder / "model.onnx"
+    monkeypatch.setattr(precision, "has_vnni", lambda: True)
+    assert model_for(folder / "model.onnx", "auto") == folder / INT8_ONNX
+    assert (folder / INT8_ONNX).is_file()
 
 
 def test_the_python_backend_shim_serves_the_checkout_named_by_pythonpath(tmp_path: Path) -> None:

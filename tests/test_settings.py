@@ -40,7 +40,7 @@ def test_overrides() -> None:
     ({"SEMIREC_TRITON_GRPC": "t1:8001,http://t2:8001"}, "expected host:port"),
     ({"SEMIREC_TRITON_GRPC": "t1:8001,"}, "expected host:port"),
     ({"SEMIREC_TRITON_GRPC": "t1:8001, t1:8001"}, "names a server twice"),
-    ({"SEMIREC_RANKER_PRECISION": "fp16"}, "SEMIREC_RANKER_PRECISION must be fp32 or int8"),
+    ({"SEMIREC_RANKER_PRECISION": "fp16"}, "SEMIREC_RANKER_PRECISION must be auto, fp32 or int8"),
 ])
 def test_bad_values_are_clear_errors(env, message) -> None:
     with pytest.raises(SettingsError, match=message):

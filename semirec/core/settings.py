@@ -145,9 +145,9 @@ class Settings:
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
     triton_model_config: str = ""  # "" = config.pbtxt (CPU); "tensorrt" = configs/tensorrt.pbtxt
     # the ranker's onnxruntime graph in Triton's python backend (CPU): "int8" (dynamic int8
-    # MatMul weights, model.int8.onnx; the default since issue 24: parity measured in
-    # docs/serving.md) or "fp32" (model.onnx as exported)
-    ranker_precision: str = "int8"
+    # MatMul weights, model.int8.onnx; parity measured in docs/serving.md), "fp32" (model.onnx
+    # as exported) or "auto" (int8 where the serving CPU has VNNI, else fp32)
+    ranker_precision: str = "auto"
     log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
     trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
     trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
@@ -252,9 +252,9 @@ class Settings:
         if self.triton_model_config not in ("", "tensorrt"):
             raise SettingsError(
                 f"SEMIREC_TRITON_MODEL_CONFIG must be '' or 'tensorrt', got {self.triton_model_config!r}")
-        if self.ranker_precision not in ("fp32", "int8"):
+        if self.ranker_precision not in ("auto", "fp32", "int8"):
             raise SettingsError(
-                f"SEMIREC_RANKER_PRECISION must be fp32 or int8, got {self.ranker_precision!r}")
+                f"SEMIREC_RANKER_PRECISION must be auto, fp32 or int8, got {self.ranker_precision!r}")
         if not 1 <= self.recall_candidates <= 10_000:
             raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
         if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1 \

@@ -3,8 +3,9 @@
 Inputs and outputs are taken from the model's config; requests whose tensors have the same
 non-batch shapes are concatenated into one onnxruntime call (so Triton's dynamic batcher
 pays off) and the results split back per request. A ``precision`` parameter of ``int8`` (the
-ranker's, ``SEMIREC_RANKER_PRECISION``) runs the version's ``model.int8.onnx`` instead, made from
-``model.onnx`` if absent (semirec.trainer.registry.precision).
+ranker's, ``SEMIREC_RANKER_PRECISION``; ``auto`` on a CPU with VNNI) runs the version's
+``model.int8.onnx`` instead, made from ``model.onnx`` if absent
+(semirec.trainer.registry.precision).
 """
 
 from __future__ import annotations

@@ -3,8 +3,11 @@
 ``fp32`` serves ``model.onnx`` as exported. ``int8`` serves ``model.int8.onnx`` beside it: the
 same graph after onnxruntime's dynamic quantization (:func:`quantize_dynamic`: every MatMul or
 Gemm with a constant weight gets int8 per-channel weights and uint8 activations quantized per
-call, the CPU's AVX-512 VNNI kernels); the item-identity table (Gather), attention's
-activation x activation products and everything else stay fp32. The copy is made once (at
+call, the CPU's VNNI kernels); the item-identity table (Gather), attention's activation x
+activation products and everything else stay fp32. ``auto`` (the default) is ``int8`` on a CPU
+with int8 dot-product instructions (VNNI, AMX), where it is ~1.2x cheaper, and ``fp32`` on one
+without (AVX2 only), where the int8 graph is slower (0.69-0.86x, docs/serving.md); it is
+resolved by the process that loads the graph, on its own CPU (:func:`resolve`). The copy is made once (at
 export, or by the first server that needs it: atomic rename) and refused unless its scores on
 an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 graph's. Parity on real requests
 and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
@@ -23,8 +26,8 @@ from semirec.core import durable
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
-DEFAULT_PRECISION = "int8"  # SEMIREC_RANKER_PRECISION's default (issue 24: parity measured)
+PRECISIONS = ("auto", "fp32", "int8")
+DEFAULT_PRECISION = "auto"  # SEMIREC_RANKER_PRECISION's default (int8 where it pays: resolve)
 INT8_ONNX = "model.int8.onnx"
 INT8_MAX_DIFF = 0.02  # max |P_int8 - P_fp32| on the example batch a copy must meet
 
@@ -43,6 +46,13 @@ def has_vnni() -> bool:
     except OSError:
         return True  # not Linux: keep the 8-bit copy and rely on the bound
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def resolve(precision: str) -> str:
+    """``fp32`` or ``int8``: ``auto`` becomes ``int8`` where this CPU has VNNI, else ``fp32``."""
+    if check_precision(precision) == "auto":
+        return "int8" if has_vnni() else "fp32"
+    return precision
 
 
 def quantize_int8(fp32: Path, out: Path, reduce_range: bool = False) -> Path:
@@ -110,7 +120,7 @@ def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
 
 
 def model_for(model_onnx: Path, precision: str, batched: bool = True) -> Path:
-    """The graph to load for ``precision``: ``model_onnx`` itself, or its int8 copy."""
-    if check_precision(precision) == "int8":
+    """The graph to load for ``precision`` on this CPU: ``model_onnx`` itself, or its int8 copy."""
+    if resolve(precision) == "int8":
         return ensure_int8(model_onnx, batched)
     return Path(model_onnx)

@@ -27,8 +27,9 @@ On disk (``root`` = ``settings.model_repository``)::
     ranker/config.pbtxt           CPU: python backend running model.onnx with onnxruntime
     ranker/configs/tensorrt.pbtxt GPU: the same tensors on a TensorRT plan
     ranker/<n>/model.onnx         batched request graph      (build outputs, not in git)
-    ranker/<n>/model.int8.onnx    its int8 copy (precision int8: made at export, or by the
-                                  server that first needs it; semirec.trainer.registry.precision)
+    ranker/<n>/model.int8.onnx    its int8 copy (precision int8, or auto on a VNNI CPU: made at
+                                  export, or by the server that first needs it;
+                                  semirec.trainer.registry.precision)
     ranker/<n>/model.py           python-backend shim over semirec.encoders.triton_onnx
     ranker/<n>/meta.json          version, checkpoint sha256, model config, created_at, metrics
     ranker/<n>/checkpoint/        the safetensors checkpoint it was exported from
@@ -86,6 +87,7 @@ from semirec.trainer.registry.precision import (
     check_precision,
     ensure_int8,
     int8_diff,
+    resolve,
 )
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,8 @@ def render(dim: int = 128, variant: str = "python", id_buckets: int = 0,
     ``id_buckets`` > 0: a model with item identity (its inputs, and the bucket count as the
     ``id_buckets`` parameter, which the serving client reads to hash item ids); ``version``:
     the policy loads exactly that version (what promote writes), else the latest; ``precision``:
-    the python backend's graph (``fp32`` model.onnx, ``int8`` model.int8.onnx); ``skipped``: a
+    the python backend's graph (``fp32`` model.onnx, ``int8`` model.int8.onnx, ``auto`` either,
+    chosen by the server's CPU); ``skipped``: a
     ``+usr`` model (the incomplete watches' inputs, which the serving client sees in the
     config's inputs)."""
     check_precision(precision)
@@ -292,7 +295,7 @@ class ModelRepository:
                  variant: str = "python", load_timeout_s: float = 300.0,
                  precision: str = "fp32") -> None:
         """``precision``: the python backend's graph; ``fp32`` here (the exported graph itself),
-        :meth:`from_settings` passes ``SEMIREC_RANKER_PRECISION`` (default ``int8``)."""
+        :meth:`from_settings` passes ``SEMIREC_RANKER_PRECISION`` (default ``auto``)."""
         if keep < 2:
             raise ValueError("keep must be >= 2 (serving and previous)")
         self.root = Path(root)
@@ -406,7 +409,7 @@ class ModelRepository:
             int8 = {}
             if self.variant == ENGINE_VARIANT:
                 build_engine(tmp)
-            elif self.precision == "int8":  # served as int8: made (and checked) now, not at load
+            elif resolve(self.precision) == "int8":  # served as int8: made (and checked) now
                 try:
                     int8 = {"int8_max_abs_diff": int8_diff(tmp / ONNX, ensure_int8(tmp / ONNX))}
                 except Int8ParityError as exc:
