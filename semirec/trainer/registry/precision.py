@@ -6,11 +6,11 @@ Gemm with a constant weight gets int8 per-channel weights and uint8 activations 
 call, the CPU's VNNI kernels); the item-identity table (Gather), attention's activation x
 activation products and everything else stay fp32. ``auto`` (the default) is ``int8`` on a CPU
 with int8 dot-product instructions (VNNI, AMX), where it is ~1.2x cheaper, and ``fp32`` on one
-without (AVX2 only), where the int8 graph is slower (0.69-0.86x, docs/serving.md); it is
-resolved by the process that loads the graph, on its own CPU (:func:`resolve`). The copy is made once (at
-export, or by the first server that needs it: atomic rename) and refused unless its scores on
-an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 graph's. Parity on real requests
-and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
+without (AVX2 only), where the int8 graph is slower (0.69-0.87x, docs/serving.md); it is
+resolved by the process that loads the graph, on its own CPU (:func:`resolve`). The copy is
+made once (at export, or by the first server that needs it: atomic rename) and refused unless
+its scores on an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 graph's. Parity on
+real requests and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
 offered: onnxruntime's CPU provider has no fast x86 kernels for them (measured in
 docs/serving.md).
 """
