@@ -423,6 +423,42 @@ def test_int8_copy_loads_and_scores_close_to_fp32(tmp_path: Path, checkpoints) -
     assert (folder / INT8_ONNX).is_file() and np.abs(again - ref).max() <= INT8_BOUND
 
 
+def test_the_exported_graph_floors_every_attention_softmax(tmp_path: Path, checkpoints) -> None:
+    """Each Softmax of the served graph takes max(scores, rowmax - SPREAD): no denormal weights
+    in onnxruntime (semirec.trainer.nets.layers.floor_scores); eager torch has no floor."""
+    import onnx
+
+    repo = ModelRepository(tmp_path / "models")
+    graph = onnx.load(repo.dir / str(repo.export(checkpoints["semi0"])) / "model.onnx").graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    softmaxes = [node for node in graph.node if node.op_type == "Softmax"]
+    assert len(softmaxes) >= 3  # video, product, inter-domain, target attention
+    assert all(made_by[node.input[0]] == "Max" for node in softmaxes)
+
+
+def test_ranker_sessions_leave_the_int8_layer_norms_unfused(tmp_path: Path, checkpoints) -> None:
+    """Every ranker session (Triton's stub, export, benchmarks) skips onnxruntime's
+    SkipLayerNormalization fusion, which made the int8 graph slower (precision.DISABLED_OPTIMIZERS)."""
+    import onnx
+    import onnxruntime as ort
+
+    from semirec.trainer.registry.precision import INT8_ONNX, session
+
+    repo = ModelRepository(tmp_path / "models", precision="int8")
+    int8 = repo.dir / str(repo.export(checkpoints["semi0"])) / INT8_ONNX
+
+    def ops(path: Path) -> set[str]:
+        return {n.op_type for n in onnx.load(path).graph.node}
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "default.onnx")
+    ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in ops(tmp_path / "default.onnx")  # what onnxruntime does alone
+    session(int8, optimized_to=tmp_path / "ours.onnx")
+    assert "SkipLayerNormalization" not in ops(tmp_path / "ours.onnx")
+    assert "LayerNormalization" in ops(tmp_path / "ours.onnx")
+
+
 def test_triton_serves_the_int8_copy_when_asked(stack: EmbeddedStack, checkpoints) -> None:
     repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc, precision="int8")
     version = repo.export(checkpoints["semi1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from semirec.trainer.nets.configs import MODEL_NAMES, BlockConfig, ModelConfig, TrainConfig, paper
-from semirec.trainer.nets.layers import AttentionBlock
+from semirec.trainer.nets.layers import NEG, SPREAD, AttentionBlock, floor_scores
 from semirec.trainer.nets.ranker import UserBatch
 from semirec.trainer.nets.semi import SEMI
 from semirec.trainer.nets.zoo import build
@@ -113,6 +114,21 @@ def test_attention_block_matches_torch_reference() -> None:
         ours = block(x, mask)
     torch.testing.assert_close(ours[1, 2:], ref[1, 2:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours[0], ref[0], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_weights_are_never_denormal() -> None:
+    """In the exported graph padded keys and scores far below the row's max get e^-SPREAD, a
+    normal float, not the denormal weights that slow x86 down; every weight within float
+    resolution of softmax's."""
+    scores = torch.tensor([[0.0, -1.0, NEG, -200.0, -87.5, 3.0],
+                           [NEG, NEG, NEG, NEG, NEG, NEG]])
+    ours, plain = torch.softmax(floor_scores(scores), dim=-1), torch.softmax(scores, dim=-1)
+    assert ours[0, 2] > 0 and ours[0, 2] >= float(torch.finfo(torch.float32).tiny)
+    tiny = (ours != 0) & (ours.abs() < torch.finfo(torch.float32).tiny)
+    assert not tiny.any()
+    assert (ours[0, 2:5] / ours[0, 5]).allclose(torch.full((3,), math.exp(-SPREAD)))
+    torch.testing.assert_close(ours, plain, atol=1e-12, rtol=1e-6)
+    assert plain[0, 4] < torch.finfo(torch.float32).tiny  # what it replaces is denormal
 
 
 def test_semi_matches_a_direct_reading_of_the_paper() -> None:

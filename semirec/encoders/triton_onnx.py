@@ -4,8 +4,8 @@ Inputs and outputs are taken from the model's config; requests whose tensors hav
 non-batch shapes are concatenated into one onnxruntime call (so Triton's dynamic batcher
 pays off) and the results split back per request. A ``precision`` parameter of ``int8`` (the
 ranker's, ``SEMIREC_RANKER_PRECISION``; ``auto`` on a CPU with VNNI) runs the version's
-``model.int8.onnx`` instead, made from ``model.onnx`` if absent
-(semirec.trainer.registry.precision).
+``model.int8.onnx`` instead, made from ``model.onnx`` if absent; a ranker graph of either
+precision is loaded by semirec.trainer.registry.precision.session.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        if params.get("precision", "fp32") != "fp32":
-            from semirec.trainer.registry.precision import model_for
+        threads = int(params.get("intra_op_threads") or 1)
+        if "precision" in params:  # the ranker: its graph, loaded as every ranker process does
+            from semirec.trainer.registry import precision
 
-            path = model_for(path, params["precision"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads") or 1)
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = precision.session(precision.model_for(path, params["precision"]), threads)
+        else:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
 

@@ -225,13 +225,10 @@ def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
 
 
 def onnx_session(path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
-    import onnxruntime as ort
+    """A ranker graph's session, as every server loads it (precision.session)."""
+    from semirec.trainer.registry.precision import session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session(path, threads)
 
 
 def run_onnx(session, request: dict[str, np.ndarray]) -> np.ndarray:
