@@ -76,7 +76,8 @@ from semirec.serving.popularity import PopularitySnapshot
 from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
 from semirec.trainer.registry.export import example_request
-from semirec.trainer.registry.precision import DISABLED_OPTIMIZERS, model_for, resolve
+from semirec.trainer.registry.precision import model_for, resolve
+from semirec.trainer.registry.sessions import DISABLED_OPTIMIZERS
 
 DIM = 128
 

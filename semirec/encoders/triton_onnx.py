@@ -5,7 +5,7 @@ non-batch shapes are concatenated into one onnxruntime call (so Triton's dynamic
 pays off) and the results split back per request. A ``precision`` parameter of ``int8`` (the
 ranker's, ``SEMIREC_RANKER_PRECISION``; ``auto`` on a CPU with VNNI) runs the version's
 ``model.int8.onnx`` instead, made from ``model.onnx`` if absent; a ranker graph of either
-precision is loaded by semirec.trainer.registry.precision.session.
+precision is loaded by semirec.trainer.registry.sessions.session.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         threads = int(params.get("intra_op_threads") or 1)
         if "precision" in params:  # the ranker: its graph, loaded as every ranker process does
-            from semirec.trainer.registry import precision
+            from semirec.trainer.registry.precision import model_for
+            from semirec.trainer.registry.sessions import session
 
-            self.session = precision.session(precision.model_for(path, params["precision"]), threads)
+            self.session = session(model_for(path, params["precision"]), threads)
         else:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads

@@ -387,7 +387,7 @@ class OnnxRanker:
     ``model_onnx`` is the graph to load, ``model.onnx`` or its int8 copy (the repository
     resolves the precision: semirec.trainer.registry.precision.model_for);
     ``disabled_optimizers``: onnxruntime's graph optimizations to leave out, as the servers do
-    (semirec.trainer.registry.precision.DISABLED_OPTIMIZERS)."""
+    (semirec.trainer.registry.sessions.DISABLED_OPTIMIZERS)."""
 
     def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx",
                  id_buckets: int = 0, disabled_optimizers: Sequence[str] = ()) -> None:

@@ -125,7 +125,7 @@ def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int 
     from semirec.serving.catalog import CatalogIndex
     from semirec.serving.features import identity_tensors, rank_request
     from semirec.serving.ranking import OnnxRanker
-    from semirec.trainer.registry.precision import DISABLED_OPTIMIZERS
+    from semirec.trainer.registry.sessions import DISABLED_OPTIMIZERS
 
     catalog = CatalogIndex()
     catalog.upsert([it["item_id"] for it in world.items], vectors,

@@ -5,14 +5,15 @@ same graph after onnxruntime's dynamic quantization (:func:`quantize_dynamic`: e
 Gemm with a constant weight gets int8 per-channel weights and uint8 activations quantized per
 call, the CPU's VNNI kernels); the item-identity table (Gather), attention's activation x
 activation products and everything else stay fp32. ``auto`` (the default) is ``int8`` on a CPU
-with int8 dot-product instructions (VNNI, AMX), where it is ~1.2x cheaper, and ``fp32`` on one
+with int8 dot-product instructions (VNNI, AMX), where it is 1.13-1.22x cheaper, and ``fp32`` on one
 without (AVX2 only), where the int8 graph is slower (0.69-0.87x, docs/serving.md); it is
 resolved by the process that loads the graph, on its own CPU (:func:`resolve`). The copy is
 made once (at export, or by the first server that needs it: atomic rename) and refused unless
 its scores on an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 graph's. Parity on
 real requests and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
 offered: onnxruntime's CPU provider has no fast x86 kernels for them (measured in
-docs/serving.md). Every process loads a ranker graph through :func:`session`.
+docs/serving.md). Every process loads a ranker graph through
+:func:`semirec.trainer.registry.sessions.session`.
 """
 
 from __future__ import annotations
@@ -30,32 +31,12 @@ PRECISIONS = ("auto", "fp32", "int8")
 DEFAULT_PRECISION = "auto"  # SEMIREC_RANKER_PRECISION's default (int8 where it pays: resolve)
 INT8_ONNX = "model.int8.onnx"
 INT8_MAX_DIFF = 0.02  # max |P_int8 - P_fp32| on the example batch a copy must meet
-# onnxruntime's fusion of Add + LayerNormalization into SkipLayerNormalization: on the int8 graph
-# its CPU kernel ran the candidates' layer norms ~4x slower than the pair it replaces (Xeon with
-# AMX: a 500-candidate request 4.16 -> 3.28 ms without it); the fp32 graph is not fused anyway
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"ranker precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
-
-
-def session(path: Path, threads: int = 1, optimized_to: Path | None = None):  # -> InferenceSession
-    """An onnxruntime CPU session for a ranker graph of either precision: ``threads`` intra-op
-    threads, all graph optimizations but :data:`DISABLED_OPTIMIZERS` (``optimized_to``: where
-    to write the optimized graph, for inspection)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if optimized_to is not None:
-        opts.optimized_model_filepath = str(optimized_to)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
 def has_vnni() -> bool:
