@@ -33,7 +33,7 @@ def floor_scores(scores: Tensor) -> Tensor:
     masked key (``NEG``) or a score 88 or more below the row's max gives a denormal one, which
     costs an x86 core a microcode assist in onnxruntime's exponential and in the product with
     the values: its softmax ran 6x slower on padded sequences (a 500-candidate request 5.0 ->
-    3.8 ms on a Xeon). Eager torch does not pay it (and training would pay for the floor), so
+    3.5-3.9 ms on a Xeon). Eager torch does not pay it (and training would pay for the floor), so
     only the exported graph has it.
     """
     return torch.maximum(scores, scores.amax(-1, keepdim=True) - SPREAD)
