@@ -97,27 +97,32 @@ class Int8ParityError(RuntimeError):
     """The int8 copy's scores are too far from the fp32 graph's to serve."""
 
 
-def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
-    """The int8 copy beside ``model_onnx`` (made once; atomic): 8-bit weights where the CPU has
-    VNNI, 7-bit ones (``reduce_range``) where it has not or the 8-bit copy misses the bound (seen
-    on an AVX2-only EPYC: 0.013-0.037 -> 0.003-0.004). Raises :class:`Int8ParityError` when neither
-    copy's scores are within :data:`INT8_MAX_DIFF` of the fp32 graph's."""
+def quantize_checked(model_onnx: Path, out: Path, batched: bool = True) -> float:
+    """Write the int8 copy of ``model_onnx`` to ``out`` and return its max score difference to
+    the fp32 graph: 8-bit weights where the CPU has VNNI, 7-bit ones (``reduce_range``) where it
+    has not or the 8-bit copy misses the bound (seen on an AVX2-only EPYC: 0.013-0.037 ->
+    0.003-0.004). Raises :class:`Int8ParityError` when neither copy's scores are within
+    :data:`INT8_MAX_DIFF` of the fp32 graph's."""
     model_onnx = Path(model_onnx)
+    seven_bit = not has_vnni()
+    quantize_int8(model_onnx, out, reduce_range=seven_bit)
+    diff = int8_diff(model_onnx, out, batched)
+    if not diff <= INT8_MAX_DIFF and not seven_bit:
+        log.warning("int8 ranker: 8-bit weights differ from fp32 by %.4f > %s; trying 7-bit "
+                    "weights (reduce_range)", diff, INT8_MAX_DIFF)
+        quantize_int8(model_onnx, out, reduce_range=True)
+        diff = int8_diff(model_onnx, out, batched)
+    if not diff <= INT8_MAX_DIFF:
+        raise Int8ParityError(f"int8 ranker: scores differ from fp32 by {diff:.4f} > {INT8_MAX_DIFF}")
+    log.info("int8 ranker %s (max score difference to fp32 %.4f)", model_onnx.with_name(INT8_ONNX), diff)
+    return diff
 
-    def build(tmp: Path) -> None:
-        seven_bit = not has_vnni()
-        quantize_int8(model_onnx, tmp, reduce_range=seven_bit)
-        diff = int8_diff(model_onnx, tmp, batched)
-        if not diff <= INT8_MAX_DIFF and not seven_bit:
-            log.warning("int8 ranker: 8-bit weights differ from fp32 by %.4f > %s; trying 7-bit "
-                        "weights (reduce_range)", diff, INT8_MAX_DIFF)
-            quantize_int8(model_onnx, tmp, reduce_range=True)
-            diff = int8_diff(model_onnx, tmp, batched)
-        if not diff <= INT8_MAX_DIFF:
-            raise Int8ParityError(f"int8 ranker: scores differ from fp32 by {diff:.4f} > {INT8_MAX_DIFF}")
-        log.info("int8 ranker %s (max score difference to fp32 %.4f)", model_onnx.with_name(INT8_ONNX), diff)
 
-    return durable.build_once(model_onnx.with_name(INT8_ONNX), build)
+def ensure_int8(model_onnx: Path, batched: bool = True) -> Path:
+    """The int8 copy beside ``model_onnx`` (:func:`quantize_checked`; made once, atomic)."""
+    model_onnx = Path(model_onnx)
+    return durable.build_once(model_onnx.with_name(INT8_ONNX),
+                              lambda tmp: quantize_checked(model_onnx, tmp, batched))
 
 
 def model_for(model_onnx: Path, precision: str, batched: bool = True) -> Path:

@@ -83,10 +83,10 @@ from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
 from semirec.trainer.registry.precision import (
     DEFAULT_PRECISION,
+    INT8_ONNX,
     Int8ParityError,
     check_precision,
-    ensure_int8,
-    int8_diff,
+    quantize_checked,
     resolve,
 )
 
@@ -411,7 +411,7 @@ class ModelRepository:
                 build_engine(tmp)
             elif resolve(self.precision) == "int8":  # served as int8: made (and checked) now
                 try:
-                    int8 = {"int8_max_abs_diff": int8_diff(tmp / ONNX, ensure_int8(tmp / ONNX))}
+                    int8 = {"int8_max_abs_diff": quantize_checked(tmp / ONNX, tmp / INT8_ONNX)}
                 except Int8ParityError as exc:
                     raise ModelRepositoryError(str(exc)) from exc
             meta = {
