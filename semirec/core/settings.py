@@ -17,6 +17,8 @@ from semirec.core.urls import redact, redis_url_problem
 # the repository checkout (an editable install): semirec/core/settings.py -> ../../
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_MODEL_REPOSITORY = REPO_ROOT / "triton_models"
+# SEMIREC_RANKER_PRECISION's values (semirec.trainer.registry.precision resolves them)
+RANKER_PRECISIONS = ("auto", "fp32", "int8")
 
 
 class SettingsError(ValueError):
@@ -252,7 +254,7 @@ class Settings:
         if self.triton_model_config not in ("", "tensorrt"):
             raise SettingsError(
                 f"SEMIREC_TRITON_MODEL_CONFIG must be '' or 'tensorrt', got {self.triton_model_config!r}")
-        if self.ranker_precision not in ("auto", "fp32", "int8"):
+        if self.ranker_precision not in RANKER_PRECISIONS:
             raise SettingsError(
                 f"SEMIREC_RANKER_PRECISION must be auto, fp32 or int8, got {self.ranker_precision!r}")
         if not 1 <= self.recall_candidates <= 10_000:

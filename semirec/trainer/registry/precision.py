@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from semirec.core import durable
+from semirec.core.settings import RANKER_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "int8")
+PRECISIONS = RANKER_PRECISIONS
 DEFAULT_PRECISION = "auto"  # SEMIREC_RANKER_PRECISION's default (int8 where it pays: resolve)
 INT8_ONNX = "model.int8.onnx"
 INT8_MAX_DIFF = 0.02  # max |P_int8 - P_fp32| on the example batch a copy must meet
