@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import torch
 
 from semirec.core.kafka import ensure_topics, ingest_topics, serving_topics
+from semirec.core.recommendations import encode
 from semirec.core.sequences import Entry, UserState
 from semirec.serving.breaker import CircuitBreaker
 from semirec.serving.features import rank_request
@@ -197,6 +198,8 @@ async def test_tritonserver_stopped_means_fallback_then_recovery(
         down = [await rec.recommend("u", 5, at=T0, state=state) for _ in range(3)]
         assert all(r.fallback and r.model_version == "fallback" and len(r.items) == 5
                    for r in down)
+        # the first call failed (the server is stopped); the breaker it opened refuses the next
+        assert [r.fallback_reason for r in down] == ["triton_error", "breaker_open", "breaker_open"]
         assert rec.breaker.opened >= 1
         triton_stack.resume("triton")
         assert repo.load_serving() is not None  # explicit mode: the operator (or trainer) reloads
@@ -206,4 +209,5 @@ async def test_tritonserver_stopped_means_fallback_then_recovery(
                 break
             await asyncio.sleep(0.1)
         assert not answer.fallback and answer.model_version.startswith("ranker/")
+        assert answer.fallback_reason is None and b"fallback_reason" not in encode(answer)
         await rec.close()

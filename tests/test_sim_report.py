@@ -36,7 +36,8 @@ def _result(ingest_lag: int | None = 0) -> LoopResult:
                    recommendations=300, fallbacks=3, freshness_ms=[10.0, 20.0, 30.0, 200.0],
                    active_users={"u1", "u2"}, users_recommended={"u1", "u2", "u3"},
                    final_ingest_lag=ingest_lag, final_recommend_lag=0,
-                   model_versions=Counter({"ranker/1": 150, "ranker/2": 150}))
+                   model_versions=Counter({"ranker/1": 150, "ranker/2": 150}),
+                   fallback_reasons=Counter({"triton_error": 1, "breaker_open": 2}))
     r.timeline = [Sample(T0 + i, 12 * i, 7 * i, max(0, 20 - i), 0, 15.0, 80.0) for i in range(40)]
     return r
 
@@ -62,6 +63,7 @@ def test_summary_holds_the_contract_keys_and_checks() -> None:
     assert s["online_completion"]["popularity"] == pytest.approx(0.3)
     assert s["online_completion_after_shift"]["random"] == pytest.approx((0.9 + 0.3 + 0.5) / 3, abs=1e-4)
     assert s["promotions"] == 1 and s["fallbacks"] == 3
+    assert s["fallbacks_by_reason"] == {"triton_error": 1, "breaker_open": 2}
     assert s["freshness_p99_ms"] == pytest.approx(194.9, abs=0.1)
     assert s["events_ingested"] == 500
     assert s["ok"] and all(s["checks"].values())

@@ -77,6 +77,9 @@ class Recommendation(msgspec.Struct, frozen=True, omit_defaults=True):
     fallback: bool
     timings: Timings
     skipped_without_vector: int = 0
+    # why, when ``fallback``: "no_model" (no ranker configured), "breaker_open" (the circuit
+    # breaker is not letting calls through), "triton_error" (the call failed or missed its budget)
+    fallback_reason: str | None = None
     candidates: list[str] | None = None  # only with SEMIREC_PUBLISH_CANDIDATES=1 (diagnostics)
 
 

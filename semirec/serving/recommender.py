@@ -140,12 +140,13 @@ class Recommender:
         ranked_all = await self._rank_many(work)
         rank_s = time.perf_counter() - recalled
         out = []
-        for w, (scores, version, fallback) in zip(work, ranked_all, strict=True):
-            out.append(self._answer(w, scores, version, fallback, rank_s, started_at))
+        for w, (scores, version, why) in zip(work, ranked_all, strict=True):
+            out.append(self._answer(w, scores, version, why, rank_s, started_at))
         return out
 
-    def _answer(self, w: _Work, scores: np.ndarray, version: str, fallback: bool, rank_s: float,
+    def _answer(self, w: _Work, scores: np.ndarray, version: str, why: str | None, rank_s: float,
                 started_at: float) -> Recommendation:
+        """``why``: the fallback's reason, None when the model ranked."""
         job = w.job
         order = np.argsort(-scores, kind="stable")[: job.k]
         pool = w.pool
@@ -166,8 +167,8 @@ class Recommender:
         metrics.STAGE_SECONDS.labels("total").observe(total_ms / 1000)
         return Recommendation(
             user_id=job.user_id, request_id=job.request_id, event_id=job.event_id, items=items,
-            model_version=version, generated_at=time.time(), fallback=fallback, timings=timings,
-            skipped_without_vector=w.skipped,
+            model_version=version, generated_at=time.time(), fallback=why is not None,
+            timings=timings, skipped_without_vector=w.skipped, fallback_reason=why,
             candidates=list(w.pool.ids) if self.settings.publish_candidates else None)
 
     def _given(self, candidates: Sequence[str], state: UserState | None) -> tuple[Recalled, int]:
@@ -178,15 +179,16 @@ class Recommender:
         return (Recalled(self.catalog, rows, sims.astype(np.float64), np.zeros(len(rows), np.int16),
                          ("request",)), len(set(candidates)) - len(known))
 
-    async def _rank_many(self, work: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
-        """(scores, model_version, fallback) per job: the model ranks every job with candidates
+    async def _rank_many(self, work: list[_Work]) -> list[tuple[np.ndarray, str, str | None]]:
+        """(scores, model_version, fallback reason or None) per job: the model ranks every job with candidates
         in one call per tensor shape (requests with more candidates than the padding differ);
         a failed call falls back for all of its jobs."""
-        out: list[tuple[np.ndarray, str, bool] | None] = [None] * len(work)
+        out: list[tuple[np.ndarray, str, str | None] | None] = [None] * len(work)
         groups: dict[int, list[int]] = {}
         for i, w in enumerate(work):
             if not w.pool:
-                out[i] = (np.zeros(0, np.float32), FALLBACK_VERSION, self.ranker is None)
+                out[i] = (np.zeros(0, np.float32), FALLBACK_VERSION,
+                          "no_model" if self.ranker is None else None)
             else:
                 groups.setdefault(max(len(w.pool), self.settings.recall_candidates), []).append(i)
         ranked = await asyncio.gather(*(self._rank_group([work[i] for i in members])
@@ -196,7 +198,7 @@ class Recommender:
                 out[i] = result
         return out  # type: ignore[return-value]
 
-    async def _rank_group(self, group: list[_Work]) -> list[tuple[np.ndarray, str, bool]]:
+    async def _rank_group(self, group: list[_Work]) -> list[tuple[np.ndarray, str, str | None]]:
         why = "no_model" if self.ranker is None else "breaker_open"
         if self.ranker is not None and self.breaker.allow():
             try:
@@ -234,14 +236,14 @@ class Recommender:
                 self.breaker.success()
                 metrics.BREAKER_OPEN.set(0)
                 scores = np.asarray(scores, np.float32).reshape(len(group), -1)
-                return [(scores[j, : len(w.pool)], version, False) for j, w in enumerate(group)]
+                return [(scores[j, : len(w.pool)], version, None) for j, w in enumerate(group)]
         metrics.BREAKER_OPEN.set(int(self.breaker.state is not State.CLOSED))
         metrics.FALLBACKS.labels(why).inc(len(group))
         answers = []
         for w in group:
             sims = w.pool.similarity.astype(np.float32)
             answers.append((fallback_scores(sims, self.popularity.scores(w.pool.ids)),
-                            FALLBACK_VERSION, True))
+                            FALLBACK_VERSION, why))
         return answers
 
 def _stages(appended_at: float | None, written_at: float | None, received_at: float | None,

@@ -99,6 +99,7 @@ class LoopResult:
     history_events: int = 0
     recommendations: int = 0
     fallbacks: int = 0
+    fallback_reasons: Counter[str] = field(default_factory=Counter)  # Recommendation.fallback_reason
     freshness_ms: list[float] = field(default_factory=list)
     active_users: set[str] = field(default_factory=set)  # users with a sequence-changing event
     users_recommended: set[str] = field(default_factory=set)
@@ -266,6 +267,7 @@ class ClosedLoop:
         self.state.see_version(version, now)
         if rec.get("fallback"):
             r.fallbacks += 1
+            r.fallback_reasons[str(rec.get("fallback_reason"))] += 1
             self.state.fallbacks += 1
         fresh = (rec.get("timings") or {}).get("event_to_publish_ms")
         if fresh is not None:

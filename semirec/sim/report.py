@@ -57,6 +57,7 @@ def summarize(result: Any, quality: QualityLog, audience: Any, state: Any, *, mi
         "promotions": len(state.promotions),
         "promotion_log": [{"at": round(t, 3), "model_version": v} for t, v in state.promotions],
         "fallbacks": result.fallbacks,
+        "fallbacks_by_reason": dict(result.fallback_reasons),
         "recommendations": result.recommendations,
         "freshness_p50_ms": _percentile(result.freshness_ms, 50),
         "freshness_p99_ms": _percentile(result.freshness_ms, 99),
