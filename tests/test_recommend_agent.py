@@ -127,9 +127,12 @@ def test_cli_recommend_and_watch(settings, redis_client, world, tmp_path) -> Non
         answer = json.loads(machine.stdout)
         assert answer["user_id"] == "dana" and len(answer["items"]) == 4
         assert answer["request_id"].startswith("cli-") and answer["fallback"] is True
+        assert answer["fallback_reason"] in ("triton_error", "breaker_open")
         person = semirec("recommend", "dana", "--k", "3")
         assert person.returncode == 0, person.stderr
         assert "dana: 3 videos" in person.stdout and "video " in person.stdout  # toy titles
+        said = " ".join(person.stdout.split())  # the table's title wraps
+        assert "fallback (similarity + popularity; triton_error)" in said or "breaker_open)" in said
     watched = semirec("recommendations", "--user", "dana", "--json")
     assert watched.returncode == 0, watched.stderr
     lines = [json.loads(line) for line in watched.stdout.splitlines()]

@@ -79,7 +79,8 @@ def _print(rec: Recommendation, titles: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    how = "fallback (similarity + popularity)" if rec.fallback else rec.model_version
+    how = (f"fallback (similarity + popularity; {rec.fallback_reason or 'no reason given'})"
+           if rec.fallback else rec.model_version)
     t = rec.timings
     table = Table(title=f"{rec.user_id}: {len(rec.items)} videos, ranked by {how}, "
                         f"{_when(rec.generated_at)}", title_justify="left",
