@@ -77,7 +77,6 @@ from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
 from semirec.trainer.registry.export import example_request
 from semirec.trainer.registry.precision import model_for, resolve
-from semirec.trainer.registry.sessions import DISABLED_OPTIMIZERS
 
 DIM = 128
 
@@ -120,8 +119,7 @@ async def bench_rank(triton_url: str, onnx_path: Path, seconds: float, triton_pi
     one = example_request(DIM, 50, 50, 500, seed=1)
     tensors = {k: v[None] for k, v in one.items()}
     triton = TritonRanker(triton_url, timeout_s=5)
-    inproc = OnnxRanker(model_for(onnx_path, precision), threads=1,
-                        disabled_optimizers=DISABLED_OPTIMIZERS)
+    inproc = OnnxRanker(model_for(onnx_path, precision), threads=1)
     out: dict = {}
     for _ in range(20):  # warm both paths
         await triton.rank(tensors)

@@ -438,12 +438,12 @@ def test_the_exported_graph_floors_every_attention_softmax(tmp_path: Path, check
 
 def test_ranker_sessions_leave_the_int8_layer_norms_unfused(tmp_path: Path, checkpoints) -> None:
     """Every ranker session (Triton's stub, export, benchmarks) skips onnxruntime's
-    SkipLayerNormalization fusion, which made the int8 graph slower (sessions.DISABLED_OPTIMIZERS)."""
+    SkipLayerNormalization fusion, which made the int8 graph slower (ranker_sessions.DISABLED_OPTIMIZERS)."""
     import onnx
     import onnxruntime as ort
 
+    from semirec.core.ranker_sessions import session
     from semirec.trainer.registry.precision import INT8_ONNX
-    from semirec.trainer.registry.sessions import session
 
     repo = ModelRepository(tmp_path / "models", precision="int8")
     int8 = repo.dir / str(repo.export(checkpoints["semi0"])) / INT8_ONNX

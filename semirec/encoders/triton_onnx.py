@@ -5,7 +5,7 @@ non-batch shapes are concatenated into one onnxruntime call (so Triton's dynamic
 pays off) and the results split back per request. A ``precision`` parameter of ``int8`` (the
 ranker's, ``SEMIREC_RANKER_PRECISION``; ``auto`` on a CPU with VNNI) runs the version's
 ``model.int8.onnx`` instead, made from ``model.onnx`` if absent; a ranker graph of either
-precision is loaded by semirec.trainer.registry.sessions.session.
+precision is loaded by semirec.core.ranker_sessions.session.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         threads = int(params.get("intra_op_threads") or 1)
         if "precision" in params:  # the ranker: its graph, loaded as every ranker process does
+            from semirec.core.ranker_sessions import session
             from semirec.trainer.registry.precision import model_for
-            from semirec.trainer.registry.sessions import session
 
             self.session = session(model_for(path, params["precision"]), threads)
         else:

@@ -385,19 +385,14 @@ class _Region:
 class OnnxRanker:
     """The same request graph in process (onnxruntime, ``threads`` intra-op threads):
     ``model_onnx`` is the graph to load, ``model.onnx`` or its int8 copy (the repository
-    resolves the precision: semirec.trainer.registry.precision.model_for);
-    ``disabled_optimizers``: onnxruntime's graph optimizations to leave out, as the servers do
-    (semirec.trainer.registry.sessions.DISABLED_OPTIMIZERS)."""
+    resolves the precision: semirec.trainer.registry.precision.model_for), loaded as every
+    server loads it (semirec.core.ranker_sessions)."""
 
     def __init__(self, model_onnx: Path, *, threads: int = 1, version: str = "onnx",
-                 id_buckets: int = 0, disabled_optimizers: Sequence[str] = ()) -> None:
-        import onnxruntime as ort
+                 id_buckets: int = 0) -> None:
+        from semirec.core.ranker_sessions import session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_onnx), opts, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(disabled_optimizers))
+        self.session = session(model_onnx, threads)
         self.names = {i.name for i in self.session.get_inputs()}
         self.version = version
         if "candidate_bucket" in self.names and id_buckets <= 0:

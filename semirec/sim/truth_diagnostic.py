@@ -125,12 +125,11 @@ def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int 
     from semirec.serving.catalog import CatalogIndex
     from semirec.serving.features import identity_tensors, rank_request
     from semirec.serving.ranking import OnnxRanker
-    from semirec.trainer.registry.sessions import DISABLED_OPTIMIZERS
 
     catalog = CatalogIndex()
     catalog.upsert([it["item_id"] for it in world.items], vectors,
                    [Domain(it["domain"]) for it in world.items])
-    ranker = OnnxRanker(model_onnx, id_buckets=id_buckets, disabled_optimizers=DISABLED_OPTIMIZERS)
+    ranker = OnnxRanker(model_onnx, id_buckets=id_buckets)
     watched: dict[str, list[float]] = {}
     completed: dict[str, list[float]] = {}
     for e in world.events:

@@ -225,8 +225,8 @@ def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
 
 
 def onnx_session(path: Path, threads: int = 1):  # -> onnxruntime.InferenceSession
-    """A ranker graph's session, as every server loads it (sessions.session)."""
-    from semirec.trainer.registry.sessions import session
+    """A ranker graph's session, as every server loads it (semirec.core.ranker_sessions)."""
+    from semirec.core.ranker_sessions import session
 
     return session(path, threads)
 

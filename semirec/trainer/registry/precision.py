@@ -13,7 +13,7 @@ its scores on an example batch stay within :data:`INT8_MAX_DIFF` of the fp32 gra
 real requests and held-out watches: ``benchmarks/ranker_precision.py`` (docs/serving.md). fp16 / bf16 are not
 offered: onnxruntime's CPU provider has no fast x86 kernels for them (measured in
 docs/serving.md). Every process loads a ranker graph through
-:func:`semirec.trainer.registry.sessions.session`.
+:func:`semirec.core.ranker_sessions.session`.
 """
 
 from __future__ import annotations

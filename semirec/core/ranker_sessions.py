@@ -1,6 +1,7 @@
 """How every process loads a ranker graph (fp32 or int8) into onnxruntime: Triton's python
-backend (semirec.encoders.triton_onnx), export's parity checks, the int8 copy's bound, the
-benchmarks. onnxruntime only: the Triton stub imports it without torch."""
+backend (semirec.encoders.triton_onnx), serving's in-process ``OnnxRanker``, export's parity
+checks, the int8 copy's bound, the benchmarks. onnxruntime only: the Triton stub imports it
+without torch."""
 
 from __future__ import annotations
 
