@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from semirec.trainer.nets.configs import MODEL_NAMES, BlockConfig, ModelConfig, TrainConfig, paper
-from semirec.trainer.nets.layers import NEG, SPREAD, AttentionBlock, floor_scores
+from semirec.trainer.nets.layers import (
+    NEG,
+    SPREAD,
+    AttentionBlock,
+    copy_into_padding,
+    floor_scores,
+)
 from semirec.trainer.nets.ranker import UserBatch
 from semirec.trainer.nets.semi import SEMI
 from semirec.trainer.nets.zoo import build
@@ -129,6 +135,29 @@ def test_attention_weights_are_never_denormal() -> None:
     assert (ours[0, 2:5] / ours[0, 5]).allclose(torch.full((3,), math.exp(-SPREAD)))
     torch.testing.assert_close(ours, plain, atol=1e-12, rtol=1e-6)
     assert plain[0, 4] < torch.finfo(torch.float32).tiny  # what it replaces is denormal
+
+
+def test_padding_copies_leave_the_attention_outputs_unchanged(monkeypatch) -> None:
+    """In an exported graph padded keys are copies of the row's first real entry biased by
+    -SPREAD (no floor per candidate): the same outputs as eager torch at every real position,
+    for the candidates' attention and for an empty row."""
+    torch.manual_seed(0)
+    block = AttentionBlock(D, 4, D, 0.0).eval()
+    x, cands = torch.randn(3, 9, D) * 3, torch.randn(3, 6, D)
+    mask = torch.arange(9)[None] >= torch.tensor([4, 0, 9])[:, None]  # 5, 9, 0 real entries
+
+    def outputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            keys, values, bias = block.keys_values(x, mask)
+            return block(x, mask), block.attend(cands, keys, values, bias), bias
+
+    eager = outputs()
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    exported = outputs()
+    torch.testing.assert_close(exported[0][mask], eager[0][mask], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(exported[1], eager[1], atol=1e-6, rtol=1e-6)
+    assert eager[2].min() == NEG and exported[2].min() == -SPREAD
+    torch.testing.assert_close(copy_into_padding(x, mask)[0, :4], x[0, 4:5].expand(4, D))
 
 
 def test_semi_matches_a_direct_reading_of_the_paper() -> None:
