@@ -139,8 +139,9 @@ def test_attention_weights_are_never_denormal() -> None:
 
 def test_padding_copies_leave_the_attention_outputs_unchanged(monkeypatch) -> None:
     """In an exported graph padded keys are copies of the row's first real entry biased by
-    -SPREAD (no floor per candidate): the same outputs as eager torch at every real position,
-    for the candidates' attention and for an empty row."""
+    -SPREAD (no floor per candidate) and the bias is folded into the scores' product: the same
+    outputs as eager torch at every real position, for the candidates' attention and for an
+    empty row."""
     torch.manual_seed(0)
     block = AttentionBlock(D, 4, D, 0.0).eval()
     x, cands = torch.randn(3, 9, D) * 3, torch.randn(3, 6, D)

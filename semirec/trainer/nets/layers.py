@@ -104,17 +104,21 @@ class AttentionBlock(nn.Module):
         to the sequence, as in BST), still without recomputing the sequence side.
         """
         b, n, _ = x.shape
-        q = self._split(self.q(x))
         h, k = self.heads, keys.shape[-1]
-        scores = torch.baddbmm(  # q @ keys + bias in one kernel, [B, H, Q, L]
-            bias.expand(b, h, 1, k).reshape(b * h, 1, k),
-            q.reshape(b * h, n, self.head_dim), keys.reshape(b * h, self.head_dim, k),
-        ).view(b, h, n, k)
+        if torch.onnx.is_in_onnx_export() and not (causal or with_self):
+            scores = self._folded_scores(x, keys, bias)
+        else:
+            q = self._split(self.q(x))
+            scores = torch.baddbmm(  # q @ keys + bias in one kernel, [B, H, Q, L]
+                bias.expand(b, h, 1, k).reshape(b * h, 1, k),
+                q.reshape(b * h, n, self.head_dim), keys.reshape(b * h, self.head_dim, k),
+            ).view(b, h, n, k)
         if causal:
             scores = scores + torch.full(
                 (n, keys.shape[-1]), NEG, dtype=x.dtype, device=x.device
             ).triu(1)
         if with_self:
+            q = self._split(self.q(x))
             own_keys = self._split(self.k(x)) * (1.0 / math.sqrt(self.head_dim))
             scores = torch.cat([scores, (q * own_keys).sum(-1, keepdim=True)], dim=-1)
             weights = softmax(scores)  # an all-padded row has no real key to copy
@@ -126,6 +130,17 @@ class AttentionBlock(nn.Module):
             heads = heads * (bias.amax(-1) == 0).to(x.dtype)
         x = self.norm1(x + self.drop(self.out(heads)))
         return self.norm2(x + self.drop(self.ffn(x)))
+
+    def _folded_scores(self, x: Tensor, keys: Tensor, bias: Tensor) -> Tensor:
+        """q @ keys + bias as one MatMul: each head's query gets a constant 1 (a projection row
+        of zeros with bias 1) and its keys the bias as one more row."""
+        b, n, _ = x.shape
+        h, dh, k = self.heads, self.head_dim, keys.shape[-1]
+        w = torch.cat([self.q.weight.view(h, dh, -1), self.q.weight.new_zeros(h, 1, self.dim)], 1)
+        bq = torch.cat([self.q.bias.view(h, dh), self.q.bias.new_ones(h, 1)], 1)
+        q = nn.functional.linear(x, w.reshape(h * (dh + 1), -1), bq.reshape(-1))
+        q = q.view(b, n, h, dh + 1).transpose(1, 2)  # [B, H, Q, dh + 1]
+        return q @ torch.cat([keys, bias.expand(b, h, 1, k)], dim=2)  # [B, H, Q, L]
 
     def forward(self, x: Tensor, mask: Tensor, causal: bool = False) -> Tensor:
         """Self-attention over a sequence (Query = Key = Value = ``x``)."""
