@@ -117,8 +117,7 @@ class AttentionBlock(nn.Module):
             scores = scores + torch.full(
                 (n, keys.shape[-1]), NEG, dtype=x.dtype, device=x.device
             ).triu(1)
-        if with_self:
-            q = self._split(self.q(x))
+        if with_self:  # never folded: q is the split projection above
             own_keys = self._split(self.k(x)) * (1.0 / math.sqrt(self.head_dim))
             scores = torch.cat([scores, (q * own_keys).sum(-1, keepdim=True)], dim=-1)
             weights = softmax(scores)  # an all-padded row has no real key to copy
