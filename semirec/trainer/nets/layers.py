@@ -73,8 +73,8 @@ class AttentionBlock(nn.Module):
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
     def keys_values(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Project a sequence once: scaled keys [B,H,dh,L], values [B,H,L,dh], key bias
-        [B,1,1,L] (0 for real entries, -1e9 for padding).
+        """Project a sequence once: scaled keys [B,H,dh,L], values [B,H,L,dh] (zero for an
+        empty sequence), key bias [B,1,1,L] (0 for real entries, -1e9 for padding).
 
         In an exported graph padded slots are copies of a real entry (:func:`copy_into_padding`)
         with a bias of ``-SPREAD``: weights within 50 e^-30 of softmax's, and none denormal, so
@@ -87,7 +87,9 @@ class AttentionBlock(nn.Module):
         keys = self._split(self.k(x)).transpose(-1, -2) * (1.0 / math.sqrt(self.head_dim))
         keys = keys.contiguous()
         bias = torch.where(mask, 0.0, pad).to(x.dtype)[:, None, None, :]
-        return keys, self._split(self.v(x)), bias
+        # an empty sequence gets zero values, so a query attending to it gets zero (once per user)
+        values = self._split(self.v(x)) * mask.any(1).to(x.dtype)[:, None, None, None]
+        return keys, values, bias
 
     def attend(
         self,
@@ -125,8 +127,6 @@ class AttentionBlock(nn.Module):
             heads = mixed.transpose(1, 2).reshape(b, n, self.dim)
         else:
             heads = (softmax(scores, floor=causal) @ values).transpose(1, 2).reshape(b, n, self.dim)
-            # a query that sees no real key (empty sequence) attends to nothing: zero output
-            heads = heads * (bias.amax(-1) == 0).to(x.dtype)
         x = self.norm1(x + self.drop(self.out(heads)))
         return self.norm2(x + self.drop(self.ffn(x)))
 

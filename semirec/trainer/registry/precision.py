@@ -28,15 +28,14 @@ from semirec.core.settings import RANKER_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = RANKER_PRECISIONS
 DEFAULT_PRECISION = "auto"  # SEMIREC_RANKER_PRECISION's default (int8 where it pays: resolve)
 INT8_ONNX = "model.int8.onnx"
 INT8_MAX_DIFF = 0.02  # max |P_int8 - P_fp32| on the example batch a copy must meet
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"ranker precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in RANKER_PRECISIONS:
+        raise ValueError(f"ranker precision must be one of {RANKER_PRECISIONS}, got {precision!r}")
     return precision
 
 
