@@ -113,3 +113,41 @@ def test_the_truth_diagnostic_scores_a_graph_with_item_identity(tmp_path: Path) 
     scorer = onnx_scorer(onnx, world, vectors, id_buckets=1024)
     out = diagnose(world, vectors, scorer, cases=10)
     assert out["cases"] == 10 and 0.0 < out["model"] < 1.0
+
+
+def test_the_torch_scorer_scores_as_the_served_graph(tmp_path: Path) -> None:
+    """``semirec.sim.ranker_check`` scores the demo's ranker (``+ses+usr+id``: incomplete
+    watches and item counts among its inputs) in torch as the exported graph does on Triton."""
+    from semirec.core.sequences import UserState, apply
+    from semirec.sim.truth_diagnostic import onnx_scorer, torch_scorer
+    from semirec.trainer.registry.export import export_batched_onnx
+    from semirec.worlds import load_world
+
+    world = load_world("world", seed=0, users=40)
+    dim = 128
+    vectors = np.random.default_rng(0).normal(size=(len(world.items), dim)).astype(np.float32)
+    cfg = replace(paper("semi_ccl+sim+ses+usr+id"), block=BlockConfig(dim=dim, heads=4, ffn=D),
+                  id_buckets=1024)
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    with torch.no_grad():  # the counts and the user's rate move the scores
+        model.identity.rate_weight.fill_(5.0)
+        model.similarity_weight.weight.normal_()
+    onnx = export_batched_onnx(model, tmp_path / "model.onnx", dim)
+    in_torch = torch_scorer(model, world, vectors)
+    served = onnx_scorer(onnx, world, vectors, id_buckets=1024)
+    videos = [it["item_id"] for it in world.items if it["domain"] == "video"]
+    rows = {it["item_id"]: i for i, it in enumerate(world.items)}
+    candidates = vectors[[rows[v] for v in videos]]
+    states: dict[str, UserState] = {}
+    skipped = 0
+    for n, e in enumerate(world.events):
+        apply(states.setdefault(e.user_id, UserState()), [(e, n)])
+        if n % 500 == 499:  # a user mid-history
+            state = states[e.user_id]
+            skipped += len(state.skipped)
+            expected = served(e.user_id, state, videos, candidates, e.ts + 1)
+            got = in_torch(e.user_id, state, videos, candidates, e.ts + 1)
+            assert got.shape == expected.shape == (len(videos),)
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert skipped > 0  # the incomplete watches were among the inputs

@@ -78,7 +78,8 @@ class _Bars:
         self.current = None
 
 
-def _settings(text: str) -> dict[str, float]:
+def parse_settings(text: str) -> dict[str, float]:
+    """``a.b=1,c.d=2`` -> ``{"a.b": 1.0, "c.d": 2.0}`` (``--set``)."""
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
@@ -177,7 +178,7 @@ def evaluate(data: str, quick: bool, seeds: int | None, as_json: bool, report: P
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
         result = run_all(prepared, names, seeds, quick, _Bars(progress, len(names) * seeds),
-                         train_fraction, jobs, _settings(settings))
+                         train_fraction, jobs, parse_settings(settings))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     result["vectors"] = vectors_from
     result["encoder_runtime"] = encoder_runtime
