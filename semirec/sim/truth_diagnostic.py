@@ -116,9 +116,19 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
             **means(out), "among_candidates": {**means(among), "candidates": float(np.mean(sizes))}}
 
 
-def item_counts(world: Any) -> Callable[[list[str], float], tuple[np.ndarray, np.ndarray]]:
-    """``(ids, at)`` -> each video's watches and complete watches before ``at`` [C] float32,
-    from the world's events (what serving reads from Redis for a model with item identity)."""
+def request_scorer(world: Any, vectors: np.ndarray, run: Callable[[dict[str, np.ndarray]], Any],
+                   *, seq_len: int, skipped: bool, id_buckets: int) -> Scorer:
+    """Scores of ``run`` (a request graph: [1, ...] tensors -> [1, C] scores) on requests built as
+    serving builds them: the incomplete watches when ``skipped`` (``+usr``), and with
+    ``id_buckets`` each candidate's watch / complete-watch counts before the request, from the
+    world's events (what serving reads from Redis for ``+id``)."""
+    from semirec.core.contracts import Domain
+    from semirec.serving.catalog import CatalogIndex
+    from semirec.serving.features import identity_tensors, rank_request
+
+    catalog = CatalogIndex(vectors.shape[1])
+    catalog.upsert([it["item_id"] for it in world.items], vectors,
+                   [Domain(it["domain"]) for it in world.items])
     watched: dict[str, list[float]] = {}
     completed: dict[str, list[float]] = {}
     for e in world.events:
@@ -130,63 +140,40 @@ def item_counts(world: Any) -> Callable[[list[str], float], tuple[np.ndarray, np
     done = {k: np.sort(np.asarray(v)) for k, v in completed.items()}
     empty = np.zeros(0)
 
-    def counts(ids: list[str], at: float) -> tuple[np.ndarray, np.ndarray]:
-        return (np.array([np.searchsorted(times.get(i, empty), at) for i in ids], np.float32),
-                np.array([np.searchsorted(done.get(i, empty), at) for i in ids], np.float32))
+    def score(user_id: str, state: Any, ids: list[str], candidates: np.ndarray, at: float) -> np.ndarray:
+        tensors = rank_request(state, candidates, catalog, at=at, seq_len=seq_len,
+                               skipped=skipped).tensors
+        if id_buckets:
+            w = np.array([np.searchsorted(times.get(i, empty), at) for i in ids], np.float32)
+            c = np.array([np.searchsorted(done.get(i, empty), at) for i in ids], np.float32)
+            tensors = {**tensors, **identity_tensors(ids, w, c, id_buckets)}
+        return np.asarray(run(tensors)).reshape(-1)[: len(candidates)]
 
-    return counts
+    return score
 
 
 def onnx_scorer(model_onnx: Path, world: Any, vectors: np.ndarray, seq_len: int = 50,
                 id_buckets: int = 1 << 18) -> Scorer:
-    """Scores of the graph as serving computes them; a graph with item identity also gets each
-    candidate's watch / complete-watch counts before the request, from the world's events (what
-    serving reads from Redis), with ``id_buckets`` (the models' default, 2^18)."""
-    from semirec.core.contracts import Domain
-    from semirec.serving.catalog import CatalogIndex
-    from semirec.serving.features import identity_tensors, rank_request
+    """Scores of the exported graph as serving computes them (:func:`request_scorer`), with
+    ``id_buckets`` for a graph with item identity (the models' default, 2^18)."""
     from semirec.serving.ranking import OnnxRanker
 
-    catalog = CatalogIndex()
-    catalog.upsert([it["item_id"] for it in world.items], vectors,
-                   [Domain(it["domain"]) for it in world.items])
     ranker = OnnxRanker(model_onnx, id_buckets=id_buckets)
-    counts = item_counts(world)
-
-    def score(user_id: str, state: Any, ids: list[str], candidates: np.ndarray, at: float) -> np.ndarray:
-        req = rank_request(state, candidates, catalog, at=at, seq_len=seq_len,
-                           skipped="skipped" in ranker.names)
-        tensors = req.tensors
-        if ranker.id_buckets:
-            tensors = {**tensors, **identity_tensors(ids, *counts(ids, at), ranker.id_buckets)}
-        return np.asarray(ranker.rank_sync(tensors)).reshape(-1)[: len(candidates)]
-
-    return score
+    return request_scorer(world, vectors, ranker.rank_sync, seq_len=seq_len,
+                          skipped="skipped" in ranker.names, id_buckets=ranker.id_buckets)
 
 
 def torch_scorer(model: Any, world: Any, vectors: np.ndarray, seq_len: int = 50) -> Scorer:
-    """:func:`onnx_scorer` for a torch ranker in process (the request graph's scores): the same
-    requests, with the incomplete watches for ``+usr`` and the items' counts for ``+id``."""
-    from semirec.core.contracts import Domain
-    from semirec.serving.catalog import CatalogIndex
-    from semirec.serving.features import identity_tensors, rank_request
+    """:func:`onnx_scorer` for a torch ranker in process (its request graph's scores)."""
     from semirec.trainer.registry.export import torch_scores
 
-    catalog = CatalogIndex(vectors.shape[1])
-    catalog.upsert([it["item_id"] for it in world.items], vectors,
-                   [Domain(it["domain"]) for it in world.items])
-    counts = item_counts(world)
-    skipped = getattr(model, "user_rate", None) is not None
-    buckets = 0 if model.identity is None else model.identity.bias.num_embeddings
+    def run(tensors: dict[str, np.ndarray]) -> np.ndarray:
+        return torch_scores(model, {k: v[0] for k, v in tensors.items()})
 
-    def score(user_id: str, state: Any, ids: list[str], candidates: np.ndarray, at: float) -> np.ndarray:
-        tensors = rank_request(state, candidates, catalog, at=at, seq_len=seq_len,
-                               skipped=skipped).tensors
-        if buckets:
-            tensors = {**tensors, **identity_tensors(ids, *counts(ids, at), buckets)}
-        return torch_scores(model, {k: v[0] for k, v in tensors.items()})[: len(candidates)]
-
-    return score
+    return request_scorer(world, vectors, run, seq_len=seq_len,
+                          skipped=getattr(model, "user_rate", None) is not None,
+                          id_buckets=0 if model.identity is None
+                          else model.identity.bias.num_embeddings)
 
 
 def demo_encoder_cached(world: Any) -> Path:
