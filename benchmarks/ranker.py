@@ -17,8 +17,11 @@ One run, one core (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1)
   request_ms_500_unshared_torch  for reference: a batch forward that re-encodes the user for
                             every candidate (what sharing the user side avoids)
 
-Full-length sequences (50 videos, 50 products) and random weights (cost does not depend on them).
-Usage: python -m benchmarks.ranker [--repeat N] [--json]
+Full-length sequences (50 videos, 50 products, with ``+usr`` 50 incomplete watches) and random
+weights (cost does not depend on them). ``--model`` (default ``semi``, the figures in the docs
+before 2026-12-06) takes any SEMI name, e.g. the demo's ``semi_ccl+sim+ses+usr+id``; ``--set``
+changes its sizes as ``semirec evaluate --set`` does (``mlp_hidden=64,block.ffn=64``).
+Usage: python -m benchmarks.ranker [--model NAME] [--set K=V,...] [--repeat N] [--json]
 """
 
 from __future__ import annotations
@@ -37,17 +40,23 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import finish, machine, print_describe
+from semirec.cli.evaluate import parse_settings
 from semirec.trainer.nets.configs import paper
-from semirec.trainer.nets.ranker import UserBatch
+from semirec.trainer.nets.ranker import Ranker
 from semirec.trainer.nets.zoo import build
+from semirec.trainer.offline.evaluate import override
 from semirec.trainer.registry.export import (
-    INPUTS,
+    IDENTITY_INPUTS,
     RequestGraph,
     example_request,
     export_onnx,
+    fit_buckets,
+    input_names,
     onnx_session,
     run_onnx,
     torch_scores,
+    user_batch,
+    uses_skipped,
 )
 from semirec.trainer.registry.precision import DEFAULT_PRECISION, ensure_int8, resolve
 
@@ -67,32 +76,42 @@ def sgemm_gflops(n: int = 1024, repeat: int = 30) -> float:
     return 2 * n**3 / best_seconds(lambda: a @ b, repeat) / 1e9
 
 
-def request_flops(model: torch.nn.Module, request: dict[str, np.ndarray]) -> int:
+def request_flops(model: Ranker, request: dict[str, np.ndarray]) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        RequestGraph(model)(*(torch.from_numpy(request[k]) for k in INPUTS))
+        RequestGraph(model)(*(torch.from_numpy(request[k]) for k in input_names(model)))
     return counter.get_total_flops()
 
 
-def unshared_forward(
-    model: torch.nn.Module, request: dict[str, np.ndarray]
-) -> Callable[[], object]:
+def unshared_forward(model: Ranker, request: dict[str, np.ndarray]) -> Callable[[], object]:
     """The naive way: a batch of C copies of the user, each scored against one candidate."""
     c = len(request["candidates"])
     t = {k: torch.from_numpy(v) for k, v in request.items()}
-    user = UserBatch(*(t[k][None].expand(c, *t[k].shape) for k in INPUTS[:6]))
+    user = user_batch({k: v[None].expand(c, *v.shape) for k, v in t.items()
+                       if k != "candidates" and k not in IDENTITY_INPUTS})
+    items = (tuple(t[k][:, None] for k in IDENTITY_INPUTS) if model.identity is not None
+             else None)
 
     def run() -> object:
         with torch.inference_mode():
-            return model(user, t["candidates"])
+            return model(user, t["candidates"], items)
 
     return run
+
+
+def request(model: Ranker, candidates: int) -> dict[str, np.ndarray]:
+    """A full-length random request in ``model``'s input format."""
+    return fit_buckets(model, example_request(candidates=candidates, skipped=uses_skipped(model),
+                                              identity=model.identity is not None))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--model", default="semi", help="a SEMI model name (default: %(default)s)")
+    parser.add_argument("--set", dest="settings", default="",
+                        help="sizes as `semirec evaluate --set` takes them, e.g. mlp_hidden=64")
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -101,12 +120,13 @@ def main() -> None:
     at_start = machine()
 
     sgemm = sgemm_gflops()
-    model = build(paper("semi")).eval()
-    big = example_request(candidates=args.candidates)
-    one = example_request(candidates=1)
+    settings = parse_settings(args.settings)
+    model = build(override(paper(args.model), settings)).eval()
+    big, one = request(model, args.candidates), request(model, 1)
     flops = request_flops(model, big)
 
-    out: dict[str, Any] = {"sgemm_gflops_1core": round(sgemm, 1), "request_flops_500": flops}
+    out: dict[str, Any] = {"model": args.model, "settings": settings,
+                           "sgemm_gflops_1core": round(sgemm, 1), "request_flops_500": flops}
     torch_500 = best_seconds(lambda: torch_scores(model, big), args.repeat)
     torch_1 = best_seconds(lambda: torch_scores(model, one), args.repeat)
     with tempfile.TemporaryDirectory() as tmp:

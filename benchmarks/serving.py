@@ -40,9 +40,13 @@
 Weights are random (cost does not depend on them). ``--ranker-precision fp32|int8`` (default:
 ``SEMIREC_RANKER_PRECISION``'s) picks the ranker's graph in Triton and in process
 (``ranker_precision`` in the JSON, ``ranker_precision_resolved`` what ``auto`` became on this
-CPU). Usage:
+CPU). ``--model`` (default ``semi``, the figures in the docs before 2026-12-06) serves another
+SEMI network, e.g. the demo's ``semi_ccl+sim+ses+usr+id`` (its extra inputs: the workers send
+the users' incomplete watches and the items' counts), ``--set`` its sizes (``mlp_hidden=64``).
+Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
-                               [--worker-env KEY=VALUE ...] [--ranker-precision P] [--json]
+                               [--worker-env KEY=VALUE ...] [--ranker-precision P]
+                               [--model NAME] [--set K=V,...] [--json]
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import finish, machine, print_describe
+from semirec.cli.evaluate import parse_settings
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.item_store import ItemStore, ItemVector
 from semirec.core.kafka import ensure_topics, ingest_topics, producer, serving_topics
@@ -75,7 +80,9 @@ from semirec.serving.catalog import CatalogIndex
 from semirec.serving.popularity import PopularitySnapshot
 from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
-from semirec.trainer.registry.export import example_request
+from semirec.trainer.nets.ranker import Ranker
+from semirec.trainer.offline.evaluate import override
+from semirec.trainer.registry.export import example_request, fit_buckets, uses_skipped
 from semirec.trainer.registry.precision import model_for, resolve
 
 DIM = 128
@@ -115,11 +122,15 @@ async def closed_loop(rank, tensors, concurrency: int, seconds: float) -> tuple[
 
 
 async def bench_rank(triton_url: str, onnx_path: Path, seconds: float, triton_pid: int,
-                     precision: str = "fp32") -> dict:
-    one = example_request(DIM, 50, 50, 500, seed=1)
+                     precision: str = "fp32", model: Ranker | None = None) -> dict:
+    one = example_request(DIM, 50, 50, 500, seed=1, skipped=model is not None and uses_skipped(model),
+                          identity=model is not None and model.identity is not None)
+    if model is not None:
+        one = fit_buckets(model, one)
     tensors = {k: v[None] for k, v in one.items()}
     triton = TritonRanker(triton_url, timeout_s=5)
-    inproc = OnnxRanker(model_for(onnx_path, precision), threads=1)
+    buckets = 0 if model is None or model.identity is None else model.identity.bias.num_embeddings
+    inproc = OnnxRanker(model_for(onnx_path, precision), threads=1, id_buckets=buckets)
     out: dict = {}
     for _ in range(20):  # warm both paths
         await triton.rank(tensors)
@@ -349,8 +360,10 @@ async def main_async(args: argparse.Namespace) -> dict:
             import torch
 
             torch.manual_seed(0)
-            cfg = paper("semi")
-            ckpt = checkpoint.save(work / "ckpt", build(cfg).eval(), cfg)
+            cfg = override(paper(args.model), parse_settings(args.settings))
+            model = build(cfg).eval()
+            ckpt = checkpoint.save(work / "ckpt", model, cfg)
+            result["model"], result["settings"] = args.model, parse_settings(args.settings)
             repo = ModelRepository(repo_dir, stack.addresses.triton_grpc,
                                    precision=args.ranker_precision)
             result["ranker_precision"] = args.ranker_precision
@@ -361,7 +374,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 result.update(await bench_rank(stack.addresses.triton_grpc,
                                                repo_dir / "ranker" / str(version) / "model.onnx",
                                                args.seconds, stack.procs["triton"].pid,
-                                               args.ranker_precision))
+                                               args.ranker_precision, model))
             if "recall" in args.parts:
                 result["recall_ms_10k"] = bench_recall(10_000)
                 result["recall_ms_100k"] = bench_recall(100_000)
@@ -396,6 +409,11 @@ def main() -> None:
                         help="extra setting for the two workers (e.g. SEMIREC_FETCH_MAX_WAIT_MS=10)")
     parser.add_argument("--parts", default="rank,recall,freshness",
                         help="comma-separated subset of rank,recall,freshness (default: all)")
+    parser.add_argument("--model", default="semi",
+                        help="the ranker served (random weights), a SEMI name such as the demo's "
+                             "semi_ccl+sim+ses+usr+id (default: %(default)s)")
+    parser.add_argument("--set", dest="settings", default="",
+                        help="its sizes as `semirec evaluate --set` takes them, e.g. mlp_hidden=64")
     parser.add_argument("--ranker-precision", choices=("auto", "fp32", "int8"), default=None,
                         help="the ranker's graph in Triton and in process (default: "
                              "SEMIREC_RANKER_PRECISION's)")

@@ -172,3 +172,14 @@ def test_prune_runs_keeps_the_newest(tmp_path) -> None:
     gone = prune_runs(tmp_path, keep=2)
     assert [p.name for p in gone] == ["20260101T000000"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260102T000000", "20260103T000000"]
+
+
+def test_the_demo_retrains_its_ranker_when_a_default_setting_changes(monkeypatch) -> None:
+    from semirec.sim.orchestrator import ranker_cache_key
+    from semirec.trainer.nets import configs
+
+    key = ranker_cache_key({"seed": 0}, "fusion-x")
+    assert key == ranker_cache_key({"seed": 0}, "fusion-x")
+    assert key != ranker_cache_key({"seed": 0}, "fusion-x", quick=False)
+    monkeypatch.setattr(configs, "WEIGHT_DECAY", configs.WEIGHT_DECAY / 2)
+    assert key != ranker_cache_key({"seed": 0}, "fusion-x")

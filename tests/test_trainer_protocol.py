@@ -19,6 +19,7 @@ from semirec.trainer.offline.evaluate import (
     _shown_together,
     evaluate,
     measure,
+    override,
     prepare,
     train_model,
 )
@@ -201,3 +202,14 @@ def test_parallel_runs_equal_serial_runs(data) -> None:
     for a, b in zip(serial["results"], parallel["results"], strict=True):
         for key in ("auc", "gauc", "hr@10_popneg", "auc_shown", "auc_short_video"):
             assert a[key] == b[key], key
+
+
+def test_settings_replace_config_fields_and_name_the_unknown_ones() -> None:
+    cfg = override(paper("semi_ccl+sim"), {"train.lr": 5e-4, "block.ffn": 64, "mlp_hidden": 32,
+                                           "ccl.tau": 0.3})
+    assert (cfg.train.lr, cfg.block.ffn, cfg.mlp_hidden, cfg.ccl.tau) == (5e-4, 64, 32, 0.3)
+    assert isinstance(cfg.mlp_hidden, int) and isinstance(cfg.block.ffn, int)
+    assert override(paper("semi"), {"ccl.tau": 0.3}).ccl is None  # no CCL: ignored
+    for bad in ("hidden", "train.nope", "head.width"):
+        with pytest.raises(ValueError, match="unknown setting"):
+            override(paper("semi"), {bad: 1.0})

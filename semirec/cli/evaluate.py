@@ -132,7 +132,8 @@ def _table(result: dict[str, Any]) -> Table:
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Runs (model x seed) in parallel processes, one torch thread each.")
 @click.option("--set", "settings", default="", help="Override settings for every model, e.g. "
-              "'train.weight_decay=0.1,ccl.tau=0.2' (to choose them on validation AUC).")
+              "'train.weight_decay=0.1,ccl.tau=0.2,mlp_hidden=64' (train.*, ccl.*, block.*, "
+              "mlp_hidden, rate_prior_strength; to choose them on validation AUC).")
 @click.option("--size", default="demo", show_default=True, help="Generated world preset.")
 @click.option("--world-seed", type=int, default=0, show_default=True)
 @click.option("--encoder", type=click.Path(exists=True, path_type=Path), default=None,

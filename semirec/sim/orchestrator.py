@@ -167,12 +167,16 @@ def agent_exists(name: str) -> bool:
 
 
 def ranker_cache_key(world_params: dict[str, Any], encoder_version: str, quick: bool = True) -> str:
-    """Cache key of the demo's ranker: the world, the encoder, the budget, the checkpoint format."""
+    """Cache key of the demo's ranker: the world, the encoder, the budget, the checkpoint format
+    and the model's settings (:func:`scaled` on a fixed size, so a changed default retrains)."""
+    from semirec.trainer.nets import configs
     from semirec.trainer.nets.checkpoint import FORMAT
 
+    recipe = configs.scaled(configs.paper(TRAIN_MODEL), 100_000, 100_000)
+    recipe = configs.quick(recipe) if quick else recipe
     body = json.dumps({"world": world_params, "encoder": encoder_version, "model": TRAIN_MODEL,
-                       "quick": quick, "seed": 0, "checkpoint_format": FORMAT},
-                      sort_keys=True, default=str)
+                       "quick": quick, "seed": 0, "checkpoint_format": FORMAT,
+                       "settings": recipe.to_dict()}, sort_keys=True, default=str)
     return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
 
 

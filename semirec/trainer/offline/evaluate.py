@@ -251,13 +251,22 @@ class Popularity:
         return self.score[candidates]
 
 
+# the numeric fields of ModelConfig itself that ``--set`` takes
+MODEL_SETTINGS = ("mlp_hidden", "rate_prior_strength")
+
+
 def override(cfg: ModelConfig, settings: Mapping[str, float]) -> ModelConfig:
-    """``{"train.weight_decay": 0.1, "ccl.tau": 0.2}`` -> cfg with those fields replaced (for
-    choosing settings on validation; a ``ccl.*`` setting is ignored by a model without CCL)."""
+    """``{"train.weight_decay": 0.1, "ccl.tau": 0.2, "mlp_hidden": 64}`` -> cfg with those fields
+    replaced (for choosing settings on validation; a ``ccl.*`` setting is ignored by a model
+    without CCL; a name without a dot is one of :data:`MODEL_SETTINGS`)."""
     for key, value in settings.items():
+        if key in MODEL_SETTINGS:
+            cfg = replace(cfg, **{key: type(getattr(cfg, key))(value)})
+            continue
         part, _, field = key.partition(".")
         if part not in ("train", "ccl", "block") or not field:
-            raise ValueError(f"unknown setting {key!r} (train.*, ccl.*, block.*)")
+            raise ValueError(f"unknown setting {key!r} (train.*, ccl.*, block.*, "
+                             f"{', '.join(MODEL_SETTINGS)})")
         sub = getattr(cfg, part)
         if sub is None:
             continue
