@@ -81,3 +81,19 @@ async def test_identity_inputs_reach_triton_and_rank_by_completion_rate(
         got = {i.item_id: i.score for i in answer.items}
         np.testing.assert_allclose([got["v2"], got["v3"], got["v1"]], expected, atol=1e-5)
         await rec.close()
+
+
+async def test_watch_counts_read_thousands_of_ids_in_one_call(settings, redis_client) -> None:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    events = [Event(f"w{i}", "u", f"v{i % 1500}", Domain.VIDEO, "watch", T0, i % 4 == 0)
+              for i in range(3000)]
+    await count_watches(client, events)
+    ids = [f"v{i}" for i in range(2600)] + ["v7", "never", "v8"]  # past 1,000: chunked in Lua
+    watches, completes = await watch_counts(client, ids)
+    expect_w = [sum(e.item_id == i for e in events) for i in ids]
+    expect_c = [sum(e.item_id == i and e.complete for e in events) for i in ids]
+    assert expect_w[1499:1501] == [2, 0] and 0 < sum(expect_c) < sum(expect_w)
+    assert watches.dtype == completes.dtype == np.float32
+    assert watches.tolist() == expect_w and completes.tolist() == expect_c
+    assert [a.tolist() for a in await watch_counts(client, [])] == [[], []]
+    await client.aclose()

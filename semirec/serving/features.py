@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -111,8 +112,12 @@ def item_bucket(item_id: str, buckets: int) -> int:
     """The hashed id bucket of a ranker with item identity: the first 8 bytes of BLAKE2b(id)
     as an unsigned little-endian integer, modulo ``buckets`` (semirec.trainer.nets.identity.item_bucket;
     repeated here so the agent does not import torch, and tested to agree)."""
-    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % buckets
+    return _id_hash(item_id) % buckets
+
+
+@lru_cache(maxsize=1 << 17)  # a recommendation hashes its 500 candidates: most were seen before
+def _id_hash(item_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np.ndarray,
@@ -121,7 +126,8 @@ def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np
     like the candidates (padding: bucket 0, no watches)."""
     n = max(len(item_ids), pad_to)
     bucket = np.zeros(n, np.int64)
-    bucket[: len(item_ids)] = [item_bucket(i, buckets) for i in item_ids]
+    bucket[: len(item_ids)] = np.fromiter(map(_id_hash, item_ids), np.uint64, len(item_ids)) \
+        % np.uint64(buckets)
     w, c = np.zeros(n, np.float32), np.zeros(n, np.float32)
     w[: len(item_ids)], c[: len(item_ids)] = watches, completes
     return {"candidate_bucket": bucket[None], "candidate_watches": w[None],
