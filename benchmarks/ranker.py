@@ -48,15 +48,13 @@ from semirec.trainer.offline.evaluate import override
 from semirec.trainer.registry.export import (
     IDENTITY_INPUTS,
     RequestGraph,
-    example_request,
     export_onnx,
-    fit_buckets,
     input_names,
+    model_request,
     onnx_session,
     run_onnx,
     torch_scores,
     user_batch,
-    uses_skipped,
 )
 from semirec.trainer.registry.precision import DEFAULT_PRECISION, ensure_int8, resolve
 
@@ -99,12 +97,6 @@ def unshared_forward(model: Ranker, request: dict[str, np.ndarray]) -> Callable[
     return run
 
 
-def request(model: Ranker, candidates: int) -> dict[str, np.ndarray]:
-    """A full-length random request in ``model``'s input format."""
-    return fit_buckets(model, example_request(candidates=candidates, skipped=uses_skipped(model),
-                                              identity=model.identity is not None))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
@@ -122,7 +114,7 @@ def main() -> None:
     sgemm = sgemm_gflops()
     settings = parse_settings(args.settings)
     model = build(override(paper(args.model), settings)).eval()
-    big, one = request(model, args.candidates), request(model, 1)
+    big, one = model_request(model, candidates=args.candidates), model_request(model, candidates=1)
     flops = request_flops(model, big)
 
     out: dict[str, Any] = {"model": args.model, "settings": settings,

@@ -82,7 +82,7 @@ from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
 from semirec.trainer.nets.ranker import Ranker
 from semirec.trainer.offline.evaluate import override
-from semirec.trainer.registry.export import example_request, fit_buckets, uses_skipped
+from semirec.trainer.registry.export import model_request
 from semirec.trainer.registry.precision import model_for, resolve
 
 DIM = 128
@@ -122,14 +122,11 @@ async def closed_loop(rank, tensors, concurrency: int, seconds: float) -> tuple[
 
 
 async def bench_rank(triton_url: str, onnx_path: Path, seconds: float, triton_pid: int,
-                     precision: str = "fp32", model: Ranker | None = None) -> dict:
-    one = example_request(DIM, 50, 50, 500, seed=1, skipped=model is not None and uses_skipped(model),
-                          identity=model is not None and model.identity is not None)
-    if model is not None:
-        one = fit_buckets(model, one)
+                     model: Ranker, precision: str = "fp32") -> dict:
+    one = model_request(model, DIM, 50, 50, 500, seed=1)
     tensors = {k: v[None] for k, v in one.items()}
     triton = TritonRanker(triton_url, timeout_s=5)
-    buckets = 0 if model is None or model.identity is None else model.identity.bias.num_embeddings
+    buckets = 0 if model.identity is None else model.identity.bias.num_embeddings
     inproc = OnnxRanker(model_for(onnx_path, precision), threads=1, id_buckets=buckets)
     out: dict = {}
     for _ in range(20):  # warm both paths
@@ -374,7 +371,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 result.update(await bench_rank(stack.addresses.triton_grpc,
                                                repo_dir / "ranker" / str(version) / "model.onnx",
                                                args.seconds, stack.procs["triton"].pid,
-                                               args.ranker_precision, model))
+                                               model, args.ranker_precision))
             if "recall" in args.parts:
                 result["recall_ms_10k"] = bench_recall(10_000)
                 result["recall_ms_100k"] = bench_recall(100_000)

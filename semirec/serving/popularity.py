@@ -108,10 +108,6 @@ def _script(client: aioredis.Redis, source: str) -> AsyncScript:
     return script
 
 
-def _count_script(client: aioredis.Redis) -> AsyncScript:
-    return _script(client, _COUNT)
-
-
 async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_s: int = 3600) -> int:
     """Add the complete video watches among ``events`` to their hour's counts, and every watch
     to the all-time counts (one script call: one round trip, applied atomically)."""
@@ -133,7 +129,7 @@ async def count_watches(client: aioredis.Redis, events: Iterable[Event], bucket_
     if not watches:
         return 0
     shards = shards_of(client)
-    script = _count_script(client)
+    script = _script(client, _COUNT)
     if shards == 1:
         keys, args = _count_call(watches, completes, per_hour, 0, 1)
         await script(keys=keys, args=args)

@@ -155,6 +155,15 @@ def example_request(
     return {k: out[k] for k in names}
 
 
+def model_request(model: Ranker, dim: int = 128, video: int = 50, product: int = 50,
+                  candidates: int = 500, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`example_request` in ``model``'s input format (incomplete watches for ``+usr``,
+    identity inputs within its bucket count for ``+id``)."""
+    return fit_buckets(model, example_request(dim, video, product, candidates, seed,
+                                              identity=model.identity is not None,
+                                              skipped=uses_skipped(model)))
+
+
 def fit_buckets(model: Ranker, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Example buckets within ``model``'s bucket count (the examples draw from 2^18)."""
     if model.identity is not None and "candidate_bucket" in feeds:
@@ -168,8 +177,7 @@ def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RequestGraph(model).eval()
     names = input_names(model)
-    request = fit_buckets(model, example_request(dim, 7, 9, 5, identity=model.identity is not None,
-                                                 skipped=uses_skipped(model)))
+    request = model_request(model, dim, 7, 9, 5)
     example = tuple(torch.from_numpy(request[k]) for k in names)
     axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
             "video_mask": {0: "video_len"}, "product": {0: "product_len"},
