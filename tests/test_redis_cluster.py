@@ -26,6 +26,8 @@ from semirec.core.sequences import UserState, replay
 from semirec.core.settings import Settings
 from semirec.core.store import SequenceStore, user_key
 from semirec.serving import popularity as pop
+from semirec.serving.catalog import CatalogIndex
+from semirec.serving.identity import IdentityIndex
 from tests.conftest import settings_env
 from tests.event_script import encode, scripted_events
 from tests.kafka_utils import produce_raw, wait_committed
@@ -119,6 +121,14 @@ async def test_popularity_counts_spread_over_the_cluster(aclient, cluster_url) -
     snap = pop.PopularitySnapshot(window_hours=24)
     await snap.refresh(aclient)
     assert snap.counts == dict(done) and snap.newest_hour == 1001
+    catalog = CatalogIndex(dim=4)
+    catalog.upsert(items, np.ones((len(items), 4), np.float32), [Domain.VIDEO] * len(items))
+    index = IdentityIndex(catalog, read_limit=1)  # each shard's feed read one video a call
+    assert await index.refresh(aclient) == len(watches)
+    assert len(index.positions) == pop.CLUSTER_SHARDS and index.feed_resets == 0
+    got = index.tensors(catalog.rows(items), 1024)
+    assert got["candidate_watches"][0].tolist() == w.tolist()
+    assert got["candidate_completes"][0].tolist() == c.tolist()
     # no hot slot: the counts live under every shard's tag, on every primary
     sync = sync_redis_client(cluster_url)
     keys = [k.decode() for k in sync.scan_iter(match="semirec:*")]

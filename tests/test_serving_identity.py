@@ -12,8 +12,16 @@ import redis.asyncio as aioredis
 import torch
 
 from semirec.core.contracts import Domain, Event
+from semirec.serving.catalog import CatalogIndex
 from semirec.serving.features import identity_tensors, item_bucket, rank_request
-from semirec.serving.popularity import count_watches, watch_counts
+from semirec.serving.identity import IdentityIndex
+from semirec.serving.popularity import (
+    COMPLETES_KEY,
+    COUNTED_KEY,
+    WATCHES_KEY,
+    count_watches,
+    watch_counts,
+)
 from semirec.serving.ranking import TritonRanker
 from semirec.serving.recommender import Recommender
 from semirec.trainer.nets import checkpoint
@@ -96,4 +104,53 @@ async def test_watch_counts_read_thousands_of_ids_in_one_call(settings, redis_cl
     assert watches.dtype == completes.dtype == np.float32
     assert watches.tolist() == expect_w and completes.tolist() == expect_c
     assert [a.tolist() for a in await watch_counts(client, [])] == [[], []]
+    await client.aclose()
+
+
+async def test_the_identity_index_follows_the_count_feed(settings, redis_client) -> None:
+    """Buckets and counts by catalog row equal those made from the ids and read by id; a refresh
+    reads only the videos counted since the last one (in slices of ``read_limit``), a video
+    counted before the catalog has its vector gets its counts once it has, and a feed found
+    behind the index (emptied) is read again whole, forgetting what it no longer holds."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    catalog = CatalogIndex(dim=4)
+    ids = [f"v{i}" for i in range(30)]
+    catalog.upsert(ids[:25], np.eye(4, dtype=np.float32)[np.arange(25) % 4],
+                   [Domain.VIDEO] * 25)
+    index = IdentityIndex(catalog, read_limit=7)
+    assert await index.refresh(client) == 0
+    events = [Event(f"w{i}", "u", ids[i % 29], Domain.VIDEO, "watch", T0, i % 3 == 0)
+              for i in range(100)]
+    await count_watches(client, events[:60])
+    assert await index.refresh(client) == 29  # 5 slices of at most 7
+    assert await index.refresh(client) == 0  # idle: nothing read again
+
+    async def expected(rows: np.ndarray) -> dict[str, np.ndarray]:
+        row_ids = catalog.ids(rows)
+        return identity_tensors(row_ids, *await watch_counts(client, row_ids), 1024, 40)
+
+    rows = np.array([3, 0, 24, 7, 7, 12])
+    for name, value in (await expected(rows)).items():
+        np.testing.assert_array_equal(index.tensors(rows, 1024, 40)[name], value)
+    await count_watches(client, events[60:])  # 29 again, of which v28 is not in the catalog yet
+    assert await index.refresh(client) == 29
+    catalog.upsert(ids[25:], np.ones((5, 4), np.float32), [Domain.VIDEO] * 5)
+    rows = catalog.rows(["v28", "v29", "v1", "v26"])
+    got = index.tensors(rows, 1024, 4)
+    for name, value in (await expected(rows)).items():
+        np.testing.assert_array_equal(got[name][:, :4], value[:, :4])
+    assert got["candidate_watches"][0].tolist()[:2] == [3, 0]  # v28 counted, v29 never
+    assert index.tensors(rows, 7, 4)["candidate_bucket"][0].tolist() == \
+        [item_bucket(i, 7) for i in ["v28", "v29", "v1", "v26"]]
+    # the counts as an older copy would hold them (a replica promoted after losing its newest
+    # entries): the feed's positions behind the index's
+    await client.flushdb()
+    await client.hset(WATCHES_KEY, mapping={"v0": 1, "v1": 2})
+    await client.hset(COMPLETES_KEY, "v0", 1)
+    await client.zadd(COUNTED_KEY, {"v0": 5, "v1": 3})
+    assert await index.refresh(client) == 2 and index.feed_resets == 1
+    assert index.counts == {"v0": (1, 1), "v1": (2, 0)} and index.positions == [5]
+    assert index.tensors(catalog.rows(["v0", "v1", "v2"]), 1024)["candidate_watches"][0].tolist() \
+        == [1, 2, 0]
+    assert await index.refresh(client) == 0 and index.feed_resets == 1
     await client.aclose()

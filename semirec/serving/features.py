@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -115,9 +114,14 @@ def item_bucket(item_id: str, buckets: int) -> int:
     return _id_hash(item_id) % buckets
 
 
-@lru_cache(maxsize=1 << 17)  # a recommendation hashes its 500 candidates: most were seen before
 def _id_hash(item_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def item_buckets(item_ids: Sequence[str], buckets: int) -> np.ndarray:
+    """int64 :func:`item_bucket` of each id."""
+    return (np.fromiter(map(_id_hash, item_ids), np.uint64, len(item_ids))
+            % np.uint64(buckets)).astype(np.int64)
 
 
 def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np.ndarray,
@@ -126,8 +130,7 @@ def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np
     like the candidates (padding: bucket 0, no watches)."""
     n = max(len(item_ids), pad_to)
     bucket = np.zeros(n, np.int64)
-    bucket[: len(item_ids)] = np.fromiter(map(_id_hash, item_ids), np.uint64, len(item_ids)) \
-        % np.uint64(buckets)
+    bucket[: len(item_ids)] = item_buckets(item_ids, buckets)
     w, c = np.zeros(n, np.float32), np.zeros(n, np.float32)
     w[: len(item_ids)], c[: len(item_ids)] = watches, completes
     return {"candidate_bucket": bucket[None], "candidate_watches": w[None],

@@ -37,6 +37,10 @@ FEED_RESETS = Counter(
     "semirec_catalog_feed_resets", "Catalog change feed found behind the position the serving "
     "index had read (emptied, or a Redis failover lost its last entries): read again whole.",
     registry=REGISTRY)
+COUNT_FEED_RESETS = Counter(
+    "semirec_count_feed_resets", "A shard of the videos' count feed found behind the position the "
+    "serving index had read (emptied, or a Redis failover lost its last entries): read again whole.",
+    registry=REGISTRY)
 CATALOG_ITEMS = Gauge(
     "semirec_serving_catalog_items", "Items in the serving index, by domain.", ["domain"],
     registry=REGISTRY)

@@ -7,15 +7,20 @@ hours (relative to the newest hour seen, so a replay of history behaves as live 
 an in-memory ranking that recall and the fallback ranker read without touching Redis.
 
 The same pass keeps every video's all-time watch and complete-watch counts (hashes
-``semirec:video:watches`` / ``semirec:video:completes``), which a ranker with item identity
-reads per candidate (:func:`watch_counts`).
+``semirec:video:watches`` / ``semirec:video:completes``) and a change feed of them: the sorted set
+``semirec:video:counted`` holds every counted video once, at the position of its last count
+(assigned by Redis in the same script, after the counts: the catalog feed's rule, see
+semirec/core/item_store.py). A ranker with item identity reads the counts from an in-memory
+copy that follows the feed (:class:`semirec.serving.identity.IdentityIndex`); :func:`watch_counts`
+reads them by id.
 
 Counting is at-least-once: a batch replayed after a crash between the count and the commit is
 counted twice. Popularity is a ranking signal, so this is accepted (exact sequences are not).
 
 On a Redis Cluster every one of these keys is split into :data:`CLUSTER_SHARDS` shards, each
 with its own hash tag (``semirec:video:watches{pop7}``, ``semirec:pop:<hour>{pop7}``,
-``semirec:pop:hours{pop7}``; a video's shard is ``crc32(id) % CLUSTER_SHARDS``), so the counts
+``semirec:pop:hours{pop7}``, ``semirec:video:counted{pop7}``; a video's shard is
+``crc32(id) % CLUSTER_SHARDS``), so the counts
 spread over the cluster's slots and nodes instead of one hot slot. A batch runs the same script
 once per shard, in one cluster pipeline (one round trip per node); readers gather the shards.
 On one server the keys keep their plain names (one shard).
@@ -26,7 +31,8 @@ from __future__ import annotations
 import weakref
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -39,6 +45,7 @@ from semirec.core.redis_client import is_cluster, script_calls
 HOURS_KEY = "semirec:pop:hours"
 WATCHES_KEY = "semirec:video:watches"
 COMPLETES_KEY = "semirec:video:completes"
+COUNTED_KEY = "semirec:video:counted"  # the counts' change feed: video id -> position
 PREFIX = "semirec:pop:"
 KEEP_S = 14 * 24 * 3600  # wall-clock expiry of an hour's counts
 CLUSTER_SHARDS = 32  # hash tags the counts spread over on a Redis Cluster
@@ -63,28 +70,38 @@ def hour_key(hour: int, shard: int = 0, shards: int = 1) -> str:
 
 # One call per batch: the counts travel as one msgpack argument and Redis applies them, instead
 # of one HINCRBY per item from the client (whose per-command packing cost ~30 us per event).
+# Each counted video then moves to a new position of the feed KEYS[3]: above every position
+# handed out before and at least the server's clock in microseconds (the catalog feed's rule).
 _COUNT = """
 local data = cmsgpack.unpack(ARGV[1])
 local keep = ARGV[2]
+local top = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local pos = 0
+if top[2] then pos = tonumber(top[2]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now - 1 > pos then pos = now - 1 end
 for _, row in ipairs(data[1]) do
   redis.call('HINCRBY', KEYS[1], row[1], row[2])
   if row[3] > 0 then redis.call('HINCRBY', KEYS[2], row[1], row[3]) end
+  pos = pos + 1
+  redis.call('ZADD', KEYS[3], string.format('%.0f', pos), row[1])
 end
 for i, hour in ipairs(data[2]) do
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   local counts = hour[2]
   for j = 1, #counts, 2 do
     redis.call('HINCRBY', key, counts[j], counts[j + 1])
   end
   redis.call('EXPIRE', key, keep)
-  redis.call('ZADD', KEYS[3], hour[1], hour[1])
+  redis.call('ZADD', KEYS[4], hour[1], hour[1])
 end
 return 0
 """
-# A candidate list's counts in one call: the ids travel as one msgpack argument, instead of two
-# HMGETs whose hundreds of arguments redis-py packs one by one. Client + server CPU per 500
-# candidates 1.3-1.8 -> 0.7 ms (docs/serving.md); HMGET's replies come back as they are (a
-# Lua loop converting them cost the server more than it saved the client).
+# Counts by id in one call: the ids travel as one msgpack argument, instead of two HMGETs whose
+# hundreds of arguments redis-py packs one by one (500 ids: client + server CPU 1.3-1.8 -> 0.7
+# ms, docs/serving.md); HMGET's replies come back as they are (a Lua loop converting them cost
+# the server more than it saved the client).
 _READ = """
 local ids = cmsgpack.unpack(ARGV[1])
 local w, c = {}, {}
@@ -94,6 +111,31 @@ for lo = 1, #ids, 1000 do
   c[#c + 1] = redis.call('HMGET', KEYS[2], unpack(ids, lo, hi))
 end
 return {w, c}
+"""
+# The feed after position ARGV[1] (at most ARGV[2] videos, oldest first) with each video's
+# counts: {reset, ids, watches per 1,000 ids, completes per 1,000 ids, last position}. A feed
+# whose newest position is below ARGV[1] (emptied, or a failed-over Redis that lost its newest
+# entries) is read from its start, with reset = 1.
+_CHANGED = """
+local top = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local newest = 0
+if top[2] then newest = tonumber(top[2]) end
+local from, reset = ARGV[1], 0
+if newest < tonumber(from) then from, reset = '0', 1 end
+local rows = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES',
+                        'LIMIT', 0, tonumber(ARGV[2]))
+local ids, last = {}, from
+for i = 1, #rows, 2 do
+  ids[#ids + 1] = rows[i]
+  last = rows[i + 1]
+end
+local w, c = {}, {}
+for lo = 1, #ids, 1000 do
+  local hi = math.min(lo + 999, #ids)
+  w[#w + 1] = redis.call('HMGET', KEYS[1], unpack(ids, lo, hi))
+  c[#c + 1] = redis.call('HMGET', KEYS[2], unpack(ids, lo, hi))
+end
+return {reset, ids, w, c, last}
 """
 _scripts: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, AsyncScript]] = \
     weakref.WeakKeyDictionary()
@@ -162,7 +204,8 @@ def _count_call(watches: dict[str, int], completes: dict[str, int],
         [(item, n, completes.get(item, 0)) for item, n in watches.items()],
         [(str(h), [x for pair in per_hour[h].items() for x in pair]) for h in hours]))
     keys = [sharded(WATCHES_KEY, shard, shards), sharded(COMPLETES_KEY, shard, shards),
-            sharded(HOURS_KEY, shard, shards), *(hour_key(h, shard, shards) for h in hours)]
+            sharded(COUNTED_KEY, shard, shards), sharded(HOURS_KEY, shard, shards),
+            *(hour_key(h, shard, shards) for h in hours)]
     return keys, [payload, KEEP_S]
 
 
@@ -192,6 +235,42 @@ async def watch_counts(client: aioredis.Redis, item_ids: list[str]) -> tuple[np.
         watches[rows] = [int(v or 0) for chunk in w for v in chunk]
         completes[rows] = [int(v or 0) for chunk in c for v in chunk]
     return watches, completes
+
+
+@dataclass(frozen=True, slots=True)
+class CountChanges:
+    """One shard's slice of the count feed: the videos counted after a position, with their
+    counts now."""
+
+    ids: list[str]
+    watches: list[int]
+    completes: list[int]
+    position: int  # the feed position of the last video here (the one given when none)
+    reset: bool  # the feed was behind the position given: this slice starts at its beginning
+
+
+async def counts_after(client: aioredis.Redis, positions: Sequence[int],
+                       limit: int = 10_000) -> list[CountChanges]:
+    """Per shard (``positions[s]``: the last feed position read of shard ``s``; as many as
+    :func:`shards_of` gives), the videos counted since, oldest first, at most ``limit`` per
+    shard: one script call per shard, on a cluster in one pipeline."""
+    shards = shards_of(client)
+    if len(positions) != shards:
+        raise ValueError(f"{len(positions)} positions for {shards} shard(s)")
+    script = _script(client, _CHANGED)
+    calls = [([sharded(WATCHES_KEY, s, shards), sharded(COMPLETES_KEY, s, shards),
+               sharded(COUNTED_KEY, s, shards)], [str(p), limit]) for s, p in enumerate(positions)]
+    if shards == 1:
+        got = [await script(keys=calls[0][0], args=calls[0][1])]
+    else:
+        got = await script_calls(client, script, calls)  # type: ignore[arg-type]
+    out = []
+    for reset, ids, w, c, last in got:
+        out.append(CountChanges([i.decode() for i in ids],
+                                [int(v or 0) for chunk in w for v in chunk],
+                                [int(v or 0) for chunk in c for v in chunk],
+                                int(float(last)), bool(reset)))
+    return out
 
 
 class PopularitySnapshot:

@@ -29,8 +29,9 @@ from semirec.serving import metrics
 from semirec.serving.breaker import CircuitBreaker, State
 from semirec.serving.catalog import CatalogIndex
 from semirec.serving.errors import RankerUnavailable
-from semirec.serving.features import identity_tensors, rank_batch
-from semirec.serving.popularity import PopularitySnapshot, watch_counts
+from semirec.serving.features import rank_batch
+from semirec.serving.identity import IdentityIndex
+from semirec.serving.popularity import PopularitySnapshot
 from semirec.serving.ranking import ModelRanker, fallback_scores
 from semirec.serving.recall import Recall, RecallConfig, Recalled
 
@@ -73,6 +74,7 @@ class Recommender:
         self.items = ItemStore(redis_client)
         self.catalog = CatalogIndex()
         self.popularity = PopularitySnapshot(settings.popularity_window_hours)
+        self.identity = IdentityIndex(self.catalog)
         self.recall = Recall(self.catalog, self.popularity,
                              recall or RecallConfig(total=settings.recall_candidates))
         self.ranker = ranker
@@ -87,9 +89,10 @@ class Recommender:
         return cls(settings, redis_client=redis_client(settings.redis_url), ranker=ranker)
 
     async def refresh(self) -> None:
-        """Pull catalog changes and the popularity window from Redis."""
+        """Pull catalog changes, the popularity window and the videos' new counts from Redis."""
         await self.catalog.refresh(self.items)
         await self.popularity.refresh(self.redis)
+        await self.identity.refresh(self.redis)
         for domain, n in (("video", self.catalog.video_count),
                           ("product", len(self.catalog) - self.catalog.video_count)):
             metrics.CATALOG_ITEMS.labels(domain).set(n)
@@ -211,14 +214,8 @@ class Recommender:
                 if missing:
                     metrics.SKIPPED_ITEMS.labels("sequence").inc(missing)
                 if buckets:
-                    ids = [w.pool.ids for w in group]
-                    watches, completes = await watch_counts(self.redis, [i for x in ids for i in x])
-                    parts, lo = [], 0
-                    for x in ids:
-                        parts.append(identity_tensors(x, watches[lo: lo + len(x)],
-                                                      completes[lo: lo + len(x)], buckets,
-                                                      tensors["candidates"].shape[1]))
-                        lo += len(x)
+                    width = tensors["candidates"].shape[1]
+                    parts = [self.identity.tensors(w.pool.rows, buckets, width) for w in group]
                     tensors.update({name: np.concatenate([p[name] for p in parts])
                                     for name in parts[0]})
                 scores, version = await self.ranker.rank(tensors)
