@@ -123,12 +123,19 @@ async def test_popularity_counts_spread_over_the_cluster(aclient, cluster_url) -
     assert snap.counts == dict(done) and snap.newest_hour == 1001
     catalog = CatalogIndex(dim=4)
     catalog.upsert(items, np.ones((len(items), 4), np.float32), [Domain.VIDEO] * len(items))
-    index = IdentityIndex(catalog, read_limit=1)  # each shard's feed read one video a call
-    assert await index.refresh(aclient) == len(watches)
+    index = IdentityIndex(catalog, read_limit=1)  # each shard's feed read one entry a call
+    assert await index.refresh(aclient) == len(watches)  # the first: read whole, per shard
     assert len(index.positions) == pop.CLUSTER_SHARDS and index.feed_resets == 0
     got = index.tensors(catalog.rows(items), 1024)
     assert got["candidate_watches"][0].tolist() == w.tolist()
     assert got["candidate_completes"][0].tolist() == c.tolist()
+    for lo in (0, 20, 40):  # then the feed: three entries on most shards
+        await pop.count_watches(aclient, events[lo:lo + 20])
+    assert await index.refresh(aclient) == len({e.item_id for e in events[:60]})
+    w, c = await pop.watch_counts(aclient, items)
+    got = index.tensors(catalog.rows(items), 1024)
+    assert got["candidate_watches"][0].tolist() == w.tolist()
+    assert got["candidate_completes"][0].tolist() == c.tolist() and index.feed_resets == 0
     # no hot slot: the counts live under every shard's tag, on every primary
     sync = sync_redis_client(cluster_url)
     keys = [k.decode() for k in sync.scan_iter(match="semirec:*")]

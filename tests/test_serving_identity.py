@@ -109,21 +109,24 @@ async def test_watch_counts_read_thousands_of_ids_in_one_call(settings, redis_cl
 
 async def test_the_identity_index_follows_the_count_feed(settings, redis_client) -> None:
     """Buckets and counts by catalog row equal those made from the ids and read by id; a refresh
-    reads only the videos counted since the last one (in slices of ``read_limit``), a video
-    counted before the catalog has its vector gets its counts once it has, and a feed found
-    behind the index (emptied) is read again whole, forgetting what it no longer holds."""
+    reads only the feed entries written since the last one (``read_limit`` at a time), a video
+    counted before the catalog has its vector gets its counts once it has, and a feed that no
+    longer holds the entries after the one read (trimmed, or behind it) is read whole,
+    forgetting what it no longer holds."""
     client = aioredis.Redis.from_url(settings.redis_url)
     catalog = CatalogIndex(dim=4)
     ids = [f"v{i}" for i in range(30)]
     catalog.upsert(ids[:25], np.eye(4, dtype=np.float32)[np.arange(25) % 4],
                    [Domain.VIDEO] * 25)
-    index = IdentityIndex(catalog, read_limit=7)
-    assert await index.refresh(client) == 0
     events = [Event(f"w{i}", "u", ids[i % 29], Domain.VIDEO, "watch", T0, i % 3 == 0)
               for i in range(100)]
-    await count_watches(client, events[:60])
-    assert await index.refresh(client) == 29  # 5 slices of at most 7
+    await count_watches(client, events[:10])  # counted before the index starts: read whole
+    index = IdentityIndex(catalog, read_limit=3)
+    assert await index.refresh(client) == 10 and index.feed_resets == 0
     assert await index.refresh(client) == 0  # idle: nothing read again
+    for lo in range(10, 60, 5):  # 10 feed entries: four calls of at most 3
+        await count_watches(client, events[lo:lo + 5])
+    assert await index.refresh(client) == 29 and index.feed_resets == 0
 
     async def expected(rows: np.ndarray) -> dict[str, np.ndarray]:
         row_ids = catalog.ids(rows)
@@ -142,15 +145,22 @@ async def test_the_identity_index_follows_the_count_feed(settings, redis_client)
     assert got["candidate_watches"][0].tolist()[:2] == [3, 0]  # v28 counted, v29 never
     assert index.tensors(rows, 7, 4)["candidate_bucket"][0].tolist() == \
         [item_bucket(i, 7) for i in ["v28", "v29", "v1", "v26"]]
+    # trimmed past the entry read (a reader that fell behind): the counts are read whole
+    await count_watches(client, events[:2])
+    await count_watches(client, events[2:3])
+    await client.xtrim(COUNTED_KEY, maxlen=1, approximate=False)
+    assert await index.refresh(client) == 29 and index.feed_resets == 1
+    assert index.tensors(catalog.rows(["v0", "v2"]), 1024)["candidate_watches"][0].tolist() == \
+        [5, 5]
     # the counts as an older copy would hold them (a replica promoted after losing its newest
-    # entries): the feed's positions behind the index's
+    # entries): the feed behind the entry read
     await client.flushdb()
     await client.hset(WATCHES_KEY, mapping={"v0": 1, "v1": 2})
     await client.hset(COMPLETES_KEY, "v0", 1)
-    await client.zadd(COUNTED_KEY, {"v0": 5, "v1": 3})
-    assert await index.refresh(client) == 2 and index.feed_resets == 1
-    assert index.counts == {"v0": (1, 1), "v1": (2, 0)} and index.positions == [5]
+    await client.xadd(COUNTED_KEY, {"ids": b"\x90"}, id="5-0")
+    assert await index.refresh(client) == 2 and index.feed_resets == 2
+    assert index.counts == {"v0": (1, 1), "v1": (2, 0)} and index.positions == ["5-0"]
     assert index.tensors(catalog.rows(["v0", "v1", "v2"]), 1024)["candidate_watches"][0].tolist() \
         == [1, 2, 0]
-    assert await index.refresh(client) == 0 and index.feed_resets == 1
+    assert await index.refresh(client) == 0 and index.feed_resets == 2
     await client.aclose()

@@ -2,8 +2,9 @@
 hashed bucket and the video's watch / complete-watch counts.
 
 The counts follow the count feed (semirec.serving.popularity): every refresh asks each shard for
-the videos counted after the last position it read, with their counts (one script call per
-shard; an idle refresh returns nothing), so a recommendation takes its 500 candidates' counts
+the videos counted after the feed entry it read last, with their counts (one script call per
+shard; an idle refresh returns nothing; the first, or one after the reader fell behind the
+feed's trimming, reads the counts whole), so a recommendation takes its 500 candidates' counts
 and buckets from arrays indexed by the rows recall gives, instead of making their ids, hashing
 them and sending them to Redis (docs/serving.md). The price: counts are as old as the last
 refresh (1 s by default), where training samples see every watch before them.
@@ -27,11 +28,11 @@ log = logging.getLogger(__name__)
 class IdentityIndex:
     """Bucket and counts per catalog row of ``catalog`` (rows it adds are picked up on use)."""
 
-    def __init__(self, catalog: CatalogIndex, *, read_limit: int = 10_000) -> None:
+    def __init__(self, catalog: CatalogIndex, *, read_limit: int = 200) -> None:
         self.catalog = catalog
-        self.read_limit = read_limit  # videos per shard and script call
+        self.read_limit = read_limit  # feed entries per shard and script call
         self.counts: dict[str, tuple[int, int]] = {}  # video id -> (watches, completes)
-        self.positions: list[int] = []  # the count feed's last position read, per shard
+        self.positions: list[str] = []  # the count feed's entry read last, per shard ("": none)
         self.feed_resets = 0
         self._watches = np.zeros(0, np.float32)
         self._completes = np.zeros(0, np.float32)
@@ -42,12 +43,12 @@ class IdentityIndex:
         """Read the counts changed since the last refresh; returns how many videos changed."""
         shards = shards_of(client)
         if len(self.positions) != shards:
-            self.positions = [0] * shards
-        changed = 0
+            self.positions = [""] * shards
+        changed: set[str] = set()
         while True:
             more = False
             for shard, got in enumerate(await counts_after(client, self.positions, self.read_limit)):
-                if got.reset:
+                if got.whole:
                     self._forget(shard, shards)
                 self.positions[shard] = got.position
                 for item, w, c in zip(got.ids, got.watches, got.completes, strict=True):
@@ -55,16 +56,19 @@ class IdentityIndex:
                     row = self.catalog.row(item)
                     if 0 <= row < self._rows:
                         self._watches[row], self._completes[row] = w, c
-                changed += len(got.ids)
-                more |= len(got.ids) == self.read_limit
+                changed.update(got.ids)
+                more |= got.more
             if not more:
-                return changed
+                return len(changed)
 
     def _forget(self, shard: int, shards: int) -> None:
-        self.feed_resets += 1
-        metrics.COUNT_FEED_RESETS.inc()
-        log.warning("the count feed (shard %d) is behind the position this index read (emptied, "
-                    "or Redis failed over and lost its newest entries): reading it again", shard)
+        """Before a shard's counts are read whole: drop what this index holds of it."""
+        if self.positions[shard] not in ("", "0-0"):  # not the first read, nor after an empty feed
+            self.feed_resets += 1
+            metrics.COUNT_FEED_RESETS.inc()
+            log.warning("the count feed (shard %d) no longer holds the entries after the one this "
+                        "index read (trimmed: the reader fell behind; or emptied, or Redis failed "
+                        "over and lost its newest entries): its counts are read whole", shard)
         for item in [i for i in self.counts if shard_of(i, shards) == shard]:
             del self.counts[item]
             row = self.catalog.row(item)

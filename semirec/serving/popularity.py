@@ -7,11 +7,11 @@ hours (relative to the newest hour seen, so a replay of history behaves as live 
 an in-memory ranking that recall and the fallback ranker read without touching Redis.
 
 The same pass keeps every video's all-time watch and complete-watch counts (hashes
-``semirec:video:watches`` / ``semirec:video:completes``) and a change feed of them: the sorted set
-``semirec:video:counted`` holds every counted video once, at the position of its last count
-(assigned by Redis in the same script, after the counts: the catalog feed's rule, see
-semirec/core/item_store.py). A ranker with item identity reads the counts from an in-memory
-copy that follows the feed (:class:`semirec.serving.identity.IdentityIndex`); :func:`watch_counts`
+``semirec:video:watches`` / ``semirec:video:completes``) and a change feed of them: the stream
+``semirec:video:counted`` gets one entry per count call, listing the videos it counted (written in
+the same script, after the counts; trimmed to about :data:`FEED_MAXLEN` entries). A ranker with
+item identity reads the counts from an in-memory copy that follows the feed
+(:class:`semirec.serving.identity.IdentityIndex`, :func:`counts_after`); :func:`watch_counts`
 reads them by id.
 
 Counting is at-least-once: a batch replayed after a crash between the count and the commit is
@@ -45,7 +45,8 @@ from semirec.core.redis_client import is_cluster, script_calls
 HOURS_KEY = "semirec:pop:hours"
 WATCHES_KEY = "semirec:video:watches"
 COMPLETES_KEY = "semirec:video:completes"
-COUNTED_KEY = "semirec:video:counted"  # the counts' change feed: video id -> position
+COUNTED_KEY = "semirec:video:counted"  # the counts' change feed (a stream)
+FEED_MAXLEN = 10_000  # count-feed entries kept (about: whole stream nodes are trimmed)
 PREFIX = "semirec:pop:"
 KEEP_S = 14 * 24 * 3600  # wall-clock expiry of an hour's counts
 CLUSTER_SHARDS = 32  # hash tags the counts spread over on a Redis Cluster
@@ -70,22 +71,14 @@ def hour_key(hour: int, shard: int = 0, shards: int = 1) -> str:
 
 # One call per batch: the counts travel as one msgpack argument and Redis applies them, instead
 # of one HINCRBY per item from the client (whose per-command packing cost ~30 us per event).
-# Each counted video then moves to a new position of the feed KEYS[3]: above every position
-# handed out before and at least the server's clock in microseconds (the catalog feed's rule).
+# Then one entry on the count feed KEYS[3] (a stream, trimmed to about ARGV[3] entries) lists the
+# videos counted (ARGV[4], msgpack): one XADD per call, not one write per video.
 _COUNT = """
 local data = cmsgpack.unpack(ARGV[1])
 local keep = ARGV[2]
-local top = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local pos = 0
-if top[2] then pos = tonumber(top[2]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if now - 1 > pos then pos = now - 1 end
 for _, row in ipairs(data[1]) do
   redis.call('HINCRBY', KEYS[1], row[1], row[2])
   if row[3] > 0 then redis.call('HINCRBY', KEYS[2], row[1], row[3]) end
-  pos = pos + 1
-  redis.call('ZADD', KEYS[3], string.format('%.0f', pos), row[1])
 end
 for i, hour in ipairs(data[2]) do
   local key = KEYS[4 + i]
@@ -96,6 +89,7 @@ for i, hour in ipairs(data[2]) do
   redis.call('EXPIRE', key, keep)
   redis.call('ZADD', KEYS[4], hour[1], hour[1])
 end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'ids', ARGV[4])
 return 0
 """
 # Counts by id in one call: the ids travel as one msgpack argument, instead of two HMGETs whose
@@ -112,22 +106,35 @@ for lo = 1, #ids, 1000 do
 end
 return {w, c}
 """
-# The feed after position ARGV[1] (at most ARGV[2] videos, oldest first) with each video's
-# counts: {reset, ids, watches per 1,000 ids, completes per 1,000 ids, last position}. A feed
-# whose newest position is below ARGV[1] (emptied, or a failed-over Redis that lost its newest
-# entries) is read from its start, with reset = 1.
+# The count feed after entry ARGV[1] (at most ARGV[2] entries): {0, ids, watches per 1,000 ids,
+# completes per 1,000 ids, the last entry read, entries read}; {1, the newest entry ("0-0": none)} when the
+# entries after ARGV[1] cannot all be there (a new reader, ""; the feed trimmed past ARGV[1]; a
+# feed behind it: emptied, or a failed-over Redis that lost its newest entries): the caller then
+# reads the counts whole.
 _CHANGED = """
-local top = redis.call('ZREVRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local newest = 0
-if top[2] then newest = tonumber(top[2]) end
-local from, reset = ARGV[1], 0
-if newest < tonumber(from) then from, reset = '0', 1 end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. from, '+inf', 'WITHSCORES',
-                        'LIMIT', 0, tonumber(ARGV[2]))
-local ids, last = {}, from
-for i = 1, #rows, 2 do
-  ids[#ids + 1] = rows[i]
-  last = rows[i + 1]
+local function before(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local last = ARGV[1]
+local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local top = '0-0'
+if newest[1] then top = newest[1][1] end
+if last == '' then return {1, top} end
+if top == last then return {0, {}, {}, {}, last, 0} end
+local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+if before(top, last) or before(last, oldest[1][1]) then return {1, top} end
+local entries = redis.call('XRANGE', KEYS[3], '(' .. last, '+', 'COUNT', tonumber(ARGV[2]))
+local ids, seen = {}, {}
+for _, entry in ipairs(entries) do
+  for _, id in ipairs(cmsgpack.unpack(entry[2][2])) do
+    if not seen[id] then
+      seen[id] = true
+      ids[#ids + 1] = id
+    end
+  end
 end
 local w, c = {}, {}
 for lo = 1, #ids, 1000 do
@@ -135,7 +142,7 @@ for lo = 1, #ids, 1000 do
   w[#w + 1] = redis.call('HMGET', KEYS[1], unpack(ids, lo, hi))
   c[#c + 1] = redis.call('HMGET', KEYS[2], unpack(ids, lo, hi))
 end
-return {reset, ids, w, c, last}
+return {0, ids, w, c, entries[#entries][1], #entries}
 """
 _scripts: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, AsyncScript]] = \
     weakref.WeakKeyDictionary()
@@ -206,7 +213,7 @@ def _count_call(watches: dict[str, int], completes: dict[str, int],
     keys = [sharded(WATCHES_KEY, shard, shards), sharded(COMPLETES_KEY, shard, shards),
             sharded(COUNTED_KEY, shard, shards), sharded(HOURS_KEY, shard, shards),
             *(hour_key(h, shard, shards) for h in hours)]
-    return keys, [payload, KEEP_S]
+    return keys, [payload, KEEP_S, FEED_MAXLEN, _msgpack.encode(list(watches))]
 
 
 async def watch_counts(client: aioredis.Redis, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -239,38 +246,55 @@ async def watch_counts(client: aioredis.Redis, item_ids: list[str]) -> tuple[np.
 
 @dataclass(frozen=True, slots=True)
 class CountChanges:
-    """One shard's slice of the count feed: the videos counted after a position, with their
-    counts now."""
+    """One shard's news from the count feed: the videos counted after an entry, with their
+    counts now; or, with ``whole``, every video's counts (the feed could not say what changed)."""
 
     ids: list[str]
     watches: list[int]
     completes: list[int]
-    position: int  # the feed position of the last video here (the one given when none)
-    reset: bool  # the feed was behind the position given: this slice starts at its beginning
+    position: str  # the feed's entry read last ("0-0": the feed was empty)
+    whole: bool
+    more: bool = False  # the feed may hold more entries after ``position``
 
 
-async def counts_after(client: aioredis.Redis, positions: Sequence[int],
-                       limit: int = 10_000) -> list[CountChanges]:
-    """Per shard (``positions[s]``: the last feed position read of shard ``s``; as many as
-    :func:`shards_of` gives), the videos counted since, oldest first, at most ``limit`` per
-    shard: one script call per shard, on a cluster in one pipeline."""
+async def counts_after(client: aioredis.Redis, positions: Sequence[str],
+                       limit: int = 200) -> list[CountChanges]:
+    """Per shard (``positions[s]``: the feed entry of shard ``s`` read last, "" for none; as
+    many as :func:`shards_of` gives) the videos counted since, from at most ``limit`` feed
+    entries (one script call per shard, on a cluster in one pipeline); a shard whose feed cannot
+    tell (a new reader, a feed trimmed past the position or behind it) is read whole, with
+    ``HSCAN``, and its position set to the feed's newest entry before that read."""
     shards = shards_of(client)
     if len(positions) != shards:
         raise ValueError(f"{len(positions)} positions for {shards} shard(s)")
     script = _script(client, _CHANGED)
-    calls = [([sharded(WATCHES_KEY, s, shards), sharded(COMPLETES_KEY, s, shards),
-               sharded(COUNTED_KEY, s, shards)], [str(p), limit]) for s, p in enumerate(positions)]
+    keys = [(sharded(WATCHES_KEY, s, shards), sharded(COMPLETES_KEY, s, shards),
+             sharded(COUNTED_KEY, s, shards)) for s in range(shards)]
+    calls = [(k, [p, limit]) for k, p in zip(keys, positions, strict=True)]
     if shards == 1:
         got = [await script(keys=calls[0][0], args=calls[0][1])]
     else:
         got = await script_calls(client, script, calls)  # type: ignore[arg-type]
     out = []
-    for reset, ids, w, c, last in got:
+    for (watches_key, completes_key, _), reply in zip(keys, got, strict=True):
+        if reply[0]:
+            out.append(await _whole(client, watches_key, completes_key, reply[1].decode()))
+            continue
+        _, ids, w, c, last, entries = reply
         out.append(CountChanges([i.decode() for i in ids],
                                 [int(v or 0) for chunk in w for v in chunk],
                                 [int(v or 0) for chunk in c for v in chunk],
-                                int(float(last)), bool(reset)))
+                                last.decode(), False, entries == limit))
     return out
+
+
+async def _whole(client: aioredis.Redis, watches_key: str, completes_key: str,
+                 position: str) -> CountChanges:
+    watches = {k.decode(): int(v) async for k, v in client.hscan_iter(watches_key, count=10_000)}
+    completes = {k.decode(): int(v) async for k, v in client.hscan_iter(completes_key, count=10_000)}
+    ids = list(watches)
+    return CountChanges(ids, [watches[i] for i in ids], [completes.get(i, 0) for i in ids],
+                        position, True)
 
 
 class PopularitySnapshot:
