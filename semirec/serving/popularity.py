@@ -92,25 +92,29 @@ end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'ids', ARGV[4])
 return 0
 """
-# Counts by id in one call: the ids travel as one msgpack argument, instead of two HMGETs whose
-# hundreds of arguments redis-py packs one by one (500 ids: client + server CPU 1.3-1.8 -> 0.7
-# ms, docs/serving.md); HMGET's replies come back as they are (a Lua loop converting them cost
-# the server more than it saved the client).
-_READ = """
-local ids = cmsgpack.unpack(ARGV[1])
+# (Lua) w, c = the watches and the completes of ``ids``, one HMGET per 1,000 (``unpack``'s limit)
+_COUNTS_OF_IDS = """
 local w, c = {}, {}
 for lo = 1, #ids, 1000 do
   local hi = math.min(lo + 999, #ids)
   w[#w + 1] = redis.call('HMGET', KEYS[1], unpack(ids, lo, hi))
   c[#c + 1] = redis.call('HMGET', KEYS[2], unpack(ids, lo, hi))
 end
+"""
+# Counts by id in one call: the ids travel as one msgpack argument, instead of two HMGETs whose
+# hundreds of arguments redis-py packs one by one (500 ids: client + server CPU 1.3-1.8 -> 0.7
+# ms, docs/serving.md); HMGET's replies come back as they are (a Lua loop converting them cost
+# the server more than it saved the client).
+_READ = """
+local ids = cmsgpack.unpack(ARGV[1])
+""" + _COUNTS_OF_IDS + """
 return {w, c}
 """
 # The count feed after entry ARGV[1] (at most ARGV[2] entries): {0, ids, watches per 1,000 ids,
-# completes per 1,000 ids, the last entry read, entries read}; {1, the newest entry ("0-0": none)} when the
-# entries after ARGV[1] cannot all be there (a new reader, ""; the feed trimmed past ARGV[1]; a
-# feed behind it: emptied, or a failed-over Redis that lost its newest entries): the caller then
-# reads the counts whole.
+# completes per 1,000 ids, the last entry read, entries read}; {1, the newest entry ("0-0":
+# none)} when the entries after ARGV[1] cannot all be there (a new reader, ""; the feed trimmed
+# past ARGV[1]; a feed behind it: emptied, or a failed-over Redis that lost its newest entries):
+# the caller then reads the counts whole.
 _CHANGED = """
 local function before(a, b)
   local am, as = string.match(a, '(%d+)-(%d+)')
@@ -136,12 +140,7 @@ for _, entry in ipairs(entries) do
     end
   end
 end
-local w, c = {}, {}
-for lo = 1, #ids, 1000 do
-  local hi = math.min(lo + 999, #ids)
-  w[#w + 1] = redis.call('HMGET', KEYS[1], unpack(ids, lo, hi))
-  c[#c + 1] = redis.call('HMGET', KEYS[2], unpack(ids, lo, hi))
-end
+""" + _COUNTS_OF_IDS + """
 return {0, ids, w, c, entries[#entries][1], #entries}
 """
 _scripts: weakref.WeakKeyDictionary[aioredis.Redis, dict[str, AsyncScript]] = \
