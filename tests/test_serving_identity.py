@@ -120,9 +120,12 @@ async def test_the_identity_index_follows_the_count_feed(settings, redis_client)
                    [Domain.VIDEO] * 25)
     events = [Event(f"w{i}", "u", ids[i % 29], Domain.VIDEO, "watch", T0, i % 3 == 0)
               for i in range(100)]
+    early = IdentityIndex(catalog)  # started before anything was counted
+    assert await early.refresh(client) == 0 and early.positions == ["0-0"]
     await count_watches(client, events[:10])  # counted before the index starts: read whole
     index = IdentityIndex(catalog, read_limit=3)
     assert await index.refresh(client) == 10 and index.feed_resets == 0
+    assert await early.refresh(client) == 10 and early.feed_resets == 0  # read whole: no reset
     assert await index.refresh(client) == 0  # idle: nothing read again
     for lo in range(10, 60, 5):  # 10 feed entries: four calls of at most 3
         await count_watches(client, events[lo:lo + 5])

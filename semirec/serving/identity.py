@@ -63,7 +63,9 @@ class IdentityIndex:
 
     def _forget(self, shard: int, shards: int) -> None:
         """Before a shard's counts are read whole: drop what this index holds of it."""
-        if self.positions[shard] not in ("", "0-0"):  # not the first read, nor after an empty feed
+        if not self.positions[shard]:  # never read: nothing to drop
+            return
+        if self.positions[shard] != "0-0":  # "0-0": read whole while the feed was empty
             self.feed_resets += 1
             metrics.COUNT_FEED_RESETS.inc()
             log.warning("the count feed (shard %d) no longer holds the entries after the one this "

@@ -38,8 +38,9 @@ FEED_RESETS = Counter(
     "index had read (emptied, or a Redis failover lost its last entries): read again whole.",
     registry=REGISTRY)
 COUNT_FEED_RESETS = Counter(
-    "semirec_count_feed_resets", "A shard of the videos' count feed found behind the position the "
-    "serving index had read (emptied, or a Redis failover lost its last entries): read again whole.",
+    "semirec_count_feed_resets", "A shard of the videos' count feed no longer held the entries "
+    "after the one the serving index had read (trimmed: the reader fell behind; emptied, or a "
+    "Redis failover lost its newest entries): its counts read whole.",
     registry=REGISTRY)
 CATALOG_ITEMS = Gauge(
     "semirec_serving_catalog_items", "Items in the serving index, by domain.", ["domain"],
