@@ -126,12 +126,19 @@ def item_buckets(item_ids: Sequence[str], buckets: int) -> np.ndarray:
 
 def identity_tensors(item_ids: Sequence[str], watches: np.ndarray, completes: np.ndarray,
                      buckets: int, pad_to: int = 0) -> dict[str, np.ndarray]:
-    """``candidate_bucket`` / ``candidate_watches`` / ``candidate_completes`` [1, C], padded
-    like the candidates (padding: bucket 0, no watches)."""
-    n = max(len(item_ids), pad_to)
-    bucket = np.zeros(n, np.int64)
-    bucket[: len(item_ids)] = item_buckets(item_ids, buckets)
-    w, c = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    w[: len(item_ids)], c[: len(item_ids)] = watches, completes
-    return {"candidate_bucket": bucket[None], "candidate_watches": w[None],
-            "candidate_completes": c[None]}
+    """``candidate_bucket`` / ``candidate_watches`` / ``candidate_completes`` [1, C] of the
+    candidates ``item_ids``, padded like the candidates (padding: bucket 0, no watches)."""
+    return padded_identity(item_buckets(item_ids, buckets), watches, completes, pad_to)
+
+
+def padded_identity(bucket: np.ndarray, watches: np.ndarray, completes: np.ndarray,
+                    pad_to: int = 0) -> dict[str, np.ndarray]:
+    """:func:`identity_tensors` from the candidates' buckets."""
+    n = max(len(bucket), pad_to)
+    out = {"candidate_bucket": np.zeros((1, n), np.int64),
+           "candidate_watches": np.zeros((1, n), np.float32),
+           "candidate_completes": np.zeros((1, n), np.float32)}
+    out["candidate_bucket"][0, : len(bucket)] = bucket
+    out["candidate_watches"][0, : len(bucket)] = watches
+    out["candidate_completes"][0, : len(bucket)] = completes
+    return out

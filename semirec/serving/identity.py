@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from semirec.serving import metrics
 from semirec.serving.catalog import CatalogIndex
-from semirec.serving.features import item_buckets
+from semirec.serving.features import item_buckets, padded_identity
 from semirec.serving.popularity import counts_after, shard_of, shards_of
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,4 @@ class IdentityIndex:
         if per_row is None:
             per_row = self._buckets[buckets] = item_buckets(
                 self.catalog.ids(np.arange(self._rows)), buckets)
-        n = max(len(rows), pad_to)
-        out = {"candidate_bucket": np.zeros((1, n), np.int64),
-               "candidate_watches": np.zeros((1, n), np.float32),
-               "candidate_completes": np.zeros((1, n), np.float32)}
-        out["candidate_bucket"][0, : len(rows)] = per_row[rows]
-        out["candidate_watches"][0, : len(rows)] = self._watches[rows]
-        out["candidate_completes"][0, : len(rows)] = self._completes[rows]
-        return out
+        return padded_identity(per_row[rows], self._watches[rows], self._completes[rows], pad_to)
