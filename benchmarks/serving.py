@@ -15,6 +15,11 @@
                      100 sequence-changing events/s through real `semirec worker`s (ingest and
                      recommend agents, each in its own process and group, as deployed)
                                                                          (target p99 <= 100)
+                     ``--traffic mixed``: 5,000 users with a week of history each (50 clicks,
+                     50 complete and 50 incomplete watches, their watches counted), and 100
+                     events/s of which half are clicks, a quarter complete and a quarter
+                     incomplete watches: 75 recommendations/s, every figure per recommendation
+                     delivered (``traffic``, ``history_watches``; ``events`` beside ``sent``)
   freshness_stages   p50 / p99 of each stage of the steady run's recommendations: ingest_ms
                      (event's Kafka timestamp -> ingest's Redis write), notice_ms (-> the agent
                      fetched the notice), queue_ms (-> a ranking slot), recall_ms (state read +
@@ -46,7 +51,7 @@ the users' incomplete watches and the items' counts), ``--set`` its sizes (``mlp
 Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
                                [--worker-env KEY=VALUE ...] [--ranker-precision P]
-                               [--model NAME] [--set K=V,...] [--json]
+                               [--model NAME] [--set K=V,...] [--traffic clicks|mixed] [--json]
 """
 
 from __future__ import annotations
@@ -76,8 +81,9 @@ from semirec.core.redis_client import redis_client
 from semirec.core.sequences import Entry, UserState
 from semirec.core.settings import Settings
 from semirec.core.stack import DEFAULT_MODEL_REPOSITORY, LOCAL_GROUP_TIMINGS, EmbeddedStack
+from semirec.core.store import SequenceStore
 from semirec.serving.catalog import CatalogIndex
-from semirec.serving.popularity import PopularitySnapshot
+from semirec.serving.popularity import PopularitySnapshot, count_watches
 from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
 from semirec.trainer.nets.ranker import Ranker
@@ -86,6 +92,10 @@ from semirec.trainer.registry.export import model_request
 from semirec.trainer.registry.precision import model_for, resolve
 
 DIM = 128
+VIDEOS, PRODUCTS, USERS = 10_000, 2000, 5000  # the freshness runs' catalog and users
+HISTORY_ENTRIES = 50  # --traffic mixed: per user, clicks, complete and incomplete watches each
+HISTORY_S = 7 * 24 * 3600.0
+TRAFFICS = ("clicks", "mixed")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -190,12 +200,57 @@ async def put_catalog(redis_url: str, n_videos: int, n_products: int) -> None:
     await client.aclose()
 
 
+async def put_histories(store: SequenceStore, users: int, entries: int, n_videos: int,
+                        n_products: int, now: float) -> int:
+    """``--traffic mixed``: every benchmark user gets a full state before the runs, ``entries``
+    product clicks, complete watches and incomplete watches each, spread over the last week,
+    written as ingest writes states, and the watches counted as ingest counts them (popularity,
+    the items' watch counts and the count feed); returns the watches counted."""
+    rng = np.random.default_rng(2)
+    counted = 0
+    for lo in range(0, users, 250):
+        writes, watches = [], []
+        for u in range(lo, min(users, lo + 250)):
+            ts = np.sort(now - rng.uniform(60.0, HISTORY_S, 3 * entries))
+            items = [f"p{j}" for j in rng.integers(0, n_products, entries)] + \
+                    [f"v{j}" for j in rng.integers(0, n_videos, 2 * entries)]
+            order = rng.permutation(3 * entries)  # the three lists interleaved in time
+            kinds = [(items[k], k // entries) for k in order]  # 0 click, 1 complete, 2 not
+            state = UserState()
+            for t, (item, kind) in zip(ts.tolist(), kinds, strict=True):
+                entry = Entry(int(t * 1000), item)
+                (state.product, state.video, state.skipped)[kind].append(entry)
+                if kind:
+                    watches.append(Event(f"h{u}-{len(watches)}", f"bu{u}", item, Domain.VIDEO,
+                                         "watch", t, complete=kind == 1))
+            writes.append((f"bu{u}", b"", state))
+        if not all(await store.save(writes)):
+            raise RuntimeError("benchmark users already had states: not a fresh stack")
+        await count_watches(store.client, watches)
+        counted += len(watches)
+    return counted
+
+
+def traffic_event(traffic: str, rng: np.random.Generator, event_id: str, user: str,
+                  n_videos: int, n_products: int) -> Event:
+    """One paced event: ``clicks`` a product click; ``mixed`` half product clicks, a quarter
+    complete and a quarter incomplete video watches (those trigger no recommendation)."""
+    draw = rng.random() if traffic == "mixed" else 0.0
+    if draw < 0.5:
+        return Event(event_id, user, f"p{int(rng.integers(0, n_products))}", Domain.PRODUCT,
+                     "click", time.time())
+    return Event(event_id, user, f"v{int(rng.integers(0, n_videos))}", Domain.VIDEO, "watch",
+                 time.time(), complete=draw < 0.75)
+
+
 async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str,
-                    pids: dict[str, int] | None = None, drain_s: float = 3.0) -> dict:
-    """Produce ``rate`` product clicks/s (distinct users in turn); measure produce -> received,
-    and the CPU each process of ``pids`` spent per event sent (``benchmark``: this process).
-    Receives until every recommendation arrived or ``drain_s`` after the last event, so on a
-    machine too busy to keep up the CPU still counts against the recommendations it paid for."""
+                    pids: dict[str, int] | None = None, drain_s: float = 3.0,
+                    traffic: str = "clicks") -> dict:
+    """Produce ``rate`` events/s (distinct users in turn; :func:`traffic_event`); measure
+    produce -> received of every sequence-changing event, and the CPU each process of ``pids``
+    spent per event sent (``benchmark``: this process). Receives until every recommendation
+    arrived or ``drain_s`` after the last event, so on a machine too busy to keep up the CPU
+    still counts against the recommendations it paid for."""
     cpu0 = {name: tree_cpu_s(pid) for name, pid in (pids or {}).items()}
     bench0 = time.process_time()
     from aiokafka import AIOKafkaConsumer
@@ -236,29 +291,32 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
                             if ms is not None:
                                 stages.setdefault(stage, []).append(ms)
 
-    n = int(rate * seconds)
+    events = [traffic_event(traffic, rng, f"{tag}-{i}", f"bu{(i * 7919) % users}", VIDEOS, PRODUCTS)
+              for i in range(int(rate * seconds))]
+    n = sum(e.appends for e in events)  # the recommendations to wait for
     receiver = asyncio.create_task(receive(time.monotonic() + seconds + drain_s))
     start = time.monotonic()
-    for i in range(n):
+    for i, event in enumerate(events):
         await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-        user = f"bu{(i * 7919) % users}"
-        event = Event(f"{tag}-{i}", user, f"p{int(rng.integers(0, 2000))}", Domain.PRODUCT, "click",
-                      time.time())
-        sent[event.event_id] = time.time()
-        await prod.send(settings.topics.events, encode_event(event), key=user.encode())
+        event = replace(event, ts=time.time())
+        if event.appends:
+            sent[event.event_id] = time.time()
+        await prod.send(settings.topics.events, encode_event(event), key=event.user_id.encode())
     await prod.flush()
     await receiver
     # per event each process handled: the ranking side only ranked what was delivered
     done = {"triton": len(got), "recommend_worker": len(got)}
     spent = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in (pids or {}).items()}
-    cpu = {name: round(s * 1000 / max(1, done.get(name, n)), 2) for name, s in spent.items()}
+    cpu = {name: round(s * 1000 / max(1, done.get(name, len(events))), 2)
+           for name, s in spent.items()}
     # all processes together (the load generator apart) per delivered recommendation
     per_rec = {name: round(s * 1000 / max(1, len(got)), 2) for name, s in spent.items()}
-    cpu["benchmark"] = round((time.process_time() - bench0) * 1000 / n, 2)
+    cpu["benchmark"] = round((time.process_time() - bench0) * 1000 / len(events), 2)
     await prod.stop()
     await consumer.stop()
     fresh = [(got[e] - sent[e]) * 1000 for e in got]
-    return {"rate": rate, "sent": n, "received": len(got), "fallbacks": fallbacks,
+    return {"rate": rate, "events": len(events), "sent": n, "received": len(got),
+            "fallbacks": fallbacks,
             "delivered_per_s": round(len(got) / seconds, 1),
             "p50_ms": round(percentile(fresh, 50), 1) if fresh else None,
             "p99_ms": round(percentile(fresh, 99), 1) if fresh else None,
@@ -286,7 +344,7 @@ def sustained(run: dict) -> bool:
 
 async def bench_freshness(settings: Settings, seconds: float, log: Path,
                           stack_pids: dict[str, int], worker_env: dict[str, str],
-                          profile_dir: Path | None = None) -> dict:
+                          profile_dir: Path | None = None, traffic: str = "clicks") -> dict:
     from tests.conftest import settings_env  # the child's environment, as the tests build it
 
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
@@ -305,15 +363,17 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
                 stderr=subprocess.STDOUT, start_new_session=True))
     try:
         pids = {**stack_pids, "ingest_worker": procs[0].pid, "recommend_worker": procs[1].pid}
-        await paced_run(settings, 20, 5, 5000, "warm")  # joins groups, loads the index
-        steady = await paced_run(settings, 100, seconds, 5000, "steady", pids, drain_s=60.0)
+        await paced_run(settings, 20, 5, USERS, "warm", traffic=traffic)  # joins groups, loads the index
+        steady = await paced_run(settings, 100, seconds, USERS, "steady", pids, drain_s=60.0,
+                                 traffic=traffic)
         await asyncio.sleep(3.0)  # let a backlog drain before the steps
         idle = await idle_cpu(pids, 3.0)
         steps = []
         for rate in (25, 50, 75, 150, 200, 300, 400, 600):  # up until one fails
             if rate > 100 and not sustained(steady):
                 break
-            r = await paced_run(settings, rate, max(4.0, seconds / 2), 5000, f"r{rate}", pids)
+            r = await paced_run(settings, rate, max(4.0, seconds / 2), USERS, f"r{rate}", pids,
+                                traffic=traffic)
             steps.append(r)
             if not sustained(r) and rate != 100:
                 break
@@ -379,11 +439,17 @@ async def main_async(args: argparse.Namespace) -> dict:
                 settings = replace(Settings.from_env({**stack.addresses.env(),
                                                       **LOCAL_GROUP_TIMINGS}),
                                    consumer_group="bench-serving")
-                await put_catalog(settings.redis_url, 10_000, 2000)
+                await put_catalog(settings.redis_url, VIDEOS, PRODUCTS)
+                result["traffic"] = args.traffic
+                if args.traffic == "mixed":
+                    store = SequenceStore.from_url(settings.redis_url)
+                    result["history_watches"] = await put_histories(
+                        store, USERS, HISTORY_ENTRIES, VIDEOS, PRODUCTS, time.time())
+                    await store.close()
                 result.update(await bench_freshness(
                     settings, args.seconds * 2, work / "worker.log",
                     {name: proc.pid for name, proc in stack.procs.items()}, worker_env,
-                    args.profile_workers))
+                    args.profile_workers, args.traffic))
                 result["worker_env"] = worker_env
     finally:
         steady = result.get("freshness_steady")
@@ -411,6 +477,10 @@ def main() -> None:
                              "semi_ccl+sim+ses+usr+id (default: %(default)s)")
     parser.add_argument("--set", dest="settings", default="",
                         help="its sizes as `semirec evaluate --set` takes them, e.g. mlp_hidden=64")
+    parser.add_argument("--traffic", choices=TRAFFICS, default="clicks",
+                        help="the freshness runs' events: product clicks by users without history, "
+                             "or mixed (users with a full week of history; half clicks, a quarter "
+                             "complete, a quarter incomplete watches) (default: %(default)s)")
     parser.add_argument("--ranker-precision", choices=("auto", "fp32", "int8"), default=None,
                         help="the ranker's graph in Triton and in process (default: "
                              "SEMIREC_RANKER_PRECISION's)")

@@ -71,6 +71,73 @@ async def test_counts_equal_one_increment_per_watch(stack, redis_client) -> None
     await client.aclose()
 
 
+def window_sum(hours: dict[int, Counter], top: int, window: int) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for h, counts in hours.items():
+        if top - window < h <= top:
+            total.update(counts)
+    return dict(total)
+
+
+async def test_the_snapshot_rereads_only_the_hours_written_since(stack, redis_client) -> None:
+    """After the first read a refresh reads only the hours with new writes (live traffic: the
+    current one), and its counts and ranking equal a new snapshot's; an hour no write count
+    covers (an older ingest) is read every time, and the periodic full read catches what the
+    write counts missed."""
+    client = aioredis.Redis.from_url(stack.addresses.redis)
+    batches = [random_events(400, seed) for seed in (11, 12)]  # hours 100-103
+    for batch in batches:
+        await count_watches(client, batch)
+    pop = PopularitySnapshot(window_hours=3)
+
+    async def check(hours_read: int, *, changed: bool, like_new: bool = True) -> None:
+        reads, version = pop.hours_read, pop.version
+        await pop.refresh(client)
+        fresh = PopularitySnapshot(window_hours=3)
+        await fresh.refresh(client)
+        assert (pop.counts == fresh.counts and pop.ranked == fresh.ranked) is like_new
+        assert pop.newest_hour == fresh.newest_hour
+        assert pop.hours_read - reads == hours_read
+        assert (pop.version != version) is changed
+
+    await check(3, changed=True)  # 101-103
+    assert pop.counts == window_sum(expected(batches)[2], 103, 3)
+    ranked = pop.ranked
+    assert ranked == sorted(sorted(pop.counts), key=lambda v: -pop.counts[v])  # ties by id
+    await check(0, changed=False)  # nothing written: nothing read, the same version
+    live = [Event(f"l{i}", "u", f"v{i % 7}", Domain.VIDEO, "watch", 3600.0 * 103 + i, True)
+            for i in range(20)]
+    await count_watches(client, live)
+    await check(1, changed=True)  # the current hour only
+    batches.append(live)
+    assert pop.counts == window_sum(expected(batches)[2], 103, 3)
+    late = [Event("late", "u", "v3", Domain.VIDEO, "watch", 3600.0 * 101 + 5, True)]
+    await count_watches(client, late)
+    await check(1, changed=True)  # a late watch in an older hour of the window
+    nxt = [Event("next", "u", "v9", Domain.VIDEO, "watch", 3600.0 * 104, True)]
+    await count_watches(client, nxt)
+    await check(1, changed=True)  # 104 enters, 101 leaves: read 104 alone
+    batches += [late, nxt]
+    assert pop.counts == window_sum(expected(batches)[2], 104, 3)
+
+    # an older ingest's hour: counts without a write count, read every time
+    await client.hincrby(hour_key(104), "v-old", 4)
+    await client.delete(hour_key(104) + ":n")
+    await check(1, changed=True)
+    await check(1, changed=False)
+    assert pop.counts["v-old"] == 4
+    # counts changed with no write count moved (a failover): seen at the next full read
+    await client.set(hour_key(103) + ":n", 1)
+    await check(2, changed=False)  # 103 (its count moved) and the uncounted 104
+    await client.hincrby(hour_key(103), "v-lost", 2)
+    await check(1, changed=False, like_new=False)
+    assert "v-lost" not in pop.counts
+    pop.FULL_READ_S = 0.0
+    await check(3, changed=True)
+    assert pop.counts["v-lost"] == 2
+    await client.aclose()
+
+
 async def test_products_and_incomplete_watches_add_no_hour(stack, redis_client) -> None:
     client = aioredis.Redis.from_url(stack.addresses.redis)
     events = [Event("a", "u", "p1", Domain.PRODUCT, "click", 7200.0, None),

@@ -136,6 +136,13 @@ async def test_popularity_counts_spread_over_the_cluster(aclient, cluster_url) -
     got = index.tensors(catalog.rows(items), 1024)
     assert got["candidate_watches"][0].tolist() == w.tolist()
     assert got["candidate_completes"][0].tolist() == c.tolist() and index.feed_resets == 0
+    read = snap.hours_read  # the snapshot reads again only the shards' hours written since
+    await snap.refresh(aclient)
+    fresh = pop.PopularitySnapshot(window_hours=24)
+    await fresh.refresh(aclient)
+    assert snap.counts == fresh.counts and snap.ranked == fresh.ranked
+    assert snap.hours_read - read == len({(pop.shard_of(e.item_id, pop.CLUSTER_SHARDS), e.ts // 3600)
+                                          for e in events[:60] if e.complete})
     # no hot slot: the counts live under every shard's tag, on every primary
     sync = sync_redis_client(cluster_url)
     keys = [k.decode() for k in sync.scan_iter(match="semirec:*")]

@@ -2,9 +2,11 @@
 
 The ingest agent counts every complete video watch into a Redis hash per event-time hour
 (``semirec:pop:<hour>``, field = video id) before it acks the batch, and records the hour in the
-sorted set ``semirec:pop:hours``. :class:`PopularitySnapshot` sums the newest ``window_hours``
-hours (relative to the newest hour seen, so a replay of history behaves as live traffic) into
-an in-memory ranking that recall and the fallback ranker read without touching Redis.
+sorted set ``semirec:pop:hours``, and bumps the hour's write number ``semirec:pop:<hour>:n``.
+:class:`PopularitySnapshot` sums the newest ``window_hours`` hours (relative to the newest hour
+seen, so a replay of history behaves as live traffic) into an in-memory ranking that recall and
+the fallback ranker read without touching Redis; each refresh re-reads only the hours whose
+write number moved (live traffic: the current hour), not the whole window.
 
 The same pass keeps every video's all-time watch and complete-watch counts (hashes
 ``semirec:video:watches`` / ``semirec:video:completes``) and a change feed of them: the stream
@@ -28,6 +30,7 @@ On one server the keys keep their plain names (one shard).
 
 from __future__ import annotations
 
+import time
 import weakref
 import zlib
 from collections import Counter
@@ -69,8 +72,15 @@ def hour_key(hour: int, shard: int = 0, shards: int = 1) -> str:
     return sharded(f"{PREFIX}{hour}", shard, shards)
 
 
+def hour_writes_key(hour: int, shard: int = 0, shards: int = 1) -> str:
+    """The count of script calls that wrote ``hour``'s counts (expires with them)."""
+    return sharded(f"{PREFIX}{hour}:n", shard, shards)
+
+
 # One call per batch: the counts travel as one msgpack argument and Redis applies them, instead
 # of one HINCRBY per item from the client (whose per-command packing cost ~30 us per event).
+# Each hour's counts get a write count beside them (``semirec:pop:<hour>:n``, INCR per call), so
+# a reader re-reads only the hours written since it last read them.
 # Then one entry on the count feed KEYS[3] (a stream, trimmed to about ARGV[3] entries) lists the
 # videos counted (ARGV[4], msgpack): one XADD per call, not one write per video.
 _COUNT = """
@@ -80,6 +90,7 @@ for _, row in ipairs(data[1]) do
   redis.call('HINCRBY', KEYS[1], row[1], row[2])
   if row[3] > 0 then redis.call('HINCRBY', KEYS[2], row[1], row[3]) end
 end
+local n = #data[2]
 for i, hour in ipairs(data[2]) do
   local key = KEYS[4 + i]
   local counts = hour[2]
@@ -87,6 +98,8 @@ for i, hour in ipairs(data[2]) do
     redis.call('HINCRBY', key, counts[j], counts[j + 1])
   end
   redis.call('EXPIRE', key, keep)
+  redis.call('INCR', KEYS[4 + n + i])
+  redis.call('EXPIRE', KEYS[4 + n + i], keep)
   redis.call('ZADD', KEYS[4], hour[1], hour[1])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'ids', ARGV[4])
@@ -211,7 +224,8 @@ def _count_call(watches: dict[str, int], completes: dict[str, int],
         [(str(h), [x for pair in per_hour[h].items() for x in pair]) for h in hours]))
     keys = [sharded(WATCHES_KEY, shard, shards), sharded(COMPLETES_KEY, shard, shards),
             sharded(COUNTED_KEY, shard, shards), sharded(HOURS_KEY, shard, shards),
-            *(hour_key(h, shard, shards) for h in hours)]
+            *(hour_key(h, shard, shards) for h in hours),
+            *(hour_writes_key(h, shard, shards) for h in hours)]
     return keys, [payload, KEEP_S, FEED_MAXLEN, _msgpack.encode(list(watches))]
 
 
@@ -297,14 +311,25 @@ async def _whole(client: aioredis.Redis, watches_key: str, completes_key: str,
 
 
 class PopularitySnapshot:
-    """The newest window's counts, refreshed from Redis by :meth:`refresh`."""
+    """The newest window's counts, refreshed from Redis by :meth:`refresh`.
+
+    A refresh reads each window hour's write count (``semirec:pop:<hour>:n``) and re-reads only
+    the hours written since it last read them (live traffic: the current hour), keeping the
+    window's sum up to date by the hours' differences; an hour without a write count (counted
+    by an older ingest) is re-read every time, and every :data:`FULL_READ_S` the whole window
+    is, whatever the write counts say. ``version`` changes only when the counts did."""
+
+    FULL_READ_S = 60.0
 
     def __init__(self, window_hours: int = 24) -> None:
         self.window_hours = window_hours
         self.counts: dict[str, int] = {}
         self.ranked: list[str] = []  # most popular first
         self.newest_hour: int | None = None
-        self.version = 0  # bumped by every refresh (callers cache what they derive from it)
+        self.version = 0  # bumped by every refresh that changed the counts (callers cache on it)
+        self.hours_read = 0  # hour hashes read so far (HGETALL)
+        self._hours: dict[tuple[int, int], tuple[bytes | None, dict[str, int]]] = {}
+        self._full_at = 0.0  # monotonic time of the last full read
 
     async def refresh(self, client: aioredis.Redis) -> None:
         shards = shards_of(client)
@@ -313,26 +338,59 @@ class PopularitySnapshot:
             for key in hours_keys:
                 pipe.zrevrange(key, 0, 0, withscores=True)
             newest = [row for got in await pipe.execute() for row in got]
-        self.version += 1
         if not newest:
-            self.counts, self.ranked, self.newest_hour = {}, [], None
+            if self.counts or self.ranked or self.newest_hour is not None:
+                self.counts, self.ranked, self.newest_hour = {}, [], None
+                self._hours.clear()
+                self.version += 1
             return
         top = max(int(score) for _, score in newest)
         async with client.pipeline(transaction=False) as pipe:
             for key in hours_keys:
                 pipe.zrangebyscore(key, top - self.window_hours + 1, top)
-            per_shard = await pipe.execute()
-        total: Counter[str] = Counter()
-        async with client.pipeline(transaction=False) as pipe:
-            for shard, hours in enumerate(per_shard):
-                for h in hours:
-                    pipe.hgetall(hour_key(int(h), shard, shards))
-            for got in await pipe.execute():
-                for item, n in got.items():
-                    total[item.decode()] += int(n)
-        self.counts = dict(total)
-        self.ranked = [item for item, _ in total.most_common()]
-        self.newest_hour = top
+            window = [(s, int(h)) for s, hours in enumerate(await pipe.execute()) for h in hours]
+            for shard, hour in window:  # GETs: a cluster pipeline refuses MGET
+                pipe.get(hour_writes_key(hour, shard, shards))
+            writes = dict(zip(window, await pipe.execute(), strict=True))
+        full = time.monotonic() - self._full_at >= self.FULL_READ_S
+        stale = [k for k in window if full or writes[k] is None or k not in self._hours
+                 or self._hours[k][0] != writes[k]]
+        changed = self._drop_hours_outside(set(window))
+        if stale:
+            async with client.pipeline(transaction=False) as pipe:
+                for shard, hour in stale:
+                    pipe.hgetall(hour_key(hour, shard, shards))
+                got = await pipe.execute()
+            self.hours_read += len(stale)
+            for key, raw in zip(stale, got, strict=True):
+                counts = {item.decode(): int(n) for item, n in raw.items()}
+                if key not in self._hours or self._hours[key][1] != counts:
+                    self._add(self._hours[key][1] if key in self._hours else {}, -1)
+                    self._add(counts, 1)
+                    changed = True
+                self._hours[key] = (writes[key], counts)
+        if full:
+            self._full_at = time.monotonic()
+        if changed or top != self.newest_hour:
+            # most counted first, ties by id (the same order however the sum was reached)
+            self.ranked = sorted(sorted(self.counts), key=self.counts.__getitem__, reverse=True)
+            self.newest_hour = top
+            self.version += 1
+
+    def _drop_hours_outside(self, window: set[tuple[int, int]]) -> bool:
+        gone = [k for k in self._hours if k not in window]
+        for key in gone:
+            self._add(self._hours.pop(key)[1], -1)
+        return bool(gone)
+
+    def _add(self, counts: dict[str, int], sign: int) -> None:
+        total = self.counts
+        for item, n in counts.items():
+            left = total.get(item, 0) + sign * n
+            if left:
+                total[item] = left
+            else:
+                total.pop(item, None)
 
     def scores(self, item_ids: Iterable[str]) -> np.ndarray:
         """log(1 + count) per item, scaled to [0, 1] by the most popular item."""
