@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+import redis
 import redis.asyncio as aioredis
 
 from semirec.core.contracts import Domain, Event
@@ -135,6 +137,19 @@ async def test_the_snapshot_rereads_only_the_hours_written_since(stack, redis_cl
     pop.FULL_READ_S = 0.0
     await check(3, changed=True)
     assert pop.counts["v-lost"] == 2
+    # a refresh that fails half-way (an hour it must read is not a hash) changes nothing
+    pop.FULL_READ_S = 60.0
+    before = (dict(pop.counts), list(pop.ranked), pop.version, pop.newest_hour)
+    await count_watches(client, [Event("n2", "u", "v1", Domain.VIDEO, "watch", 3600.0 * 105, True)])
+    await client.rename(hour_key(105), "kept")
+    await client.set(hour_key(105), "not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        await pop.refresh(client)
+    assert (pop.counts, pop.ranked, pop.version, pop.newest_hour) == before
+    await client.delete(hour_key(105))
+    await client.rename("kept", hour_key(105))
+    await check(2, changed=True)  # 105 enters (and 104, uncounted, as always), 102 leaves
+    assert pop.newest_hour == 105
     await client.aclose()
 
 

@@ -355,20 +355,22 @@ class PopularitySnapshot:
         full = time.monotonic() - self._full_at >= self.FULL_READ_S
         stale = [k for k in window if full or writes[k] is None or k not in self._hours
                  or self._hours[k][0] != writes[k]]
-        changed = self._drop_hours_outside(set(window))
+        got = []
         if stale:
             async with client.pipeline(transaction=False) as pipe:
                 for shard, hour in stale:
                     pipe.hgetall(hour_key(hour, shard, shards))
                 got = await pipe.execute()
             self.hours_read += len(stale)
-            for key, raw in zip(stale, got, strict=True):
-                counts = {item.decode(): int(n) for item, n in raw.items()}
-                if key not in self._hours or self._hours[key][1] != counts:
-                    self._add(self._hours[key][1] if key in self._hours else {}, -1)
-                    self._add(counts, 1)
-                    changed = True
-                self._hours[key] = (writes[key], counts)
+        # every read done: the sum changes only now (a failed refresh leaves it as it was)
+        changed = self._drop_hours_outside(set(window))
+        for key, raw in zip(stale, got, strict=True):
+            counts = {item.decode(): int(n) for item, n in raw.items()}
+            if key not in self._hours or self._hours[key][1] != counts:
+                self._add(self._hours[key][1] if key in self._hours else {}, -1)
+                self._add(counts, 1)
+                changed = True
+            self._hours[key] = (writes[key], counts)
         if full:
             self._full_at = time.monotonic()
         if changed or top != self.newest_hour:
