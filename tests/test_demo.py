@@ -79,6 +79,7 @@ def _assert_stopped_in_order(job: Job, seconds: float, pgids: set[int], cache: P
     (in the output or the agents' logs), nothing left of any part's process group."""
     assert seconds < 10, job.text
     assert "Traceback" not in job.text
+    assert "Unclosed" not in job.text  # the loop's Kafka clients closed before the broker stops
     stopped = [ln.split(" (")[0] for ln in job.err if re.match(r"(stopped|killed|exited) ", ln)]
     assert set(stopped[:3]) == AGENT_LINES and stopped[3:] == STACK_LINES, job.text
     for log in cache.glob("runs/*/*.log"):

@@ -421,17 +421,17 @@ class ClosedLoop:
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await self._producer.start()
         await consumer.start()
-        tasks: list[asyncio.Task] = []
+        tasks: list[asyncio.Task] = []  # the phases and the two readers, cancelled at the end
         try:
             await consumer.topics()  # fetches the metadata partitions_for_topic reads
             parts = consumer.partitions_for_topic(t.recommendations) or set()
             tps = [TopicPartition(t.recommendations, p) for p in sorted(parts)]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
-            tasks = [asyncio.create_task(self._consume(consumer)),
+            tasks = [asyncio.create_task(self._phases()),
+                     asyncio.create_task(self._consume(consumer)),
                      asyncio.create_task(self._monitor())]
-            work = asyncio.create_task(self._phases())
-            done, _ = await asyncio.wait([work, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises what failed
         finally:
@@ -440,9 +440,13 @@ class ClosedLoop:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await consumer.stop()
-            await self._producer.stop()
-            await self._store.close()
+            try:  # each client closed even if another fails (one left open holds the broker's
+                await consumer.stop()  # shutdown for its 5 s drain)
+            finally:
+                try:
+                    await self._producer.stop()
+                finally:
+                    await self._store.close()
             self.result.ended = time.time()
             self.state.phase = "done"
         return self.result

@@ -459,25 +459,34 @@ class Demo:
 
         from semirec.sim.live import render
 
-        if not live_view:  # a progress line every 10 s instead of the live view
-            task = asyncio.create_task(loop.run())
-            while not task.done():
-                await asyncio.wait([task], timeout=10)
-                q = state.quality_all or {}
-                self.console.print(
-                    f"{time.strftime('%H:%M:%S')} {state.phase}: events {state.events.total:,}, "
-                    f"recommendations {state.recs.total:,}, lag {state.ingest_lag}/{state.recommend_lag}, "
-                    f"online completion semirec {q.get('semirec', '-')} popularity "
-                    f"{q.get('popularity', '-')} oracle {q.get('oracle', '-')}")
+        task = asyncio.create_task(loop.run())
+        try:
+            if not live_view:  # a progress line every 10 s instead of the live view
+                while not task.done():
+                    await asyncio.wait([task], timeout=10)
+                    q = state.quality_all or {}
+                    self.console.print(
+                        f"{time.strftime('%H:%M:%S')} {state.phase}: events {state.events.total:,}, "
+                        f"recommendations {state.recs.total:,}, "
+                        f"lag {state.ingest_lag}/{state.recommend_lag}, "
+                        f"online completion semirec {q.get('semirec', '-')} popularity "
+                        f"{q.get('popularity', '-')} oracle {q.get('oracle', '-')}")
+            else:
+                with Live(render(state), console=self.console, refresh_per_second=2,
+                          transient=False) as view:
+                    while not task.done():
+                        view.update(render(state))
+                        await asyncio.sleep(0.5)
+                    view.update(render(state))
             await task
-            return
-        with Live(render(state), console=self.console, refresh_per_second=2, transient=False) as view:
-            task = asyncio.create_task(loop.run())
-            while not task.done():
-                view.update(render(state))
-                await asyncio.sleep(0.5)
-            view.update(render(state))
-            await task
+        finally:
+            # Ctrl-C cancels this coroutine: stop the loop here, while its Kafka clients' own
+            # tasks still run, so it closes them; asyncio.run would cancel every task at once,
+            # and a client left open holds the broker's shutdown for its 5 s drain
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def keep_running(self) -> None:
         assert self.stack is not None
