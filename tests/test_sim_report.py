@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from io import StringIO
 from pathlib import Path
@@ -162,6 +163,35 @@ def test_parts_stop_with_their_children_and_fail_clearly(tmp_path) -> None:
     broken.start()
     with pytest.raises(DemoError, match=r"broken exited with code 3(.|\n)*boom: no such agent"):
         broken.wait_ready(10)
+
+
+def test_a_part_that_does_not_stop_is_killed_with_its_stacks_in_the_log(tmp_path) -> None:
+    """A semirec process (its entry point registers the stack dump) that ignores SIGTERM:
+    killed after the timeout, and its threads' stacks, written on SIGUSR1, kept for the report."""
+    import os
+    import sys
+
+    from semirec.sim.orchestrator import Part
+
+    script = ("import signal, sys, time\n"
+              "import semirec.cli\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "def stuck_in_shutdown():\n"
+              "    time.sleep(60)\n"
+              "sys.argv = ['semirec', '--help']\n"
+              "try:\n"
+              "    semirec.cli.main()\n"
+              "except SystemExit:\n"
+              "    print('up', flush=True)\n"
+              "stuck_in_shutdown()\n")
+    part = Part("stuck", [sys.executable, "-c", script], dict(os.environ), tmp_path / "s.log")
+    part.start()
+    deadline = time.time() + 30
+    while "up" not in part.log.read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    assert part.stop(timeout=0.5) == "killed" and not part.alive()
+    assert part.hung is not None and "stuck_in_shutdown" in part.hung
+    assert "most recent call first" in part.hung
 
 
 def test_prune_runs_keeps_the_newest(tmp_path) -> None:

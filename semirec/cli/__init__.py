@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import logging
+import signal
 import sys
 import traceback
 
@@ -87,4 +89,8 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    # SIGUSR1 writes every thread's stack to stderr (a part's log): what the demo sends a part
+    # that does not stop in time, before it kills it (a faust worker's own handler replaces this
+    # one and also lists its asyncio tasks)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cli()

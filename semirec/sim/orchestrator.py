@@ -48,6 +48,7 @@ TRAIN_MODEL = "semi_ccl+sim+ses+usr+id"
 KEEP_RUNS = 5  # run folders kept under the demo cache
 RANK_TIMEOUT_MS = 1000  # the demo's Triton budget (production default 100 ms); env overrides
 PART_STOP_TIMEOUT_S = 6.0  # SIGTERM to the agents and the trainer, then SIGKILL
+HUNG_DUMP_S = 0.5  # a part that did not stop: time to write its stacks (SIGUSR1) before SIGKILL
 
 
 class DemoError(RuntimeError):
@@ -91,6 +92,7 @@ class Part:
     log: Path
     ready_port: int | None = None
     proc: subprocess.Popen | None = None
+    hung: str | None = None  # a killed part's log tail: its threads' stacks when it was killed
 
     @property
     def label(self) -> str:
@@ -141,9 +143,13 @@ class Part:
             self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             how = "killed"
+            with contextlib.suppress(ProcessLookupError):  # its threads' stacks into its log
+                os.kill(self.proc.pid, signal.SIGUSR1)
+                time.sleep(HUNG_DUMP_S)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            self.hung = _tail(self.log, 60)
         with contextlib.suppress(ProcessLookupError):  # its children, if it left any
             os.killpg(self.proc.pid, signal.SIGKILL)
         return how
@@ -508,5 +514,9 @@ class Demo:
         for part in parts:
             how = part.finish(t0 + PART_STOP_TIMEOUT_S)
             self._stopped(part.label, time.monotonic() - t0, how if running[part.name] else "exited")
+            if part.hung is not None:  # where it hung, for the report of a failed stop
+                self.console.print(f"  {part.label} log, last lines ({part.log}):\n"
+                                   + "\n".join(f"  | {line}" for line in part.hung.splitlines()),
+                                   highlight=False, markup=False)
         if self.stack is not None:
             self.stack.stop()
