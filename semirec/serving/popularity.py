@@ -353,8 +353,8 @@ class PopularitySnapshot:
                 pipe.get(hour_writes_key(hour, shard, shards))
             writes = dict(zip(window, await pipe.execute(), strict=True))
         full = time.monotonic() - self._full_at >= self.FULL_READ_S
-        stale = [k for k in window if full or writes[k] is None or k not in self._hours
-                 or self._hours[k][0] != writes[k]]
+        stale = [k for k in window if full or writes[k] is None
+                 or self._hours.get(k, (None,))[0] != writes[k]]
         got = []
         if stale:
             async with client.pipeline(transaction=False) as pipe:
@@ -366,8 +366,9 @@ class PopularitySnapshot:
         changed = self._drop_hours_outside(set(window))
         for key, raw in zip(stale, got, strict=True):
             counts = {item.decode(): int(n) for item, n in raw.items()}
-            if key not in self._hours or self._hours[key][1] != counts:
-                self._add(self._hours[key][1] if key in self._hours else {}, -1)
+            old = self._hours.get(key, (None, {}))[1]
+            if key not in self._hours or old != counts:
+                self._add(old, -1)
                 self._add(counts, 1)
                 changed = True
             self._hours[key] = (writes[key], counts)
