@@ -49,6 +49,14 @@ def group_members(pgids: set[int]) -> list[int]:
     return [p for p, (_, pgrp) in live_processes().items() if pgrp in pgids]
 
 
+def _foreground_signals() -> None:
+    """In the child, before exec: SIGINT and SIGQUIT at their defaults, as a terminal's foreground
+    job has them, also when the tests run as a background job of a shell without job control
+    (which starts it with both ignored; a Python started so keeps SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Job:
     """``semirec ARGV`` started as a shell starts a foreground job: in its own process group, so
     that :meth:`ctrl_c` can send SIGINT to the whole group as a terminal's Ctrl-C does. Its
@@ -57,7 +65,8 @@ class Job:
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "semirec", *argv], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True,
+                                     preexec_fn=_foreground_signals)
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)

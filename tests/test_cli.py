@@ -75,3 +75,25 @@ async def test_produce_then_user(settings, redis_client, tmp_path) -> None:
                                          "product": []}
     human = run(settings, "user", "nobody")
     assert human.returncode == 67 and "no state for user 'nobody'" in human.stderr
+
+
+def test_the_demo_stops_on_sigterm_and_sighup_but_leaves_an_ignored_one_ignored() -> None:
+    """`nohup semirec demo --keep &`: closing the terminal (SIGHUP, ignored by nohup) must not
+    stop the stack; SIGTERM still stops it as Ctrl-C does."""
+    import signal
+
+    from semirec.cli.demo import interrupt_on
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interrupt_on(signal.SIGTERM, signal.SIGHUP)
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        interrupt_on(signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.default_int_handler
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

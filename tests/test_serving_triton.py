@@ -168,14 +168,28 @@ async def test_inputs_through_shared_memory_give_the_same_scores(
 
 
 async def test_the_agent_publishes_model_ranked_recommendations(
-        settings, redis_client, world, served, tmp_path) -> None:
+        settings, redis_client, world, served, stack, tmp_path) -> None:
+    """... through shared memory (the embedded stack's setting), whose regions the worker
+    unregisters from Triton when it stops (else each worker restart leaves Triton one more)."""
+    from tritonclient.grpc import InferenceServerClient
+
     await put_catalog(settings.redis_url, world)
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
+    triton = InferenceServerClient(stack.addresses.triton_grpc)
+    assert settings.triton_shared_memory
+
+    def regions_of(pid: int) -> list[str]:
+        status = triton.get_system_shared_memory_status(as_json=True).get("regions", {})
+        return [name for name in status if name.startswith(f"semirec-{pid}-")]
+
     with running_worker(settings, tmp_path / "worker.log", "--agent", "ingest", "--agent",
-                        "recommend", SEMIREC_RANK_TIMEOUT_MS="2000"):
+                        "recommend", SEMIREC_RANK_TIMEOUT_MS="2000") as proc:
         async with Recommendations(settings) as recs:
             await produce_raw(settings, clicks("carol", products_of(3, 6), T0, "c"))
             await recs.wait(lambda s: any(r.user_id == "carol" and not r.fallback for r in s))
+        assert regions_of(proc.pid)
+    assert proc.returncode == 0
+    assert regions_of(proc.pid) == [], (tmp_path / "worker.log").read_text()[-3000:]
     rec = next(r for r in recs.seen if r.user_id == "carol" and not r.fallback)
     assert rec.model_version == f"ranker/{served}" and len(rec.items) == 10
     assert rec.timings.rank_ms > 0 and rec.timings.event_to_publish_ms is not None

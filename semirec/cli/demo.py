@@ -13,6 +13,16 @@ import click
 from semirec.sim.orchestrator import DemoOptions
 
 
+def interrupt_on(*signals: signal.Signals) -> None:
+    """These signals stop the demo as Ctrl-C does (KeyboardInterrupt): the parts run in their own
+    sessions, so the terminal's signals reach only us and we stop them in order. A signal this
+    process was started ignoring stays ignored (``nohup semirec demo --keep &``: closing the
+    terminal leaves the stack running)."""
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler)
+
+
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -91,10 +101,7 @@ def demo(users: int, minutes: float, shift_at: float, rate: float, sessions_per_
                        sessions_per_s=sessions_per_s, new_videos=new_videos, size=size, train=not no_train,
                        report_dir=report_dir, keep=keep, quick=train_budget == "quick",
                        encoder=encoder, pretrain_encoder=not no_pretrain_encoder)
-    # SIGTERM and SIGHUP stop the demo as Ctrl-C does (KeyboardInterrupt); the parts run in their
-    # own sessions, so the terminal's signals reach only us and we stop them in order
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.default_int_handler)
+    interrupt_on(signal.SIGTERM, signal.SIGHUP)
     run = Demo(opts, console)
     summary: dict[str, Any] | None = None
     try:

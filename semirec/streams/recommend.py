@@ -45,6 +45,7 @@ from semirec.streams.messages import Message
 
 log = logging.getLogger(__name__)
 REFRESH_S = 1.0
+CLOSE_S = 2.0  # the most a stopping worker waits to release Triton's regions and its channels
 
 Publish = Callable[[list[tuple[Recommendation, str]]], Awaitable[None]]
 
@@ -81,6 +82,14 @@ class RecommendProcessor:
                 await self.recommender.refresh()
             except Exception as exc:  # keep serving from the last snapshot
                 log.warning("catalog/popularity refresh failed: %s", exc)
+
+    async def close(self) -> None:
+        """Unregister the ranker's shared-memory regions from Triton (they would outlive the
+        process there) and close the gRPC channel and Redis; bounded by ``CLOSE_S``."""
+        try:
+            await asyncio.wait_for(self.recommender.close(), CLOSE_S)
+        except Exception as exc:  # stopping anyway: Triton down, Redis gone
+            log.warning("closing the recommender: %s", exc or type(exc).__name__)
 
     async def on_updates(self, batch: Sequence[Message]) -> int:
         await self.start()
@@ -174,8 +183,11 @@ def register_recommend(app: Any, settings: Settings) -> None:
 
     @app.task
     async def refresh_snapshots() -> None:
-        await shared().start()
-        await shared().refresh_forever()
+        try:
+            await shared().start()
+            await shared().refresh_forever()
+        finally:  # cancelled when the worker stops, with the agents' tasks
+            await shared().close()
 
     async def on_updates(batch: Sequence[Message]) -> int:
         return await shared().on_updates(batch)
