@@ -110,9 +110,39 @@ def test_truth_diagnostic_orders_the_policies() -> None:
     assert 10 <= among["candidates"] <= videos
     assert among["model"] == pytest.approx(among["oracle"])
     assert among["random"] < among["oracle"]
+    # the truth's terms: a scorer that is the truth follows each term as the truth does
+    terms = among["terms"]
+    assert among["term_cases"] > 0 and set(terms) == {"category", "style", "format", "intent",
+                                                      "quality"}
+    for name, row in terms.items():
+        assert row["model_corr"] == pytest.approx(row["truth_corr"], abs=1e-3), name
+        assert 0 < row["truth_corr"] < 1 and row["oracle_without"] <= among["oracle"] + 1e-9, name
+    assert terms["quality"]["oracle_without"] < among["oracle"]
     blind = diagnose(world, vectors, lambda u, s, ids, c, at: -world.item_probs(u, ids, at), cases=20)
     assert blind["model"] < blind["random"]
     assert blind["among_candidates"]["model"] < blind["among_candidates"]["random"]
+
+    def quality_only(user, state, ids, candidates, at):
+        return 1 / (1 + np.exp(-world.truth.item_terms(user, ids, at)["quality"]))
+
+    terms = diagnose(world, vectors, quality_only, cases=20)["among_candidates"]["terms"]
+    assert terms["quality"]["model_corr"] == 1.0
+    assert all(abs(row["model_corr"]) < 0.2 for n, row in terms.items() if n != "quality")
+
+
+def test_follows_is_the_rank_correlation_within_each_case() -> None:
+    """Order within a case only (a per-case offset and a monotone map change nothing); ties of
+    a binary term take their mean rank; a case where the term does not vary is left out."""
+    from semirec.sim.truth_diagnostic import follows
+
+    rng = np.random.default_rng(0)
+    terms = [{"a": rng.normal(size=30), "b": (rng.random(30) < 0.3).astype(float),
+              "c": rng.normal(size=30)} for _ in range(20)]
+    terms.append({"a": rng.normal(size=30), "b": np.zeros(30), "c": rng.normal(size=30)})
+    got = follows(terms, [np.exp(t["a"]) + 5 * k for k, t in enumerate(terms)])
+    assert got["a"] == 1.0 and abs(got["c"]) < 0.1
+    assert follows(terms, [-t["a"] for t in terms])["a"] == -1.0
+    assert follows(terms, [t["b"] for t in terms])["b"] == 1.0  # the all-zero case left out
 
 
 def test_ranker_check_similarity_is_the_cosine_to_the_newest_items() -> None:

@@ -10,6 +10,11 @@ similarity (cosine to the mean vector of the user's newest 10 products and 10 vi
 ``among_candidates`` repeats every policy within the candidates that serving's recall
 (:class:`semirec.serving.recall.Recall`, popularity = complete watches of the last 24 hours) finds for
 the user at that moment: what the demo's online figures compare (random = the candidates' mean).
+``among_candidates.terms`` splits the truth's logit into its terms (category taste, style, format,
+session intent, quality: :meth:`semirec.worlds.truth.Truth.logit_terms`) and says, per term, how much
+it varies within the candidates, what the oracle keeps without it, and how closely the model's and
+similarity's orders follow it (:func:`follows`) beside the truth's own order: where the model's gap
+to the oracle lies.
 
     python -m semirec.sim.truth_diagnostic --onnx RUN/models/ranker/1/model.onnx [--users 300] [--json]
 """
@@ -42,6 +47,48 @@ def _policies(p: np.ndarray, model: np.ndarray | None, pop: np.ndarray, sim: np.
         out["similarity"] = _top(p, sim, k, rng)
     if model is not None:
         out["model"] = _top(p, model, k, rng)
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x``, ties given their mean rank."""
+    order = np.argsort(x, kind="stable")
+    rank = np.empty(len(x))
+    rank[order] = np.arange(len(x))
+    _, tie, count = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(tie, weights=rank) / count)[tie]
+
+
+def follows(terms: list[dict[str, np.ndarray]], scores: list[np.ndarray]) -> dict[str, float]:
+    """Per term, the mean over cases of the rank correlation (Spearman) between ``scores`` and
+    the term within the case (only the order within a case matters; a case where the term or the
+    scores do not vary is left out of that term's mean)."""
+    out = {}
+    for name in terms[0]:
+        corr = []
+        for t, s in zip(terms, scores, strict=True):
+            a, b = _ranks(t[name]), _ranks(s)
+            if a.std() > 0 and b.std() > 0:
+                corr.append(float(np.corrcoef(a, b)[0, 1]))
+        out[name] = round(float(np.mean(corr)), 3) if corr else float("nan")
+    return out
+
+
+def _term_table(terms: list[dict[str, np.ndarray]], p: list[np.ndarray],
+                ranked: dict[str, list[np.ndarray]], k: int,
+                rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Per term: its spread within the candidates (mean of per-case standard deviations), the
+    oracle's top-``k`` without it (ranking by the other terms), and how each scorer's order
+    follows it (:func:`follows`) beside how the truth's own logit does (``truth_corr``)."""
+    follow = {"truth": follows(terms, [sum(t.values()) for t in terms]),
+              **{who: follows(terms, scores) for who, scores in ranked.items() if scores}}
+    out: dict[str, dict[str, float]] = {}
+    for n in terms[0]:
+        without = [_top(pc, sum(v for m, v in t.items() if m != n), k, rng)
+                   for t, pc in zip(terms, p, strict=True)]
+        out[n] = {"spread": round(float(np.mean([t[n].std() for t in terms])), 3),
+                  "oracle_without": round(float(np.mean(without)), 4),
+                  **{f"{who}_corr": f[n] for who, f in follow.items()}}
     return out
 
 
@@ -79,6 +126,10 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
     out: dict[str, list[float]] = {p: [] for p in names}
     among: dict[str, list[float]] = {p: [] for p in names}
     sizes: list[int] = []
+    truth = getattr(world, "truth", None)
+    terms: list[dict[str, np.ndarray]] = []  # per case, within the candidates (with a truth)
+    term_p: list[np.ndarray] = []
+    term_scores: dict[str, list[np.ndarray]] = {"model": [], "similarity": []}
     rng = np.random.default_rng(0)
     done = 0
     for i in picked:
@@ -108,12 +159,21 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
                                      popularity[cols], None if sim is None else sim[cols], k,
                                      rng).items():
             among[name].append(value)
+        if truth is not None and model is not None and sim is not None and len(cols) > 1:
+            terms.append(truth.item_terms(e.user_id, [videos[c] for c in cols], e.ts))
+            term_p.append(p[cols])
+            term_scores["model"].append(np.asarray(model, np.float64)[cols])
+            term_scores["similarity"].append(np.asarray(sim, np.float64)[cols])
 
     def means(d: dict[str, list[float]]) -> dict[str, float | None]:
         return {name: round(float(np.mean(v)), 4) if v else None for name, v in d.items()}
 
+    among_out: dict[str, Any] = {**means(among), "candidates": float(np.mean(sizes))}
+    if terms:
+        among_out.update(terms=_term_table(terms, term_p, term_scores, k, rng),
+                         term_cases=len(terms))
     return {"diagnostic": "TRUTH DIAGNOSTIC (reads the world's truth)", "k": k, "cases": len(picked),
-            **means(out), "among_candidates": {**means(among), "candidates": float(np.mean(sizes))}}
+            **means(out), "among_candidates": among_out}
 
 
 def request_scorer(world: Any, vectors: np.ndarray, run: Callable[[dict[str, np.ndarray]], Any],

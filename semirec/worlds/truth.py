@@ -86,15 +86,21 @@ class Truth:
 
     def raw_logit(self, u: np.ndarray, v: np.ndarray, ts: np.ndarray, intent: np.ndarray) -> np.ndarray:
         """The logit without the intercept, for aligned arrays of user/video indices."""
+        return sum(self.logit_terms(u, v, ts, intent).values()) + self.users.bias[u]
+
+    def logit_terms(self, u: np.ndarray, v: np.ndarray, ts: np.ndarray,
+                    intent: np.ndarray) -> dict[str, np.ndarray]:
+        """The logit's terms that differ between videos: category, style, format, intent, quality
+        (their sum plus the user's bias is :meth:`raw_logit`)."""
         cat = self.videos.category[v]
         interest = self.video_interest(u, ts)[np.arange(len(u)), cat]
         style = (self.users.video_style[u] * self.videos.style[v]).sum(1) / np.sqrt(self.cfg.style_dims)
         fmt = self.users.format_taste[u, self.videos.fmt[v]]
-        return (A_CATEGORY * np.log(len(CATEGORIES) * interest + 0.1)
-                + A_STYLE * style
-                + A_FORMAT * np.log(len(VIDEO_FORMATS) * fmt)
-                + A_INTENT * (intent == cat)
-                + self.videos.quality[v] + self.users.bias[u])
+        return {"category": A_CATEGORY * np.log(len(CATEGORIES) * interest + 0.1),
+                "style": A_STYLE * style,
+                "format": A_FORMAT * np.log(len(VIDEO_FORMATS) * fmt),
+                "intent": A_INTENT * (intent == cat),
+                "quality": self.videos.quality[v].astype(np.float64)}
 
     def intent_at(self, u: int, ts: float) -> int:
         """The intent of ``u``'s session in the hour of ``ts`` (NO_INTENT outside sessions)."""
@@ -108,6 +114,14 @@ class Truth:
     def set_intent(self, u: int, ts: float, category: int) -> int:
         """Give ``u`` a session intent in the hour of ``ts`` (an existing one is kept); returns it."""
         return self.intents.setdefault((u, int((ts - self.cfg.start_ts) // 3600)), category)
+
+    def item_terms(self, user_id: str, video_ids: Sequence[str], ts: float) -> dict[str, np.ndarray]:
+        """:meth:`logit_terms` of ``video_ids`` for ``user_id`` at ``ts``."""
+        u = self.user_index(user_id)
+        v = np.array([self._video_index[i] for i in video_ids], dtype=np.int64)
+        n = len(v)
+        return self.logit_terms(np.full(n, u), v, np.full(n, float(ts)),
+                                np.full(n, self.intent_at(u, ts)))
 
     def item_probs(self, user_id: str, video_ids: Sequence[str], ts: float) -> np.ndarray:
         """True completion probabilities of ``video_ids`` for ``user_id`` at ``ts`` (float64)."""
