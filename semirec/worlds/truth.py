@@ -115,16 +115,8 @@ class Truth:
         """Give ``u`` a session intent in the hour of ``ts`` (an existing one is kept); returns it."""
         return self.intents.setdefault((u, int((ts - self.cfg.start_ts) // 3600)), category)
 
-    def item_terms(self, user_id: str, video_ids: Sequence[str], ts: float) -> dict[str, np.ndarray]:
-        """:meth:`logit_terms` of ``video_ids`` for ``user_id`` at ``ts``."""
-        u = self.user_index(user_id)
-        v = np.array([self._video_index[i] for i in video_ids], dtype=np.int64)
-        n = len(v)
-        return self.logit_terms(np.full(n, u), v, np.full(n, float(ts)),
-                                np.full(n, self.intent_at(u, ts)))
-
-    def item_probs(self, user_id: str, video_ids: Sequence[str], ts: float) -> np.ndarray:
-        """True completion probabilities of ``video_ids`` for ``user_id`` at ``ts`` (float64)."""
+    def _aligned(self, user_id: str, video_ids: Sequence[str], ts: float) -> tuple[np.ndarray, ...]:
+        """(users, videos, times, intents) aligned per video, for :meth:`logit_terms`."""
         if user_id not in self._user_index:
             raise KeyError(f"unknown user {user_id!r}")
         unknown = [i for i in video_ids if i not in self._video_index]
@@ -133,7 +125,13 @@ class Truth:
         u = self._user_index[user_id]
         v = np.array([self._video_index[i] for i in video_ids], dtype=np.int64)
         n = len(v)
-        raw = self.raw_logit(np.full(n, u), v, np.full(n, float(ts)),
-                             np.full(n, self.intent_at(u, ts)))
-        return sigmoid(raw + self.intercept)
+        return np.full(n, u), v, np.full(n, float(ts)), np.full(n, self.intent_at(u, ts))
+
+    def item_terms(self, user_id: str, video_ids: Sequence[str], ts: float) -> dict[str, np.ndarray]:
+        """:meth:`logit_terms` of ``video_ids`` for ``user_id`` at ``ts``."""
+        return self.logit_terms(*self._aligned(user_id, video_ids, ts))
+
+    def item_probs(self, user_id: str, video_ids: Sequence[str], ts: float) -> np.ndarray:
+        """True completion probabilities of ``video_ids`` for ``user_id`` at ``ts`` (float64)."""
+        return sigmoid(self.raw_logit(*self._aligned(user_id, video_ids, ts)) + self.intercept)
 
