@@ -13,6 +13,7 @@ import urllib.request
 
 import orjson
 
+from semirec.cli.worker import SHUTDOWN_GRACE_S
 from semirec.core.contracts import Event, parse_event, validate_event
 from semirec.core.dead_letters import parse_dead_letter
 from semirec.core.kafka import ensure_topics, ingest_topics, producer
@@ -23,7 +24,7 @@ from tests.conftest import settings_env
 from tests.event_script import BASE_TS, encode, scripted_events
 from tests.kafka_utils import committed, consume_all, wait_committed
 from tests.test_ingest import comparable, stored_states
-from tests.workers import running_worker, stop
+from tests.workers import loop_close_waits, running_worker, stop
 
 
 async def produce_big(settings, messages) -> dict[int, int]:
@@ -88,6 +89,9 @@ async def test_oversized_events_are_dead_lettered_truncated_and_nothing_is_lost(
     assert len(await consume_all(settings, settings.topics.events_dlq, 2)) == 2
     log = (tmp_path / "worker1.log").read_text() + (tmp_path / "worker2.log").read_text()
     assert "unexpected error" not in log and "Traceback" not in log
+    # each stop closed the loop after SHUTDOWN_GRACE_S, not after mode's fixed 1 s
+    waits = loop_close_waits(log)
+    assert len(waits) == 2 and all(SHUTDOWN_GRACE_S <= w < 1.0 for w in waits), waits
 
 
 def readyz(url: str) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from benchmarks.fault_kit import signal_worker
@@ -35,3 +37,20 @@ def running_worker(settings: Settings, log: Path, *args: str, **env: str) -> Ite
         yield proc
     finally:
         stop(proc)
+
+
+_LOGGED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*?\[\^Worker\]: (.*?)\s*$", re.M)
+
+
+def loop_close_waits(log: str) -> list[float]:
+    """Per stop in a worker's log: the seconds from mode's "Gathering all futures..." (every task
+    done or cancelled) to "Closing event loop"."""
+    waits, since = [], None
+    for stamp, message in _LOGGED.findall(log):
+        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+        if message.startswith("Gathering all futures"):
+            since = at
+        elif message.startswith("Closing event loop") and since is not None:
+            waits.append((at - since).total_seconds())
+            since = None
+    return waits
