@@ -39,18 +39,18 @@ def running_worker(settings: Settings, log: Path, *args: str, **env: str) -> Ite
         stop(proc)
 
 
-_LOGGED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*?\[\^Worker\]: (.*?)\s*$", re.M)
+_LOGGED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] (.*?)\s*$", re.M)
 
 
-def loop_close_waits(log: str) -> list[float]:
-    """Per stop in a worker's log: the seconds from mode's "Gathering all futures..." (every task
-    done or cancelled) to "Closing event loop"."""
-    waits, since = [], None
-    for stamp, message in _LOGGED.findall(log):
+def logged_gaps(log: str, first: str, then: str) -> list[float]:
+    """Seconds from each line of a worker's log that holds ``first`` to the next that holds
+    ``then`` (e.g. mode's "[^Worker]: Gathering all futures" and "[^Worker]: Closing event loop")."""
+    gaps, since = [], None
+    for stamp, line in _LOGGED.findall(log):
         at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-        if message.startswith("Gathering all futures"):
+        if first in line:
             since = at
-        elif message.startswith("Closing event loop") and since is not None:
-            waits.append((at - since).total_seconds())
+        elif then in line and since is not None:
+            gaps.append((at - since).total_seconds())
             since = None
-    return waits
+    return gaps
