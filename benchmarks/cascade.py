@@ -1,0 +1,184 @@
+"""Where the served ranker's top 10 lies in the order of its own cheap (wide) terms.
+
+Issue 24 asks for fewer per-candidate FLOPs with the same ranking. The served SEMI model's logit
+is ``deep(user, candidate) + wide(features) + identity(item)``: the deep part (target attention
+per domain, the head) costs ~7x the wide part (linear term over the similarity / session / user
+rate features, plus item identity) per candidate. If the model's top 10 always lies within the
+first K candidates by the wide part alone, a cascade (all candidates by the wide part, the
+deep part on its top K) ranks the top 10 exactly, at a fraction of the FLOPs.
+
+Trains the served model as ``semirec.sim.ranker_check`` does (the demo's world, ``--quick``, the
+item vectors of ``$SEMIREC_ENCODER_CHECKPOINT``), builds real requests as serving builds them
+(the state before each of the last ``--cases`` picked video watches, serving's recall candidates
+then, incomplete watches, the candidates' counts) and reports per seed:
+
+  deepest_wide_rank        percentiles (50, 90, 99, 100) over the requests of the deepest
+                           0-based position, in the wide part's order, of the model's top 10
+  top10_overlap[K]         mean |top-10 full & top-10 cascade K| / 10 (and its minimum)
+  flops_full / flops_cascade[K]  matmul FLOPs of one 500-candidate request, full and cascade
+                           (torch.utils.flop_counter; the user side included in both)
+  ms_full / ms_cascade[K]  CPU ms of that request in eager torch, one thread (best of 20)
+
+No truth is read: only logged events and the model's own scores.
+Usage: python -m benchmarks.cascade [--seeds 3] [--cases 300] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.machine import finish, machine, print_describe
+
+MODEL = "semi_ccl+sim+ses+usr+id"  # the demo's (semirec.sim.orchestrator.TRAIN_MODEL)
+KS = (50, 100, 150, 200)
+
+
+def cascade_logits(model: Any, k: int):
+    """``model.logits`` as a cascade: all candidates by the wide part (and item identity), the
+    deep part for its top ``k`` only; the others keep the wide part, 1e4 lower."""
+    full = type(model).logits
+
+    def logits(ctx: Any, candidates: torch.Tensor, items: Any = None) -> torch.Tensor:
+        cheap = wide_logits(model, ctx, candidates, items)
+        if candidates.shape[1] <= k:
+            return full(model, ctx, candidates, items)
+        top = cheap.topk(k, dim=1).indices
+        sub = candidates.gather(1, top[..., None].expand(-1, -1, candidates.shape[-1]))
+        sub_items = None if items is None else tuple(t.gather(1, top) for t in items)
+        return (cheap - 1e4).scatter(1, top, full(model, ctx, sub, sub_items))
+
+    return logits
+
+
+def wide_logits(model: Any, ctx: Any, candidates: torch.Tensor, items: Any) -> torch.Tensor:
+    """The wide part of the logit: the linear term over the hand-made features, plus identity."""
+    out = model.similarity_weight(model.wide_features(ctx, candidates)).squeeze(-1)
+    return out + model.identity(*items) if model.identity is not None else out
+
+
+def requests(world: Any, vectors: np.ndarray, cases: int) -> list[tuple[Any, ...]]:
+    """(user id, state, candidate ids, candidate vectors, ts) for the last ``cases`` of every
+    third video watch, serving's recall candidates at that moment (as the TRUTH DIAGNOSTIC
+    picks its cases, without reading the truth)."""
+    from collections import Counter
+
+    from semirec.core.sequences import UserState, apply
+    from semirec.sim.truth_diagnostic import _recall
+
+    rows = {it["item_id"]: i for i, it in enumerate(world.items)}
+    recall, snapshot = _recall(world, vectors)
+    events = world.events
+    watches = [i for i, e in enumerate(events) if e.domain == "video"]
+    states: dict[str, UserState] = {}
+    recent: list[tuple[float, str]] = []
+    done, out = 0, []
+    for i in watches[-3 * cases::3][-cases:]:
+        for e in events[done:i]:
+            apply(states.setdefault(e.user_id, UserState()), [(e, done)])
+            if e.domain == "video" and e.complete:
+                recent.append((e.ts, e.item_id))
+            done += 1
+        e = events[i]
+        state = states.get(e.user_id)
+        snapshot.counts = dict(Counter(v for t, v in recent if t > e.ts - 24 * 3600))
+        snapshot.ranked = sorted(snapshot.counts, key=lambda v: -snapshot.counts[v])
+        snapshot.version += 1
+        ids = [c.item_id for c in recall.candidates(state)]
+        out.append((e.user_id, state, ids, vectors[[rows[v] for v in ids]], e.ts))
+    return out
+
+
+def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, ...]]) -> dict[str, Any]:
+    from semirec.sim.truth_diagnostic import request_scorer
+    from semirec.trainer.registry.export import torch_scores
+
+    mode: dict[str, Any] = {"logits": type(model).logits.__get__(model)}
+    seen: list[dict[str, np.ndarray]] = []
+
+    def run(tensors: dict[str, np.ndarray]) -> np.ndarray:
+        seen.append({k: v[0] for k, v in tensors.items()})
+        return np.zeros(tensors["candidates"].shape[1])
+
+    score = request_scorer(world, vectors, run, seq_len=50, skipped=True,
+                           id_buckets=model.identity.bias.num_embeddings)
+    for case in cases:
+        score(*case)
+    deepest: list[int] = []
+    overlap: dict[int, list[float]] = {k: [] for k in KS}
+    try:
+        for t in seen:
+            model.logits = mode["logits"]
+            full = torch_scores(model, t)
+            model.logits = lambda ctx, c, items=None: wide_logits(model, ctx, c, items)
+            cheap = torch_scores(model, t)
+            position = np.empty(len(cheap), int)
+            position[np.argsort(-cheap, kind="stable")] = np.arange(len(cheap))
+            top = np.argsort(-full, kind="stable")[:10]
+            deepest.append(int(position[top].max()))
+            for k in KS:
+                model.logits = cascade_logits(model, k)
+                got = np.argsort(-torch_scores(model, t), kind="stable")[:10]
+                overlap[k].append(len(set(top) & set(got)) / 10)
+        flops, ms = {}, {}
+        big = max(seen, key=lambda t: t["candidates"].shape[0])
+        for k in (0, *KS):
+            model.logits = cascade_logits(model, k) if k else mode["logits"]
+            with FlopCounterMode(display=False) as counter:
+                torch_scores(model, big)
+            flops[k] = counter.get_total_flops()
+            best = float("inf")
+            for _ in range(20):
+                start = time.process_time()
+                torch_scores(model, big)
+                best = min(best, time.process_time() - start)
+            ms[k] = round(best * 1e3, 2)
+    finally:
+        del model.logits
+    return {"requests": len(seen), "candidates": int(big["candidates"].shape[0]),
+            "deepest_wide_rank": np.percentile(deepest, [50, 90, 99, 100]).round(1).tolist(),
+            "top10_overlap": {str(k): round(float(np.mean(v)), 4) for k, v in overlap.items()},
+            "top10_overlap_min": {str(k): float(np.min(v)) for k, v in overlap.items()},
+            "flops_full": flops[0], "flops_cascade": {str(k): flops[k] for k in KS},
+            "ms_full": ms[0], "ms_cascade": {str(k): ms[k] for k in KS}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cases", type=int, default=300)
+    parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+    args = parser.parse_args()
+    at_start = machine()
+    print_describe(at_start)
+
+    from semirec.trainer.offline.evaluate import model_config, prepare, train_model
+    from semirec.trainer.offline.vectors import item_vectors
+    from semirec.worlds import load_world
+
+    torch.set_num_threads(1)
+    world = load_world("world", seed=0, size="demo", users=300, new_videos=30)
+    vectors = item_vectors(world.items)
+    data = prepare("world", world.items, world.events, vectors)
+    cfg = model_config(MODEL, data, True)
+    cases = requests(world, vectors, args.cases)
+    runs = []
+    for seed in range(args.seeds):
+        model, info = train_model(MODEL, data, cfg, seed)
+        model.eval()
+        row = {"seed": seed, "best_epoch": info["best_epoch"], **measure(model, world, vectors, cases)}
+        runs.append(row)
+        if not args.json:
+            print(json.dumps(row))
+    out = finish({"model": MODEL, "runs": runs}, at_start)
+    print(json.dumps(out) if args.json else f"done: {len(runs)} seeds")
+
+
+if __name__ == "__main__":
+    main()
