@@ -19,8 +19,10 @@ then, incomplete watches, the candidates' counts) and reports per seed:
                            (torch.utils.flop_counter; the user side included in both)
   ms_full / ms_cascade[K]  CPU ms of that request in eager torch, one thread (best of 20)
 
+``--checkpoint DIR`` (repeatable) measures saved rankers instead, e.g. the versions the online
+trainer promoted in a demo run (``RUN/models/ranker/<n>/checkpoint``), on the same requests.
 No truth is read: only logged events and the model's own scores.
-Usage: python -m benchmarks.cascade [--seeds 3] [--cases 300] [--json]
+Usage: python -m benchmarks.cascade [--seeds 3] [--cases 300] [--checkpoint DIR ...] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -153,11 +156,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cases", type=int, default=300)
+    parser.add_argument("--checkpoint", action="append", default=[], type=Path,
+                        help="a ranker checkpoint to measure instead of training (repeatable)")
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     args = parser.parse_args()
     at_start = machine()
     print_describe(at_start)
 
+    from semirec.trainer.nets import checkpoint
     from semirec.trainer.offline.evaluate import model_config, prepare, train_model
     from semirec.trainer.offline.vectors import item_vectors
     from semirec.worlds import load_world
@@ -166,10 +172,17 @@ def main() -> None:
     world = load_world("world", seed=0, size="demo", users=300, new_videos=30)
     vectors = item_vectors(world.items)
     data = prepare("world", world.items, world.events, vectors)
-    cfg = model_config(MODEL, data, True)
     cases = requests(world, vectors, args.cases)
     runs = []
-    for seed in range(args.seeds):
+    for path in args.checkpoint:
+        model, _, meta = checkpoint.load(path)
+        row = {"checkpoint": str(path), "promotion_metrics": meta.get("metrics", {}),
+               **measure(model, world, vectors, cases)}
+        runs.append(row)
+        if not args.json:
+            print(json.dumps(row))
+    cfg = model_config(MODEL, data, True)
+    for seed in range(0 if args.checkpoint else args.seeds):
         model, info = train_model(MODEL, data, cfg, seed)
         model.eval()
         row = {"seed": seed, "best_epoch": info["best_epoch"], **measure(model, world, vectors, cases)}
