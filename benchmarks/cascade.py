@@ -19,10 +19,14 @@ then, incomplete watches, the candidates' counts) and reports per seed:
                            (torch.utils.flop_counter; the user side included in both)
   ms_full / ms_cascade[K]  CPU ms of that request in eager torch, one thread (best of 20)
 
+``--onnx-timing`` times instead the exported request graph under onnxruntime (one thread), full
+and cascaded (K of :data:`KS`, the cascade traced into the graph at 500 candidates; random
+weights, as ``benchmarks/ranker.py``): three interleaved rounds, best of 30 each, in ms.
+
 ``--checkpoint DIR`` (repeatable) measures saved rankers instead, e.g. the versions the online
 trainer promoted in a demo run (``RUN/models/ranker/<n>/checkpoint``), on the same requests.
 No truth is read: only logged events and the model's own scores.
-Usage: python -m benchmarks.cascade [--seeds 3] [--cases 300] [--checkpoint DIR ...] [--json]
+Usage: python -m benchmarks.cascade [--seeds 3] [--cases 300] [--checkpoint DIR ...] [--onnx-timing] [--json]
 """
 
 from __future__ import annotations
@@ -152,16 +156,72 @@ def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, 
             "ms_full": ms[0], "ms_cascade": {str(k): ms[k] for k in KS}}
 
 
+def onnx_timing(rounds: int = 3, repeat: int = 30) -> dict[str, Any]:
+    """ms per 500-candidate request under onnxruntime, full (``"0"``) and cascaded per K."""
+    import tempfile
+    import warnings
+
+    from benchmarks.ranker import best_seconds
+    from semirec.cli.evaluate import parse_settings
+    from semirec.trainer.nets.configs import paper
+    from semirec.trainer.nets.zoo import build
+    from semirec.trainer.offline.evaluate import override
+    from semirec.trainer.registry.export import (
+        OPSET,
+        OUTPUT,
+        RequestGraph,
+        input_names,
+        model_request,
+        onnx_session,
+        run_onnx,
+    )
+
+    torch.manual_seed(0)
+    model = build(override(paper(MODEL), parse_settings("block.ffn=64,mlp_hidden=64"))).eval()
+    with torch.no_grad():  # zero at the start of training: an order for the TopK to follow
+        model.similarity_weight.weight.normal_()
+    request = model_request(model, candidates=500)
+    names = input_names(model)
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in (0, *KS):
+            if k:
+                model.logits = cascade_logits(model, k)
+            path = Path(tmp) / f"cascade-{k}.onnx"
+            with torch.no_grad():
+                torch.onnx.export(RequestGraph(model).eval(),
+                                  tuple(torch.from_numpy(request[n]) for n in names), str(path),
+                                  input_names=list(names), output_names=[OUTPUT],
+                                  opset_version=OPSET, dynamo=False)
+            if k:
+                del model.logits
+            sessions[k] = onnx_session(path, threads=1)
+        ms: dict[str, list[float]] = {str(k): [] for k in sessions}
+        for _ in range(rounds):
+            for k, session in sessions.items():
+                ms[str(k)].append(round(best_seconds(lambda s=session: run_onnx(s, request),
+                                                     repeat) * 1e3, 3))
+    return {"ms_onnx": ms, "candidates": 500}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--checkpoint", action="append", default=[], type=Path,
                         help="a ranker checkpoint to measure instead of training (repeatable)")
+    parser.add_argument("--onnx-timing", action="store_true",
+                        help="time the exported graph, full and cascaded, instead")
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     args = parser.parse_args()
     at_start = machine()
     print_describe(at_start)
+    torch.set_num_threads(1)
+    if args.onnx_timing:
+        out = finish({"model": MODEL, **onnx_timing()}, at_start)
+        print(json.dumps(out))
+        return
 
     from semirec.trainer.nets import checkpoint
     from semirec.trainer.offline.evaluate import model_config, prepare, train_model
