@@ -71,42 +71,20 @@ def wide_logits(model: Any, ctx: Any, candidates: torch.Tensor, items: Any) -> t
 
 
 def requests(world: Any, vectors: np.ndarray, cases: int) -> list[tuple[Any, ...]]:
-    """(user id, state, candidate ids, candidate vectors, ts) for the last ``cases`` of every
-    third video watch, serving's recall candidates at that moment (as the TRUTH DIAGNOSTIC
-    picks its cases, without reading the truth)."""
-    from collections import Counter
-
-    from semirec.core.sequences import UserState, apply
-    from semirec.sim.truth_diagnostic import _recall
+    """(user id, state, candidate ids, candidate vectors, ts): the TRUTH DIAGNOSTIC's cases
+    (:func:`semirec.sim.truth_diagnostic.serving_cases`, which read no truth)."""
+    from semirec.sim.truth_diagnostic import serving_cases
 
     rows = {it["item_id"]: i for i, it in enumerate(world.items)}
-    recall, snapshot = _recall(world, vectors)
-    events = world.events
-    watches = [i for i, e in enumerate(events) if e.domain == "video"]
-    states: dict[str, UserState] = {}
-    recent: list[tuple[float, str]] = []
-    done, out = 0, []
-    for i in watches[-3 * cases::3][-cases:]:
-        for e in events[done:i]:
-            apply(states.setdefault(e.user_id, UserState()), [(e, done)])
-            if e.domain == "video" and e.complete:
-                recent.append((e.ts, e.item_id))
-            done += 1
-        e = events[i]
-        state = states.get(e.user_id)
-        snapshot.counts = dict(Counter(v for t, v in recent if t > e.ts - 24 * 3600))
-        snapshot.ranked = sorted(snapshot.counts, key=lambda v: -snapshot.counts[v])
-        snapshot.version += 1
-        ids = [c.item_id for c in recall.candidates(state)]
-        out.append((e.user_id, state, ids, vectors[[rows[v] for v in ids]], e.ts))
-    return out
+    return [(e.user_id, state, ids, vectors[[rows[v] for v in ids]], e.ts)
+            for e, state, ids, _ in serving_cases(world, vectors, cases)]
 
 
 def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, ...]]) -> dict[str, Any]:
     from semirec.sim.truth_diagnostic import request_scorer
     from semirec.trainer.registry.export import torch_scores
 
-    mode: dict[str, Any] = {"logits": type(model).logits.__get__(model)}
+    full_logits = model.logits
     seen: list[dict[str, np.ndarray]] = []
 
     def run(tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -121,7 +99,7 @@ def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, 
     overlap: dict[int, list[float]] = {k: [] for k in KS}
     try:
         for t in seen:
-            model.logits = mode["logits"]
+            model.logits = full_logits
             full = torch_scores(model, t)
             model.logits = lambda ctx, c, items=None: wide_logits(model, ctx, c, items)
             cheap = torch_scores(model, t)
@@ -136,7 +114,7 @@ def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, 
         flops, ms = {}, {}
         big = max(seen, key=lambda t: t["candidates"].shape[0])
         for k in (0, *KS):
-            model.logits = cascade_logits(model, k) if k else mode["logits"]
+            model.logits = cascade_logits(model, k) if k else full_logits
             with FlopCounterMode(display=False) as counter:
                 torch_scores(model, big)
             flops[k] = counter.get_total_flops()
@@ -166,34 +144,21 @@ def onnx_timing(rounds: int = 3, repeat: int = 30) -> dict[str, Any]:
     from semirec.trainer.nets.configs import paper
     from semirec.trainer.nets.zoo import build
     from semirec.trainer.offline.evaluate import override
-    from semirec.trainer.registry.export import (
-        OPSET,
-        OUTPUT,
-        RequestGraph,
-        input_names,
-        model_request,
-        onnx_session,
-        run_onnx,
-    )
+    from semirec.trainer.registry.export import export_onnx, model_request, onnx_session, run_onnx
 
     torch.manual_seed(0)
     model = build(override(paper(MODEL), parse_settings("block.ffn=64,mlp_hidden=64"))).eval()
     with torch.no_grad():  # zero at the start of training: an order for the TopK to follow
         model.similarity_weight.weight.normal_()
     request = model_request(model, candidates=500)
-    names = input_names(model)
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for k in (0, *KS):
             if k:
                 model.logits = cascade_logits(model, k)
-            path = Path(tmp) / f"cascade-{k}.onnx"
-            with torch.no_grad():
-                torch.onnx.export(RequestGraph(model).eval(),
-                                  tuple(torch.from_numpy(request[n]) for n in names), str(path),
-                                  input_names=list(names), output_names=[OUTPUT],
-                                  opset_version=OPSET, dynamo=False)
+            # traced at 500 candidates, so the cascade's branch (more candidates than k) is taken
+            path = export_onnx(model, Path(tmp) / f"cascade-{k}.onnx", example_candidates=500)
             if k:
                 del model.logits
             sessions[k] = onnx_session(path, threads=1)
@@ -228,7 +193,6 @@ def main() -> None:
     from semirec.trainer.offline.vectors import item_vectors
     from semirec.worlds import load_world
 
-    torch.set_num_threads(1)
     world = load_world("world", seed=0, size="demo", users=300, new_videos=30)
     vectors = item_vectors(world.items)
     data = prepare("world", world.items, world.events, vectors)

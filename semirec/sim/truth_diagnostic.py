@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,12 @@ def _term_table(terms: list[dict[str, np.ndarray]], p: list[np.ndarray],
     return out
 
 
-def _recall(world: Any, vectors: np.ndarray):  # -> (Recall, PopularitySnapshot)
+def serving_cases(world: Any, vectors: np.ndarray, cases: int) -> Iterator[tuple[Any, ...]]:
+    """``(watch, user state before it, serving's recall candidates then, complete watches so far
+    by video)`` for the last ``cases`` of every third video watch of the history (no truth read).
+    Recall's popularity is the complete watches of the 24 hours before the watch."""
     from semirec.core.contracts import Domain
+    from semirec.core.sequences import UserState, apply
     from semirec.serving.catalog import CatalogIndex
     from semirec.serving.popularity import PopularitySnapshot
     from semirec.serving.recall import Recall
@@ -102,26 +106,36 @@ def _recall(world: Any, vectors: np.ndarray):  # -> (Recall, PopularitySnapshot)
     catalog.upsert([it["item_id"] for it in world.items], vectors,
                    [Domain(it["domain"]) for it in world.items])
     snapshot = PopularitySnapshot()
-    return Recall(catalog, snapshot), snapshot
+    recall = Recall(catalog, snapshot)
+    events = world.events
+    watches = [i for i, e in enumerate(events) if e.domain == "video"]
+    states: dict[str, UserState] = {}
+    pop: Counter[str] = Counter()
+    recent: list[tuple[float, str]] = []  # complete watches (ts, video), for recall's popularity
+    done = 0
+    for i in watches[-3 * cases::3][-cases:]:
+        for e in events[done:i]:
+            apply(states.setdefault(e.user_id, UserState()), [(e, done)])
+            if e.domain == "video" and e.complete:
+                pop[e.item_id] += 1
+                recent.append((e.ts, e.item_id))
+            done += 1
+        e = events[i]
+        state = states.get(e.user_id)
+        snapshot.counts = dict(Counter(v for t, v in recent if t > e.ts - 24 * 3600))
+        snapshot.ranked = sorted(snapshot.counts, key=lambda v: -snapshot.counts[v])
+        snapshot.version += 1
+        yield e, state, [c.item_id for c in recall.candidates(state)], pop
 
 
 def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: int = 100,
              k: int = 10) -> dict[str, Any]:
     """Mean true P(complete) of each policy's top-``k`` over the catalog's videos, and within
     serving's recall candidates (``among_candidates``)."""
-    from semirec.core.sequences import UserState, apply
-
     rows = {it["item_id"]: i for i, it in enumerate(world.items)}
     videos = [it["item_id"] for it in world.items if it["domain"] == "video"]
     column = {v: j for j, v in enumerate(videos)}
     vv = vectors[[rows[v] for v in videos]]
-    events = world.events
-    watches = [i for i, e in enumerate(events) if e.domain == "video"]
-    picked = watches[-3 * cases::3][-cases:]
-    states: dict[str, UserState] = {}
-    pop: Counter[str] = Counter()
-    recent: list[tuple[float, str]] = []  # complete watches (ts, video), for recall's popularity
-    recall, snapshot = _recall(world, vectors)
     names = ("model", "popularity", "similarity", "random", "oracle")
     out: dict[str, list[float]] = {p: [] for p in names}
     among: dict[str, list[float]] = {p: [] for p in names}
@@ -131,16 +145,9 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
     term_p: list[np.ndarray] = []
     term_scores: dict[str, list[np.ndarray]] = {"model": [], "similarity": []}
     rng = np.random.default_rng(0)
-    done = 0
-    for i in picked:
-        for e in events[done:i]:
-            apply(states.setdefault(e.user_id, UserState()), [(e, done)])
-            if e.domain == "video" and e.complete:
-                pop[e.item_id] += 1
-                recent.append((e.ts, e.item_id))
-            done += 1
-        e = events[i]
-        state = states.get(e.user_id)
+    picked = 0
+    for e, state, candidates, pop in serving_cases(world, vectors, cases):
+        picked += 1
         p = world.item_probs(e.user_id, videos, e.ts)
         popularity = np.array([pop[v] for v in videos], float)
         sim = None
@@ -150,10 +157,7 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
         model = scorer(e.user_id, state, videos, vv, e.ts) if scorer is not None else None
         for name, value in _policies(p, model, popularity, sim, k, rng).items():
             out[name].append(value)
-        snapshot.counts = dict(Counter(v for t, v in recent if t > e.ts - 24 * 3600))
-        snapshot.ranked = sorted(snapshot.counts, key=lambda v: -snapshot.counts[v])
-        snapshot.version += 1
-        cols = np.array([column[c.item_id] for c in recall.candidates(state)], np.int64)
+        cols = np.array([column[c] for c in candidates], np.int64)
         sizes.append(len(cols))
         for name, value in _policies(p[cols], None if model is None else model[cols],
                                      popularity[cols], None if sim is None else sim[cols], k,
@@ -172,7 +176,7 @@ def diagnose(world: Any, vectors: np.ndarray, scorer: Scorer | None, *, cases: i
     if terms:
         among_out.update(terms=_term_table(terms, term_p, term_scores, k, rng),
                          term_cases=len(terms))
-    return {"diagnostic": "TRUTH DIAGNOSTIC (reads the world's truth)", "k": k, "cases": len(picked),
+    return {"diagnostic": "TRUTH DIAGNOSTIC (reads the world's truth)", "k": k, "cases": picked,
             **means(out), "among_candidates": among_out}
 
 

@@ -171,13 +171,14 @@ def fit_buckets(model: Ranker, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
     return feeds
 
 
-def export_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
-    """Write the request graph of ``model`` (eval mode) to ``path``."""
+def export_onnx(model: Ranker, path: Path, dim: int = 128, example_candidates: int = 5) -> Path:
+    """Write the request graph of ``model`` (eval mode) to ``path``, traced on a request with
+    ``example_candidates`` candidates (the candidate axis stays dynamic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = RequestGraph(model).eval()
     names = input_names(model)
-    request = model_request(model, dim, 7, 9, 5)
+    request = model_request(model, dim, 7, 9, example_candidates)
     example = tuple(torch.from_numpy(request[k]) for k in names)
     axes = {"video": {0: "video_len"}, "video_age": {0: "video_len"},
             "video_mask": {0: "video_len"}, "product": {0: "product_len"},
