@@ -5,7 +5,10 @@ is ``deep(user, candidate) + wide(features) + identity(item)``: the deep part (t
 per domain, the head) costs ~7x the wide part (linear term over the similarity / session / user
 rate features, plus item identity) per candidate. If the model's top 10 always lies within the
 first K candidates by the wide part alone, a cascade (all candidates by the wide part, the
-deep part on its top K) ranks the top 10 exactly, at a fraction of the FLOPs.
+deep part on its top K) ranks the top 10 exactly, at a fraction of the FLOPs. The cascade
+measured is the served one (``SEMIREC_RANKER_DEEP_TOP``,
+:func:`semirec.trainer.registry.export.cascade_probs`); the wide part's order is that of a
+cascade of 1 (its rest keep the wide part's order).
 
 Trains the served model as ``semirec.sim.ranker_check`` does (the demo's world, ``--quick``, the
 item vectors of ``$SEMIREC_ENCODER_CHECKPOINT``), builds real requests as serving builds them
@@ -20,8 +23,9 @@ then, incomplete watches, the candidates' counts) and reports per seed:
   ms_full / ms_cascade[K]  CPU ms of that request in eager torch, one thread (best of 20)
 
 ``--onnx-timing`` times instead the exported request graph under onnxruntime (one thread), full
-and cascaded (K of :data:`KS`, the cascade traced into the graph at 500 candidates; random
-weights, as ``benchmarks/ranker.py``): three interleaved rounds, best of 30 each, in ms.
+and cascaded (K of :data:`KS`, the graph ``semirec model export`` writes with
+``SEMIREC_RANKER_DEEP_TOP=K``; 500 candidates, random weights, as ``benchmarks/ranker.py``):
+three interleaved rounds, best of 30 each, in ms.
 
 ``--checkpoint DIR`` (repeatable) measures saved rankers instead, e.g. the versions the online
 trainer promoted in a demo run (``RUN/models/ranker/<n>/checkpoint``), on the same requests.
@@ -47,29 +51,6 @@ MODEL = "semi_ccl+sim+ses+usr+id"  # the demo's (semirec.sim.orchestrator.TRAIN_
 KS = (50, 100, 150, 200)
 
 
-def cascade_logits(model: Any, k: int):
-    """``model.logits`` as a cascade: all candidates by the wide part (and item identity), the
-    deep part for its top ``k`` only; the others keep the wide part, 1e4 lower."""
-    full = type(model).logits
-
-    def logits(ctx: Any, candidates: torch.Tensor, items: Any = None) -> torch.Tensor:
-        cheap = wide_logits(model, ctx, candidates, items)
-        if candidates.shape[1] <= k:
-            return full(model, ctx, candidates, items)
-        top = cheap.topk(k, dim=1).indices
-        sub = candidates.gather(1, top[..., None].expand(-1, -1, candidates.shape[-1]))
-        sub_items = None if items is None else tuple(t.gather(1, top) for t in items)
-        return (cheap - 1e4).scatter(1, top, full(model, ctx, sub, sub_items))
-
-    return logits
-
-
-def wide_logits(model: Any, ctx: Any, candidates: torch.Tensor, items: Any) -> torch.Tensor:
-    """The wide part of the logit: the linear term over the hand-made features, plus identity."""
-    out = model.similarity_weight(model.wide_features(ctx, candidates)).squeeze(-1)
-    return out + model.identity(*items) if model.identity is not None else out
-
-
 def requests(world: Any, vectors: np.ndarray, cases: int) -> list[tuple[Any, ...]]:
     """(user id, state, candidate ids, candidate vectors, ts): the TRUTH DIAGNOSTIC's cases
     (:func:`semirec.sim.truth_diagnostic.serving_cases`, which read no truth)."""
@@ -84,7 +65,6 @@ def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, 
     from semirec.sim.truth_diagnostic import request_scorer
     from semirec.trainer.registry.export import torch_scores
 
-    full_logits = model.logits
     seen: list[dict[str, np.ndarray]] = []
 
     def run(tensors: dict[str, np.ndarray]) -> np.ndarray:
@@ -97,35 +77,28 @@ def measure(model: Any, world: Any, vectors: np.ndarray, cases: list[tuple[Any, 
         score(*case)
     deepest: list[int] = []
     overlap: dict[int, list[float]] = {k: [] for k in KS}
-    try:
-        for t in seen:
-            model.logits = full_logits
-            full = torch_scores(model, t)
-            model.logits = lambda ctx, c, items=None: wide_logits(model, ctx, c, items)
-            cheap = torch_scores(model, t)
-            position = np.empty(len(cheap), int)
-            position[np.argsort(-cheap, kind="stable")] = np.arange(len(cheap))
-            top = np.argsort(-full, kind="stable")[:10]
-            deepest.append(int(position[top].max()))
-            for k in KS:
-                model.logits = cascade_logits(model, k)
-                got = np.argsort(-torch_scores(model, t), kind="stable")[:10]
-                overlap[k].append(len(set(top) & set(got)) / 10)
-        flops, ms = {}, {}
-        big = max(seen, key=lambda t: t["candidates"].shape[0])
-        for k in (0, *KS):
-            model.logits = cascade_logits(model, k) if k else full_logits
-            with FlopCounterMode(display=False) as counter:
-                torch_scores(model, big)
-            flops[k] = counter.get_total_flops()
-            best = float("inf")
-            for _ in range(20):
-                start = time.process_time()
-                torch_scores(model, big)
-                best = min(best, time.process_time() - start)
-            ms[k] = round(best * 1e3, 2)
-    finally:
-        del model.logits
+    for t in seen:
+        full = torch_scores(model, t)
+        # the wide part's order: a cascade of 1 keeps the rest in that order, below the first
+        position = np.empty(len(full), int)
+        position[np.argsort(-torch_scores(model, t, deep_top=1), kind="stable")] = np.arange(len(full))
+        top = np.argsort(-full, kind="stable")[:10]
+        deepest.append(int(position[top].max()))
+        for k in KS:
+            got = np.argsort(-torch_scores(model, t, deep_top=k), kind="stable")[:10]
+            overlap[k].append(len(set(top) & set(got)) / 10)
+    flops, ms = {}, {}
+    big = max(seen, key=lambda t: t["candidates"].shape[0])
+    for k in (0, *KS):
+        with FlopCounterMode(display=False) as counter:
+            torch_scores(model, big, deep_top=k)
+        flops[k] = counter.get_total_flops()
+        best = float("inf")
+        for _ in range(20):
+            start = time.process_time()
+            torch_scores(model, big, deep_top=k)
+            best = min(best, time.process_time() - start)
+        ms[k] = round(best * 1e3, 2)
     return {"requests": len(seen), "candidates": int(big["candidates"].shape[0]),
             "deepest_wide_rank": np.percentile(deepest, [50, 90, 99, 100]).round(1).tolist(),
             "top10_overlap": {str(k): round(float(np.mean(v)), 4) for k, v in overlap.items()},
@@ -155,12 +128,7 @@ def onnx_timing(rounds: int = 3, repeat: int = 30) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for k in (0, *KS):
-            if k:
-                model.logits = cascade_logits(model, k)
-            # traced at 500 candidates, so the cascade's branch (more candidates than k) is taken
-            path = export_onnx(model, Path(tmp) / f"cascade-{k}.onnx", example_candidates=500)
-            if k:
-                del model.logits
+            path = export_onnx(model, Path(tmp) / f"cascade-{k}.onnx", deep_top=k)
             sessions[k] = onnx_session(path, threads=1)
         ms: dict[str, list[float]] = {str(k): [] for k in sessions}
         for _ in range(rounds):

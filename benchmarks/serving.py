@@ -45,12 +45,15 @@
 Weights are random (cost does not depend on them). ``--ranker-precision fp32|int8`` (default:
 ``SEMIREC_RANKER_PRECISION``'s) picks the ranker's graph in Triton and in process
 (``ranker_precision`` in the JSON, ``ranker_precision_resolved`` what ``auto`` became on this
-CPU). ``--model`` (default ``semi``, the figures in the docs before 2026-12-06) serves another
+CPU); ``--ranker-deep-top K`` (default: ``SEMIREC_RANKER_DEEP_TOP``'s; 0 = off) exports it as a
+cascade of K (``ranker_deep_top`` in the JSON: what the exported version has). ``--model``
+(default ``semi``, the figures in the docs before 2026-12-06; a model without a wide part is
+exported whole) serves another
 SEMI network, e.g. the demo's ``semi_ccl+sim+ses+usr+id`` (its extra inputs: the workers send
 the users' incomplete watches and the items' counts), ``--set`` its sizes (``mlp_hidden=64``).
 Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
-                               [--worker-env KEY=VALUE ...] [--ranker-precision P]
+                               [--worker-env KEY=VALUE ...] [--ranker-precision P] [--ranker-deep-top K]
                                [--model NAME] [--set K=V,...] [--traffic clicks|mixed] [--json]
 """
 
@@ -422,10 +425,11 @@ async def main_async(args: argparse.Namespace) -> dict:
             ckpt = checkpoint.save(work / "ckpt", model, cfg)
             result["model"], result["settings"] = args.model, parse_settings(args.settings)
             repo = ModelRepository(repo_dir, stack.addresses.triton_grpc,
-                                   precision=args.ranker_precision)
+                                   precision=args.ranker_precision, deep_top=args.ranker_deep_top)
             result["ranker_precision"] = args.ranker_precision
             result["ranker_precision_resolved"] = resolve(args.ranker_precision)
             version = repo.export(ckpt)
+            result["ranker_deep_top"] = repo.info(version).deep_top
             repo.promote(version)
             if "rank" in args.parts:
                 result.update(await bench_rank(stack.addresses.triton_grpc,
@@ -484,6 +488,9 @@ def main() -> None:
     parser.add_argument("--ranker-precision", choices=("auto", "fp32", "int8"), default=None,
                         help="the ranker's graph in Triton and in process (default: "
                              "SEMIREC_RANKER_PRECISION's)")
+    parser.add_argument("--ranker-deep-top", type=int, default=None, metavar="K",
+                        help="export the ranker as a cascade of K, 0 = off (default: "
+                             "SEMIREC_RANKER_DEEP_TOP's)")
     parser.add_argument("--profile-workers", type=Path, default=None, metavar="DIR",
                         help="run the two workers under cProfile, stats to DIR/{ingest,recommend}.prof "
                              "(the profiler's own cost inflates their CPU figures)")
@@ -492,6 +499,8 @@ def main() -> None:
         args.profile_workers = args.profile_workers.resolve()
         args.profile_workers.mkdir(parents=True, exist_ok=True)
     args.ranker_precision = args.ranker_precision or Settings.from_env().ranker_precision
+    if args.ranker_deep_top is None:
+        args.ranker_deep_top = Settings.from_env().ranker_deep_top
     result = asyncio.run(main_async(args))
     print_describe(result["machine"])
     if not args.json:

@@ -260,6 +260,28 @@ def test_triton_scores_equal_the_in_process_model(repo: ModelRepository, checkpo
         np.testing.assert_allclose(answers[i], torch_batch_scores(model, req), atol=1e-5)
 
 
+def test_triton_serves_the_cascade_as_exported(stack: EmbeddedStack, tmp_path: Path) -> None:
+    from semirec.trainer.registry.export import cascade_diff
+    from tests.test_ranker_cascade import K, batch, served
+
+    model, cfg = served("semi+sim")
+    repo = ModelRepository(stack.model_repository, stack.addresses.triton_grpc, deep_top=K)
+    version = repo.export(checkpoint.save(tmp_path / "wide", model, cfg))
+    assert repo.info(version).deep_top == K
+    repo.promote(version)
+    feeds = batch(model, 350, padding=150)  # as serving pads to SEMIREC_RECALL_CANDIDATES
+    result = grpcclient.InferenceServerClient(repo.triton_grpc).infer(MODEL, infer_inputs(feeds))
+    assert result.get_response().model_version == str(version)
+    got, full = result.as_numpy("score"), torch_batch_scores(model, feeds)
+    # user 0 has no history: a model without item identity has no wide order for it (all tied),
+    # so which K get the whole model is the graph's tie-break; cascade_diff checks the K it chose
+    assert cascade_diff(got[:, :350], full[:, :350], K) < 1e-5
+    np.testing.assert_allclose(got[1:], torch_batch_scores(model, feeds, deep_top=K)[1:], atol=1e-5)
+    for u in (1, 2):  # this model's top 10 lies within its wide part's best K
+        np.testing.assert_array_equal(np.argsort(-got[u, :350], kind="stable")[:10],
+                                      np.argsort(-full[u, :350], kind="stable")[:10])
+
+
 def test_promote_rollback_and_a_failed_promotion(repo: ModelRepository, checkpoints) -> None:
     a, b = repo.export(checkpoints["semi0"]), repo.export(checkpoints["semi1"])
     client = grpcclient.InferenceServerClient(repo.triton_grpc)

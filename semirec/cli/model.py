@@ -30,12 +30,14 @@ def _fail(exc: Exception) -> None:
 
 def _table(rows: list[VersionInfo]) -> Table:
     table = Table(title="ranker versions")
-    for col in ("version", "aliases", "model", "created (UTC)", "checkpoint sha256", "auc"):
-        table.add_column(col, justify="right" if col in ("version", "auc") else "left")
+    for col in ("version", "aliases", "model", "created (UTC)", "checkpoint sha256", "auc",
+                "deep top"):
+        table.add_column(col, justify="right" if col in ("version", "auc", "deep top") else "left")
     for r in rows:
         auc = r.metrics.get("auc")
         table.add_row(str(r.version), ", ".join(r.aliases), r.model, r.created_at[:19],
                       r.sha256[:12], "" if auc is None else f"{auc:.4f}",
+                      str(r.deep_top) if r.deep_top else "all",
                       style="bold green" if "serving" in r.aliases else None)
     return table
 

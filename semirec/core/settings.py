@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from semirec.core.recommendations import MAX_K
 from semirec.core.urls import redact, redis_url_problem
 
 # the repository checkout (an editable install): semirec/core/settings.py -> ../../
@@ -150,6 +151,11 @@ class Settings:
     # MatMul weights, model.int8.onnx; parity measured in docs/serving.md), "fp32" (model.onnx
     # as exported) or "auto" (int8 where the serving CPU has VNNI, else fp32)
     ranker_precision: str = "auto"
+    # The ranker's graph as a cascade (set at export: semirec model export, the online trainer,
+    # the demo): every candidate by the model's wide part (linear term + item identity), the whole
+    # network for the wide part's best this many only, the rest below them in the wide part's
+    # order; 0 = the whole network for every candidate (docs/serving.md, benchmarks/cascade.py)
+    ranker_deep_top: int = 150
     log_samples: int = 1  # 1 = ingest logs a point-in-time training sample per watch (`samples`)
     trainer_group: str = "semirec-trainer"  # the incremental trainer's consumer group
     trainer_state_dir: str = "runs/trainer"  # its crash-safe checkpoints (model+optimizer+offsets)
@@ -257,6 +263,9 @@ class Settings:
         if self.ranker_precision not in RANKER_PRECISIONS:
             raise SettingsError(
                 f"SEMIREC_RANKER_PRECISION must be auto, fp32 or int8, got {self.ranker_precision!r}")
+        if not (self.ranker_deep_top == 0 or MAX_K <= self.ranker_deep_top <= 10_000):
+            raise SettingsError(f"SEMIREC_RANKER_DEEP_TOP must be 0 (off) or {MAX_K}..10000 (a "
+                                f"request may ask for {MAX_K}), got {self.ranker_deep_top}")
         if not 1 <= self.recall_candidates <= 10_000:
             raise SettingsError(f"SEMIREC_RECALL_CANDIDATES must be 1..10000, got {self.recall_candidates}")
         if self.rank_timeout_ms <= 0 or self.rec_concurrency < 1 or self.popularity_window_hours < 1 \

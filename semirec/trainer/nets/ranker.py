@@ -78,6 +78,13 @@ class Ranker(nn.Module):
             out = out + self.identity(*items)
         return out
 
+    def wide_logits(self, ctx: Context, candidates: Tensor,
+                    items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor | None:
+        """[B, C] the cheap part of :meth:`logits` (a few FLOPs per candidate) that a cascade ranks
+        every candidate by before the whole logit is computed for the best of them; None for a
+        model without one (:mod:`semirec.trainer.registry.export`, ``deep_top``)."""
+        return None
+
     def forward(self, user: UserBatch, target: Tensor,
                 items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """Training/AUC path: one target vector per user, [B, d] -> logits [B] (``items``

@@ -238,6 +238,39 @@ class Learner:
                          items=items)
         return 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))
 
+    def cascade_overlap(self, model: Ranker, samples: Sequence[TrainingSample], table: ItemTable,
+                        k: int, users: int = 32, pool: int = 500) -> float | None:
+        """Mean top-10 overlap of ``model`` with its cascade of ``k``
+        (:func:`semirec.trainer.registry.export.cascade_probs`) on logged requests: the users of
+        the newest ``users`` samples, each ranking the newest ``pool`` distinct videos of
+        ``samples`` (with their counts then). None with no more than ``k`` such videos (the
+        cascade then scores every candidate with the whole model)."""
+        from semirec.trainer.registry.export import cascade_overlap
+
+        usable = sorted((s for s in samples if s.item_id in table.rows),
+                        key=lambda s: (s.ts, s.event_id))
+        newest: dict[str, TrainingSample] = {}
+        for s in reversed(usable):
+            newest.setdefault(s.item_id, s)
+            if len(newest) == pool:
+                break
+        if len(newest) <= k:
+            return None
+        picked, held = list(newest.values()), usable[-users:]
+        rows, seq_len, bucket = table.rows, self.online.seq_len, self.online.bucket_s
+        tensor = table.tensor
+        cands = tensor[torch.tensor([rows[s.item_id] for s in picked])]
+        held_set = to_sample_set(held, rows, seq_len, bucket)
+        n = len(held_set)
+        stamped = self.items(picked)
+        items = None if stamped is None else tuple(
+            torch.from_numpy(a)[None].expand(n, -1)
+            for a in (stamped.bucket, stamped.watches, stamped.completes))
+        with torch.inference_mode():
+            ctx = model.encode_user(user_batch(held_set, np.arange(n), tensor, seq_len))
+            overlap = cascade_overlap(model, ctx, cands[None].expand(n, -1, -1), items, k)
+        return float(overlap.mean())
+
     def round(self, table: ItemTable, train_model=None) -> RoundResult:
         """Fine-tune a candidate on the pending samples and judge it on their newest slice.
 

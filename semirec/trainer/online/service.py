@@ -81,6 +81,9 @@ from semirec.trainer.online.metrics import (
 from semirec.trainer.registry.repository import FencedError, ModelRepository, ModelRepositoryError
 
 log = logging.getLogger(__name__)
+# a version is served as a cascade (SEMIREC_RANKER_DEEP_TOP) only if the cascade keeps at least
+# this mean share of its top 10 on the round's logged requests (issue 24's parity bound)
+CASCADE_MIN_OVERLAP = 0.95
 
 class _Received:
     """An aiokafka record as :func:`semirec.streams.dlq.dead_letter` reads a message (seconds)."""
@@ -516,8 +519,31 @@ class OnlineTrainer:
         with tempfile.TemporaryDirectory(prefix="semirec-candidate-") as tmp:
             assert self.learner is not None
             metrics = finite(result.verdict.candidate)
+            deep_top = self._deep_top(result, metrics)
             checkpoint.save(Path(tmp), result.candidate, self.learner.cfg, {"metrics": metrics})
-            return self.repo.export(Path(tmp), metrics=metrics, fence=self.epoch)
+            return self.repo.export(Path(tmp), metrics=metrics, fence=self.epoch,
+                                    deep_top=deep_top)
+
+    def _deep_top(self, result: RoundResult, metrics: dict[str, Any]) -> int:
+        """The repository's cascade for this candidate, or 0 (the whole graph) when the cascade
+        would change its top 10 on the round's logged requests: mean overlap below
+        :data:`CASCADE_MIN_OVERLAP` (``cascade_top10_overlap`` in ``metrics``)."""
+        from semirec.trainer.registry.export import cascades
+
+        assert self.learner is not None
+        k = self.repo.deep_top
+        if not cascades(result.candidate, k):
+            return 0
+        samples = [*self.learner.replay, *result.trained, *result.holdout]
+        overlap = self.learner.cascade_overlap(result.candidate, samples, self.table, k)
+        if overlap is None:
+            return k
+        metrics["cascade_top10_overlap"] = round(overlap, 4)
+        if overlap < CASCADE_MIN_OVERLAP:
+            log.warning("the cascade of %d changes the candidate's top 10 (mean overlap %.3f < "
+                        "%s on logged requests): exported whole", k, overlap, CASCADE_MIN_OVERLAP)
+            return 0
+        return k
 
     async def _checkpoint(self) -> None:
         assert self.learner is not None

@@ -81,32 +81,93 @@ def input_names(model: Ranker) -> tuple[str, ...]:
             + (IDENTITY_INPUTS if model.identity is not None else ()))
 
 
-def _scores(model: Ranker, feeds: dict[str, Tensor], window_hours: int) -> Tensor:
-    """[B, C] probabilities from batched feeds, the 7-day window applied to every sequence."""
+def cascades(model: Ranker, deep_top: int) -> bool:
+    """Whether ``model``'s graph is exported as a cascade of ``deep_top`` (> 0 and the model has
+    a wide part: :meth:`Ranker.wide_logits`)."""
+    return deep_top > 0 and getattr(model, "similarity_weight", None) is not None
+
+
+def cascade_probs(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
+                  items: tuple[Tensor, ...] | None, k: int) -> Tensor:
+    """[B, C] scores of a cascade: every candidate by the model's wide part, the whole model for
+    the wide part's best ``k`` only; the others score below all of those, in the wide part's order.
+
+    Real candidates' scores: P(watched completely) for the ``k`` (the full model's exactly);
+    ``0.5 * sigmoid(wide) * min(those k)`` for the rest. Padding rows (all-zero vectors) never
+    enter the ``k``. ``k`` is a constant of the graph; requests with fewer candidates are padded
+    inside it (``k`` zero rows whose wide logit is -1e9), so any C works."""
+    wide = model.wide_logits(ctx, candidates, items)
+    assert wide is not None, "cascade_probs needs a model with a wide part"
+    real = candidates.abs().amax(-1) > 0
+    wide = torch.where(real, wide, torch.full_like(wide, -1e9))
+    wide = torch.cat([wide, torch.full_like(wide[:, :1], -1e9).expand(-1, k)], dim=1)
+    padded = torch.cat([candidates, torch.zeros_like(candidates[:, :1]).expand(-1, k, -1)], dim=1)
+    top = wide.topk(k, dim=1).indices  # [B, k]
+    sub = padded.gather(1, top[..., None].expand(-1, -1, padded.shape[-1]))
+    sub_items = None if items is None else tuple(
+        torch.cat([t, torch.zeros_like(t[:, :1]).expand(-1, k)], dim=1).gather(1, top)
+        for t in items)
+    deep = torch.sigmoid(model.logits(ctx, sub, sub_items))
+    rest = 0.5 * deep.amin(dim=1, keepdim=True) * torch.sigmoid(wide)
+    return rest.scatter(1, top, deep)[:, : candidates.shape[1]]
+
+
+def cascade_overlap(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
+                    items: tuple[Tensor, ...] | None, k: int, top: int = 10) -> np.ndarray:
+    """[B] |top ``top`` of the whole model & top ``top`` of the cascade of ``k``| / ``top``."""
+    with torch.inference_mode():
+        full = model.logits(ctx, candidates, items).topk(top, dim=1).indices
+        cut = cascade_probs(model, ctx, candidates, items, k).topk(top, dim=1).indices
+    hits = (full[:, :, None] == cut[:, None, :]).any(dim=2).sum(dim=1)
+    return hits.numpy() / top
+
+
+def cascade_diff(cascade: np.ndarray, full: np.ndarray, k: int) -> float:
+    """How far a cascade's scores [B, C] are from the full model's: the max |difference| over
+    each row's best ``k`` by the cascade's own score (which must be the full model's), ``inf``
+    when a row's other candidates do not all score below those. Ties of the wide part may pick
+    any of the tied candidates, so this checks the cascade against the model, not one
+    selection."""
+    worst = 0.0
+    for got, want in zip(cascade, full, strict=True):
+        order = np.argsort(-got, kind="stable")
+        top, rest = order[:k], order[k:]
+        if len(rest) and not got[rest].max() < got[top].min():
+            return float("inf")
+        worst = max(worst, float(np.abs(got[top] - want[top]).max()))
+    return worst
+
+
+def _scores(model: Ranker, feeds: dict[str, Tensor], window_hours: int, deep_top: int = 0) -> Tensor:
+    """[B, C] probabilities from batched feeds, the 7-day window applied to every sequence;
+    a cascade (:func:`cascade_probs`) when :func:`cascades` ``(model, deep_top)``."""
     for domain in ("video", "product", "skipped"):
         if f"{domain}_mask" in feeds:
             feeds[f"{domain}_mask"] = feeds[f"{domain}_mask"] & in_window(
                 feeds[f"{domain}_age"], window_hours)
     items = tuple(feeds[k] for k in IDENTITY_INPUTS) if model.identity is not None else None
-    return torch.sigmoid(model.logits(model.encode_user(user_batch(feeds)), feeds["candidates"],
-                                      items))
+    ctx = model.encode_user(user_batch(feeds))
+    if cascades(model, deep_top):
+        return cascade_probs(model, ctx, feeds["candidates"], items, deep_top)
+    return torch.sigmoid(model.logits(ctx, feeds["candidates"], items))
 
 
 class RequestGraph(nn.Module):
     """A ranker wrapped for one request: inputs in :func:`input_names` order (sequences,
     candidates, and what the model adds) -> probabilities [C]."""
 
-    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
+    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS, deep_top: int = 0) -> None:
         super().__init__()
         self.model = model
         self.window_hours = window_hours
+        self.deep_top = deep_top
 
     def forward(self, *inputs: Tensor) -> Tensor:
         names = input_names(self.model)
         if len(inputs) != len(names):
             raise ValueError(f"this model needs {names}")
         feeds = {k: x[None] for k, x in zip(names, inputs, strict=True)}
-        return _scores(self.model, feeds, self.window_hours)[0]
+        return _scores(self.model, feeds, self.window_hours, self.deep_top)[0]
 
 
 class BatchedRequestGraph(nn.Module):
@@ -114,14 +175,15 @@ class BatchedRequestGraph(nn.Module):
     :data:`IDENTITY_INPUTS` for a model with item identity, each [B, C]) with a batch axis ->
     [B, C]. The 7-day window is applied as in :class:`RequestGraph`."""
 
-    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS) -> None:
+    def __init__(self, model: Ranker, window_hours: int = WINDOW_HOURS, deep_top: int = 0) -> None:
         super().__init__()
         self.model = model
         self.window_hours = window_hours
+        self.deep_top = deep_top
 
     def forward(self, *inputs: Tensor) -> Tensor:
         probs = _scores(self.model, dict(zip(input_names(self.model), inputs, strict=True)),
-                        self.window_hours)
+                        self.window_hours, self.deep_top)
         # every input stays in the graph (the exporter drops unread ones): + 0 * one element
         touch = sum(x.reshape(x.shape[0], -1)[:, :1].to(probs.dtype) for x in inputs)
         return probs + 0.0 * touch
@@ -171,12 +233,14 @@ def fit_buckets(model: Ranker, feeds: dict[str, np.ndarray]) -> dict[str, np.nda
     return feeds
 
 
-def export_onnx(model: Ranker, path: Path, dim: int = 128, example_candidates: int = 5) -> Path:
+def export_onnx(model: Ranker, path: Path, dim: int = 128, example_candidates: int = 5,
+                deep_top: int = 0) -> Path:
     """Write the request graph of ``model`` (eval mode) to ``path``, traced on a request with
-    ``example_candidates`` candidates (the candidate axis stays dynamic)."""
+    ``example_candidates`` candidates (the candidate axis stays dynamic); ``deep_top`` > 0: a
+    cascade (:func:`cascade_probs`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = RequestGraph(model).eval()
+    graph = RequestGraph(model, deep_top=deep_top).eval()
     names = input_names(model)
     request = model_request(model, dim, 7, 9, example_candidates)
     example = tuple(torch.from_numpy(request[k]) for k in names)
@@ -209,11 +273,12 @@ def example_batch(
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def export_batched_onnx(model: Ranker, path: Path, dim: int = 128) -> Path:
-    """Write the batched request graph of ``model`` (eval mode) to ``path`` (via ``.tmp``)."""
+def export_batched_onnx(model: Ranker, path: Path, dim: int = 128, deep_top: int = 0) -> Path:
+    """Write the batched request graph of ``model`` (eval mode) to ``path`` (via ``.tmp``);
+    ``deep_top`` > 0: a cascade (:func:`cascade_probs`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = BatchedRequestGraph(model).eval()
+    graph = BatchedRequestGraph(model, deep_top=deep_top).eval()
     names = input_names(model)
     batch = fit_buckets(model, example_batch(3, dim, 7, 9, 5, identity=model.identity is not None,
                                              skipped=uses_skipped(model)))
@@ -245,14 +310,14 @@ def run_onnx(session, request: dict[str, np.ndarray]) -> np.ndarray:
     return session.run([OUTPUT], {k: v for k, v in request.items() if k in names})[0]
 
 
-def torch_scores(model: Ranker, request: dict[str, np.ndarray]) -> np.ndarray:
+def torch_scores(model: Ranker, request: dict[str, np.ndarray], deep_top: int = 0) -> np.ndarray:
     with torch.inference_mode():
-        graph = RequestGraph(model).eval()
+        graph = RequestGraph(model, deep_top=deep_top).eval()
         return graph(*(torch.from_numpy(request[k]) for k in input_names(model))).numpy()
 
 
-def torch_batch_scores(model: Ranker, batch: dict[str, np.ndarray]) -> np.ndarray:
+def torch_batch_scores(model: Ranker, batch: dict[str, np.ndarray], deep_top: int = 0) -> np.ndarray:
     """[B, C] probabilities of the batched graph, in process."""
     with torch.inference_mode():
-        graph = BatchedRequestGraph(model).eval()
+        graph = BatchedRequestGraph(model, deep_top=deep_top).eval()
         return graph(*(torch.from_numpy(batch[k]) for k in input_names(model))).numpy()

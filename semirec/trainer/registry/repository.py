@@ -77,8 +77,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from semirec.core import durable
 from semirec.trainer.nets.configs import ModelConfig
 from semirec.trainer.registry.precision import (
@@ -265,11 +263,13 @@ class VersionInfo:
     checkpoint: str = ""
     id_buckets: int = 0  # > 0: the model uses item identity (semirec.trainer.nets.identity)
     skipped: bool = False  # the model reads the incomplete watches (``+usr``)
+    deep_top: int = 0  # > 0: the graph is a cascade of that many (export.cascade_probs)
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "aliases": list(self.aliases), "model": self.model,
                 "dim": self.dim, "sha256": self.sha256, "created_at": self.created_at,
-                "metrics": self.metrics, "checkpoint": self.checkpoint}
+                "metrics": self.metrics, "checkpoint": self.checkpoint,
+                "deep_top": self.deep_top}
 
 
 def _id_buckets(model_config: Mapping[str, Any]) -> int:
@@ -293,9 +293,12 @@ class ModelRepository:
 
     def __init__(self, root: Path, triton_grpc: str | None = None, *, keep: int = 5,
                  variant: str = "python", load_timeout_s: float = 300.0,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", deep_top: int = 0) -> None:
         """``precision``: the python backend's graph; ``fp32`` here (the exported graph itself),
-        :meth:`from_settings` passes ``SEMIREC_RANKER_PRECISION`` (default ``auto``)."""
+        :meth:`from_settings` passes ``SEMIREC_RANKER_PRECISION`` (default ``auto``).
+        ``deep_top``: versions are exported as a cascade of that many (0 = off here;
+        :meth:`from_settings` passes ``SEMIREC_RANKER_DEEP_TOP``, default 150;
+        :func:`semirec.trainer.registry.export.cascade_probs`)."""
         if keep < 2:
             raise ValueError("keep must be >= 2 (serving and previous)")
         self.root = Path(root)
@@ -306,6 +309,7 @@ class ModelRepository:
         self.variant = variant
         self.load_timeout_s = load_timeout_s
         self.precision = check_precision(precision)
+        self.deep_top = deep_top
         self.last_promotion: dict[str, float] = {}
         self.unconverged: dict[str, str] = {}  # server -> why the last promotion missed it
 
@@ -313,7 +317,8 @@ class ModelRepository:
     def from_settings(cls, settings: Any, **kw: Any) -> ModelRepository:
         return cls(Path(settings.model_repository_path), settings.triton_grpc,
                    keep=settings.model_keep_versions, variant=settings.triton_model_config or
-                   "python", precision=settings.ranker_precision, **kw)
+                   "python", precision=settings.ranker_precision,
+                   deep_top=settings.ranker_deep_top, **kw)
 
     # -- reading -------------------------------------------------------------------------------
     def versions(self) -> list[int]:
@@ -340,7 +345,8 @@ class ModelRepository:
                            created_at=meta["created_at"], metrics=meta.get("metrics") or {},
                            aliases=names, checkpoint=meta.get("checkpoint", ""),
                            id_buckets=_id_buckets(meta["model"]),
-                           skipped=bool(meta["model"].get("user_rate", False)))
+                           skipped=bool(meta["model"].get("user_rate", False)),
+                           deep_top=int(meta.get("deep_top", 0)))
 
     def checkpoint_dir(self, version: int) -> Path:
         """The safetensors checkpoint that ``version`` was exported from (a copy)."""
@@ -369,15 +375,20 @@ class ModelRepository:
 
     # -- writing -------------------------------------------------------------------------------
     def export(self, checkpoint_dir: Path, metrics: Mapping[str, Any] | None = None, *,
-               fence: int | None = None) -> int:
+               fence: int | None = None, deep_top: int | None = None) -> int:
         """Write a new version from a ranker checkpoint; returns its number (allocated under
         the lock: concurrent exports get distinct numbers). ``fence``: the trainer's lease
-        epoch, checked under the lock (:class:`FencedError`).
+        epoch, checked under the lock (:class:`FencedError`). ``deep_top``: the cascade of this
+        version (default: the repository's; 0 = the whole graph).
 
-        The ONNX graph is checked against torch on a random batch (``max_abs_diff`` in the
-        meta); ``metrics`` default to the checkpoint's own."""
+        The ONNX graph is checked against the torch model on a random batch (``onnx_max_abs_diff``
+        in the meta); a cascade also on a batch with more candidates than its ``deep_top`` (which
+        the meta records: 0 = none), through :func:`~semirec.trainer.registry.export.cascade_diff`;
+        ``metrics`` default to the checkpoint's own."""
         from semirec.trainer.nets import checkpoint
         from semirec.trainer.registry.export import (
+            cascade_diff,
+            cascades,
             example_batch,
             export_batched_onnx,
             fit_buckets,
@@ -393,12 +404,17 @@ class ModelRepository:
         tmp = self.dir / f".tmp-{uuid.uuid4().hex[:12]}"
         try:
             tmp.mkdir()
-            export_batched_onnx(model, tmp / ONNX, dim)
-            batch = fit_buckets(model, example_batch(3, dim, 11, 6, 17, seed=7,
-                                                     identity=model.identity is not None,
-                                                     skipped=uses_skipped(model)))
-            got = onnx_session(tmp / ONNX).run(["score"], batch)[0]
-            diff = float(np.abs(got - torch_batch_scores(model, batch)).max())
+            k = self.deep_top if deep_top is None else deep_top
+            deep_top = k if cascades(model, k) else 0
+            export_batched_onnx(model, tmp / ONNX, dim, deep_top=deep_top)
+            session, diff = onnx_session(tmp / ONNX), 0.0
+            for candidates in (17, deep_top + 50) if deep_top else (17,):
+                batch = fit_buckets(model, example_batch(3, dim, 11, 6, candidates, seed=7,
+                                                         identity=model.identity is not None,
+                                                         skipped=uses_skipped(model)))
+                got = session.run(["score"], batch)[0]  # a cascade: its best k are the model's
+                diff = max(diff, cascade_diff(got, torch_batch_scores(model, batch),
+                                              deep_top or candidates))
             if not diff < 1e-4:
                 raise ModelRepositoryError(f"ONNX export differs from torch by {diff:.2e}")
             shutil.copytree(checkpoint_dir, tmp / CHECKPOINT_DIR,
@@ -420,7 +436,7 @@ class ModelRepository:
                 "checkpoint_sha256": file_sha256(checkpoint_dir / checkpoint.WEIGHTS),
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "metrics": dict(metrics if metrics is not None else ckpt_meta.get("metrics", {})),
-                "onnx_max_abs_diff": diff, **int8,
+                "onnx_max_abs_diff": diff, "deep_top": deep_top, **int8,
             }
             with self._locked(renew=fence):
                 self._check_fence(fence)
