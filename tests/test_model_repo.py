@@ -364,6 +364,7 @@ def test_model_cli_export_promote_list_rollback(stack: EmbeddedStack, settings, 
     repo.promote(before)
     exported = run("export", str(checkpoints["video"]), "--promote")
     assert exported["model"] == "semi_video" and exported["promote"]["load_s"] > 0
+    assert exported["deep_top"] == 0  # the default cascade (150) needs a wide part: none here
     assert exported["sha256"] == file_sha256(checkpoints["video"] / "model.safetensors")
     rows = run("list")
     assert rows[0]["version"] == exported["version"] and rows[0]["aliases"] == ["serving"]

@@ -65,7 +65,8 @@ def export(checkpoint_dir: Path, then_promote: bool, as_json: bool) -> None:
         click.echo(json.dumps({**info.as_dict(), "promote": timings,
                                **({"failed": repo.unconverged} if timings else {})}))
         return
-    click.echo(f"exported {repo.dir / str(version)} (sha256 {info.sha256[:12]})")
+    graph = f"a cascade of {info.deep_top}" if info.deep_top else "the whole graph"
+    click.echo(f"exported {repo.dir / str(version)} (sha256 {info.sha256[:12]}, {graph})")
     if timings:
         click.echo(f"serving version {version} (loaded in {timings['load_s']:.1f} s)")
         _unconverged(repo)
