@@ -71,19 +71,28 @@ class Ranker(nn.Module):
                items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``score`` plus, for a model with item identity, its per-candidate term; ``items`` =
         (bucket, watches, completes), each [B, C] (see :mod:`semirec.trainer.nets.identity`)."""
-        out = self.score(ctx, candidates)
-        if self.identity is not None:
-            if items is None:
-                raise ValueError("this model uses item identity: pass the items' inputs")
-            out = out + self.identity(*items)
-        return out
+        return self.plus_identity(self.score(ctx, candidates), items)
+
+    def plus_identity(self, logits: Tensor,
+                      items: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        """``logits`` [B, C] plus item identity's term, for a model with item identity."""
+        if self.identity is None:
+            return logits
+        if items is None:
+            raise ValueError("this model uses item identity: pass the items' inputs")
+        return logits + self.identity(*items)
+
+    @property
+    def has_wide_part(self) -> bool:
+        """Whether :meth:`wide_logits` exists (a cascade can rank by it)."""
+        return False
 
     def wide_logits(self, ctx: Context, candidates: Tensor,
-                    items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor | None:
+                    items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """[B, C] the cheap part of :meth:`logits` (a few FLOPs per candidate) that a cascade ranks
-        every candidate by before the whole logit is computed for the best of them; None for a
-        model without one (:mod:`semirec.trainer.registry.export`, ``deep_top``)."""
-        return None
+        every candidate by before the whole logit is computed for the best of them
+        (:mod:`semirec.trainer.registry.export`, ``deep_top``); only if :attr:`has_wide_part`."""
+        raise NotImplementedError(f"{type(self).__name__} has no wide part")
 
     def forward(self, user: UserBatch, target: Tensor,
                 items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:

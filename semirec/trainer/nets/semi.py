@@ -111,18 +111,18 @@ class SEMI(Ranker):
                 at += extra.context_size
         return torch.cat(feats, dim=-1)
 
+    @property
+    def has_wide_part(self) -> bool:
+        return self.similarity_weight is not None  # +sim
+
     def wide_logits(self, ctx: Context, candidates: Tensor,
-                    items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor | None:
+                    items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """The linear term over :meth:`wide_features`, plus item identity: the logit without
-        the head (None without ``+sim``)."""
+        the head."""
         if self.similarity_weight is None:
-            return None
-        out = self.similarity_weight(self.wide_features(ctx, candidates)).squeeze(-1)
-        if self.identity is not None:
-            if items is None:
-                raise ValueError("this model uses item identity: pass the items' inputs")
-            out = out + self.identity(*items)
-        return out
+            raise NotImplementedError("a SEMI model without +sim has no wide part")
+        wide = self.similarity_weight(self.wide_features(ctx, candidates)).squeeze(-1)
+        return self.plus_identity(wide, items)
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0

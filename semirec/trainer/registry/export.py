@@ -83,8 +83,8 @@ def input_names(model: Ranker) -> tuple[str, ...]:
 
 def cascades(model: Ranker, deep_top: int) -> bool:
     """Whether ``model``'s graph is exported as a cascade of ``deep_top`` (> 0 and the model has
-    a wide part: :meth:`Ranker.wide_logits`)."""
-    return deep_top > 0 and getattr(model, "similarity_weight", None) is not None
+    a wide part: :attr:`Ranker.has_wide_part`)."""
+    return deep_top > 0 and model.has_wide_part
 
 
 def cascade_probs(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
@@ -97,7 +97,6 @@ def cascade_probs(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
     enter the ``k``. ``k`` is a constant of the graph; requests with fewer candidates are padded
     inside it (``k`` zero rows whose wide logit is -1e9), so any C works."""
     wide = model.wide_logits(ctx, candidates, items)
-    assert wide is not None, "cascade_probs needs a model with a wide part"
     real = candidates.abs().amax(-1) > 0
     wide = torch.where(real, wide, torch.full_like(wide, -1e9))
     wide = torch.cat([wide, torch.full_like(wide[:, :1], -1e9).expand(-1, k)], dim=1)
