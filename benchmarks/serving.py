@@ -96,6 +96,7 @@ from semirec.trainer.registry.precision import model_for, resolve
 
 DIM = 128
 VIDEOS, PRODUCTS, USERS = 10_000, 2000, 5000  # the freshness runs' catalog and users
+SUBSCRIBER_WAIT_MS = 10  # the measuring subscriber's fetch long-poll (--subscriber-wait-ms)
 HISTORY_ENTRIES = 50  # --traffic mixed: per user, clicks, complete and incomplete watches each
 HISTORY_S = 7 * 24 * 3600.0
 TRAFFICS = ("clicks", "mixed")
@@ -248,7 +249,7 @@ def traffic_event(traffic: str, rng: np.random.Generator, event_id: str, user: s
 
 async def paced_run(settings: Settings, rate: float, seconds: float, users: int, tag: str,
                     pids: dict[str, int] | None = None, drain_s: float = 3.0,
-                    traffic: str = "clicks") -> dict:
+                    traffic: str = "clicks", subscriber_wait_ms: int = SUBSCRIBER_WAIT_MS) -> dict:
     """Produce ``rate`` events/s (distinct users in turn; :func:`traffic_event`); measure
     produce -> received of every sequence-changing event, and the CPU each process of ``pids``
     spent per event sent (``benchmark``: this process). Receives until every recommendation
@@ -258,10 +259,11 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
     bench0 = time.process_time()
     from aiokafka import AIOKafkaConsumer
 
-    # the subscriber polls with a 10 ms long-poll: on Tansu a fetch returns only when its wait
+    # the subscriber polls with a short long-poll (10 ms): on Tansu a fetch returns only when its wait
     # runs out, which would add up to the wait to every figure (Kafka answers at once)
     consumer = AIOKafkaConsumer(settings.topics.recommendations,
-                                **{**settings.consumer_kwargs(), "fetch_max_wait_ms": 10},
+                                **{**settings.consumer_kwargs(),
+                                   "fetch_max_wait_ms": subscriber_wait_ms},
                                 auto_offset_reset="latest", enable_auto_commit=False)
     await consumer.start()
     while not consumer.assignment():
@@ -347,7 +349,8 @@ def sustained(run: dict) -> bool:
 
 async def bench_freshness(settings: Settings, seconds: float, log: Path,
                           stack_pids: dict[str, int], worker_env: dict[str, str],
-                          profile_dir: Path | None = None, traffic: str = "clicks") -> dict:
+                          profile_dir: Path | None = None, traffic: str = "clicks",
+                          subscriber_wait_ms: int = SUBSCRIBER_WAIT_MS) -> dict:
     from tests.conftest import settings_env  # the child's environment, as the tests build it
 
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
@@ -366,9 +369,9 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
                 stderr=subprocess.STDOUT, start_new_session=True))
     try:
         pids = {**stack_pids, "ingest_worker": procs[0].pid, "recommend_worker": procs[1].pid}
-        await paced_run(settings, 20, 5, USERS, "warm", traffic=traffic)  # joins groups, loads the index
-        steady = await paced_run(settings, 100, seconds, USERS, "steady", pids, drain_s=60.0,
-                                 traffic=traffic)
+        sub = {"traffic": traffic, "subscriber_wait_ms": subscriber_wait_ms}
+        await paced_run(settings, 20, 5, USERS, "warm", **sub)  # joins groups, loads the index
+        steady = await paced_run(settings, 100, seconds, USERS, "steady", pids, drain_s=60.0, **sub)
         await asyncio.sleep(3.0)  # let a backlog drain before the steps
         idle = await idle_cpu(pids, 3.0)
         steps = []
@@ -376,7 +379,7 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
             if rate > 100 and not sustained(steady):
                 break
             r = await paced_run(settings, rate, max(4.0, seconds / 2), USERS, f"r{rate}", pids,
-                                traffic=traffic)
+                                **sub)
             steps.append(r)
             if not sustained(r) and rate != 100:
                 break
@@ -453,8 +456,9 @@ async def main_async(args: argparse.Namespace) -> dict:
                 result.update(await bench_freshness(
                     settings, args.seconds * 2, work / "worker.log",
                     {name: proc.pid for name, proc in stack.procs.items()}, worker_env,
-                    args.profile_workers, args.traffic))
+                    args.profile_workers, args.traffic, args.subscriber_wait_ms))
                 result["worker_env"] = worker_env
+                result["subscriber_wait_ms"] = args.subscriber_wait_ms
     finally:
         steady = result.get("freshness_steady")
         if steady is not None and steady["received"] < 0.99 * steady["sent"]:
@@ -491,6 +495,10 @@ def main() -> None:
     parser.add_argument("--ranker-deep-top", type=int, default=None, metavar="K",
                         help="export the ranker as a cascade of K, 0 = off (default: "
                              "SEMIREC_RANKER_DEEP_TOP's)")
+    parser.add_argument("--subscriber-wait-ms", type=int, default=SUBSCRIBER_WAIT_MS, metavar="MS",
+                        help="the measuring subscriber's fetch long-poll; on Tansu each of its "
+                             "fetches costs the broker CPU and the wait adds to every freshness "
+                             "figure (default: %(default)s)")
     parser.add_argument("--profile-workers", type=Path, default=None, metavar="DIR",
                         help="run the two workers under cProfile, stats to DIR/{ingest,recommend}.prof "
                              "(the profiler's own cost inflates their CPU figures)")
