@@ -167,6 +167,26 @@ def test_ranker_check_similarity_is_the_cosine_to_the_newest_items() -> None:
     np.testing.assert_allclose(got, [np.sqrt(0.5), 0.0], atol=1e-6)
 
 
+def test_fresh_skips_are_left_out_and_the_rest_stays_right_aligned() -> None:
+    """``ranker_check``'s same-hour skips: the age-0 incomplete watches go, older ones keep
+    their order and ages, right-aligned; the other inputs are untouched."""
+    from semirec.sim.ranker_check import without_fresh_skips
+    from semirec.trainer.offline.samples import SampleSet
+
+    seq = np.zeros((3, 5), np.int32)
+    skipped = np.array([[0, 7, 8, 9, 4], [0, 0, 0, 5, 6], [0, 0, 0, 0, 0]], np.int32)
+    ages = np.array([[0, 30, 2, 0, 0], [0, 0, 0, 1, 3], [0, 0, 0, 0, 0]], np.int32)
+    samples = SampleSet(user=np.array(["a", "b", "c"], object), target=np.array([1, 2, 3], np.int32),
+                        label=np.ones(3, np.float32), ts=np.zeros(3),
+                        event=np.array(["x", "y", "z"], object), video=seq + 1, video_age=seq,
+                        product=seq, product_age=seq, skipped=skipped, skipped_age=ages)
+    got = without_fresh_skips(samples)
+    np.testing.assert_array_equal(got.skipped, [[0, 0, 0, 7, 8], [0, 0, 0, 5, 6], [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(got.skipped_age, [[0, 0, 0, 30, 2], [0, 0, 0, 1, 3], [0] * 5])
+    np.testing.assert_array_equal(got.video, samples.video)
+    np.testing.assert_array_equal(samples.skipped[0], [0, 7, 8, 9, 4])  # the input is unchanged
+
+
 def test_similarity_policy_is_the_exact_top_k_by_similarity() -> None:
     prob = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.3}
     sim = {"a": 0.2, "b": 0.8, "c": 0.7, "d": 0.2}

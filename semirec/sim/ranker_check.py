@@ -4,7 +4,10 @@ Trains each model as the demo does (``--quick``, the world of ``semirec demo``'s
 item vectors of ``$SEMIREC_ENCODER_CHECKPOINT``) and prints per model and seed: AUC on the
 training, validation and test samples, the AUC of plain content similarity on the same test
 samples (cosine of the candidate to the mean direction of the user's newest 10 products and 10
-videos in the window; no truth), and the TRUTH DIAGNOSTIC (reads the world's truth: mean true
+videos in the window; no truth), the AUC on the validation and test samples with an incomplete
+watch in the request's own hour, as given and with those same-hour skips left out
+(``fresh_skip_auc``: does the model rank better knowing them?), and the TRUTH DIAGNOSTIC (reads
+the world's truth: mean true
 P(complete) of the top 10 over the catalog and within serving's recall candidates,
 :mod:`semirec.sim.truth_diagnostic`) of the model, similarity, popularity, random and the oracle.
 
@@ -32,6 +35,35 @@ def similarity_scores(samples: Any, table: Any, newest: int = 10) -> np.ndarray:
                 + [r for r in samples.product[i] if r > 0][-newest:])
         if rows:
             out[i] = unit[samples.target[i]] @ unit[rows].mean(0)
+    return out
+
+
+def without_fresh_skips(samples: Any) -> Any:
+    """``samples`` with the incomplete watches of the request's own hour block (age 0) left
+    out, the older ones right-aligned again (as if those skips were not known yet)."""
+    from dataclasses import replace
+
+    rows, ages = np.zeros_like(samples.skipped), np.zeros_like(samples.skipped_age)
+    for i in range(len(rows)):
+        keep = (samples.skipped[i] > 0) & (samples.skipped_age[i] > 0)
+        n = int(keep.sum())
+        if n:
+            rows[i, -n:], ages[i, -n:] = samples.skipped[i][keep], samples.skipped_age[i][keep]
+    return replace(samples, skipped=rows, skipped_age=ages)
+
+
+def fresh_skip_auc(model: Any, samples: Any, table: Any, seq_len: int, items: Any) -> dict[str, Any]:
+    """AUC on the samples with a same-hour skip, as given and with those skips left out."""
+    from semirec.trainer.offline.fit import predict
+    from semirec.trainer.offline.metrics import auc
+
+    fresh = samples.subset(np.flatnonzero(((samples.skipped > 0)
+                                           & (samples.skipped_age == 0)).any(axis=1)))
+    out: dict[str, Any] = {"samples": len(fresh)}
+    if len(fresh) and 0 < fresh.label.mean() < 1:
+        for name, s in (("with", fresh), ("without", without_fresh_skips(fresh))):
+            out[name] = round(auc(s.label, predict(model, s, s.target[:, None], table, seq_len,
+                                                   items=items)[:, 0]), 4)
     return out
 
 
@@ -65,6 +97,9 @@ def check(models: list[str], seeds: int, users: int, cases: int,
                 row[f"{split}_auc"] = round(auc(s.label, predict(
                     model, s, s.target[:, None], data.table, cfg.train.seq_len,
                     items=items)[:, 0]), 4)
+            row["fresh_skip_auc"] = {split: fresh_skip_auc(model, getattr(data, split), data.table,
+                                                           cfg.train.seq_len, items)
+                                     for split in ("val", "test")}
             row["truth_diagnostic"] = diagnose(world, vectors, torch_scorer(model, world, vectors),
                                                cases=cases)
             out["runs"].append(row)
@@ -92,7 +127,8 @@ def main(models: str, seeds: int, users: int, cases: int, overrides: str, as_jso
     for r in result["runs"]:
         d = r["truth_diagnostic"]
         click.echo(f"{r['model']} seed {r['seed']}: AUC train {r['train_auc']} val {r['val_auc']} "
-                   f"test {r['test_auc']} (best epoch {r['best_epoch']}); TRUTH DIAGNOSTIC top-10 "
+                   f"test {r['test_auc']} (best epoch {r['best_epoch']}); with same-hour skips "
+                   f"{r['fresh_skip_auc']}; TRUTH DIAGNOSTIC top-10 "
                    f"catalog model {d['model']} similarity {d['similarity']}, among candidates "
                    f"model {d['among_candidates']['model']} similarity "
                    f"{d['among_candidates']['similarity']} random {d['among_candidates']['random']}")
