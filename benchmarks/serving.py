@@ -259,8 +259,8 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
     bench0 = time.process_time()
     from aiokafka import AIOKafkaConsumer
 
-    # the subscriber polls with a short long-poll (10 ms): on Tansu a fetch returns only when its wait
-    # runs out, which would add up to the wait to every figure (Kafka answers at once)
+    # the subscriber's long-poll is short (SUBSCRIBER_WAIT_MS): on Tansu a fetch returns only when
+    # its wait runs out, which would add up to the wait to every figure (Kafka answers at once)
     consumer = AIOKafkaConsumer(settings.topics.recommendations,
                                 **{**settings.consumer_kwargs(),
                                    "fetch_max_wait_ms": subscriber_wait_ms},

@@ -38,14 +38,20 @@ def similarity_scores(samples: Any, table: Any, newest: int = 10) -> np.ndarray:
     return out
 
 
+def same_hour_skips(samples: Any) -> np.ndarray:
+    """[S, L] bool: the incomplete watches of the request's own hour block (age 0)."""
+    return (samples.skipped > 0) & (samples.skipped_age == 0)
+
+
 def without_fresh_skips(samples: Any) -> Any:
-    """``samples`` with the incomplete watches of the request's own hour block (age 0) left
-    out, the older ones right-aligned again (as if those skips were not known yet)."""
+    """``samples`` with :func:`same_hour_skips` left out, the older ones right-aligned again
+    (as if those skips were not known yet)."""
     from dataclasses import replace
 
+    older = (samples.skipped > 0) & ~same_hour_skips(samples)
     rows, ages = np.zeros_like(samples.skipped), np.zeros_like(samples.skipped_age)
     for i in range(len(rows)):
-        keep = (samples.skipped[i] > 0) & (samples.skipped_age[i] > 0)
+        keep = older[i]
         n = int(keep.sum())
         if n:
             rows[i, -n:], ages[i, -n:] = samples.skipped[i][keep], samples.skipped_age[i][keep]
@@ -57,8 +63,7 @@ def fresh_skip_auc(model: Any, samples: Any, table: Any, seq_len: int, items: An
     from semirec.trainer.offline.fit import predict
     from semirec.trainer.offline.metrics import auc
 
-    fresh = samples.subset(np.flatnonzero(((samples.skipped > 0)
-                                           & (samples.skipped_age == 0)).any(axis=1)))
+    fresh = samples.subset(np.flatnonzero(same_hour_skips(samples).any(axis=1)))
     out: dict[str, Any] = {"samples": len(fresh)}
     if len(fresh) and 0 < fresh.label.mean() < 1:
         for name, s in (("with", fresh), ("without", without_fresh_skips(fresh))):
