@@ -16,6 +16,12 @@ One run, one core (torch.set_num_threads(1), onnxruntime intra_op_num_threads=1)
   cost_ratio_500_vs_1[...]  time(500 candidates) / time(1 candidate)             (target <= 10)
   request_ms_500_unshared_torch  for reference: a batch forward that re-encodes the user for
                             every candidate (what sharing the user side avoids)
+  served_ms_per_user        the graph Triton serves (batched: several users a call, the cascade of
+                            SEMIREC_RANKER_DEEP_TOP), onnxruntime fp32, one thread: ms per user
+                            at 1, 2, 4, 8 and 16 users a call (``top<K>_users<U>``), and at 4
+                            users with the network on the wide part's top 10 and on every
+                            candidate (``top0``): what a call costs, and what the user side and
+                            wide part cost apart from the deep network
 
 Full-length sequences (50 videos, 50 products, with ``+usr`` 50 incomplete watches) and random
 weights (cost does not depend on them). ``--model`` (default ``semi``, the figures in the docs
@@ -41,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import finish, machine, print_describe
 from semirec.cli.evaluate import parse_settings
+from semirec.core.settings import Settings
 from semirec.trainer.nets.configs import paper
 from semirec.trainer.nets.ranker import Ranker
 from semirec.trainer.nets.zoo import build
@@ -48,13 +55,17 @@ from semirec.trainer.offline.evaluate import override
 from semirec.trainer.registry.export import (
     IDENTITY_INPUTS,
     RequestGraph,
+    example_batch,
+    export_batched_onnx,
     export_onnx,
+    fit_buckets,
     input_names,
     model_request,
     onnx_session,
     run_onnx,
     torch_scores,
     user_batch,
+    uses_skipped,
 )
 from semirec.trainer.registry.precision import DEFAULT_PRECISION, ensure_int8, resolve
 
@@ -97,6 +108,24 @@ def unshared_forward(model: Ranker, request: dict[str, np.ndarray]) -> Callable[
     return run
 
 
+def served_ms_per_user(model: Ranker, candidates: int, repeat: int, tmp: Path) -> dict[str, float]:
+    """ms per user of the batched (served) graph, best of ``repeat`` (module doc)."""
+    deep = Settings().ranker_deep_top
+    out = {}
+    for top, users in [(deep, u) for u in (1, 2, 4, 8, 16)] + [(10, 4), (0, 4)]:
+        path = tmp / f"served_{top}.onnx"
+        session = onnx_session(path if path.exists() else
+                               export_batched_onnx(model, path, deep_top=top), threads=1)
+        batch = fit_buckets(model, example_batch(users, candidates=candidates,
+                                                 identity=model.identity is not None,
+                                                 skipped=uses_skipped(model)))
+        names = {i.name for i in session.get_inputs()}
+        feeds = {k: v for k, v in batch.items() if k in names}
+        seconds = best_seconds(lambda s=session, f=feeds: s.run(["score"], f), repeat)
+        out[f"top{top}_users{users}"] = round(seconds * 1e3 / users, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
@@ -130,6 +159,7 @@ def main() -> None:
         int8_500 = best_seconds(lambda: run_onnx(int8, big), args.repeat)
         int8_1 = best_seconds(lambda: run_onnx(int8, one), args.repeat)
         int8_diff = float(np.abs(run_onnx(int8, big) - run_onnx(session, big)).max())
+        out["served_ms_per_user"] = served_ms_per_user(model, args.candidates, args.repeat, Path(tmp))
     unshared = best_seconds(unshared_forward(model, big), max(2, args.repeat // 10))
 
     for name, t500, t1 in (("torch", torch_500, torch_1), ("onnx", onnx_500, onnx_1)):

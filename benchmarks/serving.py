@@ -13,7 +13,8 @@
   freshness_p50_ms, freshness_p99_ms
                      a product click produced -> its recommendation received by a subscriber, at
                      100 sequence-changing events/s through real `semirec worker`s (ingest and
-                     recommend agents, each in its own process and group, as deployed)
+                     recommend agents, each in its own process and group, as deployed; with
+                     ``--layout inline`` one worker running both, no user-updates hop)
                                                                          (target p99 <= 100)
                      ``--traffic mixed``: 5,000 users with a week of history each (50 clicks,
                      50 complete and 50 incomplete watches, their watches counted), and 100
@@ -53,6 +54,7 @@ SEMI network, e.g. the demo's ``semi_ccl+sim+ses+usr+id`` (its extra inputs: the
 the users' incomplete watches and the items' counts), ``--set`` its sizes (``mlp_hidden=64``).
 Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
+                               [--layout split|inline] [--subscriber-wait-ms MS]
                                [--worker-env KEY=VALUE ...] [--ranker-precision P] [--ranker-deep-top K]
                                [--model NAME] [--set K=V,...] [--traffic clicks|mixed] [--json]
 """
@@ -310,7 +312,7 @@ async def paced_run(settings: Settings, rate: float, seconds: float, users: int,
     await prod.flush()
     await receiver
     # per event each process handled: the ranking side only ranked what was delivered
-    done = {"triton": len(got), "recommend_worker": len(got)}
+    done = {"triton": len(got), "recommend_worker": len(got), "worker": len(got)}
     spent = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in (pids or {}).items()}
     cpu = {name: round(s * 1000 / max(1, done.get(name, len(events))), 2)
            for name, s in spent.items()}
@@ -350,25 +352,32 @@ def sustained(run: dict) -> bool:
 async def bench_freshness(settings: Settings, seconds: float, log: Path,
                           stack_pids: dict[str, int], worker_env: dict[str, str],
                           profile_dir: Path | None = None, traffic: str = "clicks",
-                          subscriber_wait_ms: int = SUBSCRIBER_WAIT_MS) -> dict:
+                          subscriber_wait_ms: int = SUBSCRIBER_WAIT_MS,
+                          layout: str = "split") -> dict:
     from tests.conftest import settings_env  # the child's environment, as the tests build it
 
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
     env = {**settings_env(settings), "SEMIREC_RANK_TIMEOUT_MS": "1000", **worker_env}
     procs = []
-    # as deployed (docker-compose, the demo): ingest and recommendation agents in their own
-    # processes and consumer groups
-    for agent, group in (("ingest", settings.events_group),
-                         ("recommend", f"{settings.events_group}-recommend")):
+    # split (as deployed by docker-compose and the demo): ingest and recommendation agents in
+    # their own processes and consumer groups, joined by the user-updates topic; inline: one
+    # worker runs both and hands changed users over in-process (SEMIREC_RECOMMEND_INLINE)
+    workers = {"split": (("ingest_worker", ["ingest"], {}), ("recommend_worker", ["recommend"], {})),
+               "inline": (("worker", ["ingest", "recommend"], {"SEMIREC_RECOMMEND_INLINE": "1"}),),
+               }[layout]
+    for key, agents, extra in workers:
+        name = key.removesuffix("_worker")  # its log: ingest.log, recommend.log, worker.log
+        group = settings.events_group + ("-recommend" if agents == ["recommend"] else "")
         # --profile-workers: each worker under cProfile (its stats written when it stops)
-        prof = [] if profile_dir is None else ["-m", "cProfile", "-o", str(profile_dir / f"{agent}.prof")]
-        with open(log.with_name(f"{agent}.log"), "ab") as out:
+        prof = [] if profile_dir is None else ["-m", "cProfile", "-o", str(profile_dir / f"{name}.prof")]
+        with open(log.with_name(f"{name}.log"), "ab") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, *prof, "-m", "semirec", "worker", "--agent", agent],
-                env={**env, "SEMIREC_CONSUMER_GROUP": group}, stdout=out,
+                [sys.executable, *prof, "-m", "semirec", "worker",
+                 *(arg for agent in agents for arg in ("--agent", agent))],
+                env={**env, "SEMIREC_CONSUMER_GROUP": group, **extra}, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True))
     try:
-        pids = {**stack_pids, "ingest_worker": procs[0].pid, "recommend_worker": procs[1].pid}
+        pids = {**stack_pids, **{key: proc.pid for (key, *_), proc in zip(workers, procs, strict=True)}}
         sub = {"traffic": traffic, "subscriber_wait_ms": subscriber_wait_ms}
         await paced_run(settings, 20, 5, USERS, "warm", **sub)  # joins groups, loads the index
         steady = await paced_run(settings, 100, seconds, USERS, "steady", pids, drain_s=60.0, **sub)
@@ -456,13 +465,14 @@ async def main_async(args: argparse.Namespace) -> dict:
                 result.update(await bench_freshness(
                     settings, args.seconds * 2, work / "worker.log",
                     {name: proc.pid for name, proc in stack.procs.items()}, worker_env,
-                    args.profile_workers, args.traffic, args.subscriber_wait_ms))
+                    args.profile_workers, args.traffic, args.subscriber_wait_ms, args.layout))
+                result["layout"] = args.layout
                 result["worker_env"] = worker_env
                 result["subscriber_wait_ms"] = args.subscriber_wait_ms
     finally:
         steady = result.get("freshness_steady")
         if steady is not None and steady["received"] < 0.99 * steady["sent"]:
-            for name in ("ingest", "recommend"):  # why the workers did not deliver
+            for name in ("ingest", "recommend", "worker"):  # why the workers did not deliver
                 with suppress(OSError):
                     tail = (work / f"{name}.log").read_text(errors="replace").splitlines()[-40:]
                     print(f"--- {name} worker log (tail) ---", *tail, sep="\n", file=sys.stderr)
@@ -499,8 +509,12 @@ def main() -> None:
                         help="the measuring subscriber's fetch long-poll; on Tansu each of its "
                              "fetches costs the broker CPU and the wait adds to every freshness "
                              "figure (default: %(default)s)")
+    parser.add_argument("--layout", choices=("split", "inline"), default="split",
+                        help="split: ingest and recommendation workers joined by user-updates (as "
+                             "deployed); inline: one worker running both, changed users handed "
+                             "over in-process (SEMIREC_RECOMMEND_INLINE=1) (default: %(default)s)")
     parser.add_argument("--profile-workers", type=Path, default=None, metavar="DIR",
-                        help="run the two workers under cProfile, stats to DIR/{ingest,recommend}.prof "
+                        help="run the workers under cProfile, stats to DIR/{ingest,recommend,worker}.prof "
                              "(the profiler's own cost inflates their CPU figures)")
     args = parser.parse_args()
     if args.profile_workers is not None:

@@ -48,12 +48,15 @@ def products_of(cat: int, n: int) -> list[str]:
     return [f"p{i}" for i in range(80) if category(f"p{i}") == cat][:n]
 
 
+@pytest.mark.parametrize("inline", [0, 1], ids=["user-updates", "inline"])
 async def test_events_trigger_recommendations_that_follow_product_clicks(
-        settings, redis_client, world, tmp_path) -> None:
+        settings, redis_client, world, tmp_path, inline) -> None:
+    """Through the user-updates topic, or (SEMIREC_RECOMMEND_INLINE) handed over in-process by
+    ingest in the same worker: the same recommendations, and then no notice is published."""
     await put_catalog(settings.redis_url, world)
     await ensure_topics(settings, {**ingest_topics(settings), **serving_topics(settings)})
     with running_worker(settings, tmp_path / "worker.log", "--agent", "ingest",
-                        "--agent", "recommend"):
+                        "--agent", "recommend", SEMIREC_RECOMMEND_INLINE=str(inline)):
         async with Recommendations(settings) as recs:
             await produce_raw(settings, clicks("alice", products_of(1, 5), T0, "a")
                               + clicks("bob", products_of(3, 5), T0, "b"))
@@ -75,6 +78,8 @@ async def test_events_trigger_recommendations_that_follow_product_clicks(
                                           for r in s[n_before:]))
             rec = [r for r in recs.seen if r.user_id == "alice"][-1]
             assert Counter(category(i.item_id) for i in rec.items)[2] >= 6, rec.items
+    notices = await consume_all(settings, settings.topics.user_updates, 1, timeout=1 + 4 * inline)
+    assert (len(notices) == 0) if inline else notices
 
 
 async def test_requests_are_answered_and_malformed_ones_dead_lettered(

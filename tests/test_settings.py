@@ -41,6 +41,7 @@ def test_overrides() -> None:
     ({"SEMIREC_TRITON_GRPC": "t1:8001,"}, "expected host:port"),
     ({"SEMIREC_TRITON_GRPC": "t1:8001, t1:8001"}, "names a server twice"),
     ({"SEMIREC_RANKER_PRECISION": "fp16"}, "SEMIREC_RANKER_PRECISION must be auto, fp32 or int8"),
+    ({"SEMIREC_RECOMMEND_INLINE": "2"}, "SEMIREC_RECOMMEND_INLINE must be 0 or 1"),
 ])
 def test_bad_values_are_clear_errors(env, message) -> None:
     with pytest.raises(SettingsError, match=message):

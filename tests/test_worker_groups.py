@@ -30,6 +30,20 @@ def test_each_agent_has_its_own_default_group() -> None:
     assert one.group_for(["catalog"]) == one.group_for(["ingest", "recommend"]) == one.events_group == "all"
 
 
+def test_inline_hand_over_needs_both_agents_and_then_keeps_the_events_fetch_wait() -> None:
+    from semirec.cli.worker import settings_for
+
+    s = Settings.from_env({"SEMIREC_FETCH_MAX_WAIT_MS": "50", "SEMIREC_REC_FETCH_MAX_WAIT_MS": "25"})
+    inline = replace(s, recommend_inline=1)
+    assert settings_for(s, ["ingest"]).fetch_max_wait_ms == 50
+    assert settings_for(s, ["ingest", "recommend"]).fetch_max_wait_ms == 25  # the notices' hop
+    both = settings_for(inline, ["recommend", "ingest"])
+    assert both.recommend_inline == 1 and both.fetch_max_wait_ms == 50  # no notices' hop
+    for alone in (["ingest"], ["recommend"], ["catalog", "recommend"]):  # nobody to hand over to
+        assert settings_for(inline, alone).recommend_inline == 0
+    assert settings_for(inline, ["recommend"]).fetch_max_wait_ms == 25
+
+
 async def test_worker_refuses_topics_with_other_partition_counts(settings) -> None:
     client = admin(settings)
     await client.start()

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import importlib
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 
 import click
@@ -54,6 +55,18 @@ def worker_class() -> type:
     return Worker
 
 
+def settings_for(settings: Settings, agents: Sequence[str]) -> Settings:
+    """The settings of a worker running ``agents``: inline hand-over only with both ingest and
+    recommend in it; one consumer for all its agents, so one fetch wait: the user-updates hop's
+    (``rec_fetch_max_wait_ms``) with the recommendation agent, unless ingest hands changes over
+    inline (no such hop: the events' wait, fewer empty fetches; docs/serving.md)."""
+    if settings.recommend_inline and not {"ingest", "recommend"} <= set(agents):
+        settings = replace(settings, recommend_inline=0)  # nobody to hand changed users to
+    if "recommend" in agents and settings.rec_fetch_max_wait_ms and not settings.recommend_inline:
+        settings = replace(settings, fetch_max_wait_ms=settings.rec_fetch_max_wait_ms)
+    return settings
+
+
 def _load(ref: str):
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -75,6 +88,8 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
     SEMIREC_CONSUMER_GROUP overrides): start more such workers to share the partitions. Topics
     are created if missing; existing ones must have SEMIREC_EVENT_PARTITIONS partitions (else
     exit 78). SEMIREC_INSTANCE_ID (unique per worker) turns on static group membership.
+    With SEMIREC_RECOMMEND_INLINE=1 a worker running ingest and recommend ranks the users ingest
+    changed in the same process (no user-updates hop).
     """
     from semirec.core.kafka import ensure_topics
     from semirec.streams.app import create_app
@@ -84,8 +99,7 @@ def worker(agents: tuple[str, ...], loglevel: str, metrics_port: int | None) -> 
     if metrics_port is not None:
         settings = replace(settings, metrics_port=metrics_port)
     chosen = agents or tuple(AGENT_PLUGINS)
-    if "recommend" in chosen and settings.rec_fetch_max_wait_ms:  # one consumer for all agents
-        settings = replace(settings, fetch_max_wait_ms=settings.rec_fetch_max_wait_ms)
+    settings = settings_for(settings, chosen)
     topics: dict[str, int] = {}
     for name in chosen:
         topics.update(_load(AGENT_PLUGINS[name][1])(settings))

@@ -139,10 +139,15 @@ class Settings:
     # Longest a fetch waits for data (faust hard-codes 1.5 s); a broker that holds fetches until
     # then (Tansu) adds it to every hop of a quiet stream, so local stacks export 50.
     fetch_max_wait_ms: int = 500
-    # The same for a worker running the recommendation agent (0: fetch_max_wait_ms): on Tansu
-    # the user-updates hop waits up to this for every notice (freshness), at the cost of more
-    # empty fetches while idle; the embedded stack exports 10.
+    # The same for a worker running the recommendation agent (0: fetch_max_wait_ms; not used with
+    # recommend_inline, which has no user-updates hop): on Tansu the user-updates hop waits up to
+    # this for every notice (freshness), at the cost of more empty fetches while idle; the
+    # embedded stack exports 25.
     rec_fetch_max_wait_ms: int = 0
+    # 1 = a worker that runs both the ingest and the recommendation agents hands ingest's changed
+    # users to its recommender in the same process (no user-updates notice, no second consumer
+    # of it: docs/serving.md); a worker running only one of them ignores it
+    recommend_inline: int = 0
     # Triton model repository (the ranker's versions and aliases); "" = the repo's triton_models/
     model_repository: str = ""
     model_keep_versions: int = 5  # ranker versions kept besides the aliased ones
@@ -242,6 +247,8 @@ class Settings:
         _check_triton(self.triton_grpc)
         if self.fetch_max_wait_ms < 0 or self.rec_fetch_max_wait_ms < 0:
             raise SettingsError("SEMIREC_FETCH_MAX_WAIT_MS and SEMIREC_REC_FETCH_MAX_WAIT_MS must be >= 0")
+        if self.recommend_inline not in (0, 1):
+            raise SettingsError(f"SEMIREC_RECOMMEND_INLINE must be 0 or 1, got {self.recommend_inline}")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"SEMIREC_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if not 1 <= self.seq_len <= 255:

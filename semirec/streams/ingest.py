@@ -30,6 +30,7 @@ from typing import Any
 
 from semirec.core.contracts import ContractError, Domain, Event
 from semirec.core.metrics import AgentMetrics
+from semirec.core.recommendations import UserUpdate
 from semirec.core.samples import TrainingSample, sample_of
 from semirec.core.sequences import UserState, apply, pack
 from semirec.core.settings import Settings
@@ -39,6 +40,7 @@ from semirec.streams.batches import DeadLetterSink, retry_while_redis_down
 from semirec.streams.event_codec import decode_event
 from semirec.streams.messages import Message
 from semirec.streams.publish import Partitioner, publish_many
+from semirec.streams.runtime import RecommendUpdates
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class BatchOutcome:
     # user_id -> the newest (message, event) of each user whose video / product sequence changed
     # in this batch (a state changed only by incomplete watches is written, not announced)
     changed: dict[str, tuple[Message, Event] | None] = field(default_factory=dict)
+    # user_id -> the state written for each changed user (handed to an inline recommender)
+    states: dict[str, UserState] = field(default_factory=dict)
 
 
 AfterWrite = Callable[[BatchOutcome], Awaitable[None]]
@@ -192,12 +196,13 @@ class IngestProcessor:
                 with self.metrics.redis("cas"):
                     won = await self.store.save([w[:3] for w in writes], blobs)
             lost = []
-            for (uid, _, _, appended), ok in zip(writes, won, strict=True):
+            for (uid, _, state, appended), ok in zip(writes, won, strict=True):
                 if ok:
                     out.users_written += 1
                     out.applied_events += appended
                     if appended:
                         out.changed[uid] = None
+                        out.states[uid] = state
                 else:
                     lost.append(uid)
             out.cas_conflicts += len(lost)
@@ -283,21 +288,40 @@ def count_popularity(store: SequenceStore, settings: Settings) -> Alongside:
     return count
 
 
+def updates_of(out: BatchOutcome, written_at: float) -> list[UserUpdate]:
+    """One :class:`UserUpdate` per user whose sequences changed in a written batch (its newest
+    event)."""
+    return [UserUpdate(uid, event.event_id, event.ts, msg.timestamp, written_at)
+            for uid, newest in out.changed.items() if newest is not None
+            for msg, event in (newest,)]
+
+
 def announce_changes(producer: Producer, settings: Settings, partitioner: Partitioner) -> AfterWrite:
     """After a batch's state is written: publish one ``user-updates`` notice per changed user and
     await the broker's acks, so the recommendation agent never ranks on state older than the
     event that triggered it."""
-    from semirec.core.recommendations import UserUpdate, encode
+    from semirec.core.recommendations import encode
 
     topic = settings.topics.user_updates
 
     async def after_write(out: BatchOutcome) -> None:
-        now = time.time()
-        notices = [(uid.encode(), encode(UserUpdate(uid, event.event_id, event.ts, msg.timestamp,
-                                                    now)))
-                   for uid, newest in out.changed.items() if newest is not None
-                   for msg, event in (newest,)]
+        notices = [(u.user_id.encode(), encode(u)) for u in updates_of(out, time.time())]
         await publish_many(producer(), topic, notices, partitioner=partitioner)
+
+    return after_write
+
+
+def recommend_inline(recommend: RecommendUpdates) -> AfterWrite:
+    """After a batch's state is written: rank the changed users in this process and await the
+    broker's acks of their recommendations (``SEMIREC_RECOMMEND_INLINE``: no ``user-updates``
+    hop) from the states just written, so the batch is acked only once they are published, as
+    with the notices."""
+
+    async def after_write(out: BatchOutcome) -> None:
+        updates = updates_of(out, time.time())
+        # the states just written: no Redis read, no decoding (ingest's next batch, which may
+        # change them in place, waits for this one)
+        await recommend(updates, [out.states[u.user_id] for u in updates])
 
     return after_write
 
@@ -339,7 +363,8 @@ def register_ingest(app: Any, settings: Settings) -> None:
     from semirec.streams.runtime import runtime_of
 
     events = raw_topic(app, settings.topics.events, settings.event_partitions)
-    partitioner = runtime_of(app).partitioner
+    runtime = runtime_of(app)
+    partitioner = runtime.partitioner
     to_dlq = dead_letter_sink(app, settings, stage="ingest")
 
     processors: list[IngestProcessor] = []
@@ -348,9 +373,13 @@ def register_ingest(app: Any, settings: Settings) -> None:
         if not processors:  # built in the worker's loop, on the first batch
             store = SequenceStore.from_url(settings.redis_url,
                                            cache_users=settings.state_cache_users)
+            # the recommendation agent in this worker, inline (it registers its entry), or the
+            # user-updates notices for recommendation workers wherever they run
+            inline = runtime.recommend_updates
             processors.append(IngestProcessor(
                 settings, store, to_dlq, log_end=high_watermark(app, settings.topics.events),
-                after_write=announce_changes(app.producer._ensure_producer, settings, partitioner),
+                after_write=recommend_inline(inline) if inline is not None else
+                announce_changes(app.producer._ensure_producer, settings, partitioner),
                 alongside=count_popularity(store, settings),
                 before_save=publish_samples(app.producer._ensure_producer, settings, partitioner)
                 if settings.log_samples else None))

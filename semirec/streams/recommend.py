@@ -10,6 +10,9 @@ slice, a window that closes once the fetch is handed over) share one
   once per batch, not once per event); up to ``rank_batch`` users are ranked in one Triton call
   (per-call costs paid once), several such groups at once, and each group's results are
   published as soon as it is ranked, with ``event_id``, ``event_to_publish_ms`` and its stages.
+  With ``SEMIREC_RECOMMEND_INLINE=1`` in a worker that runs ingest too, ingest hands its changed
+  users over in the same process instead (:meth:`RecommendProcessor.on_user_updates`, after its
+  Redis write, before it acks its batch): no notice, no second consumer.
 - ``recommend-requests`` reads ``recommendation-requests``; malformed requests are
   dead-lettered with a reason; every valid request is answered with its ``request_id``.
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from semirec.core.contracts import ContractError
@@ -36,6 +39,7 @@ from semirec.core.recommendations import (
     parse_request,
     parse_update,
 )
+from semirec.core.sequences import UserState
 from semirec.core.settings import Settings
 from semirec.serving import metrics
 from semirec.serving.recommender import Job, Recommender
@@ -104,12 +108,28 @@ class RecommendProcessor:
             if update.user_id in newest:
                 metrics.COALESCED.inc()
             newest[update.user_id] = update
-        served = await self._serve_all("event", [
-            Job(u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at,
-                written_at=u.written_at, received_at=received_at) for u in newest.values()])
+        served = await self._serve_updates(newest.values(), received_at)
         self.metrics.observe("batch", time.perf_counter() - started)
         self.metrics.batch(len(batch))
         return served
+
+    async def on_user_updates(self, updates: Sequence[UserUpdate],
+                              states: Sequence[UserState]) -> int:
+        """Changed users handed over in-process by ingest (``SEMIREC_RECOMMEND_INLINE``), one per
+        user, with the states it just wrote (not read again): ranked and published as a batch of
+        notices would be."""
+        await self.start()
+        started = time.perf_counter()
+        served = await self._serve_updates(updates, time.time(), states)
+        self.metrics.observe("batch", time.perf_counter() - started)
+        self.metrics.batch(len(updates))
+        return served
+
+    async def _serve_updates(self, updates: Iterable[UserUpdate], received_at: float,
+                             states: Sequence[UserState] | None = None) -> int:
+        return await self._serve_all("event", [
+            Job(u.user_id, 10, at=u.ts, event_id=u.event_id, appended_at=u.appended_at,
+                written_at=u.written_at, received_at=received_at) for u in updates], states)
 
     async def on_requests(self, batch: Sequence[Message]) -> int:
         await self.start()
@@ -133,16 +153,21 @@ class RecommendProcessor:
         self.metrics.batch(len(batch))
         return served
 
-    async def _serve_all(self, trigger: str, jobs: list[Job]) -> int:
+    async def _serve_all(self, trigger: str, jobs: list[Job],
+                         states: Sequence[UserState] | None = None) -> int:
+        """``states``: the jobs' user states when known (else read from Redis per group)."""
         size = self.settings.rank_batch
-        groups = [jobs[lo: lo + size] for lo in range(0, len(jobs), size)]
-        return sum(await asyncio.gather(*(self._serve(trigger, g) for g in groups)))
+        spans = range(0, len(jobs), size)
+        return sum(await asyncio.gather(*(
+            self._serve(trigger, jobs[lo: lo + size], None if states is None else states[lo: lo + size])
+            for lo in spans)))
 
-    async def _serve(self, trigger: str, jobs: list[Job]) -> int:
+    async def _serve(self, trigger: str, jobs: list[Job],
+                     states: Sequence[UserState] | None = None) -> int:
         """Rank a group of users in one model call and publish at once (no waiting for the rest
         of the batch); the batch is acked only after all its recommendations are acknowledged."""
         async with self._slots:
-            recs = await retry_while_redis_down(self.recommender.recommend_many, jobs)
+            recs = await retry_while_redis_down(self.recommender.recommend_many, jobs, states)
         await self.publish([(rec, rec.user_id) for rec in recs])
         now = time.time()
         for job, rec in zip(jobs, recs, strict=True):
@@ -161,6 +186,7 @@ def register_recommend(app: Any, settings: Settings) -> None:
     from semirec.streams.publish import publish_many
     from semirec.streams.runtime import runtime_of
 
+    # with SEMIREC_RECOMMEND_INLINE (the worker runs ingest too) user-updates is not read here
     updates = raw_topic(app, settings.topics.user_updates, settings.event_partitions)
     requests = raw_topic(app, settings.topics.recommendation_requests, settings.event_partitions)
     to_dlq = dead_letter_sink(app, settings, stage="recommend")
@@ -195,10 +221,17 @@ def register_recommend(app: Any, settings: Settings) -> None:
     async def on_requests(batch: Sequence[Message]) -> int:
         return await shared().on_requests(batch)
 
+    async def on_user_updates(changed: Sequence[UserUpdate], states: Sequence[UserState]) -> int:
+        return await shared().on_user_updates(changed, states)
+
+    agents = [(requests, "recommend-requests", on_requests)]
+    if settings.recommend_inline:  # ingest in this worker hands its changed users over
+        runtime_of(app).recommend_updates = on_user_updates
+    else:
+        agents.insert(0, (updates, "recommend-updates", on_updates))
     # batch agents (semirec/streams/batch_transport.py): one hand-over per fetch slice instead of
     # faust's per-message path, and a window that closes as soon as the fetch is handed over
-    for topic, name, handler in ((updates, "recommend-updates", on_updates),
-                                 (requests, "recommend-requests", on_requests)):
+    for topic, name, handler in agents:
         # with SEMIREC_RANK_LINGER_MS a busy stream lingers for up to a full Triton call
         BatchAgent(app, topic, name, handler, batch_max=settings.rec_concurrency * 16,
                    within_s=0.005, linger_s=settings.rank_linger_ms / 1000,

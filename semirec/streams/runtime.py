@@ -7,7 +7,7 @@ everything else reaches it with :func:`runtime_of` (the one way in: no module of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +16,12 @@ from semirec.streams.publish import Partitioner
 
 if TYPE_CHECKING:
     from semirec.core.faults import Fault
+    from semirec.core.recommendations import UserUpdate
+    from semirec.core.sequences import UserState
+
+# the recommendation agent's entry for changed users and the states ingest just wrote for them,
+# handed to ingest in the same worker
+RecommendUpdates = Callable[[Sequence["UserUpdate"], Sequence["UserState"]], Awaitable[int]]
 
 class RunningAgent(Protocol):
     """What the health checks read of a batch agent (:class:`semirec.streams.batch_transport.BatchAgent`)."""
@@ -31,7 +37,8 @@ RUNTIME_ATTR = "semirec_runtime"  # the app attribute that holds its WorkerRunti
 class WorkerRuntime:
     """One worker app's shared state: its agents' batch watches, whom to tell when an agent stops
     the worker on an unexpected error, its batch agents and the topics they claim, its fetch
-    long-poll, its first fatal fault and its key partitioner."""
+    long-poll, its first fatal fault, its key partitioner and, when ingest and recommendation
+    run in it inline (``SEMIREC_RECOMMEND_INLINE``), the recommender's entry for changed users."""
 
     fetch_max_wait_ms: int | None = None  # None: faust's own (1.5 s)
     watches: dict[str, BatchWatch] = field(default_factory=dict)  # agent name -> its watch
@@ -41,6 +48,8 @@ class WorkerRuntime:
     batch_claims: dict[str, Any] = field(default_factory=dict)  # topic -> its batch agent's queue
     fatal_fault: Fault | None = None  # the first fatal fault an agent met (semirec.streams.fatal)
     partitioner: Partitioner = field(default_factory=Partitioner)
+    # set by the recommendation agent when ingest hands it changed users in-process
+    recommend_updates: RecommendUpdates | None = None
 
     def watch(self, agent: str) -> BatchWatch:
         """``agent``'s watch, made on first use."""
