@@ -111,11 +111,11 @@ def unshared_forward(model: Ranker, request: dict[str, np.ndarray]) -> Callable[
 def served_ms_per_user(model: Ranker, candidates: int, repeat: int, tmp: Path) -> dict[str, float]:
     """ms per user of the batched (served) graph, best of ``repeat`` (module doc)."""
     deep = Settings().ranker_deep_top
+    sessions = {top: onnx_session(export_batched_onnx(model, tmp / f"served_{top}.onnx", deep_top=top),
+                                  threads=1) for top in (deep, 10, 0)}
     out = {}
     for top, users in [(deep, u) for u in (1, 2, 4, 8, 16)] + [(10, 4), (0, 4)]:
-        path = tmp / f"served_{top}.onnx"
-        session = onnx_session(path if path.exists() else
-                               export_batched_onnx(model, path, deep_top=top), threads=1)
+        session = sessions[top]
         batch = fit_buckets(model, example_batch(users, candidates=candidates,
                                                  identity=model.identity is not None,
                                                  skipped=uses_skipped(model)))
