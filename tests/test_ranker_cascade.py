@@ -93,6 +93,25 @@ def test_the_cascade_scores_the_wide_parts_best_k_exactly_and_the_rest_below_the
         np.testing.assert_array_equal(np.argsort(-cascade[u], kind="stable")[:10], best)
 
 
+def test_the_logit_is_the_heads_term_plus_the_wide_part_and_the_cascade_computes_features_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = served()
+    feeds = batch(model, 300, padding=20)
+    with torch.inference_mode():
+        t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        ctx = model.encode_user(user_batch(t))
+        items = tuple(t[k] for k in IDENTITY_INPUTS)
+        feats = model.wide_features(ctx, t["candidates"])
+        torch.testing.assert_close(
+            model.head_logits(ctx, t["candidates"], feats) + model.wide_logits_of(feats, items),
+            model.logits(ctx, t["candidates"], items))
+    calls = []
+    wide_features = model.wide_features
+    monkeypatch.setattr(model, "wide_features", lambda *a: calls.append(a) or wide_features(*a))
+    torch_batch_scores(model, feeds, deep_top=K)
+    assert len(calls) == 1  # the best K reuse their features (and wide logits), not recompute them
+
+
 def test_padding_rows_never_take_a_place_among_the_k() -> None:
     model, _ = served()
     with torch.no_grad():  # zero rows (cosine 0) now beat every candidate that resembles the user

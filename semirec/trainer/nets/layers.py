@@ -19,6 +19,26 @@ NEG = -1e9  # additive mask for padded keys (finite: softmax of an all-padded ro
 SPREAD = 30.0  # exported graphs: a padded key's score below its copy's; floor_scores' below the max
 
 
+def unit(x: Tensor) -> Tensor:
+    """``x`` L2-normalised along its last axis, zero rows staying zero: ``F.normalize``'s values,
+    exported without the full-size ``Expand`` of the norms that ``F.normalize`` adds (a
+    broadcast ``Div`` instead; the per-candidate vectors of a request are normalised so)."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def rows_cosine(rows: Tensor, direction: Tensor) -> Tensor:
+    """[B, N, d] unit rows, [B, d] a unit direction -> [B, N] their cosines (one batched matrix
+    product: no [B, N, d] intermediate)."""
+    return torch.bmm(rows, direction[..., None]).squeeze(-1)
+
+
+def masked_unit(x: Tensor, mask: Tensor) -> Tensor:
+    """[B, L, d] entries -> their :func:`unit` vectors, padding entries (``mask`` False) zero.
+    One expression for every user-side module that needs it, so that onnxruntime's common
+    subexpression elimination computes it (and the candidates' cosines to it) once."""
+    return unit(x) * mask[..., None].to(x.dtype)
+
+
 def softmax(scores: Tensor, floor: bool = True) -> Tensor:
     """Softmax over the last axis; in an exported (ONNX) graph of :func:`floor_scores` when
     ``floor`` (scores that may hold ``NEG``)."""
@@ -215,7 +235,7 @@ class ContentSimilarity(nn.Module):
         self.context_size = 7 if recency else 3  # tensors per domain in the user context
 
     def context(self, x: Tensor, mask: Tensor, age: Tensor | None = None) -> tuple[Tensor, ...]:
-        unit = nn.functional.normalize(x, dim=-1) * mask[..., None].to(x.dtype)
+        rows = masked_unit(x, mask)
         masks = [mask]
         if self.recency:
             if age is None:
@@ -223,21 +243,21 @@ class ContentSimilarity(nn.Module):
             newest = age.masked_fill(~mask, 1 << 30).amin(1, keepdim=True)  # [B, 1]
             at_or_after = mask.sum(1, keepdim=True) - mask.long().cumsum(1) + mask.long()
             masks += [mask & (age == newest), mask & (at_or_after <= self.RECENT)]
-        out: list[Tensor] = [unit]
+        out: list[Tensor] = [rows]
         for m in masks:
-            part = unit * m[..., None].to(x.dtype)
-            out.append(nn.functional.normalize(part.sum(1), dim=-1))  # zero vector stays zero
+            part = rows * m[..., None].to(x.dtype)
+            out.append(unit(part.sum(1)))  # zero vector stays zero
             out.append(torch.where(m, 0.0, NEG).to(x.dtype)[:, None, :])  # [B, 1, L]
         return tuple(out)
 
-    def features(self, candidates: Tensor, unit: Tensor, *parts: Tensor) -> Tensor:
+    def features(self, candidates: Tensor, rows: Tensor, *parts: Tensor) -> Tensor:
         """[B, C, d] candidates -> [B, C, 2 or 6]: per subset (all entries; with recency the
         newest hour block and the newest ``RECENT``) the cosine to its mean direction and the max
         cosine."""
-        c = nn.functional.normalize(candidates, dim=-1)
-        cos = torch.bmm(c, unit.transpose(1, 2))  # [B, C, L]
+        c = unit(candidates)
+        cos = torch.bmm(c, rows.transpose(1, 2))  # [B, C, L]
         out = []
         for mean, bias in zip(parts[0::2], parts[1::2], strict=True):
             has_any = (bias.amax(-1) == 0).to(c.dtype)  # [B, 1]
-            out += [(c * mean[:, None, :]).sum(-1), (cos + bias).amax(-1) * has_any]
+            out += [rows_cosine(c, mean), (cos + bias).amax(-1) * has_any]
         return torch.stack(out, dim=-1)

@@ -94,6 +94,20 @@ class Ranker(nn.Module):
         (:mod:`semirec.trainer.registry.export`, ``deep_top``); only if :attr:`has_wide_part`."""
         raise NotImplementedError(f"{type(self).__name__} has no wide part")
 
+    def wide_features(self, ctx: Context, candidates: Tensor) -> Tensor:
+        """[B, C, n] the hand-made per-candidate features :meth:`wide_logits` is linear in."""
+        raise NotImplementedError(f"{type(self).__name__} has no wide part")
+
+    def wide_logits_of(self, feats: Tensor,
+                       items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """:meth:`wide_logits` from the candidates' :meth:`wide_features`."""
+        raise NotImplementedError(f"{type(self).__name__} has no wide part")
+
+    def head_logits(self, ctx: Context, candidates: Tensor, feats: Tensor | None) -> Tensor:
+        """:meth:`logits` less :meth:`wide_logits`, given the candidates' :meth:`wide_features`
+        (a cascade computes those once for all candidates)."""
+        raise NotImplementedError(f"{type(self).__name__} has no wide part")
+
     def forward(self, user: UserBatch, target: Tensor,
                 items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """Training/AUC path: one target vector per user, [B, d] -> logits [B] (``items``

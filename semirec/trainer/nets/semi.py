@@ -119,19 +119,27 @@ class SEMI(Ranker):
                     items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """The linear term over :meth:`wide_features`, plus item identity: the logit without
         the head."""
+        return self.wide_logits_of(self.wide_features(ctx, candidates), items)
+
+    def wide_logits_of(self, feats: Tensor,
+                       items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """:meth:`wide_logits` from features :meth:`wide_features` already gave."""
         if self.similarity_weight is None:
             raise NotImplementedError("a SEMI model without +sim has no wide part")
-        wide = self.similarity_weight(self.wide_features(ctx, candidates)).squeeze(-1)
-        return self.plus_identity(wide, items)
+        return self.plus_identity(self.similarity_weight(feats).squeeze(-1), items)
 
-    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
+    def head_logits(self, ctx: Context, candidates: Tensor, feats: Tensor | None) -> Tensor:
+        """[B, C] the head's term of the logit, given the candidates' :meth:`wide_features`
+        ``feats`` (None without ``+sim``): :meth:`logits` = this + :meth:`wide_logits`."""
         query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0
         users = [
             self.target[d].attend(query, *ctx[3 * i : 3 * i + 3])
             for i, d in enumerate(self.domains)
         ]
+        return self.head(torch.cat([*users, query] + ([] if feats is None else [feats]), dim=-1))
+
+    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         if self.similarity is None or self.similarity_weight is None:
-            return self.head(torch.cat([*users, query], dim=-1))
-        sims = self.wide_features(ctx, candidates)
-        return (self.head(torch.cat([*users, query, sims], dim=-1))
-                + self.similarity_weight(sims).squeeze(-1))
+            return self.head_logits(ctx, candidates, None)
+        feats = self.wide_features(ctx, candidates)
+        return self.head_logits(ctx, candidates, feats) + self.similarity_weight(feats).squeeze(-1)

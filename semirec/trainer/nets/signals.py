@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from semirec.trainer.nets.layers import masked_unit, rows_cosine, unit
 from semirec.trainer.nets.ranker import UserBatch
 
 _FAR = 1 << 30  # an age no real entry has
@@ -47,11 +48,11 @@ class SessionSimilarity(nn.Module):
         mask = torch.cat([user.video_mask, user.product_mask], dim=1)
         newest = age.masked_fill(~mask, _FAR).amin(1, keepdim=True)  # [B, 1]
         block = (mask & (age == newest))[..., None].to(x.dtype)
-        mean = nn.functional.normalize((nn.functional.normalize(x, dim=-1) * block).sum(1), dim=-1)
+        mean = unit((unit(x) * block).sum(1))
         return mean, (newest == 0).to(x.dtype)
 
     def features(self, candidates: Tensor, mean: Tensor, current: Tensor) -> Tensor:
-        cos = (nn.functional.normalize(candidates, dim=-1) * mean[:, None, :]).sum(-1)  # [B, C]
+        cos = rows_cosine(unit(candidates), mean)  # [B, C]
         return torch.stack([cos, cos * current], dim=-1)
 
 
@@ -76,12 +77,14 @@ class UserRate(nn.Module):
         mc, ms = done_mask.to(done.dtype), left_mask.to(done.dtype)
         n_c, n_s = mc.sum(1, keepdim=True), ms.sum(1, keepdim=True)
         overall = (n_c + self.K_USER * self.prior_rate) / (n_c + n_s + self.K_USER)  # [B, 1]
-        return (nn.functional.normalize(done, dim=-1), mc[:, None, :],
-                nn.functional.normalize(left, dim=-1), ms[:, None, :], overall)
+        # the complete watches as ContentSimilarity's context has them (the same expression:
+        # the candidates' cosines to them are computed once in the exported graph)
+        return (masked_unit(done, done_mask), mc[:, None, :],
+                masked_unit(left, left_mask), ms[:, None, :], overall)
 
     def features(self, candidates: Tensor, done: Tensor, mc: Tensor, left: Tensor, ms: Tensor,
                  overall: Tensor) -> Tensor:
-        c = nn.functional.normalize(candidates, dim=-1)
+        c = unit(candidates)
         w_c = (torch.exp((torch.bmm(c, done.transpose(1, 2)) - 1.0) / self.TAU) * mc).sum(-1)
         w_s = (torch.exp((torch.bmm(c, left.transpose(1, 2)) - 1.0) / self.TAU) * ms).sum(-1)
         rate = (w_c + self.K * overall) / (w_c + w_s + self.K)  # [B, C]

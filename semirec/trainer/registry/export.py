@@ -96,18 +96,25 @@ def cascade_probs(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
     ``0.5 * sigmoid(wide) * min(those k)`` for the rest. Padding rows (all-zero vectors) never
     enter the ``k``. ``k`` is a constant of the graph; requests with fewer candidates are padded
     inside it (``k`` zero rows whose wide logit is -1e9), so any C works."""
-    wide = model.wide_logits(ctx, candidates, items)
-    real = candidates.abs().amax(-1) > 0
-    wide = torch.where(real, wide, torch.full_like(wide, -1e9))
-    wide = torch.cat([wide, torch.full_like(wide[:, :1], -1e9).expand(-1, k)], dim=1)
-    padded = torch.cat([candidates, torch.zeros_like(candidates[:, :1]).expand(-1, k, -1)], dim=1)
-    top = wide.topk(k, dim=1).indices  # [B, k]
-    sub = padded.gather(1, top[..., None].expand(-1, -1, padded.shape[-1]))
-    sub_items = None if items is None else tuple(
-        torch.cat([t, torch.zeros_like(t[:, :1]).expand(-1, k)], dim=1).gather(1, top)
-        for t in items)
-    deep = torch.sigmoid(model.logits(ctx, sub, sub_items))
-    rest = 0.5 * deep.amin(dim=1, keepdim=True) * torch.sigmoid(wide)
+    # the wide part of every candidate and of one padding row (zero vector, zero counts), once:
+    # the best k reuse their features and wide logits instead of computing them again
+    n = candidates.shape[1]
+    ext = torch.cat([candidates, torch.zeros_like(candidates[:, :1])], dim=1)  # [B, C + 1, d]
+    feats = model.wide_features(ctx, ext)
+    wide = model.wide_logits_of(feats, None if items is None else tuple(
+        torch.cat([t, torch.zeros_like(t[:, :1])], dim=1) for t in items))  # [B, C + 1]
+    # the norms unit() computes for the features (one ReduceL2 after onnxruntime's CSE)
+    real = torch.linalg.vector_norm(ext, dim=-1, keepdim=True)[:, :n, 0] > 0
+    order = torch.where(real, wide[:, :n], torch.full_like(wide[:, :n], -1e9))
+    order = torch.cat([order, torch.full_like(order[:, :1], -1e9).expand(-1, k)], dim=1)
+    top = order.topk(k, dim=1).indices  # [B, k], in 0..C + k - 1
+    # rows of ext, flat: the k padding slots all read its zero row (a row gather, not an
+    # element-wise GatherElements over [B, k, d] indices)
+    rows = top.clamp(max=n) + torch.arange(top.shape[0])[:, None] * (n + 1)
+    sub = ext.flatten(0, 1)[rows]  # [B, k, d]
+    sub_feats = feats.flatten(0, 1)[rows]
+    deep = torch.sigmoid(model.head_logits(ctx, sub, sub_feats) + wide.flatten()[rows])
+    rest = 0.5 * deep.amin(dim=1, keepdim=True) * torch.sigmoid(order)
     return rest.scatter(1, top, deep)[:, : candidates.shape[1]]
 
 
