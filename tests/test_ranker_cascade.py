@@ -143,6 +143,20 @@ def test_the_exported_cascade_equals_torch_for_any_candidate_count(tmp_path: Pat
     assert "TopK" in {n.op_type for n in onnx.load(str(tmp_path / "b.onnx")).graph.node}
 
 
+def test_a_model_narrower_than_its_item_vectors_exports_equal_to_torch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = replace(paper("semi_ccl+sim+ses+usr+id"), block=BlockConfig(dim=D, heads=4, ffn=D),
+                  id_buckets=64, item_dim=2 * D)
+    model = build(cfg).eval()
+    with torch.no_grad():
+        model.similarity_weight.weight.normal_(0.0, 3.0)
+    session = onnx_session(export_batched_onnx(model, tmp_path / "b.onnx", 2 * D, deep_top=K))
+    feeds = fit_buckets(model, example_batch(3, 2 * D, 20, 12, 300, seed=5, identity=True,
+                                             skipped=True))
+    np.testing.assert_allclose(session.run(["score"], feeds)[0],
+                               torch_batch_scores(model, feeds, deep_top=K), atol=1e-5)
+
+
 def test_a_model_without_a_wide_part_is_exported_whole(tmp_path: Path) -> None:
     cfg = replace(paper("semi"), block=BlockConfig(dim=D, heads=4, ffn=D))
     plain = build(cfg).eval()

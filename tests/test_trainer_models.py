@@ -201,3 +201,30 @@ def test_domains_and_dropout_on_the_mlp_hidden_layer() -> None:
     assert (logits == 0).sum() == 0  # a dropout on the logit would zero about a tenth
     model.eval()
     torch.testing.assert_close(model(user, torch.ones(64, D)), model(user, torch.ones(64, D)))
+
+
+def test_a_narrower_semi_projects_the_item_vectors_to_its_width() -> None:
+    """block.dim below item_dim: the sequences and the candidate go through learned projections
+    (the paper's width, block.dim == item_dim, has none and the same parameters as before)."""
+    assert build(tiny("semi_ccl+sim")).project is None
+    assert not any("project" in k for k in build(tiny("semi_ccl+sim")).state_dict())
+    cfg = replace(tiny("semi_ccl+sim"), block=BlockConfig(dim=D // 2, heads=2, ffn=D // 2),
+                  item_dim=D)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    model = build(cfg).eval()
+    assert model.project.weight.shape == (D // 2, D)
+    assert all(model.intra[d].project.weight.shape == (D // 2, D) for d in model.domains)
+    user, cands = batch([12, 3, 0], [12, 0, 5]), torch.randn(3, 7, D)
+    with torch.no_grad():
+        scores = model.score(model.encode_user(user), cands)
+        single = model(user, cands[:, 0])
+        assert scores.shape == (3, 7) and torch.isfinite(scores).all()
+        torch.testing.assert_close(single, scores[:, 0], atol=1e-5, rtol=1e-5)
+        for module in (model.project, model.intra["video"].project):  # both are read
+            module.weight.mul_(2.0)
+            assert not torch.allclose(model.score(model.encode_user(user), cands), scores)
+            module.weight.mul_(0.5)
+    with pytest.raises(ValueError, match="above item_dim"):
+        build(replace(cfg, item_dim=D // 4))
+    assert replace(cfg, item_dim=0).vector_dim == D // 2 and cfg.vector_dim == D

@@ -245,5 +245,5 @@ def train(data: str, name: str, out: Path, onnx: Path | None, quick: bool, seed:
     if onnx:
         from semirec.trainer.registry.export import export_onnx
 
-        click.echo(f"exported {export_onnx(model, onnx, cfg.block.dim)}")
+        click.echo(f"exported {export_onnx(model, onnx, cfg.vector_dim)}")
     click.echo(json.dumps({"model": name, **{k: metrics[k] for k in ("auc", "hr@3")}}))

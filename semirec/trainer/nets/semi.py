@@ -29,6 +29,15 @@ def _block(cfg: ModelConfig) -> AttentionBlock:
     return AttentionBlock(b.dim, b.heads, b.ffn, b.dropout)
 
 
+def projection(cfg: ModelConfig) -> nn.Linear | None:
+    """item_dim -> block.dim, learned (no bias: the time embedding adds one), when they differ."""
+    if cfg.vector_dim == cfg.block.dim:
+        return None
+    if cfg.item_dim < cfg.block.dim:
+        raise ValueError(f"block.dim {cfg.block.dim} above item_dim {cfg.item_dim}")
+    return nn.Linear(cfg.item_dim, cfg.block.dim, bias=False)
+
+
 class SequenceEncoder(nn.Module):
     """§3.2.3 multi-modal sequence encoder: (vector + time embedding) -> attention block.
 
@@ -37,9 +46,12 @@ class SequenceEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.project = projection(cfg)
         self.block = _block(cfg)
 
     def forward(self, x: Tensor, age: Tensor, mask: Tensor, time: TimeEmbedding) -> Tensor:
+        if self.project is not None:
+            x = self.project(x)
         return self.block(x + time(age), mask)
 
 
@@ -53,6 +65,7 @@ class SEMI(Ranker):
         self.intra = nn.ModuleDict({d: SequenceEncoder(cfg) for d in self.domains})
         self.inter = _block(cfg)
         self.target = nn.ModuleDict({d: _block(cfg) for d in self.domains})
+        self.project = projection(cfg)  # the candidates' own (v_t^in at block.dim)
         self.similarity = (ContentSimilarity(cfg.recency_similarity) if cfg.content_similarity
                            else None)
         n_sim = 0 if self.similarity is None else \
@@ -131,7 +144,10 @@ class SEMI(Ranker):
     def head_logits(self, ctx: Context, candidates: Tensor, feats: Tensor | None) -> Tensor:
         """[B, C] the head's term of the logit, given the candidates' :meth:`wide_features`
         ``feats`` (None without ``+sim``): :meth:`logits` = this + :meth:`wide_logits`."""
-        query = candidates * self.item_scale + self.time.table.weight[0]  # v_t^in, age 0
+        query = candidates * self.item_scale
+        if self.project is not None:
+            query = self.project(query)
+        query = query + self.time.table.weight[0]  # v_t^in, age 0
         users = [
             self.target[d].attend(query, *ctx[3 * i : 3 * i + 3])
             for i, d in enumerate(self.domains)

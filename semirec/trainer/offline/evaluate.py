@@ -252,7 +252,7 @@ class Popularity:
 
 
 # the numeric fields of ModelConfig itself that ``--set`` takes
-MODEL_SETTINGS = ("mlp_hidden", "rate_prior_strength")
+MODEL_SETTINGS = ("mlp_hidden", "rate_prior_strength", "item_dim")
 
 
 def override(cfg: ModelConfig, settings: Mapping[str, float]) -> ModelConfig:

@@ -235,7 +235,7 @@ class OnlineTrainer:
             return False
         self._restore()  # after the lease: the previous holder's last checkpoint
         assert self.learner is not None
-        self.table = ItemTable(self.learner.cfg.block.dim)
+        self.table = ItemTable(self.learner.cfg.vector_dim)
         self.items = ItemStore.from_url(self.settings.redis_url)
         topics = self.settings.topics
         await ensure_topics(self.settings, {topics.samples: self.settings.event_partitions,

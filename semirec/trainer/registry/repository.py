@@ -399,7 +399,7 @@ class ModelRepository:
 
         checkpoint_dir = Path(checkpoint_dir)
         model, cfg, ckpt_meta = checkpoint.load(checkpoint_dir)
-        dim = cfg.block.dim
+        dim = cfg.vector_dim
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".tmp-{uuid.uuid4().hex[:12]}"
         try:
