@@ -228,3 +228,5 @@ def test_a_narrower_semi_projects_the_item_vectors_to_its_width() -> None:
     with pytest.raises(ValueError, match="above item_dim"):
         build(replace(cfg, item_dim=D // 4))
     assert replace(cfg, item_dim=0).vector_dim == D // 2 and cfg.vector_dim == D
+    with pytest.raises(ValueError, match="a projection is SEMI's"):
+        build(replace(tiny("din"), item_dim=2 * D))

@@ -1,6 +1,7 @@
 """SEMI (§3.4): intra-domain encoders, an inter-domain block, target attention per domain, MLP.
 
-User side (once per request): for each domain, item vector + hour-block time embedding (one table
+User side (once per request): for each domain, item vector (projected to the blocks' width when
+they are narrower, ``ModelConfig.item_dim``) + hour-block time embedding (one table
 shared by both domains) -> intra-domain attention block (§3.2.3) -> V_intra / P_intra; the
 concatenation [V_intra, P_intra] -> inter-domain attention block -> V_inter / P_inter, whose keys
 and values are projected for the two target-attention blocks.

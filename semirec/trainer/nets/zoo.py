@@ -26,6 +26,9 @@ NETWORKS: dict[str, type[Ranker]] = {
 def build(cfg: ModelConfig) -> Ranker:
     if cfg.name not in NETWORKS:
         raise ValueError(f"{cfg.name!r} is not a neural ranker ({', '.join(NETWORKS)})")
+    if cfg.vector_dim != cfg.block.dim and not cfg.name.startswith("semi"):
+        raise ValueError(f"{cfg.name!r} reads the item vectors at its own width: item_dim "
+                         f"{cfg.item_dim} must be block.dim {cfg.block.dim} (a projection is SEMI's)")
     model = NETWORKS[cfg.name](cfg)
     if cfg.item_identity:
         model.identity = ItemIdentity(cfg.id_buckets, cfg.rate_prior_strength)
