@@ -92,7 +92,7 @@ class Ranker(nn.Module):
         """[B, C] the cheap part of :meth:`logits` (a few FLOPs per candidate) that a cascade ranks
         every candidate by before the whole logit is computed for the best of them
         (:mod:`semirec.trainer.registry.export`, ``deep_top``); only if :attr:`has_wide_part`."""
-        raise NotImplementedError(f"{type(self).__name__} has no wide part")
+        return self.wide_logits_of(self.wide_features(ctx, candidates), items)
 
     def wide_features(self, ctx: Context, candidates: Tensor) -> Tensor:
         """[B, C, n] the hand-made per-candidate features :meth:`wide_logits` is linear in."""

@@ -129,15 +129,10 @@ class SEMI(Ranker):
     def has_wide_part(self) -> bool:
         return self.similarity_weight is not None  # +sim
 
-    def wide_logits(self, ctx: Context, candidates: Tensor,
-                    items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """The linear term over :meth:`wide_features`, plus item identity: the logit without
-        the head."""
-        return self.wide_logits_of(self.wide_features(ctx, candidates), items)
-
     def wide_logits_of(self, feats: Tensor,
                        items: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """:meth:`wide_logits` from features :meth:`wide_features` already gave."""
+        """The linear term over :meth:`wide_features` ``feats``, plus item identity: the logit
+        without the head."""
         if self.similarity_weight is None:
             raise NotImplementedError("a SEMI model without +sim has no wide part")
         return self.plus_identity(self.similarity_weight(feats).squeeze(-1), items)

@@ -115,7 +115,7 @@ def cascade_probs(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
     sub_feats = feats.flatten(0, 1)[rows]
     deep = torch.sigmoid(model.head_logits(ctx, sub, sub_feats) + wide.flatten()[rows])
     rest = 0.5 * deep.amin(dim=1, keepdim=True) * torch.sigmoid(order)
-    return rest.scatter(1, top, deep)[:, : candidates.shape[1]]
+    return rest.scatter(1, top, deep)[:, :n]
 
 
 def cascade_overlap(model: Ranker, ctx: tuple[Tensor, ...], candidates: Tensor,
