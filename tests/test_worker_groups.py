@@ -44,6 +44,22 @@ def test_inline_hand_over_needs_both_agents_and_then_keeps_the_events_fetch_wait
     assert settings_for(inline, ["recommend"]).fetch_max_wait_ms == 25
 
 
+def test_inline_ingest_lingers_as_the_recommendation_agent_would() -> None:
+    """Inline, ingest's batch is the ranking's: SEMIREC_RANK_LINGER_MS holds it open (up to a
+    full Triton call); ingest that announces to recommendation workers never lingers."""
+    from semirec.streams.app import create_app
+    from semirec.streams.ingest import register_ingest
+    from semirec.streams.runtime import runtime_of
+
+    base = Settings.from_env({"SEMIREC_RANK_LINGER_MS": "20", "SEMIREC_RANK_BATCH": "6"})
+    for inline, linger, most in ((0, 0.0, base.batch_max), (1, 0.02, 6)):
+        s = replace(base, recommend_inline=inline)
+        app = create_app(s, app_id=f"inline-linger-{inline}")
+        register_ingest(app, s)
+        (agent,) = [a for a in runtime_of(app).batch_agents if a.name == "ingest"]
+        assert (agent.linger_s, agent.linger_max) == (linger, most)
+
+
 async def test_worker_refuses_topics_with_other_partition_counts(settings) -> None:
     client = admin(settings)
     await client.start()

@@ -182,7 +182,7 @@ class Settings:
     popularity_window_hours: int = 24  # event-time window of the popularity source
     rec_concurrency: int = 16  # recommendations in flight per agent
     rank_batch: int = 8  # users ranked in one Triton call (one gRPC request, one model run)
-    # how long the recommendation agents may hold a batch open for more notices, only while the
+    # how long the recommendation agents (inline: ingest) may hold a batch open for more, only while the
     # last second's rate predicts another within it (a quiet stream never waits): fuller Triton
     # calls under load, for latency at 50-150/s (docs/serving.md: measured, off by default); 0 = off
     rank_linger_ms: int = 0

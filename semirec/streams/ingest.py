@@ -385,5 +385,10 @@ def register_ingest(app: Any, settings: Settings) -> None:
                 if settings.log_samples else None))
         return await processors[0].process(batch)
 
+    # inline, ingest's batch is the ranking's: SEMIREC_RANK_LINGER_MS holds it open as it would
+    # the recommendation agent's (a busy stream only)
+    linger = settings.rank_linger_ms / 1000 if settings.recommend_inline else 0.0
     BatchAgent(app, events, "ingest", handle, batch_max=settings.batch_max,
-               within_s=settings.batch_within_s, exit_delay_s=settings.crash_exit_delay_s)
+               within_s=settings.batch_within_s, linger_s=linger,
+               linger_max=settings.rank_batch if linger else 0,
+               exit_delay_s=settings.crash_exit_delay_s)
