@@ -4,7 +4,7 @@ Best-of-N timings move by up to 40% between runs on a shared virtual machine; tw
 alternately in one process share that drift, so their ratio is what a change of the graph
 (or of the exporter) did. Two steps, the first once per checkout:
 
-  python -m benchmarks.graph_pair export OUT.onnx [--model NAME] [--set K=V,...] [--seed S]
+  python -m benchmarks.graph_pair export OUT.onnx [--model NAME] [--served] [--set K=V,...] [--seed S]
       the batched graph Triton serves (the cascade of SEMIREC_RANKER_DEEP_TOP), of a model
       with seeded random weights (its wide part made non-zero, so the cascade's order is not
       arbitrary), as this checkout exports it: run it in a worktree of each revision
@@ -28,20 +28,19 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import finish, machine, print_describe
+from benchmarks.sizes import SERVED_HELP
 
 
-def export(out: Path, model_name: str, settings: str, seed: int) -> None:
+def export(out: Path, model_name: str, settings: str, seed: int, served: bool = False) -> None:
     import torch
 
-    from semirec.cli.evaluate import parse_settings
+    from benchmarks.sizes import ranker_config
     from semirec.core.settings import Settings
-    from semirec.trainer.nets.configs import paper
     from semirec.trainer.nets.zoo import build
-    from semirec.trainer.offline.evaluate import override
     from semirec.trainer.registry.export import export_batched_onnx
 
     torch.manual_seed(seed)
-    model = build(override(paper(model_name), parse_settings(settings))).eval()
+    model = build(ranker_config(model_name, settings, served)).eval()
     with torch.no_grad():
         if model.has_wide_part:
             model.similarity_weight.weight.normal_()
@@ -89,6 +88,7 @@ def main() -> None:
     ex.add_argument("--model", default="semi_ccl+sim+ses+usr+id")
     ex.add_argument("--set", dest="settings", default="block.ffn=64,mlp_hidden=64")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--served", action="store_true", help=SERVED_HELP)
     tp = sub.add_parser("time", help="the two graphs in turn")
     tp.add_argument("before", type=Path)
     tp.add_argument("after", type=Path)
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.command == "export":
-        export(args.out, args.model, args.settings, args.seed)
+        export(args.out, args.model, args.settings, args.seed, args.served)
         print(f"wrote {args.out}")
         return
     at_start = machine()

@@ -27,7 +27,7 @@ Full-length sequences (50 videos, 50 products, with ``+usr`` 50 incomplete watch
 weights (cost does not depend on them). ``--model`` (default ``semi``, the figures in the docs
 before 2026-12-06) takes any SEMI name, e.g. the demo's ``semi_ccl+sim+ses+usr+id``; ``--set``
 changes its sizes as ``semirec evaluate --set`` does (``mlp_hidden=64,block.ffn=64``).
-Usage: python -m benchmarks.ranker [--model NAME] [--set K=V,...] [--repeat N] [--json]
+Usage: python -m benchmarks.ranker [--model NAME] [--served] [--set K=V,...] [--repeat N] [--json]
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import finish, machine, print_describe
+from benchmarks.sizes import SERVED_HELP, ranker_config
 from semirec.cli.evaluate import parse_settings
 from semirec.core.settings import Settings
-from semirec.trainer.nets.configs import paper
 from semirec.trainer.nets.ranker import Ranker
 from semirec.trainer.nets.zoo import build
-from semirec.trainer.offline.evaluate import override
 from semirec.trainer.registry.export import (
     IDENTITY_INPUTS,
     RequestGraph,
@@ -133,6 +132,7 @@ def main() -> None:
     parser.add_argument("--model", default="semi", help="a SEMI model name (default: %(default)s)")
     parser.add_argument("--set", dest="settings", default="",
                         help="sizes as `semirec evaluate --set` takes them, e.g. mlp_hidden=64")
+    parser.add_argument("--served", action="store_true", help=SERVED_HELP)
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -142,11 +142,11 @@ def main() -> None:
 
     sgemm = sgemm_gflops()
     settings = parse_settings(args.settings)
-    model = build(override(paper(args.model), settings)).eval()
+    model = build(ranker_config(args.model, args.settings, args.served)).eval()
     big, one = model_request(model, candidates=args.candidates), model_request(model, candidates=1)
     flops = request_flops(model, big)
 
-    out: dict[str, Any] = {"model": args.model, "settings": settings,
+    out: dict[str, Any] = {"model": args.model, "served_sizes": args.served, "settings": settings,
                            "sgemm_gflops_1core": round(sgemm, 1), "request_flops_500": flops}
     torch_500 = best_seconds(lambda: torch_scores(model, big), args.repeat)
     torch_1 = best_seconds(lambda: torch_scores(model, one), args.repeat)

@@ -51,12 +51,13 @@ cascade of K (``ranker_deep_top`` in the JSON: what the exported version has). `
 (default ``semi``, the figures in the docs before 2026-12-06; a model without a wide part is
 exported whole) serves another
 SEMI network, e.g. the demo's ``semi_ccl+sim+ses+usr+id`` (its extra inputs: the workers send
-the users' incomplete watches and the items' counts), ``--set`` its sizes (``mlp_hidden=64``).
+the users' incomplete watches and the items' counts), ``--served`` at the sizes the trainer
+serves it (``benchmarks/sizes.py``), ``--set`` its sizes (``mlp_hidden=64``).
 Usage:
   python -m benchmarks.serving [--seconds S] [--parts rank,recall,freshness] [--profile-workers DIR]
                                [--layout split|inline] [--subscriber-wait-ms MS]
                                [--worker-env KEY=VALUE ...] [--ranker-precision P] [--ranker-deep-top K]
-                               [--model NAME] [--set K=V,...] [--traffic clicks|mixed] [--json]
+                               [--model NAME] [--served] [--set K=V,...] [--traffic clicks|mixed] [--json]
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import finish, machine, print_describe
+from benchmarks.sizes import SERVED_HELP, ranker_config
 from semirec.cli.evaluate import parse_settings
 from semirec.core.contracts import Domain, Event, encode_event
 from semirec.core.item_store import ItemStore, ItemVector
@@ -92,7 +94,6 @@ from semirec.serving.popularity import PopularitySnapshot, count_watches
 from semirec.serving.ranking import OnnxRanker, TritonRanker
 from semirec.serving.recall import Recall
 from semirec.trainer.nets.ranker import Ranker
-from semirec.trainer.offline.evaluate import override
 from semirec.trainer.registry.export import model_request
 from semirec.trainer.registry.precision import model_for, resolve
 
@@ -416,7 +417,6 @@ async def bench_freshness(settings: Settings, seconds: float, log: Path,
 
 async def main_async(args: argparse.Namespace) -> dict:
     from semirec.trainer.nets import checkpoint
-    from semirec.trainer.nets.configs import paper
     from semirec.trainer.nets.zoo import build
     from semirec.trainer.registry.repository import ModelRepository
 
@@ -432,10 +432,11 @@ async def main_async(args: argparse.Namespace) -> dict:
             import torch
 
             torch.manual_seed(0)
-            cfg = override(paper(args.model), parse_settings(args.settings))
+            cfg = ranker_config(args.model, args.settings, args.served)
             model = build(cfg).eval()
             ckpt = checkpoint.save(work / "ckpt", model, cfg)
             result["model"], result["settings"] = args.model, parse_settings(args.settings)
+            result["served_sizes"] = args.served
             repo = ModelRepository(repo_dir, stack.addresses.triton_grpc,
                                    precision=args.ranker_precision, deep_top=args.ranker_deep_top)
             result["ranker_precision"] = args.ranker_precision
@@ -495,6 +496,7 @@ def main() -> None:
                              "semi_ccl+sim+ses+usr+id (default: %(default)s)")
     parser.add_argument("--set", dest="settings", default="",
                         help="its sizes as `semirec evaluate --set` takes them, e.g. mlp_hidden=64")
+    parser.add_argument("--served", action="store_true", help=SERVED_HELP)
     parser.add_argument("--traffic", choices=TRAFFICS, default="clicks",
                         help="the freshness runs' events: product clicks by users without history, "
                              "or mixed (users with a full week of history; half clicks, a quarter "
