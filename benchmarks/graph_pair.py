@@ -35,12 +35,13 @@ def export(out: Path, model_name: str, settings: str, seed: int, served: bool = 
     import torch
 
     from benchmarks.sizes import ranker_config
+    from semirec.cli.evaluate import parse_settings
     from semirec.core.settings import Settings
     from semirec.trainer.nets.zoo import build
     from semirec.trainer.registry.export import export_batched_onnx
 
     torch.manual_seed(seed)
-    model = build(ranker_config(model_name, settings, served)).eval()
+    model = build(ranker_config(model_name, parse_settings(settings), served)).eval()
     with torch.no_grad():
         if model.has_wide_part:
             model.similarity_weight.weight.normal_()

@@ -142,7 +142,7 @@ def main() -> None:
 
     sgemm = sgemm_gflops()
     settings = parse_settings(args.settings)
-    model = build(ranker_config(args.model, args.settings, args.served)).eval()
+    model = build(ranker_config(args.model, settings, args.served)).eval()
     big, one = model_request(model, candidates=args.candidates), model_request(model, candidates=1)
     flops = request_flops(model, big)
 

@@ -432,10 +432,11 @@ async def main_async(args: argparse.Namespace) -> dict:
             import torch
 
             torch.manual_seed(0)
-            cfg = ranker_config(args.model, args.settings, args.served)
+            sizes = parse_settings(args.settings)
+            cfg = ranker_config(args.model, sizes, args.served)
             model = build(cfg).eval()
             ckpt = checkpoint.save(work / "ckpt", model, cfg)
-            result["model"], result["settings"] = args.model, parse_settings(args.settings)
+            result["model"], result["settings"] = args.model, sizes
             result["served_sizes"] = args.served
             repo = ModelRepository(repo_dir, stack.addresses.triton_grpc,
                                    precision=args.ranker_precision, deep_top=args.ranker_deep_top)

@@ -4,7 +4,8 @@ online trainer serve, whatever its sizes are then), changed by ``--set`` either 
 
 from __future__ import annotations
 
-from semirec.cli.evaluate import parse_settings
+from collections.abc import Mapping
+
 from semirec.trainer.nets.configs import ModelConfig, paper, scaled
 from semirec.trainer.offline.evaluate import override
 
@@ -12,14 +13,14 @@ from semirec.trainer.offline.evaluate import override
 _SAMPLES = 100_000
 
 
-def ranker_config(name: str, settings: str = "", served: bool = False) -> ModelConfig:
+def ranker_config(name: str, settings: Mapping[str, float] | None = None,
+                  served: bool = False) -> ModelConfig:
     """``name``'s configuration: the paper's sizes or (``served``) the trainer's, then ``settings``
-    (``semirec evaluate --set``'s text)."""
+    (``semirec evaluate --set``'s, parsed)."""
     cfg = paper(name)
     if served:
         cfg = scaled(cfg, _SAMPLES, _SAMPLES)
-    return override(cfg, parse_settings(settings))
+    return override(cfg, settings or {})
 
 
-SERVED_HELP = ("the network the trainer serves of this model by default (scaled(): since "
-               "2026-12-08 the SEMI blocks 64 wide with 4 heads), not the paper's sizes")
+SERVED_HELP = "the network the trainer serves of this model by default (scaled()), not the paper's sizes"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.sizes import ranker_config
+from semirec.cli.evaluate import parse_settings
 from semirec.trainer.nets.zoo import build
 
 SERVED = "semi_ccl+sim+ses+usr+id"
@@ -15,10 +16,10 @@ def _network(cfg) -> tuple:
 
 
 def test_served_sizes_are_the_trainers_and_the_documented_ones() -> None:
-    served, documented = ranker_config(SERVED, served=True), ranker_config(SERVED, DOCUMENTED)
+    served, documented = ranker_config(SERVED, served=True), ranker_config(SERVED, parse_settings(DOCUMENTED))
     assert _network(served) == _network(documented)
     shapes = [{k: tuple(v.shape) for k, v in build(c).state_dict().items()} for c in (served, documented)]
     assert shapes[0] == shapes[1]
     paper = ranker_config(SERVED)  # without --served: the paper's width, no projection
     assert (paper.block.dim, paper.item_dim) == (128, 0) and _network(paper) != _network(served)
-    assert ranker_config(SERVED, "mlp_hidden=32", served=True).mlp_hidden == 32  # --set on top
+    assert ranker_config(SERVED, {"mlp_hidden": 32}, served=True).mlp_hidden == 32  # --set on top
